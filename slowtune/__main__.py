@@ -1,0 +1,5 @@
+import sys
+
+from slowtune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,119 @@
+"""The ``slowtune`` command. With no arguments it opens the app; each subcommand runs one stage headless."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from slowtune import __version__
+
+log = logging.getLogger("slowtune")
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NOT_IMPLEMENTED = 3
+
+# Stages whose issue has not landed yet: the command exists, says so, and fails (never a silent stub).
+_PLANNED = {
+    "ingest": ("Add documents (PDF, DOCX, HTML, Markdown, text) to a project", "the document library"),
+    "generate": ("Have a teacher model write grounded Q&A from a project's documents", "the teacher"),
+    "train": ("Train a LoRA adapter with MLX (layer-streamed when the model does not fit)", "the streamed trainer"),
+    "export": ("Fuse an adapter, write GGUF and quantise it with llama.cpp", "export"),
+    "chat": ("Chat offline with a GGUF model through llama.cpp", "the chat tester"),
+    "eval": ("Score a tuned model against its base on the held-out probes", "evaluation"),
+    "bench": ("Speed and memory benchmarks, printed as JSON", "the streamed trainer (first benchmarks)"),
+}
+
+
+def _not_implemented(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        summary, stage = _PLANNED[name]
+        print(
+            f"slowtune {name}: not implemented yet. This command will: {summary[0].lower() + summary[1:]}.\n"
+            f"It arrives with {stage}; until then nothing was done.",
+            file=sys.stderr,
+        )
+        return EXIT_NOT_IMPLEMENTED
+
+    return run
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from slowtune import doctor
+
+    report = doctor.collect(measure_disk=not args.no_disk_test, disk_bytes=args.disk_test_mb * 2**20)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(doctor.render(report))
+    return EXIT_OK if doctor.healthy(report) else EXIT_ERROR
+
+
+def _gui(args: argparse.Namespace) -> int:
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("QT_QPA_PLATFORM")
+    ):
+        print(
+            "slowtune: no display to open the app on (DISPLAY and WAYLAND_DISPLAY are not set).\n"
+            "Run it in a desktop session, or use the command line: slowtune --help",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    from slowtune.gui.app import run_app
+
+    return run_app(sys.argv[:1])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="slowtune",
+        description="Turn your documents into a small private model you can chat with offline. "
+        "With no command, the app opens.",
+    )
+    parser.add_argument("--version", action="version", version=f"slowtune {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print debug logging to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    for name, (summary, _stage) in _PLANNED.items():
+        p = sub.add_parser(name, help=f"{summary} (not implemented yet)", description=summary)
+        p.set_defaults(func=_not_implemented(name))
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="Show what this machine offers: MLX device, llama.cpp backends, memory, disk speed, keychain",
+        description="Show the environment slowtune runs in. Exits 1 when MLX or llama.cpp does not work.",
+    )
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.add_argument("--no-disk-test", action="store_true", help="skip the disk read-speed measurement")
+    doctor.add_argument("--disk-test-mb", type=int, default=256, metavar="MB",
+                        help="size of the scratch file read to measure disk speed (default 256)")
+    doctor.set_defaults(func=_doctor)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    # Planned commands accept any arguments (so a script written for them gets the clear message below).
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command not in _PLANNED:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from slowtune.logs import setup_logging
+
+    setup_logging(verbose=args.verbose)
+    if args.command is None:
+        return _gui(args)
+    log.debug("slowtune %s: %s", __version__, args.command)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("slowtune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

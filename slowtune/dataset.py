@@ -1,0 +1,217 @@
+"""Dataset rows and their JSONL files.
+
+A row is one conversation in the format mlx-lm, OpenAI fine-tuning and most trainers read:
+``{"messages": [{"role": "system" | "user" | "assistant", "content": "..."}]}``, one per line. Where it came
+from (document, chunk, evidence quote, question type, judge verdicts) lives in the store, and optionally in
+a sidecar ``provenance.jsonl`` with the same line order; it never goes inside ``messages``, so the training
+files stay readable by any tool.
+
+A data folder holds ``train.jsonl``, ``valid.jsonl`` and ``test.jsonl`` (the held-out probes), the names
+mlx-lm's trainer looks for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slowtune.fsutil import atomic_writer
+from slowtune.store import Project, dumps
+
+ROLES = ("system", "user", "assistant")
+SPLITS = ("train", "valid", "probe")
+SPLIT_FILES = {"train": "train.jsonl", "valid": "valid.jsonl", "probe": "test.jsonl"}
+
+
+class DatasetError(ValueError):
+    """Bad dataset input. The message names the file and line, or the row."""
+
+
+@dataclass
+class Provenance:
+    document_id: int | None = None
+    chunk_id: str | None = None
+    evidence: str | None = None
+    qtype: str | None = None
+    verdicts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DatasetRow:
+    messages: list[dict[str, str]]
+    split: str = "train"
+    status: str = "accepted"
+    source: str = "teacher"
+    provenance: Provenance = field(default_factory=Provenance)
+    id: int | None = None
+    reject_reason: str | None = None
+
+    @property
+    def content_hash(self) -> str:
+        return content_hash(self.messages)
+
+
+def content_hash(messages: list[dict[str, str]]) -> str:
+    canonical = dumps([{"role": m["role"], "content": m["content"]} for m in messages])
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def validate_messages(messages: Any) -> list[str]:
+    """Problems that stop a conversation from being trained on; empty when it is fine."""
+    if not isinstance(messages, list) or not messages:
+        return ["'messages' must be a non-empty list"]
+    problems = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            problems.append(f"message {i} is not an object")
+            continue
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            problems.append(f"message {i} has role {role!r}; expected one of {', '.join(ROLES)}")
+        if not isinstance(content, str) or not content.strip():
+            problems.append(f"message {i} ({role}) has no text content")
+        if role == "system" and i != 0:
+            problems.append(f"message {i} is a system message; only the first message may be one")
+    if problems:
+        return problems
+    turns = [m["role"] for m in messages if m["role"] != "system"]
+    if not turns or turns[0] != "user":
+        problems.append("the conversation must start with a user message (after an optional system message)")
+    for a, b in itertools.pairwise(turns):
+        if a == b:
+            problems.append(f"two {a} messages in a row; user and assistant must alternate")
+            break
+    if turns and turns[-1] != "assistant":
+        problems.append("the last message must be the assistant's answer")
+    return problems
+
+
+def parse_jsonl_line(line: str, where: str) -> list[dict[str, str]]:
+    """The ``messages`` of one JSONL line; ``where`` ("file.jsonl line 7") goes into any error."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(record, dict) or "messages" not in record:
+        raise DatasetError(f'{where}: expected an object with a "messages" list')
+    messages = record["messages"]
+    problems = validate_messages(messages)
+    if problems:
+        raise DatasetError(f"{where}: {'; '.join(problems)}")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def read_jsonl(path: str | Path) -> Iterator[list[dict[str, str]]]:
+    """Conversations from a chat JSONL file, with a clear error naming the file and line."""
+    path = Path(path)
+    try:
+        handle = path.open(encoding="utf-8")
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot be read ({exc.strerror})") from None
+    with handle:
+        try:
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    yield parse_jsonl_line(line, f"{path} line {number}")
+        except UnicodeDecodeError:
+            raise DatasetError(f"{path}: not UTF-8 text") from None
+
+
+def write_jsonl(conversations: Iterable[list[dict[str, str]]], path: str | Path) -> int:
+    """Write conversations atomically; returns how many lines were written."""
+    count = 0
+    with atomic_writer(path, "w", encoding="utf-8", newline="\n") as handle:
+        for messages in conversations:
+            handle.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+# --- the store side ----------------------------------------------------------------------------------
+
+def add_rows(project: Project, rows: Iterable[DatasetRow]) -> tuple[int, int]:
+    """Insert rows; a conversation already in the project is skipped. Returns (added, duplicates)."""
+    added = duplicates = 0
+    now = time.time()
+    with project.transaction() as conn:
+        for row in rows:
+            problems = validate_messages(row.messages)
+            if problems:
+                raise DatasetError(f"dataset row: {'; '.join(problems)}")
+            if row.split not in SPLITS:
+                raise DatasetError(f"dataset row: split {row.split!r} is not one of {', '.join(SPLITS)}")
+            p = row.provenance
+            cur = conn.execute(
+                """INSERT OR IGNORE INTO dataset_rows
+                   (messages_json, content_hash, split, status, qtype, source, document_id, chunk_id,
+                    evidence, verdicts_json, reject_reason, created_at, updated_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    dumps({"messages": row.messages}), row.content_hash, row.split, row.status, p.qtype,
+                    row.source, p.document_id, p.chunk_id, p.evidence, dumps(p.verdicts),
+                    row.reject_reason, now, now,
+                ),
+            )
+            if cur.rowcount:
+                row.id = cur.lastrowid
+                added += 1
+            else:
+                duplicates += 1
+    return added, duplicates
+
+
+def _row_from_db(r: Any) -> DatasetRow:
+    return DatasetRow(
+        messages=json.loads(r["messages_json"])["messages"],
+        split=r["split"],
+        status=r["status"],
+        source=r["source"],
+        provenance=Provenance(
+            document_id=r["document_id"],
+            chunk_id=r["chunk_id"],
+            evidence=r["evidence"],
+            qtype=r["qtype"],
+            verdicts=json.loads(r["verdicts_json"] or "{}"),
+        ),
+        id=r["id"],
+        reject_reason=r["reject_reason"],
+    )
+
+
+def rows(project: Project, split: str | None = None, status: str | None = "accepted") -> list[DatasetRow]:
+    query, args = "SELECT * FROM dataset_rows WHERE 1=1", []
+    if split is not None:
+        query += " AND split = ?"
+        args.append(split)
+    if status is not None:
+        query += " AND status = ?"
+        args.append(status)
+    return [_row_from_db(r) for r in project.conn.execute(query + " ORDER BY id", args)]
+
+
+def export_jsonl(project: Project, out_dir: str | Path, *, provenance: bool = False) -> dict[str, int]:
+    """Write the accepted rows as ``train.jsonl``, ``valid.jsonl`` and ``test.jsonl`` (probes).
+
+    With ``provenance=True`` each file gets a ``<name>.provenance.jsonl`` sidecar, line for line.
+    """
+    out_dir = Path(out_dir)
+    counts = {}
+    for split, filename in SPLIT_FILES.items():
+        selected = rows(project, split=split)
+        counts[split] = write_jsonl((r.messages for r in selected), out_dir / filename)
+        if provenance:
+            sidecar = out_dir / filename.replace(".jsonl", ".provenance.jsonl")
+            with atomic_writer(sidecar, "w", encoding="utf-8", newline="\n") as handle:
+                for r in selected:
+                    p = r.provenance
+                    handle.write(dumps({
+                        "row_id": r.id, "document_id": p.document_id, "chunk_id": p.chunk_id,
+                        "evidence": p.evidence, "qtype": p.qtype, "verdicts": p.verdicts,
+                    }) + "\n")
+    return counts

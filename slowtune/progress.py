@@ -1,0 +1,139 @@
+"""One progress and cancel protocol for every long core function.
+
+A long function takes a ``Progress`` (or ``None``, meaning "nobody is watching"), calls
+``progress.report(stage, done, total, **metrics)`` as it goes and ``progress.check()`` at safe points, where
+a cancel request raises ``Cancelled``. The CLI renders reports with rich; the GUI's workers turn them into
+Qt signals. Nothing here knows about either.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Cancelled(Exception):
+    """The user asked to stop. Functions leave their outputs as they were (or resumable) before raising."""
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    stage: str
+    done: float
+    total: float | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    status: str = ""
+
+    @property
+    def fraction(self) -> float | None:
+        if not self.total:
+            return None
+        return min(1.0, max(0.0, self.done / self.total))
+
+
+Listener = Callable[[ProgressEvent], None]
+
+
+class Progress:
+    """Progress reports and a cancel flag, shared by a job and whoever watches it.
+
+    Reports are throttled to one per ``min_interval`` seconds per stage, but the first report of a stage,
+    the final one (done == total) and any report with ``force=True`` always go through, so a watcher never
+    misses where a stage starts or ends.
+    """
+
+    def __init__(self, listener: Listener | None = None, *, min_interval: float = 0.1) -> None:
+        self._listeners: list[Listener] = [listener] if listener else []
+        self._cancel = threading.Event()
+        self._min_interval = min_interval
+        self._last_sent: dict[str, float] = {}
+        self.last: ProgressEvent | None = None
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def report(
+        self,
+        stage: str,
+        done: float,
+        total: float | None = None,
+        *,
+        status: str = "",
+        force: bool = False,
+        **metrics: Any,
+    ) -> None:
+        event = ProgressEvent(stage, done, total, metrics, status)
+        self.last = event
+        now = time.monotonic()
+        last = self._last_sent.get(stage)
+        final = total is not None and done >= total
+        if not (force or final or last is None or now - last >= self._min_interval):
+            return
+        self._last_sent[stage] = now
+        for listener in self._listeners:
+            listener(event)
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def check(self) -> None:
+        """Raise ``Cancelled`` if a cancel was requested. Call it where stopping leaves things consistent."""
+        if self._cancel.is_set():
+            raise Cancelled()
+
+
+def ensure(progress: Progress | None) -> Progress:
+    """Let core functions accept ``progress=None`` and still call report/check unconditionally."""
+    return progress if progress is not None else Progress()
+
+
+class RichProgressBar:
+    """Render ``ProgressEvent``s as rich progress bars, one per stage (the CLI's listener)."""
+
+    def __init__(self, *, transient: bool = False, console: Any = None) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import (
+            Progress as RichProgress,
+        )
+
+        self._rich = RichProgress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            transient=transient,
+            console=console,
+        )
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> RichProgressBar:
+        self._rich.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._rich.stop()
+
+    def __call__(self, event: ProgressEvent) -> None:
+        info = event.status or "  ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in event.metrics.items()
+        )
+        task = self._tasks.get(event.stage)
+        if task is None:
+            task = self._rich.add_task(event.stage, total=event.total, info=info)
+            self._tasks[event.stage] = task
+        self._rich.update(task, completed=event.done, total=event.total, info=info)

@@ -1,0 +1,780 @@
+"""Build tiny Hugging Face model folders with seeded random weights, in seconds and with no download.
+
+Why: training, export and chat all start from a Hugging Face folder (config.json, model.safetensors and the
+tokenizer files). Real models are gigabytes; these are a few megabytes, but they have the same file layout,
+tensor names, special tokens and chat templates, so every code path that reads a model can be exercised in
+a unit test or a quick benchmark.
+
+Two kinds of tokenizer:
+- a tiny byte-level BPE (or SentencePiece-style BPE for `mistral`) trained on `corpus.txt`, with the split
+  regex, normaliser, special tokens and chat template of the real family. The pre-tokenizer matters because
+  llama.cpp can only express the pre-tokenizers it knows (`tokenizer.ggml.pre`).
+- a real tokenizer rebuilt from one of llama.cpp's vocab GGUF files (see `shared_vocab_dir`), so tests can
+  catch tokenizer bugs that only show with a real vocabulary.
+
+Only numpy and tokenizers are imported at module level.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers.trainers import BpeTrainer
+
+__all__ = [
+    "ARCHS",
+    "CHATML_CHAT_TEMPLATE",
+    "CHATML_SPECIAL_TOKENS",
+    "INST_CHAT_TEMPLATE",
+    "LLAMA3_CHAT_TEMPLATE",
+    "LLAMA3_SPECIAL_TOKENS",
+    "LLAMA3_SPLIT_REGEX",
+    "QWEN2_SPLIT_REGEX",
+    "REAL_VOCABS",
+    "SPM_SPECIAL_TOKENS",
+    "TokenizerSpec",
+    "build_real_vocab_model",
+    "build_tiny_model",
+    "corpus_text",
+    "read_gguf_metadata",
+    "shared_vocab_dir",
+    "tiny_tokenizer_spec",
+    "tokenizer_from_vocab_gguf",
+    "train_bpe_tokenizer",
+    "train_spm_tokenizer",
+    "write_safetensors",
+]
+
+Arch = Literal["llama", "qwen2", "qwen3", "mistral"]
+DType = Literal["float32", "float16", "bfloat16"]
+RealVocab = Literal["qwen2", "llama-bpe", "llama-spm"]
+
+ARCHS: tuple[Arch, ...] = ("llama", "qwen2", "qwen3", "mistral")
+
+# Published split regexes, from the real models' tokenizer.json. Llama 3 keeps runs of up to three digits
+# together; Qwen2 splits every digit. llama.cpp calls these pre-tokenizers "qwen2" and "llama-bpe".
+QWEN2_SPLIT_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+LLAMA3_SPLIT_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+LLAMA3_SPECIAL_TOKENS = (
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+)
+CHATML_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+SPM_SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")
+
+# Chat templates written for the tiny models. They follow each family's wire format (what the model sees)
+# without the tool-calling and date logic of the real templates, which the tiny models do not need.
+LLAMA3_CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}"
+    "{{- message['content'] | trim }}"
+    "{{- '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+    "{%- endif %}"
+)
+CHATML_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- endif %}"
+)
+# Mistral / Llama 2 style. There is no system role on the wire: a system message is put in front of the
+# first user message, which is what those models were trained with.
+INST_CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- set ns = namespace(system='') %}"
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'system' %}"
+    "{%- set ns.system = message['content'] + '\\n\\n' %}"
+    "{%- elif message['role'] == 'user' %}"
+    "{{- '[INST] ' + ns.system + message['content'] + ' [/INST]' }}"
+    "{%- set ns.system = '' %}"
+    "{%- elif message['role'] == 'assistant' %}"
+    "{{- ' ' + message['content'] + eos_token }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+)
+
+# llama.cpp token types (gguf.TokenType), as stored in tokenizer.ggml.token_type.
+_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
+
+# Tokens that end a chat turn in the common families, tried in this order.
+_END_OF_TURN_TOKENS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>")
+
+# Real vocabularies in the shared fixtures folder, and the architecture a tiny model around each one uses.
+REAL_VOCABS: dict[RealVocab, Arch] = {"qwen2": "qwen2", "llama-bpe": "llama", "llama-spm": "llama"}
+
+# Fallback chat templates (files in <vocab dir>/templates) for vocab GGUFs that carry none.
+_FALLBACK_TEMPLATE_FILES = {
+    "llama-bpe": "meta-llama-Llama-3.2-3B-Instruct.jinja",
+    "qwen2": "Qwen-Qwen2.5-7B-Instruct.jinja",
+}
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """A tokenizer plus the facts the Hugging Face config files need about it.
+
+    `eos_token` is what ends an assistant turn (generation stops there); `extra_eos_tokens` also stop
+    generation (e.g. Llama 3's <|end_of_text|> next to <|eot_id|>). The `tokenizer` object is shared when
+    it comes from a cache: do not mutate it (no `enable_padding`/`enable_truncation`).
+    """
+
+    tokenizer: Tokenizer
+    chat_template: str
+    bos_token: str | None
+    eos_token: str
+    pad_token: str | None
+    unk_token: str | None = None
+    add_bos_token: bool = False
+    extra_eos_tokens: tuple[str, ...] = ()
+
+    def token_id(self, token: str) -> int:
+        """The id of `token`, which must be in the vocabulary."""
+        token_id = self.tokenizer.token_to_id(token)
+        if token_id is None:
+            raise KeyError(f"{token!r} is not in the vocabulary")
+        return token_id
+
+    def eos_token_ids(self) -> list[int]:
+        """Every id that should stop generation, main one first."""
+        ids = [self.token_id(self.eos_token)]
+        ids += [self.token_id(t) for t in self.extra_eos_tokens if self.token_id(t) not in ids]
+        return ids
+
+
+# --------------------------------------------------------------------------------------------------------
+# Tiny tokenizers trained on corpus.txt
+# --------------------------------------------------------------------------------------------------------
+
+
+def corpus_text() -> str:
+    """The small English corpus shipped with this package (training text for the tiny tokenizers)."""
+    return resources.files("slowtune.testing").joinpath("corpus.txt").read_text(encoding="utf-8")
+
+
+def _byte_level_pre_tokenizer(split_regex: str) -> pre_tokenizers.PreTokenizer:
+    # The regex does the word splitting, so ByteLevel must not apply its own GPT-2 regex on top.
+    return pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(split_regex), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+
+
+def _bos_post_processor(bos_token: str, bos_id: int) -> processors.PostProcessor:
+    # How real Llama tokenizer.json files add BOS: every loader (tokenizers, transformers, llama.cpp's
+    # converter) honours a TemplateProcessing, whatever it thinks of `add_bos_token`.
+    return processors.TemplateProcessing(
+        single=f"{bos_token}:0 $A:0",
+        pair=f"{bos_token}:0 $A:0 {bos_token}:1 $B:1",
+        special_tokens=[(bos_token, bos_id)],
+    )
+
+
+def _add_special_tokens(tokenizer: Tokenizer, tokens: Iterable[str]) -> None:
+    # normalized=False: a special token must match the raw text, before NFC or the "▁" replacement.
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in tokens])
+
+
+def train_bpe_tokenizer(
+    vocab_size: int = 1024,
+    split_regex: str = QWEN2_SPLIT_REGEX,
+    special_tokens: Sequence[str] = CHATML_SPECIAL_TOKENS,
+    *,
+    nfc: bool = False,
+    bos_token: str | None = None,
+) -> Tokenizer:
+    """Train a byte-level BPE tokenizer on `corpus_text()`, laid out like Qwen2's or Llama 3's.
+
+    The initial alphabet is all 256 byte symbols, so any text can be encoded with no unknown token. Special
+    tokens get the last ids, as in the real families. `vocab_size` counts them; the corpus is small, so the
+    result can fall a little short of it. `bos_token`, when given, is added in front of every encoding.
+    Training is deterministic: the same arguments give the same tokenizer.
+    """
+    tokenizer = Tokenizer(models.BPE())
+    if nfc:
+        tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = _byte_level_pre_tokenizer(split_regex)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = BpeTrainer(
+        vocab_size=vocab_size - len(special_tokens),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator([corpus_text()], trainer=trainer)
+    _add_special_tokens(tokenizer, special_tokens)
+    if bos_token is not None:
+        tokenizer.post_processor = _bos_post_processor(bos_token, tokenizer.token_to_id(bos_token))
+    return tokenizer
+
+
+def _spm_normalizer() -> normalizers.Normalizer:
+    # SentencePiece (Llama 2, Mistral v0.1): a "▁" in front of the text and in place of every space.
+    return normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+
+
+def _spm_decoder() -> decoders.Decoder:
+    return decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+
+
+def _spm_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]], unk_token: str) -> Tokenizer:
+    """A SentencePiece-BPE tokenizer in the layout transformers uses for Llama 2: no pre-tokenizer at all."""
+    tokenizer = Tokenizer(models.BPE(vocab, merges, unk_token=unk_token, byte_fallback=True, fuse_unk=True))
+    tokenizer.normalizer = _spm_normalizer()
+    tokenizer.decoder = _spm_decoder()
+    return tokenizer
+
+
+def _merges_of(tokenizer: Tokenizer) -> list[tuple[str, str]]:
+    # The Python API does not expose a BPE model's merges; its JSON does ("a b" strings in older versions).
+    raw = json.loads(tokenizer.to_str())["model"]["merges"]
+    return [tuple(m.split(" ", 1)) if isinstance(m, str) else (m[0], m[1]) for m in raw]
+
+
+def train_spm_tokenizer(vocab_size: int = 1024) -> Tokenizer:
+    """Train a SentencePiece-style BPE tokenizer (Llama 2 / Mistral v0.1 layout) on `corpus_text()`.
+
+    Ids 0-2 are <unk>, <s>, </s>; ids 3-258 are the byte tokens <0x00>..<0xFF> that byte fallback uses
+    for any character the vocabulary lacks; the learned pieces follow. BOS is added in front of every
+    encoding, as Llama 2 does.
+    """
+    # Train with words split before each "▁": no learned piece then contains an inner "▁", so the final
+    # tokenizer (which has no pre-tokenizer, like the real ones) gives the same pieces.
+    trainer_tokenizer = Tokenizer(models.BPE())
+    trainer_tokenizer.normalizer = _spm_normalizer()
+    trainer_tokenizer.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")
+    fixed = [*SPM_SPECIAL_TOKENS, *(f"<0x{b:02X}>" for b in range(256))]
+    trainer = BpeTrainer(vocab_size=vocab_size - len(fixed), show_progress=False)
+    trainer_tokenizer.train_from_iterator([corpus_text()], trainer=trainer)
+
+    learned = sorted(trainer_tokenizer.get_vocab().items(), key=lambda item: item[1])
+    vocab = {token: i for i, token in enumerate(fixed)}
+    for token, _ in learned:
+        vocab.setdefault(token, len(vocab))
+    tokenizer = _spm_tokenizer(vocab, _merges_of(trainer_tokenizer), unk_token="<unk>")
+    _add_special_tokens(tokenizer, SPM_SPECIAL_TOKENS)
+    tokenizer.post_processor = _bos_post_processor("<s>", vocab["<s>"])
+    return tokenizer
+
+
+@functools.cache
+def tiny_tokenizer_spec(arch: Arch, vocab_size: int = 1024) -> TokenizerSpec:
+    """The tiny tokenizer of an architecture's family, trained once per process (cached: do not mutate)."""
+    if arch == "llama":
+        tokenizer = train_bpe_tokenizer(
+            vocab_size, LLAMA3_SPLIT_REGEX, LLAMA3_SPECIAL_TOKENS, bos_token="<|begin_of_text|>"
+        )
+        return TokenizerSpec(
+            tokenizer,
+            LLAMA3_CHAT_TEMPLATE,
+            bos_token="<|begin_of_text|>",
+            eos_token="<|eot_id|>",
+            pad_token="<|end_of_text|>",
+            add_bos_token=True,
+            extra_eos_tokens=("<|end_of_text|>",),
+        )
+    if arch in ("qwen2", "qwen3"):
+        tokenizer = train_bpe_tokenizer(vocab_size, QWEN2_SPLIT_REGEX, CHATML_SPECIAL_TOKENS, nfc=True)
+        return TokenizerSpec(
+            tokenizer,
+            CHATML_CHAT_TEMPLATE,
+            bos_token=None,
+            eos_token="<|im_end|>",
+            pad_token="<|endoftext|>",
+            extra_eos_tokens=("<|endoftext|>",),
+        )
+    if arch == "mistral":
+        return TokenizerSpec(
+            train_spm_tokenizer(vocab_size),
+            INST_CHAT_TEMPLATE,
+            bos_token="<s>",
+            eos_token="</s>",
+            pad_token="<unk>",
+            unk_token="<unk>",
+            add_bos_token=True,
+        )
+    raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHS}")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Real tokenizers rebuilt from llama.cpp vocab GGUF files
+# --------------------------------------------------------------------------------------------------------
+
+
+def shared_vocab_dir() -> Path | None:
+    """The folder of llama.cpp's vocab GGUF files and test vectors, or None when it is not there.
+
+    `SLOWTUNE_VOCAB_FIXTURES` overrides the default, `<project root>/../shared/fixtures/llama.cpp-vocab`
+    (where CI puts it). A clone outside that setup has no such folder, and tests that need it skip.
+    """
+    override = os.environ.get("SLOWTUNE_VOCAB_FIXTURES")
+    if override:
+        folder = Path(override)
+    else:
+        project_root = Path(__file__).resolve().parents[2]
+        folder = project_root.parent / "shared" / "fixtures" / "llama.cpp-vocab"
+    return folder if folder.is_dir() else None
+
+
+# GGUF value types (the `gguf` package's GGUFValueType) and their struct formats, little-endian.
+_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+class _GGUFCursor:
+    """Reads GGUF key/value data front to back from an in-memory buffer."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    def unpack(self, fmt: str) -> Any:
+        (value,) = struct.unpack_from("<" + fmt, self.data, self.pos)
+        self.pos += struct.calcsize(fmt)
+        return value
+
+    def string(self) -> str:
+        length = self.unpack("Q")
+        self.pos += length
+        return self.data[self.pos - length : self.pos].decode("utf-8")
+
+    def value(self, value_type: int) -> Any:
+        if value_type == _GGUF_STRING:
+            return self.string()
+        if value_type != _GGUF_ARRAY:
+            return self.unpack(_GGUF_SCALARS[value_type])
+        item_type, count = self.unpack("I"), self.unpack("Q")
+        if item_type in _GGUF_SCALARS:
+            dtype = np.dtype("<" + _GGUF_SCALARS[item_type])
+            array = np.frombuffer(self.data, dtype, count, self.pos)
+            self.pos += dtype.itemsize * count
+            return array.tolist()
+        return [self.value(item_type) for _ in range(count)]
+
+
+def read_gguf_metadata(gguf_path: Path) -> dict[str, Any]:
+    """Every key/value field of a GGUF file (version 2 or 3) as plain Python values, lists for arrays.
+
+    A small reader of our own because `gguf.GGUFReader` builds numpy views for every array element and
+    takes about 8 seconds on Llama 3's vocabulary (128k tokens, 280k merges); this takes a fraction of
+    a second. Tensor infos, if any, are not read.
+    """
+    data = Path(gguf_path).read_bytes()
+    if data[:4] != b"GGUF":
+        raise ValueError(f"{gguf_path} is not a GGUF file")
+    cursor = _GGUFCursor(data)
+    cursor.pos = 4
+    version = cursor.unpack("I")
+    if version not in (2, 3):
+        raise ValueError(f"{gguf_path}: unsupported GGUF version {version}")
+    cursor.unpack("Q")  # tensor count
+    kv_count = cursor.unpack("Q")
+    metadata = {}
+    for _ in range(kv_count):
+        key = cursor.string()
+        metadata[key] = cursor.value(cursor.unpack("I"))
+    return metadata
+
+
+def _byte_level_bpe_from_gguf(tokens: list[str], merges: list[str], pre: str) -> Tokenizer:
+    if pre == "qwen2":
+        split_regex, nfc, ignore_merges = QWEN2_SPLIT_REGEX, True, False
+    elif pre == "llama-bpe":
+        # Llama 3 looks a whole pre-token up in the vocabulary before merging; some tokens there cannot
+        # be reached by the merges.
+        split_regex, nfc, ignore_merges = LLAMA3_SPLIT_REGEX, False, True
+    else:
+        raise ValueError(f"no recipe for llama.cpp pre-tokenizer {pre!r}")
+    vocab = {token: i for i, token in enumerate(tokens)}
+    pairs = [tuple(m.split(" ", 1)) for m in merges]
+    tokenizer = Tokenizer(models.BPE(vocab, pairs, ignore_merges=ignore_merges))
+    if nfc:
+        tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = _byte_level_pre_tokenizer(split_regex)
+    tokenizer.decoder = decoders.ByteLevel()
+    return tokenizer
+
+
+def _sentencepiece_from_gguf(tokens: list[str], scores: list[float], types: list[int]) -> Tokenizer:
+    """SentencePiece keeps scores, not merges; BPE merges in the same priority order reproduce it.
+
+    Every normal token longer than one character, best score first, contributes each split of itself
+    into two vocabulary tokens, those ordered by the pair's ids.
+    """
+    vocab = {token: i for i, token in enumerate(tokens)}
+    ranked = sorted(
+        (i for i, t in enumerate(types) if t == _NORMAL and len(tokens[i]) > 1), key=lambda i: -scores[i]
+    )
+    merges: list[tuple[str, str]] = []
+    for i in ranked:
+        piece = tokens[i]
+        splits = [(piece[:k], piece[k:]) for k in range(1, len(piece))]
+        splits = [s for s in splits if s[0] in vocab and s[1] in vocab]
+        merges += sorted(splits, key=lambda s: (vocab[s[0]], vocab[s[1]]))
+    unk_id = types.index(_UNKNOWN) if _UNKNOWN in types else 0
+    return _spm_tokenizer(vocab, merges, unk_token=tokens[unk_id])
+
+
+def _fallback_chat_template(pre: str, vocab_dir: Path) -> str:
+    filename = _FALLBACK_TEMPLATE_FILES.get(pre)
+    if filename and (vocab_dir / "templates" / filename).is_file():
+        return (vocab_dir / "templates" / filename).read_text(encoding="utf-8")
+    if pre == "qwen2":
+        return CHATML_CHAT_TEMPLATE
+    if pre == "llama-bpe":
+        return LLAMA3_CHAT_TEMPLATE
+    return INST_CHAT_TEMPLATE
+
+
+def tokenizer_from_vocab_gguf(gguf_path: Path) -> TokenizerSpec:
+    """Rebuild the exact Hugging Face tokenizer held in a llama.cpp vocab GGUF file.
+
+    Recipes (checked against llama.cpp's test vectors, see the fixtures README): byte-level BPE for
+    `tokenizer.ggml.model == "gpt2"` with the split regex named by `tokenizer.ggml.pre`; SentencePiece-BPE
+    with merges derived from the scores for `"llama"`. CONTROL tokens are special. BOS, EOS, padding,
+    `add_bos_token` and the chat template come from the GGUF; a GGUF without a chat template gets a fitting
+    one from `<vocab dir>/templates/` or one of this module's.
+    """
+    meta = read_gguf_metadata(gguf_path)
+    tokens: list[str] = meta["tokenizer.ggml.tokens"]
+    types: list[int] = meta["tokenizer.ggml.token_type"]
+    kind = meta["tokenizer.ggml.model"]
+    pre = meta.get("tokenizer.ggml.pre", "default")
+    if kind == "gpt2":
+        tokenizer = _byte_level_bpe_from_gguf(tokens, meta["tokenizer.ggml.merges"], pre)
+        # llama.cpp's own default when the GGUF does not say: Llama 3 adds BOS, Qwen2 does not.
+        add_bos_default = pre == "llama-bpe"
+    elif kind == "llama":
+        tokenizer = _sentencepiece_from_gguf(tokens, meta["tokenizer.ggml.scores"], types)
+        add_bos_default = True
+    else:
+        raise ValueError(f"{gguf_path.name}: no recipe for tokenizer model {kind!r}")
+    _add_special_tokens(tokenizer, [tokens[i] for i, t in enumerate(types) if t == _CONTROL])
+
+    def token_at(key: str) -> str | None:
+        token_id = meta.get(f"tokenizer.ggml.{key}_token_id")
+        return None if token_id is None else tokens[token_id]
+
+    bos_token, eos_token = token_at("bos"), token_at("eos")
+    if eos_token is None:
+        raise ValueError(f"{gguf_path.name} has no tokenizer.ggml.eos_token_id")
+    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", add_bos_default)) and bos_token is not None
+    if add_bos:
+        tokenizer.post_processor = _bos_post_processor(bos_token, tokenizer.token_to_id(bos_token))
+    # Base-model vocabularies name <|endoftext|> as EOS, but chat turns end with another token. Like
+    # llama.cpp, look the usual end-of-turn tokens up when the GGUF names none, so generation stops there.
+    control = {tokens[i] for i, t in enumerate(types) if t == _CONTROL}
+    eot_token = token_at("eot") or next((t for t in _END_OF_TURN_TOKENS if t in control), None)
+    return TokenizerSpec(
+        tokenizer,
+        meta.get("tokenizer.chat_template") or _fallback_chat_template(pre, gguf_path.parent),
+        bos_token=bos_token,
+        eos_token=eos_token,
+        pad_token=token_at("padding") or eos_token,
+        unk_token=token_at("unknown") if kind == "llama" else None,
+        add_bos_token=add_bos,
+        extra_eos_tokens=(eot_token,) if eot_token and eot_token != eos_token else (),
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Model folders
+# --------------------------------------------------------------------------------------------------------
+
+_ARCH_CONFIG: dict[Arch, dict[str, Any]] = {
+    "llama": {
+        "architectures": ["LlamaForCausalLM"],
+        "rope_theta": 500000.0,
+        "rms_norm_eps": 1e-5,
+        "attention_bias": False,
+        "mlp_bias": False,
+    },
+    "qwen2": {
+        "architectures": ["Qwen2ForCausalLM"],
+        "rope_theta": 1000000.0,
+        "rms_norm_eps": 1e-6,
+        "use_sliding_window": False,
+    },
+    "qwen3": {
+        "architectures": ["Qwen3ForCausalLM"],
+        "rope_theta": 1000000.0,
+        "rms_norm_eps": 1e-6,
+        "attention_bias": False,
+        "use_sliding_window": False,
+    },
+    "mistral": {
+        "architectures": ["MistralForCausalLM"],
+        "rope_theta": 1000000.0,
+        "rms_norm_eps": 1e-5,
+        "sliding_window": None,
+    },
+}
+
+
+def _model_config(
+    arch: Arch,
+    spec: TokenizerSpec,
+    *,
+    hidden_size: int,
+    num_layers: int,
+    num_heads: int,
+    num_kv_heads: int,
+    intermediate_size: int,
+    head_dim: int,
+    tie_embeddings: bool,
+    dtype: DType,
+    max_position_embeddings: int,
+) -> dict[str, Any]:
+    eos_ids = spec.eos_token_ids()
+    config: dict[str, Any] = {
+        "model_type": arch,
+        **_ARCH_CONFIG[arch],
+        "hidden_size": hidden_size,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": num_heads,
+        "num_key_value_heads": num_kv_heads,
+        "head_dim": head_dim,
+        "intermediate_size": intermediate_size,
+        "hidden_act": "silu",
+        "vocab_size": spec.tokenizer.get_vocab_size(with_added_tokens=True),
+        "max_position_embeddings": max_position_embeddings,
+        "rope_scaling": None,
+        "tie_word_embeddings": tie_embeddings,
+        "initializer_range": 0.02,
+        "use_cache": True,
+        "torch_dtype": dtype,
+        "bos_token_id": spec.token_id(spec.bos_token or spec.pad_token or spec.eos_token),
+        "eos_token_id": eos_ids[0] if len(eos_ids) == 1 else eos_ids,
+    }
+    if spec.pad_token is not None:
+        config["pad_token_id"] = spec.token_id(spec.pad_token)
+    return config
+
+
+def _weight_layout(config: Mapping[str, Any]) -> list[tuple[str, tuple[int, ...], str]]:
+    """(Hugging Face tensor name, shape, kind) in file order; kind is "matrix", "bias" or "norm"."""
+    hidden, head_dim = config["hidden_size"], config["head_dim"]
+    q_dim = config["num_attention_heads"] * head_dim
+    kv_dim = config["num_key_value_heads"] * head_dim
+    inter, arch = config["intermediate_size"], config["model_type"]
+    layout = [("model.embed_tokens.weight", (config["vocab_size"], hidden), "matrix")]
+    for n in range(config["num_hidden_layers"]):
+        p = f"model.layers.{n}."
+        layout += [
+            (p + "input_layernorm.weight", (hidden,), "norm"),
+            (p + "self_attn.q_proj.weight", (q_dim, hidden), "matrix"),
+            (p + "self_attn.k_proj.weight", (kv_dim, hidden), "matrix"),
+            (p + "self_attn.v_proj.weight", (kv_dim, hidden), "matrix"),
+        ]
+        if arch == "qwen2":
+            layout += [
+                (p + "self_attn.q_proj.bias", (q_dim,), "bias"),
+                (p + "self_attn.k_proj.bias", (kv_dim,), "bias"),
+                (p + "self_attn.v_proj.bias", (kv_dim,), "bias"),
+            ]
+        if arch == "qwen3":
+            layout += [
+                (p + "self_attn.q_norm.weight", (head_dim,), "norm"),
+                (p + "self_attn.k_norm.weight", (head_dim,), "norm"),
+            ]
+        layout += [
+            (p + "self_attn.o_proj.weight", (hidden, q_dim), "matrix"),
+            (p + "post_attention_layernorm.weight", (hidden,), "norm"),
+            (p + "mlp.gate_proj.weight", (inter, hidden), "matrix"),
+            (p + "mlp.up_proj.weight", (inter, hidden), "matrix"),
+            (p + "mlp.down_proj.weight", (hidden, inter), "matrix"),
+        ]
+    layout.append(("model.norm.weight", (hidden,), "norm"))
+    if not config["tie_word_embeddings"]:
+        layout.append(("lm_head.weight", (config["vocab_size"], hidden), "matrix"))
+    return layout
+
+
+def _random_weights(config: Mapping[str, Any], seed: int) -> dict[str, np.ndarray]:
+    """Seeded float32 weights: N(0, 0.02) for matrices and biases, norms near 1.
+
+    Norm weights are 1 + N(0, 0.05) rather than exactly 1, so that an exporter that drops or swaps a
+    norm changes the logits and a comparison test notices. One generator, one fixed order: the same seed
+    gives the same bytes.
+    """
+    rng = np.random.default_rng(seed)
+    weights = {}
+    for name, shape, kind in _weight_layout(config):
+        values = rng.standard_normal(shape, dtype=np.float32)
+        values *= 0.05 if kind == "norm" else 0.02
+        if kind == "norm":
+            values += 1.0
+        weights[name] = values
+    return weights
+
+
+_DTYPES: tuple[DType, ...] = ("float32", "float16", "bfloat16")
+
+
+def write_safetensors(path: Path, tensors: Mapping[str, np.ndarray], dtype: DType) -> None:
+    """Write float32 `tensors` as a safetensors file in `dtype`.
+
+    numpy has no bfloat16, so bf16 files go through MLX (imported only then); the others through the
+    safetensors library. Both write the same bytes for the same inputs.
+    """
+    if dtype == "bfloat16":
+        import mlx.core as mx
+
+        mx.save_safetensors(
+            str(path), {k: mx.array(v).astype(mx.bfloat16) for k, v in tensors.items()}, metadata={"format": "pt"}
+        )
+        return
+    from safetensors.numpy import save_file
+
+    np_dtype = np.float16 if dtype == "float16" else np.float32
+    save_file({k: np.ascontiguousarray(v.astype(np_dtype)) for k, v in tensors.items()}, str(path),
+              metadata={"format": "pt"})
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _write_tokenizer_files(dest: Path, spec: TokenizerSpec, model_max_length: int) -> None:
+    spec.tokenizer.save(str(dest / "tokenizer.json"))
+    special = {
+        "bos_token": spec.bos_token,
+        "eos_token": spec.eos_token,
+        "pad_token": spec.pad_token,
+        "unk_token": spec.unk_token,
+    }
+    added_tokens_decoder = {
+        str(token_id): {
+            "content": token.content,
+            "lstrip": token.lstrip,
+            "normalized": token.normalized,
+            "rstrip": token.rstrip,
+            "single_word": token.single_word,
+            "special": token.special,
+        }
+        for token_id, token in sorted(spec.tokenizer.get_added_tokens_decoder().items())
+    }
+    _write_json(
+        dest / "tokenizer_config.json",
+        {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            **special,
+            "add_bos_token": spec.add_bos_token,
+            "add_eos_token": False,
+            # The default (True) would turn " ," into "," on decode and break round trips.
+            "clean_up_tokenization_spaces": False,
+            "model_max_length": model_max_length,
+            "chat_template": spec.chat_template,
+            "added_tokens_decoder": added_tokens_decoder,
+        },
+    )
+    _write_json(dest / "special_tokens_map.json", {k: v for k, v in special.items() if v is not None})
+
+
+def build_tiny_model(
+    dest: Path,
+    arch: Arch = "llama",
+    *,
+    hidden_size: int = 256,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 512,
+    head_dim: int | None = None,
+    tie_embeddings: bool = False,
+    dtype: DType = "float32",
+    seed: int = 0,
+    tokenizer: TokenizerSpec | Path | None = None,
+    vocab_size: int = 1024,
+    max_position_embeddings: int = 4096,
+) -> Path:
+    """Write a complete Hugging Face model folder for `arch` with seeded random weights into `dest`.
+
+    `tokenizer`: None for the family's tiny tokenizer trained on the corpus (`vocab_size` tokens), the
+    path of a llama.cpp vocab GGUF file for a real one (see `tokenizer_from_vocab_gguf`), or a ready
+    `TokenizerSpec`. The default hidden size is a multiple of 256 so that llama.cpp's K-quants really
+    quantize every row. Returns `dest`.
+    """
+    if arch not in _ARCH_CONFIG:
+        raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHS}")
+    if dtype not in _DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; expected one of {_DTYPES}")
+    if num_heads % num_kv_heads:
+        raise ValueError("num_heads must be a multiple of num_kv_heads")
+    if tokenizer is None:
+        spec = tiny_tokenizer_spec(arch, vocab_size)
+    elif isinstance(tokenizer, TokenizerSpec):
+        spec = tokenizer
+    else:
+        spec = tokenizer_from_vocab_gguf(Path(tokenizer))
+
+    config = _model_config(
+        arch,
+        spec,
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        intermediate_size=intermediate_size,
+        head_dim=head_dim or hidden_size // num_heads,
+        tie_embeddings=tie_embeddings,
+        dtype=dtype,
+        max_position_embeddings=max_position_embeddings,
+    )
+    dest.mkdir(parents=True, exist_ok=True)
+    _write_json(dest / "config.json", config)
+    generation_config = {
+        "bos_token_id": config["bos_token_id"],
+        "eos_token_id": spec.eos_token_ids(),
+        "pad_token_id": config.get("pad_token_id"),
+    }
+    _write_json(
+        dest / "generation_config.json", {k: v for k, v in generation_config.items() if v is not None}
+    )
+    write_safetensors(dest / "model.safetensors", _random_weights(config, seed), dtype)
+    _write_tokenizer_files(dest, spec, max_position_embeddings)
+    return dest
+
+
+def build_real_vocab_model(
+    dest: Path, vocab: RealVocab, vocab_dir: Path | None = None, **kwargs: Any
+) -> Path:
+    """A tiny model (2 layers, hidden 256, tied embeddings) around a real tokenizer from a vocab GGUF.
+
+    The embedding matrix is the bulk of it (Qwen2: 151,936 x 256), hence the tied output layer.
+    `kwargs` go to `build_tiny_model`. Raises FileNotFoundError when the vocab folder is missing.
+    """
+    folder = vocab_dir or shared_vocab_dir()
+    gguf_path = folder / f"ggml-vocab-{vocab}.gguf" if folder else None
+    if gguf_path is None or not gguf_path.is_file():
+        raise FileNotFoundError(f"llama.cpp vocab file ggml-vocab-{vocab}.gguf not found (folder: {folder})")
+    options: dict[str, Any] = {"num_layers": 2, "tie_embeddings": True, **kwargs}
+    return build_tiny_model(dest, REAL_VOCABS[vocab], tokenizer=gguf_path, **options)

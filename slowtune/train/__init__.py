@@ -1,0 +1,1 @@
+"""Training: the layer-streamed LoRA engine, the in-memory engine, checkpoints. Not implemented yet."""
