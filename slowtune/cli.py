@@ -22,11 +22,9 @@ EXIT_NOT_IMPLEMENTED = 3
 _PLANNED = {
     "ingest": ("Add documents (PDF, DOCX, HTML, Markdown, text) to a project", "the document library"),
     "generate": ("Have a teacher model write grounded Q&A from a project's documents", "the teacher"),
-    "train": ("Train a LoRA adapter with MLX (layer-streamed when the model does not fit)", "the streamed trainer"),
     "export": ("Fuse an adapter, write GGUF and quantise it with llama.cpp", "export"),
     "chat": ("Chat offline with a GGUF model through llama.cpp", "the chat tester"),
     "eval": ("Score a tuned model against its base on the held-out probes", "evaluation"),
-    "bench": ("Speed and memory benchmarks, printed as JSON", "the streamed trainer (first benchmarks)"),
 }
 
 
@@ -82,6 +80,24 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (summary, _stage) in _PLANNED.items():
         p = sub.add_parser(name, help=f"{summary} (not implemented yet)", description=summary)
         p.set_defaults(func=_not_implemented(name))
+
+    from slowtune.train import command as train_command
+
+    train = sub.add_parser(
+        "train",
+        help="Train a LoRA adapter with MLX (layer-streamed when the model does not fit)",
+        description="Train a LoRA adapter on chat JSONL. The fit preflight picks the engine: in memory when "
+        "the model fits, else streamed one block at a time from its own files.",
+    )
+    train_command.add_arguments(train)
+    train.set_defaults(func=train_command.run)
+
+    from slowtune import bench
+
+    bench_parser = sub.add_parser("bench", help="Speed and memory benchmarks, printed as JSON",
+                                  description="Benchmarks that compare side by side in one run.")
+    bench.add_arguments(bench_parser)
+    bench_parser.set_defaults(func=bench.run)
 
     doctor = sub.add_parser(
         "doctor",

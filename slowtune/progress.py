@@ -94,10 +94,18 @@ def ensure(progress: Progress | None) -> Progress:
     return progress if progress is not None else Progress()
 
 
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
 class RichProgressBar:
     """Render ``ProgressEvent``s as rich progress bars, one per stage (the CLI's listener)."""
 
-    def __init__(self, *, transient: bool = False, console: Any = None) -> None:
+    def __init__(self, *, transient: bool = False, console: Any = None, max_metrics: int = 4) -> None:
+        self.max_metrics = max_metrics
+        # stderr by default: stdout stays free for a command's result (e.g. --json).
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -117,7 +125,7 @@ class RichProgressBar:
             TimeRemainingColumn(),
             TextColumn("{task.fields[info]}"),
             transient=transient,
-            console=console,
+            console=console if console is not None else _stderr_console(),
         )
         self._tasks: dict[str, Any] = {}
 
@@ -129,8 +137,10 @@ class RichProgressBar:
         self._rich.stop()
 
     def __call__(self, event: ProgressEvent) -> None:
+        # A terminal line has room for a few figures; the listener of a GUI gets them all.
+        shown = list(event.metrics.items())[: self.max_metrics]
         info = event.status or "  ".join(
-            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in event.metrics.items()
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown
         )
         task = self._tasks.get(event.stage)
         if task is None:

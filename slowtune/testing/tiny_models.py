@@ -619,7 +619,12 @@ def _weight_layout(config: Mapping[str, Any]) -> list[tuple[str, tuple[int, ...]
 
 
 def _random_weights(config: Mapping[str, Any], seed: int) -> dict[str, np.ndarray]:
-    """Seeded float32 weights: N(0, 0.02) for matrices and biases, norms near 1.
+    """Seeded float32 weights: N(0, 1/fan_in) for matrices (embeddings included), N(0, 0.02) for biases,
+    norms near 1.
+
+    The 1/sqrt(fan_in) scale keeps activations and logits of order one, as in a trained model; with the
+    usual 0.02 init a tiny model's logits are almost uniform and LoRA can barely move them, so no test could
+    check that training teaches anything.
 
     Norm weights are 1 + N(0, 0.05) rather than exactly 1, so that an exporter that drops or swaps a
     norm changes the logits and a comparison test notices. One generator, one fixed order: the same seed
@@ -629,7 +634,10 @@ def _random_weights(config: Mapping[str, Any], seed: int) -> dict[str, np.ndarra
     weights = {}
     for name, shape, kind in _weight_layout(config):
         values = rng.standard_normal(shape, dtype=np.float32)
-        values *= 0.05 if kind == "norm" else 0.02
+        if kind == "matrix":
+            values *= 1.0 / np.sqrt(shape[1])
+        else:
+            values *= 0.05 if kind == "norm" else 0.02
         if kind == "norm":
             values += 1.0
         weights[name] = values
@@ -715,13 +723,15 @@ def build_tiny_model(
     tokenizer: TokenizerSpec | Path | None = None,
     vocab_size: int = 1024,
     max_position_embeddings: int = 4096,
+    model_vocab_size: int | None = None,
 ) -> Path:
     """Write a complete Hugging Face model folder for `arch` with seeded random weights into `dest`.
 
     `tokenizer`: None for the family's tiny tokenizer trained on the corpus (`vocab_size` tokens), the
     path of a llama.cpp vocab GGUF file for a real one (see `tokenizer_from_vocab_gguf`), or a ready
     `TokenizerSpec`. The default hidden size is a multiple of 256 so that llama.cpp's K-quants really
-    quantize every row. Returns `dest`.
+    quantize every row. `model_vocab_size` gives the embedding more rows than the tokenizer has tokens
+    (as real models pad their vocabularies), for benchmark models of a realistic size. Returns `dest`.
     """
     if arch not in _ARCH_CONFIG:
         raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHS}")
@@ -749,6 +759,8 @@ def build_tiny_model(
         dtype=dtype,
         max_position_embeddings=max_position_embeddings,
     )
+    if model_vocab_size is not None:
+        config["vocab_size"] = max(model_vocab_size, config["vocab_size"])
     dest.mkdir(parents=True, exist_ok=True)
     _write_json(dest / "config.json", config)
     generation_config = {

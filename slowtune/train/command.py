@@ -1,0 +1,179 @@
+"""``slowtune train``: arguments and the command-line run (progress bar, Ctrl-C = cancel with a checkpoint)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from slowtune.train.config import PRESETS, TrainConfig
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model folder (Hugging Face or MLX layout) or a downloaded repo id")
+    p.add_argument("--data", help="folder with train.jsonl (and valid.jsonl), a .jsonl file, or a project")
+    p.add_argument("--engine", choices=("auto", "memory", "streamed"), default="auto",
+                   help="auto: in memory when the model fits with margin, else layer-streamed")
+    p.add_argument("--out", type=Path, help="run folder (default: a new folder under the project's or slowtune's runs)")
+    p.add_argument("--resume", type=Path, metavar="RUN", help="continue the run in this folder from its last checkpoint")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="standard", help="LoRA preset (default: standard)")
+    p.add_argument("--rank", type=int, help="LoRA rank (overrides the preset)")
+    p.add_argument("--alpha", type=float, help="LoRA alpha; the update is scaled by alpha/rank")
+    p.add_argument("--dropout", type=float, help="LoRA dropout")
+    p.add_argument("--lora-layers", type=int, help="adapt only the top N blocks (-1: all)")
+    p.add_argument("--max-seq-len", type=int, default=1024)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--iters", type=int, default=0, help="optimizer steps (default: from --epochs)")
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate")
+    p.add_argument("--warmup", type=int, default=-1, help="warm-up steps (default: 5%% of the run)")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-every", type=int, default=50)
+    p.add_argument("--save-every", type=int, default=100)
+    p.add_argument("--compute-dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--grad-checkpoint", action="store_true", help="in-memory engine: recompute blocks in backward")
+    p.add_argument("--cold", action="store_true", help="streamed: drop weights from the page cache after use")
+    p.add_argument("--no-prefetch", action="store_true", help="streamed: do not read ahead")
+    p.add_argument("--dry-run", action="store_true", help="print the fit preflight and stop")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def config_from_args(args: argparse.Namespace, model_dir: Path) -> TrainConfig:
+    import dataclasses
+
+    lora = dataclasses.replace(PRESETS[args.preset])
+    for attr, value in (("rank", args.rank), ("alpha", args.alpha), ("dropout", args.dropout),
+                        ("num_layers", args.lora_layers)):
+        if value is not None:
+            setattr(lora, attr, value)
+    cfg = TrainConfig(
+        model=str(model_dir), data=str(Path(args.data).expanduser().resolve()), engine=args.engine, lora=lora,
+        max_seq_len=args.max_seq_len, batch_size=args.batch_size, grad_accum=args.grad_accum, iters=args.iters,
+        epochs=args.epochs, learning_rate=args.lr, warmup=args.warmup, weight_decay=args.weight_decay,
+        seed=args.seed, val_every=args.val_every, save_every=args.save_every, compute_dtype=args.compute_dtype,
+        grad_checkpoint=args.grad_checkpoint,
+    )
+    cfg.stream.cold = args.cold
+    cfg.stream.prefetch = not args.no_prefetch
+    return cfg
+
+
+def _check(args: argparse.Namespace) -> str | None:
+    for name in ("max_seq_len", "batch_size", "grad_accum"):
+        if getattr(args, name) < 1:
+            return f"--{name.replace('_', '-')} must be at least 1"
+    if args.iters < 0 or args.epochs <= 0:
+        return "--iters must be >= 0 and --epochs > 0"
+    if not args.lr > 0:
+        return "--lr must be positive"
+    return None
+
+
+def _default_run_dir(data: Path) -> tuple[Path, Any]:
+    from slowtune import paths
+    from slowtune.store import DB_NAME, Project
+
+    run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    if (data / DB_NAME).exists():
+        project = Project.open(data)
+        return project.run_dir(run_id), project
+    return paths.data_dir() / "runs" / run_id, None
+
+
+def run(args: argparse.Namespace) -> int:
+    from slowtune.models.hub import HubError, resolve_model
+    from slowtune.progress import Progress, RichProgressBar
+    from slowtune.train.model import ModelError
+    from slowtune.train.preflight import preflight
+    from slowtune.train.trainer import TrainError, run_training
+
+    def fail(message: str) -> int:
+        print(f"slowtune train: {message}", file=sys.stderr)
+        return 1
+
+    resume = args.resume is not None
+    if resume:
+        run_dir = args.resume.expanduser().resolve()
+        saved = run_dir / "run.json"
+        if not saved.exists():
+            return fail(f"{run_dir} is not a training run (no run.json).")
+        info = json.loads(saved.read_text())
+        cfg = TrainConfig.from_dict(info["config"])
+        engine, project = info["engine"], None
+        model_dir = Path(cfg.model)
+    else:
+        if not args.model or not args.data:
+            return fail("--model and --data are needed (or --resume RUN).")
+        if problem := _check(args):
+            return fail(problem)
+        try:
+            model_dir = resolve_model(args.model)
+        except HubError as exc:
+            return fail(str(exc))
+        data = Path(args.data).expanduser()
+        if not data.exists():
+            return fail(f"the data {data} does not exist.")
+        cfg = config_from_args(args, model_dir)
+        try:
+            report = preflight(model_dir, cfg)
+        except ModelError as exc:
+            return fail(str(exc))
+        print(report.summary(), file=sys.stderr)
+        if report.choice is None:
+            return fail(report.reason)
+        if args.dry_run:
+            return 0
+        engine = report.choice
+        cfg.grad_checkpoint = cfg.grad_checkpoint or report.grad_checkpoint
+        if engine == "streamed" and report.spare_blocks >= 2:
+            # Room to spare: keep the top block from the forward pass for the backward pass (one read less).
+            cfg.stream.keep_turnaround = 1
+        if args.out:
+            run_dir, project = args.out.expanduser().resolve(), None
+        else:
+            run_dir, project = _default_run_dir(data.resolve())
+
+    progress = Progress()
+    previous = signal.signal(signal.SIGINT, lambda *_: progress.cancel())
+    result = None
+    try:
+        with RichProgressBar() as bar:
+            progress.add_listener(bar)
+            result = run_training(cfg, run_dir, engine=engine, progress=progress, resume=resume)
+    except (TrainError, ModelError, ValueError) as exc:
+        return fail(str(exc))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if project is not None:
+            _record_run(project, run_dir, cfg, engine, result)
+            project.close()
+    summary = {"run_dir": str(result.run_dir), "status": result.status, "engine": result.engine,
+               "steps": result.steps, "train_loss": result.train_loss, "val_loss": result.val_loss,
+               "best_val": result.best_val}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        word = "finished" if result.status == "done" else "stopped (resume with --resume)"
+        print(f"Training {word}: {result.steps} steps, loss {result.train_loss}, adapter in {result.run_dir}")
+    return 0 if result.status == "done" else 130
+
+
+def _record_run(project: Any, run_dir: Path, cfg: TrainConfig, engine: str, result: Any) -> None:
+    now = time.time()
+    status = result.status if result is not None else "failed"
+    project.conn.execute(
+        """INSERT INTO runs(id, base_model, engine, status, config_json, metrics_json, adapter_path, created_at,
+                            updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+           ON CONFLICT(id) DO UPDATE SET status = excluded.status, metrics_json = excluded.metrics_json,
+                                         updated_at = excluded.updated_at""",
+        (run_dir.name, cfg.model, engine, status, json.dumps(cfg.to_dict()),
+         json.dumps({"steps": getattr(result, "steps", 0), "train_loss": getattr(result, "train_loss", None)}),
+         str(run_dir), now, now),
+    )

@@ -1,0 +1,95 @@
+"""Training configuration: dataclasses with ``help`` metadata, and LoRA presets."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# model_type values the streamed engine drives block by block (mistral loads as llama in mlx-lm).
+STREAMED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
+
+# The linear layers LoRA adapts by default: attention and MLP projections of the supported architectures.
+DEFAULT_KEYS = (
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+)
+
+
+@dataclass
+class LoraConfig:
+    rank: int = field(default=8, metadata={"help": "rank of the low-rank update"})
+    alpha: float = field(default=16.0, metadata={"help": "the update is scaled by alpha / rank"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input"})
+    keys: tuple[str, ...] = field(default=DEFAULT_KEYS, metadata={"help": "linear layers to adapt"})
+    num_layers: int = field(default=-1, metadata={"help": "adapt only the top N blocks (-1: all)"})
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+
+PRESETS: dict[str, LoraConfig] = {
+    # Cheap and quick: attention only, top 8 blocks. Good for style and format.
+    "light": LoraConfig(rank=8, alpha=16.0, keys=("self_attn.q_proj", "self_attn.v_proj"), num_layers=8),
+    # The default: every projection of every block.
+    "standard": LoraConfig(rank=16, alpha=32.0),
+    # For teaching many new facts: a larger rank.
+    "strong": LoraConfig(rank=32, alpha=64.0),
+}
+
+
+@dataclass
+class StreamConfig:
+    prefetch: bool = field(default=True, metadata={"help": "load the next block while this one computes"})
+    keep_turnaround: int = field(
+        default=0,
+        metadata={"help": "blocks at the top kept loaded from forward into backward (the preflight raises it "
+                          "when memory allows)"},
+    )
+    cold: bool = field(
+        default=False,
+        metadata={"help": "drop each block's bytes from the page cache after use (measures a cold disk)"},
+    )
+    cache_limit_mb: int = field(
+        default=0, metadata={"help": "MLX buffer cache while streaming, in MB (-1: leave MLX's default)"}
+    )
+    head_chunk: int = field(
+        default=64, metadata={"help": "sequence positions per cross-entropy chunk (bounds the logits in memory)"}
+    )
+
+
+@dataclass
+class TrainConfig:
+    model: str = field(default="", metadata={"help": "local model folder or downloaded repo id"})
+    data: str = field(default="", metadata={"help": "folder with train.jsonl/valid.jsonl, a .jsonl, or a project"})
+    engine: str = field(default="auto", metadata={"help": "auto, memory or streamed"})
+    lora: LoraConfig = field(default_factory=lambda: PRESETS["standard"])
+    max_seq_len: int = field(default=1024, metadata={"help": "longer conversations are truncated"})
+    batch_size: int = field(default=4, metadata={"help": "conversations per micro-batch"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    iters: int = field(default=0, metadata={"help": "optimizer steps (0: derive from epochs)"})
+    epochs: float = field(default=3.0, metadata={"help": "passes over the training data when iters is 0"})
+    learning_rate: float = field(default=1e-4, metadata={"help": "peak learning rate"})
+    warmup: int = field(default=-1, metadata={"help": "warm-up steps (-1: 5% of the run)"})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine decay ends at this fraction of the peak"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    seed: int = field(default=0, metadata={"help": "seeds LoRA init, batch order and dropout"})
+    val_every: int = field(default=50, metadata={"help": "validation loss every N steps (0: never)"})
+    val_batches: int = field(default=-1, metadata={"help": "validation batches per evaluation (-1: all)"})
+    save_every: int = field(default=100, metadata={"help": "checkpoint every N steps"})
+    compute_dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16"})
+    grad_checkpoint: bool = field(default=False, metadata={"help": "in-memory engine: recompute blocks in backward"})
+    stream: StreamConfig = field(default_factory=StreamConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["lora"]["keys"] = list(self.lora.keys)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        data = dict(data)
+        lora = LoraConfig(**{**data.pop("lora", {})})
+        lora.keys = tuple(lora.keys)
+        stream = StreamConfig(**data.pop("stream", {}))
+        return cls(lora=lora, stream=stream, **data)

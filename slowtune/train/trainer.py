@@ -1,0 +1,253 @@
+"""A training run: data, engine, AdamW with warm-up and cosine decay, validation, checkpoints, resume.
+
+``run_training(config, run_dir, progress)`` is what the CLI and the GUI call. It writes into ``run_dir``:
+- ``adapters.safetensors`` + ``adapter_config.json``: the last adapter, in mlx-lm's layout;
+- ``best/``: the adapter with the lowest validation loss (when there is validation data);
+- ``checkpoints/``: what ``resume=True`` continues from;
+- ``metrics.jsonl``: one line per step and per validation, for the GUI's live chart;
+- ``run.json``: the configuration, the data report, the engine and how the run ended.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slowtune.fsutil import atomic_write_text
+from slowtune.progress import Cancelled, Progress, ensure
+from slowtune.train import checkpoint as ckpt
+from slowtune.train.config import TrainConfig
+from slowtune.train.model import TrainModel, save_adapter
+
+# What each step reports through the progress protocol (the metrics file has everything).
+_SHOWN = ("epoch", "loss", "val_loss", "tokens_per_s", "mlx_peak_gb", "io_blocked_s", "eta_s")
+
+
+class TrainError(RuntimeError):
+    """The run cannot start or had to stop; the message says why in the user's terms."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    status: str  # done, cancelled
+    engine: str
+    steps: int
+    train_loss: float | None
+    val_loss: float | None
+    best_val: float | None
+    data_report: dict[str, Any] = field(default_factory=dict)
+
+
+class _Metrics:
+    """Append-only metrics log. After a resume, lines past the checkpoint are dropped first."""
+
+    def __init__(self, path: Path, keep_until_step: int | None) -> None:
+        self.path = path
+        if keep_until_step is not None and path.exists():
+            kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and _line_step(line) <= keep_until_step]
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
+        elif keep_until_step is None and path.exists():
+            path.unlink()
+        self.handle = path.open("a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.handle.write(json.dumps(record) + "\n")
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def _line_step(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except ValueError:
+        return 1 << 62  # a torn last line: drop it
+
+
+def make_schedule(cfg: TrainConfig, total_steps: int) -> Any:
+    import mlx.optimizers as optim
+
+    warmup = cfg.warmup if cfg.warmup >= 0 else max(0, round(0.05 * total_steps))
+    warmup = min(warmup, max(total_steps - 1, 0))
+    decay = optim.cosine_decay(cfg.learning_rate, max(total_steps - warmup, 1), cfg.learning_rate * cfg.min_lr_ratio)
+    if warmup == 0:
+        return decay
+    return optim.join_schedules([optim.linear_schedule(0.0, cfg.learning_rate, warmup), decay], [warmup])
+
+
+def _finite(result: Any) -> bool:
+    import mlx.core as mx
+
+    if not math.isfinite(result.loss):
+        return False
+    return all(bool(mx.isfinite(g).all().item()) for g in result.grads.values())
+
+
+def _peak_memory() -> dict[str, float]:
+    import mlx.core as mx
+    import psutil
+
+    return {"mlx_peak_gb": mx.get_peak_memory() / 1e9, "rss_gb": psutil.Process().memory_info().rss / 1e9}
+
+
+def prepare_data(cfg: TrainConfig, model_dir: Path) -> tuple[list[Any], list[Any], int, dict[str, Any]]:
+    """Encode the conversations with the model's chat template. Returns (train, valid, pad id, report)."""
+    from mlx_lm.utils import load_tokenizer
+
+    from slowtune.train import data as tdata
+
+    tokenizer = load_tokenizer(model_dir)
+    renderer = tdata.ChatRenderer(tokenizer)
+    conversations = tdata.load_conversations(Path(cfg.data))
+    train, report = tdata.encode_all(renderer, conversations.get("train", []), cfg.max_seq_len)
+    valid, _ = tdata.encode_all(renderer, conversations.get("valid", []), cfg.max_seq_len)
+    if not train:
+        raise TrainError(f"{cfg.data} has no usable training conversations: {report.summary()}")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    info = {"report": report.as_dict(),
+            "train_examples": len(train), "valid_examples": len(valid), "date_string": renderer.date_string}
+    return train, valid, int(pad or 0), info
+
+
+def build_engine(cfg: TrainConfig, model_dir: Path, engine: str) -> tuple[TrainModel, Any]:
+    from slowtune.train.engines import MemoryEngine, StreamedEngine
+
+    tm = TrainModel(model_dir, cfg.lora, compute_dtype=cfg.compute_dtype, seed=cfg.seed, streamed=engine == "streamed")
+    if engine == "streamed":
+        return tm, StreamedEngine(tm, cfg.stream)
+    return tm, MemoryEngine(tm, grad_checkpoint=cfg.grad_checkpoint, head_chunk=cfg.stream.head_chunk)
+
+
+def run_training(cfg: TrainConfig, run_dir: Path, *, engine: str, progress: Progress | None = None,
+                 resume: bool = False) -> RunResult:
+    import mlx.core as mx
+    import mlx.optimizers as optim
+
+    from slowtune.train import data as tdata
+
+    progress = ensure(progress)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model_dir = Path(cfg.model)
+    restored = None
+    if resume:
+        path = ckpt.latest_checkpoint(run_dir)
+        if path is None:
+            raise TrainError(f"There is no checkpoint to resume from in {run_dir}.")
+        restored = ckpt.load_checkpoint(path)
+        # The run continues with the configuration it started with.
+        cfg = TrainConfig.from_dict(restored.config)
+
+    progress.report("prepare", 0, 3, status="reading data")
+    train, valid, pad_id, data_info = prepare_data(cfg, model_dir)
+    progress.report("prepare", 1, 3, status=f"building the model ({engine})")
+    tm, eng = build_engine(cfg, model_dir, engine)
+    progress.report("prepare", 3, 3, status=f"{len(train)} conversations, {engine} engine")
+
+    batches_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    steps_per_epoch = max(1, batches_per_epoch // cfg.grad_accum)
+    total = cfg.iters or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    optimizer = optim.AdamW(learning_rate=make_schedule(cfg, total), weight_decay=cfg.weight_decay)
+
+    state = ckpt.TrainState()
+    if restored is not None:
+        tm.set_lora_parameters(restored.lora_params)
+        optimizer.state = restored.optimizer_state
+        state = restored.state
+    optimizer.init(tm.lora_parameters())
+    valid_batches = tdata.make_batches(valid, cfg.batch_size, seed=cfg.seed, epoch=0, pad_id=pad_id) if valid else []
+    if cfg.val_batches >= 0:
+        valid_batches = valid_batches[: cfg.val_batches]
+
+    atomic_write_text(run_dir / "run.json", json.dumps(
+        {"config": cfg.to_dict(), "engine": engine, "data": data_info, "total_steps": total, "status": "running"},
+        indent=2, default=str))
+    metrics = _Metrics(run_dir / "metrics.jsonl", state.step if restored else None)
+    epoch_batches = tdata.make_batches(train, cfg.batch_size, seed=cfg.seed, epoch=state.epoch, pad_id=pad_id)
+
+    def save(reason: str) -> None:  # reason: periodic, cancelled, final (kept for logging)
+        ckpt.save_checkpoint(run_dir, state, tm.lora_parameters(), optimizer.state, tm.adapter_config(),
+                             cfg.to_dict())
+
+    def validate() -> float | None:
+        if not valid_batches:
+            return None
+        loss, _ = eng.loss_only(valid_batches)
+        return loss
+
+    last_loss: float | None = None
+    val_loss: float | None = None
+    started = time.perf_counter()
+    steps_this_session = 0
+    status = "done"
+    try:
+        while state.step < total:
+            micro = []
+            while len(micro) < cfg.grad_accum:
+                if state.cursor >= len(epoch_batches):
+                    state.epoch += 1
+                    state.cursor = 0
+                    epoch_batches = tdata.make_batches(train, cfg.batch_size, seed=cfg.seed, epoch=state.epoch,
+                                                       pad_id=pad_id)
+                micro.append(epoch_batches[state.cursor])
+                state.cursor += 1
+            step_start = time.perf_counter()
+            result = eng.loss_and_grads(micro, step=state.step)
+            if not _finite(result):
+                raise TrainError(
+                    f"The loss became {result.loss} at step {state.step + 1}: training stopped. The last good "
+                    f"checkpoint is kept in {run_dir / 'checkpoints'}; try a lower learning rate "
+                    f"(now {cfg.learning_rate})."
+                )
+            params = tm.lora_parameters()
+            new_params = optimizer.apply_gradients(result.grads, params)
+            tm.set_lora_parameters(new_params)
+            mx.eval(new_params, optimizer.state)
+            state.step += 1
+            steps_this_session += 1
+            last_loss = result.loss
+            seconds = time.perf_counter() - step_start
+            n_tokens = sum(int(b.inputs.shape[0] * b.inputs.shape[1]) for b in micro)
+            elapsed = time.perf_counter() - started
+            eta = elapsed / steps_this_session * (total - state.step)
+            record = {"step": state.step, "epoch": state.epoch, "loss": result.loss, "lr": float(optimizer.learning_rate.item()),
+                      "tokens_per_s": n_tokens / seconds, "step_s": seconds, "io_blocked_s": result.io_blocked_s,
+                      "bytes_read": result.bytes_read, "eta_s": eta, **_peak_memory()}
+            if cfg.val_every and (state.step % cfg.val_every == 0 or state.step == total):
+                val_loss = validate()
+                if val_loss is not None:
+                    record["val_loss"] = val_loss
+                    if state.best_val is None or val_loss < state.best_val:
+                        state.best_val, state.best_step = val_loss, state.step
+                        save_adapter(run_dir / "best", tm.lora_parameters(), tm.adapter_config(),
+                                     {"step": state.step, "val_loss": val_loss})
+            metrics.write(record)
+            progress.report("train", state.step, total, **{k: v for k, v in record.items() if k in _SHOWN})
+            if cfg.save_every and state.step % cfg.save_every == 0 and state.step < total:
+                save("periodic")
+            ckpt.test_hook("after-step", state.step)
+            progress.check()
+    except Cancelled:
+        save("cancelled")
+        status = "cancelled"
+    except TrainError as exc:
+        summary = json.loads((run_dir / "run.json").read_text())
+        summary.update(status="failed", error=str(exc), steps=state.step)
+        atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2, default=str))
+        raise
+    finally:
+        metrics.close()
+
+    if status == "done":
+        save("final")
+        save_adapter(run_dir, tm.lora_parameters(), tm.adapter_config(), {"steps": state.step})
+    summary = json.loads((run_dir / "run.json").read_text())
+    summary.update(status=status, steps=state.step, train_loss=last_loss, val_loss=val_loss, best_val=state.best_val)
+    atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2, default=str))
+    return RunResult(run_dir, status, engine, state.step, last_loss, val_loss, state.best_val, data_info)
