@@ -92,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     train_command.add_arguments(train)
     train.set_defaults(func=train_command.run)
 
+    from slowtune.models import command as models_command
+
+    models = sub.add_parser("models", help="Base models: the catalog, downloads, local folders, the HF token",
+                            description="Recommended base models, downloads into the Hugging Face cache (Ctrl-C "
+                            "stops; running it again resumes), and the token for gated models.")
+    models_command.add_arguments(models)
+    models.set_defaults(func=models_command.run)
+
     from slowtune import bench
 
     bench_parser = sub.add_parser("bench", help="Speed and memory benchmarks, printed as JSON",

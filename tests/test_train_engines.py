@@ -169,3 +169,7 @@ def test_streamed_equals_memory_bfloat16_base(tmp_path: Path) -> None:
 
     path = build_tiny_model(tmp_path / "bf16", "llama", num_layers=3, dtype="bfloat16", seed=4)
     _compare(path)
+
+
+def test_streamed_equals_memory_mistral(tiny_mistral: Path) -> None:
+    _compare(tiny_mistral)

@@ -169,6 +169,8 @@ def test_preflight_picks_and_refuses(tiny_llama: Path, qa_data: Path) -> None:
     assert tight.estimates["streamed"].step_seconds >= tight.estimates["streamed"].detail["io_seconds"]
     hopeless = preflight(tiny_llama, cfg, available_bytes=1000, **kw)
     assert hopeless.choice is None and "Too large" in hopeless.reason and "--max-seq-len" in hopeless.reason
+    full = preflight(tiny_llama, cfg, available_bytes=16 * 10**9, free_disk_bytes=1000, output_dir=Path("/runs"), **kw)
+    assert full.choice is None and "Not enough free disk" in full.reason and "/runs" in full.reason
     # A slower disk makes the streamed step slower, never faster.
     slow_disk = preflight(tiny_llama, cfg, available_bytes=between, disk_gbps=0.001, compute_gflops=100.0)
     assert slow_disk.estimates["streamed"].step_seconds > tight.estimates["streamed"].step_seconds
@@ -193,3 +195,20 @@ def test_cli_rejects_bad_input_clearly(tiny_llama: Path, tmp_path: Path) -> None
     assert bad.returncode == 1 and "no-model" in bad.stderr and "Traceback" not in bad.stderr
     zero = _cli("--model", str(tiny_llama), "--data", str(tmp_path), "--batch-size", "0")
     assert zero.returncode == 1 and "--batch-size" in zero.stderr
+
+
+@pytest.mark.slow
+def test_training_a_project_records_the_run(tiny_llama: Path, tmp_path: Path) -> None:
+    from slowtune import dataset
+    from slowtune.store import Project
+
+    with Project.create(tmp_path / "proj") as project:
+        dataset.add_rows(project, [dataset.DatasetRow(_conversation(q, a)) for q, a in QA])
+    out = _cli("--model", str(tiny_llama), "--data", str(tmp_path / "proj"), "--iters", "2", "--batch-size", "3",
+               "--max-seq-len", "96", "--json")
+    assert out.returncode == 0, out.stderr
+    run_dir = Path(json.loads(out.stdout)["run_dir"])
+    assert run_dir.parent == tmp_path / "proj" / "runs"
+    with Project.open(tmp_path / "proj") as project:
+        row = project.conn.execute("SELECT status, engine, adapter_path FROM runs").fetchone()
+    assert tuple(row) == ("done", "memory", str(run_dir))

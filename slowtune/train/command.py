@@ -76,14 +76,14 @@ def _check(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _default_run_dir(data: Path) -> tuple[Path, Any]:
+def _default_run_dir(data: Path) -> tuple[Path, Path | None]:
+    """Where a new run goes (nothing is created yet), and the project to record it in, if the data is one."""
     from slowtune import paths
-    from slowtune.store import DB_NAME, Project
+    from slowtune.store import DB_NAME
 
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     if (data / DB_NAME).exists():
-        project = Project.open(data)
-        return project.run_dir(run_id), project
+        return data / "runs" / run_id, data
     return paths.data_dir() / "runs" / run_id, None
 
 
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
             return fail(f"{run_dir} is not a training run (no run.json).")
         info = json.loads(saved.read_text())
         cfg = TrainConfig.from_dict(info["config"])
-        engine, project = info["engine"], None
+        engine, project_root = info["engine"], None
         model_dir = Path(cfg.model)
     else:
         if not args.model or not args.data:
@@ -121,8 +121,12 @@ def run(args: argparse.Namespace) -> int:
         if not data.exists():
             return fail(f"the data {data} does not exist.")
         cfg = config_from_args(args, model_dir)
+        if args.out:
+            run_dir, project_root = args.out.expanduser().resolve(), None
+        else:
+            run_dir, project_root = _default_run_dir(data.resolve())
         try:
-            report = preflight(model_dir, cfg)
+            report = preflight(model_dir, cfg, output_dir=run_dir)
         except ModelError as exc:
             return fail(str(exc))
         print(report.summary(), file=sys.stderr)
@@ -135,10 +139,6 @@ def run(args: argparse.Namespace) -> int:
         if engine == "streamed" and report.spare_blocks >= 2:
             # Room to spare: keep the top block from the forward pass for the backward pass (one read less).
             cfg.stream.keep_turnaround = 1
-        if args.out:
-            run_dir, project = args.out.expanduser().resolve(), None
-        else:
-            run_dir, project = _default_run_dir(data.resolve())
 
     progress = Progress()
     previous = signal.signal(signal.SIGINT, lambda *_: progress.cancel())
@@ -151,9 +151,11 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(exc))
     finally:
         signal.signal(signal.SIGINT, previous)
-        if project is not None:
-            _record_run(project, run_dir, cfg, engine, result)
-            project.close()
+        if project_root is not None:
+            from slowtune.store import Project
+
+            with Project.open(project_root) as project:
+                _record_run(project, run_dir, cfg, engine, result)
     summary = {"run_dir": str(result.run_dir), "status": result.status, "engine": result.engine,
                "steps": result.steps, "train_loss": result.train_loss, "val_loss": result.val_loss,
                "best_val": result.best_val}

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-# model_type values the streamed engine drives block by block (mistral loads as llama in mlx-lm).
-STREAMED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
+from slowtune.models.catalog import STREAMED_ARCHITECTURES
+
+__all__ = ["DEFAULT_KEYS", "PRESETS", "STREAMED_ARCHITECTURES", "LoraConfig", "StreamConfig", "TrainConfig"]
 
 # The linear layers LoRA adapts by default: attention and MLP projections of the supported architectures.
 DEFAULT_KEYS = (

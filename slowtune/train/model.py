@@ -18,15 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from slowtune.fsutil import atomic_writer
+from slowtune.models.catalog import ModelError, read_safetensors_header
 from slowtune.train.config import STREAMED_ARCHITECTURES, LoraConfig
 
 LORA_LEAVES = ("lora_a", "lora_b")
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "U32": 4, "I16": 2, "U16": 2,
-                "I8": 1, "U8": 1, "BOOL": 1}
-
-
-class ModelError(ValueError):
-    """The model folder cannot be trained on; the message names the folder and the reason."""
 
 
 @dataclass(frozen=True)
@@ -43,10 +38,10 @@ class TensorInfo:
 
 
 def read_safetensors_index(path: Path) -> dict[str, TensorInfo]:
-    """Tensor names, dtypes, shapes and byte ranges from a safetensors header (8-byte length + JSON)."""
+    """Tensor names, dtypes, shapes and absolute byte ranges from a safetensors header."""
+    header = read_safetensors_header(path)
     with path.open("rb") as f:
         (length,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(length))
     base = 8 + length
     out = {}
     for name, meta in header.items():
@@ -142,7 +137,7 @@ class TrainModel:
         self.streamed = streamed
         if streamed and self.model_type not in STREAMED_ARCHITECTURES:
             raise ModelError(
-                f"The streamed engine supports {', '.join(STREAMED_ARCHITECTURES)}; {self.model_dir} is "
+                f"The streamed engine supports {', '.join(sorted(STREAMED_ARCHITECTURES))}; {self.model_dir} is "
                 f"'{self.model_type}'. Use the in-memory engine (--engine memory) if it fits."
             )
         self.compute_dtype = getattr(mx, compute_dtype)

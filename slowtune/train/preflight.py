@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from slowtune import system
+from slowtune.train.checkpoint import KEEP
 from slowtune.train.config import STREAMED_ARCHITECTURES, TrainConfig
 from slowtune.train.model import WeightSource, read_config
 
@@ -89,7 +90,8 @@ def measure_disk_gbps(folder: Path) -> float:
 
 
 def preflight(model_dir: Path, cfg: TrainConfig, *, available_bytes: int | None = None,
-              disk_gbps: float | None = None, compute_gflops: float | None = None) -> PreflightReport:
+              disk_gbps: float | None = None, compute_gflops: float | None = None,
+              output_dir: Path | None = None, free_disk_bytes: int | None = None) -> PreflightReport:
     config = read_config(model_dir)
     source = WeightSource(model_dir)
     arch = config.get("model_type", "?")
@@ -159,13 +161,24 @@ def preflight(model_dir: Path, cfg: TrainConfig, *, available_bytes: int | None 
         out[engine] = EngineEstimate(engine, int(peak), seconds, fits,
                                      {"io_seconds": io_seconds} if engine == "streamed" else {})
 
+    # On disk: each checkpoint holds the adapter and two AdamW moments; two are kept, plus best and last.
+    disk_needed = lora_params * 4 * 3 * (KEEP + 1) + 2 * lora_params * 4 + 50 * 2**20
+    if free_disk_bytes is None and output_dir is not None:
+        existing = next((p for p in [output_dir, *output_dir.parents] if p.exists()), Path.cwd())
+        free_disk_bytes = system.free_disk_bytes(existing)
+
     choice, ckpt_flag = None, False
+    if free_disk_bytes is not None and free_disk_bytes < disk_needed:
+        reason = (f"Not enough free disk for the run's checkpoints: ~{disk_needed / GB:.2f} GB needed in "
+                  f"{output_dir}, {free_disk_bytes / GB:.2f} GB free.")
+        return PreflightReport(str(model_dir), arch, source.total_bytes, weights, available_bytes, disk_gbps,
+                               compute_gflops, {}, None, False, reason)
     if cfg.engine in ("memory", "streamed"):
         choice = cfg.engine
         ckpt_flag = cfg.grad_checkpoint
         reason = f"{choice} engine, as asked"
         if choice == "streamed" and arch not in STREAMED_ARCHITECTURES:
-            choice, reason = None, (f"the streamed engine supports {', '.join(STREAMED_ARCHITECTURES)}, "
+            choice, reason = None, (f"the streamed engine supports {', '.join(sorted(STREAMED_ARCHITECTURES))}, "
                                     f"not '{arch}'")
     elif out["memory"].fits:
         choice, reason = "memory", "the model fits in memory with margin: in-memory engine"
