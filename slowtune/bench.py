@@ -66,6 +66,12 @@ VARIANTS = ("memory_ckpt", "memory", "streamed_warm", "streamed_cold", "loader_c
 def bench_train(args: argparse.Namespace) -> dict[str, Any]:
     from slowtune import system
 
+    if args.steps < 1:
+        raise SystemExit("slowtune bench train: --steps must be at least 1")
+    only = set(args.only.split(",")) if args.only else set(VARIANTS)
+    if unknown := only - set(VARIANTS):
+        raise SystemExit(f"slowtune bench train: unknown variant {', '.join(sorted(unknown))}; "
+                         f"choose from {', '.join(VARIANTS)}")
     shape = QUICK if args.quick else FULL
     model = _bench_model(shape)
     env = dict(os.environ)
@@ -78,7 +84,6 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
     elif args.blas == "openblas":
         raise SystemExit(f"OpenBLAS is not installed at {OPENBLAS} (Debian: libopenblas0-pthread)")
     disk = system.measure_read_speed(model, size_bytes=256 * 2**20)
-    only = set(args.only.split(",")) if args.only else set(VARIANTS)
     results: dict[str, Any] = {}
     for variant in VARIANTS:
         if variant not in only:

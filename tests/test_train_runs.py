@@ -212,3 +212,12 @@ def test_training_a_project_records_the_run(tiny_llama: Path, tmp_path: Path) ->
     with Project.open(tmp_path / "proj") as project:
         row = project.conn.execute("SELECT status, engine, adapter_path FROM runs").fetchone()
     assert tuple(row) == ("done", "memory", str(run_dir))
+
+
+@pytest.mark.slow
+def test_resume_refuses_changed_data(tiny_llama: Path, qa_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run_training(_config(tiny_llama, qa_data, iters=2, save_every=1), run, engine="memory")
+    write_jsonl([_conversation("Something else?", "Entirely.")] * 3, qa_data / "train.jsonl")
+    with pytest.raises(TrainError, match="changed since this run started"):
+        run_training(_config(tiny_llama, qa_data), run, engine="memory", resume=True)

@@ -108,7 +108,9 @@ def download(
         error = _user_error(exc, repo_id, revision, token_given=token is not None)
         if error is None:
             raise
-        log.warning("Download of %s failed: %s: %s", repo_id, type(exc).__name__, exc)
+        # The exception's text can carry a signed download URL: log its type and status only.
+        log.warning("Download of %s failed: %s %s", repo_id, type(exc).__name__,
+                    getattr(getattr(exc, "response", None), "status_code", ""))
         raise error from exc
 
 
@@ -358,6 +360,10 @@ def _stream(file: _RemoteFile, partial: Path, token: str | None, tracker: _Track
                     raise _Retry(f"HTTP {response.status_code}")
                 hf_raise_for_status(response)
                 resuming = have > 0 and response.status_code == 206 and _range_start(response) == have
+                if response.status_code == 206 and not resuming:
+                    # A range we did not ask for: its bytes cannot go at the start of the file. Start over.
+                    partial.unlink(missing_ok=True)
+                    raise _Retry("the server answered with another byte range")
                 written = have if resuming else 0  # a 200 answer is the whole file: rewrite it
                 with partial.open("ab" if resuming else "wb") as out:
                     for chunk in response.iter_bytes(_CHUNK):
@@ -376,8 +382,8 @@ def _stream(file: _RemoteFile, partial: Path, token: str | None, tracker: _Track
             if failures > _MAX_RETRIES:
                 raise
             delay = min(8.0, 0.5 * 2 ** (failures - 1))
-            log.warning("Download of %s interrupted (%s: %s); resuming in %.1f s.", file.path,
-                        type(exc).__name__, exc, delay)
+            log.warning("Download of %s interrupted (%s); resuming in %.1f s.", file.path,
+                        exc if isinstance(exc, _Retry) else type(exc).__name__, delay)
             _sleep(delay, progress)
 
 

@@ -79,6 +79,8 @@ def save_checkpoint(run_dir: Path, state: TrainState, lora_params: dict[str, Any
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{state.step:06d}"
     final = root / name
+    if _complete(final) and (root / LATEST).exists() and (root / LATEST).read_text().strip() == name:
+        return final  # this step is saved already (e.g. a cancel right after a periodic save)
     tmp = root / f".{name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     save_adapter(tmp, lora_params, adapter_config)
@@ -88,14 +90,19 @@ def save_checkpoint(run_dir: Path, state: TrainState, lora_params: dict[str, Any
     atomic_write_text(tmp / "state.json", json.dumps(
         {"state": state.to_dict(), "optimizer": scalars, "config": config}, indent=2))
     if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+        # Never delete the only copy before the new one is in place: move the old one aside first.
+        aside = root / f".{name}.old-{os.getpid()}"
+        os.replace(final, aside)
+        os.replace(tmp, final)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
     atomic_write_text(root / LATEST, name + "\n")
     # Keep the newest few; older ones (and leftovers of killed writes) go.
     done = sorted(p for p in root.glob("step-*") if p.is_dir())
     for old in done[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
-    for leftover in root.glob(".step-*.tmp-*"):
+    for leftover in [*root.glob(".step-*.tmp-*"), *root.glob(".step-*.old-*")]:
         shutil.rmtree(leftover, ignore_errors=True)
     return final
 
@@ -109,12 +116,20 @@ class Checkpoint:
     config: dict[str, Any]
 
 
+def _complete(path: Path) -> bool:
+    return all((path / f).exists() for f in ("state.json", "adapters.safetensors", "optimizer.safetensors"))
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    pointer = run_dir / "checkpoints" / LATEST
-    if not pointer.exists():
-        return None
-    path = run_dir / "checkpoints" / pointer.read_text().strip()
-    return path if (path / "state.json").exists() else None
+    """The checkpoint ``latest`` names, or (if that one is gone or torn) the newest complete one."""
+    root = run_dir / "checkpoints"
+    pointer = root / LATEST
+    if pointer.exists():
+        path = root / pointer.read_text().strip()
+        if _complete(path):
+            return path
+    done = sorted(p for p in root.glob("step-*") if p.is_dir() and _complete(p))
+    return done[-1] if done else None
 
 
 def load_checkpoint(path: Path) -> Checkpoint:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
 import time
@@ -73,6 +74,14 @@ def _check(args: argparse.Namespace) -> str | None:
         return "--iters must be >= 0 and --epochs > 0"
     if not args.lr > 0:
         return "--lr must be positive"
+    if args.rank is not None and args.rank < 1:
+        return "--rank must be at least 1"
+    if args.dropout is not None and not 0 <= args.dropout < 1:
+        return "--dropout must be in [0, 1)"
+    if args.lora_layers == 0:
+        return "--lora-layers must be -1 (all blocks) or a number of top blocks above 0"
+    if args.val_every < 0 or args.save_every < 0:
+        return "--val-every and --save-every must be 0 (never) or more"
     return None
 
 
@@ -106,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
             return fail(f"{run_dir} is not a training run (no run.json).")
         info = json.loads(saved.read_text())
         cfg = TrainConfig.from_dict(info["config"])
-        engine, project_root = info["engine"], None
+        engine = info["engine"]
+        project_root = Path(info["project"]) if info.get("project") else None
         model_dir = Path(cfg.model)
     else:
         if not args.model or not args.data:
@@ -125,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
             run_dir, project_root = args.out.expanduser().resolve(), None
         else:
             run_dir, project_root = _default_run_dir(data.resolve())
+        if (run_dir / "run.json").exists():
+            return fail(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or choose another --out.")
         try:
             report = preflight(model_dir, cfg, output_dir=run_dir)
         except ModelError as exc:
@@ -141,14 +153,27 @@ def run(args: argparse.Namespace) -> int:
             cfg.stream.keep_turnaround = 1
 
     progress = Progress()
-    previous = signal.signal(signal.SIGINT, lambda *_: progress.cancel())
+
+    def on_interrupt(*_: object) -> None:
+        # First Ctrl-C: stop after this step and save a checkpoint. A second one: stop now.
+        print("\nStopping after this step (Ctrl-C again to stop at once)...", file=sys.stderr)
+        progress.cancel()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
     result = None
     try:
         with RichProgressBar() as bar:
             progress.add_listener(bar)
-            result = run_training(cfg, run_dir, engine=engine, progress=progress, resume=resume)
+            result = run_training(cfg, run_dir, engine=engine, progress=progress, resume=resume,
+                                  project=project_root)
     except (TrainError, ModelError, ValueError) as exc:
         return fail(str(exc))
+    except (OSError, RuntimeError, MemoryError) as exc:
+        logging.getLogger(__name__).exception("training failed")
+        return fail(f"training stopped: {type(exc).__name__}: {exc} (details in the log)")
+    except KeyboardInterrupt:
+        return fail("interrupted; the last checkpoint is kept (resume with --resume)")
     finally:
         signal.signal(signal.SIGINT, previous)
         if project_root is not None:

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from slowtune.train.config import StreamConfig
+from slowtune.train.config import STREAMED_ARCHITECTURES, StreamConfig
 from slowtune.train.model import TrainModel
 
 
@@ -103,20 +103,31 @@ class MemoryEngine:
         self.grad_checkpoint = grad_checkpoint
         self.head_chunk = head_chunk
 
-    def _forward_loss(self, inputs: Any, targets: Any, mask: Any, n_total: int) -> Any:
+    def _forward_loss(self, inputs: Any, targets: Any, mask: Any, n_total: int, seed: int = 0) -> Any:
         import mlx.core as mx
+        import mlx.nn as nn
 
         tm = self.tm
+        if tm.model_type not in STREAMED_ARCHITECTURES:
+            # Other families (gemma2's embedding scale and logit soft-cap, ...) go through mlx-lm's own
+            # forward pass, whole: block-level checkpointing is only for the families we drive ourselves.
+            logits = tm.model(inputs).astype(mx.float32)
+            return (nn.losses.cross_entropy(logits, targets, reduction="none") * mask).sum() / n_total
         h = _embed(tm, inputs)
         masks = _masks(tm, h)
         for i, layer in enumerate(tm.layers):
             if self.grad_checkpoint:
-                def run(params: Any, x: Any, layer: Any = layer) -> Any:
+                def run(params: Any, x: Any, layer: Any = layer, i: int = i) -> Any:
+                    # The recomputation in the backward pass must draw the same dropout masks.
+                    mx.random.seed(seed + i + 1)
                     layer.update(params)
                     return _block_call(layer, x, masks)
 
+                mx.random.seed(seed + i + 1)
+
                 h = mx.checkpoint(run)(layer.trainable_parameters(), h)
             else:
+                mx.random.seed(seed + i + 1)  # per block, as the other paths do: the same dropout masks
                 h = _block_call(layer, h, masks)
             if i < tm.first_lora_block:
                 # Nothing below the lowest LoRA block needs a gradient.
@@ -129,10 +140,11 @@ class MemoryEngine:
         from mlx.utils import tree_flatten
 
         n_total = sum(int(b.n_loss_tokens) for b in batches)
-        value_and_grad = nn.value_and_grad(self.tm.model, lambda *a: self._forward_loss(*a, n_total))
         loss_total, grads = 0.0, None
         for m, batch in enumerate(batches):
-            mx.random.seed(_dropout_seed(step, m))
+            seed = _dropout_seed(step, m)
+            value_and_grad = nn.value_and_grad(self.tm.model, lambda *a, seed=seed: self._forward_loss(*a, n_total, seed))
+            mx.random.seed(seed)
             loss, g = value_and_grad(*_arrays(batch))
             flat = dict(tree_flatten(g))
             grads = flat if grads is None else {k: grads[k] + v for k, v in flat.items()}
@@ -142,23 +154,19 @@ class MemoryEngine:
 
     def loss_only(self, batches: list[MicroBatch]) -> tuple[float, int]:
         """Mean loss per loss token over ``batches``, no gradients (validation)."""
+        import mlx.core as mx
+
+        n_total = sum(int(b.n_loss_tokens) for b in batches)
+        total = 0.0
         self.tm.model.eval()
         try:
-            return memory_loss_only(self, batches)
+            for batch in batches:
+                loss = self._forward_loss(*_arrays(batch), n_total)
+                mx.eval(loss)
+                total += loss.item()
         finally:
             self.tm.model.train()
-
-
-def memory_loss_only(engine: MemoryEngine, batches: list[MicroBatch]) -> tuple[float, int]:
-    import mlx.core as mx
-
-    n_total = sum(int(b.n_loss_tokens) for b in batches)
-    total = 0.0
-    for batch in batches:
-        loss = engine._forward_loss(*_arrays(batch), n_total)
-        mx.eval(loss)
-        total += loss.item()
-    return total, n_total
+        return total, n_total
 
 
 def _dropout_seed(step: int, micro: int, block: int = -1) -> int:
@@ -275,6 +283,7 @@ class StreamedEngine:
     # --- one step -------------------------------------------------------------------------------------
     def loss_and_grads(self, batches: list[MicroBatch], step: int = 0) -> StepResult:
         import mlx.core as mx
+        from mlx.utils import tree_flatten
 
         tm = self.tm
         L, k = tm.num_layers, tm.first_lora_block
@@ -340,8 +349,6 @@ class StreamedEngine:
                     block_grads = gp if block_grads is None else _tree_add(block_grads, gp)
                     new_gs.append(gx)
                 layer.update(params)
-                from mlx.utils import tree_flatten
-
                 flat = {f"model.layers.{i}.{n}": v for n, v in tree_flatten(block_grads)}
                 mx.eval(list(flat.values()), new_gs)
                 grads.update(flat)

@@ -157,6 +157,8 @@ class TrainModel:
             model.set_dtype(self.compute_dtype)
         model.freeze()
         mx.random.seed(seed)  # LoRA's A matrices are random: the same seed gives the same start
+        if lora.num_layers == 0 or lora.rank < 1:
+            raise ModelError("LoRA needs at least one block (num_layers -1 for all, or N > 0) and a rank of 1 or more.")
         n = self.num_layers if lora.num_layers < 0 else min(lora.num_layers, self.num_layers)
         self.lora_config = lora
         self.lora_num_layers = n

@@ -107,7 +107,6 @@ def preflight(model_dir: Path, cfg: TrainConfig, *, available_bytes: int | None 
     mem = {n: _in_memory_bytes(i, cfg.compute_dtype) for n, i in source.tensors.items()}
     weights = sum(mem.values())
     blocks = [sum(v for n, v in mem.items() if n.startswith(f"model.layers.{i}.")) for i in range(L)]
-    outer = weights - sum(blocks)
     biggest_outer = max((v for n, v in mem.items() if not n.startswith("model.layers.")), default=0)
 
     # LoRA: rank * (in + out) per adapted linear; AdamW keeps the parameter, two moments and the gradient.
@@ -139,7 +138,17 @@ def preflight(model_dir: Path, cfg: TrainConfig, *, available_bytes: int | None 
     if disk_gbps is None:
         disk_gbps = measure_disk_gbps(model_dir)
 
-    params = weights / _FLOAT_BYTES[cfg.compute_dtype]
+    # Parameters from shapes: packed 4-bit weights hold 32/bits values per uint32; scales/biases are not weights.
+    bits = int(config.get("quantization", {}).get("bits", 4))
+    packed = {n.rsplit(".", 1)[0] for n, info in source.tensors.items() if info.dtype == "U32"}
+    params = 0
+    for name, info in source.tensors.items():
+        if name.endswith((".scales", ".biases")) and name.rsplit(".", 1)[0] in packed:
+            continue
+        n = 1
+        for d in info.shape:
+            n *= d
+        params += n * 32 // bits if info.dtype == "U32" else n
     tokens = B * T * accum
     lora_share = n_lora / L
     forward = 2 * params * tokens
@@ -147,7 +156,10 @@ def preflight(model_dir: Path, cfg: TrainConfig, *, available_bytes: int | None 
     recompute = forward * lora_share
     compute = {"memory": forward + backward, "memory+ckpt": forward + backward + recompute,
                "streamed": forward + backward + recompute}
-    streamed_bytes = sum(blocks) + sum(blocks[L - n_lora:]) + outer  # forward all, backward the LoRA blocks
+    # Bytes read from disk per step (the files' own sizes, not the compute dtype's): forward reads every
+    # block, backward the LoRA blocks again; embedding and head once each.
+    disk = [source.nbytes(source.names(f"model.layers.{i}.")) for i in range(L)]
+    streamed_bytes = sum(disk) + sum(disk[L - n_lora:]) + source.total_bytes - sum(disk)
     io_seconds = streamed_bytes / (disk_gbps * GB)
 
     out: dict[str, EngineEstimate] = {}

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -24,7 +25,7 @@ from slowtune.train.config import TrainConfig
 from slowtune.train.model import TrainModel, save_adapter
 
 # What each step reports through the progress protocol (the metrics file has everything).
-_SHOWN = ("epoch", "loss", "val_loss", "tokens_per_s", "mlx_peak_gb", "io_blocked_s", "eta_s")
+_SHOWN = ("loss", "val_loss", "tokens_per_s", "eta_s", "epoch", "mlx_peak_gb", "io_blocked_s")
 
 
 class TrainError(RuntimeError):
@@ -111,7 +112,10 @@ def prepare_data(cfg: TrainConfig, model_dir: Path) -> tuple[list[Any], list[Any
     if not train:
         raise TrainError(f"{cfg.data} has no usable training conversations: {report.summary()}")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    info = {"report": report.as_dict(),
+    digest = hashlib.sha256()
+    for example in train:
+        digest.update(example.tokens.tobytes() + example.mask.tobytes())
+    info = {"report": report.as_dict(), "fingerprint": digest.hexdigest(),
             "train_examples": len(train), "valid_examples": len(valid), "date_string": renderer.date_string}
     return train, valid, int(pad or 0), info
 
@@ -126,7 +130,7 @@ def build_engine(cfg: TrainConfig, model_dir: Path, engine: str) -> tuple[TrainM
 
 
 def run_training(cfg: TrainConfig, run_dir: Path, *, engine: str, progress: Progress | None = None,
-                 resume: bool = False) -> RunResult:
+                 resume: bool = False, project: Path | None = None) -> RunResult:
     import mlx.core as mx
     import mlx.optimizers as optim
 
@@ -144,10 +148,19 @@ def run_training(cfg: TrainConfig, run_dir: Path, *, engine: str, progress: Prog
         # The run continues with the configuration it started with.
         cfg = TrainConfig.from_dict(restored.config)
 
+    if not (model_dir / "config.json").exists():
+        raise TrainError(f"The base model {model_dir} is not there any more (no config.json); the run needs it.")
     progress.report("prepare", 0, 3, status="reading data")
     train, valid, pad_id, data_info = prepare_data(cfg, model_dir)
+    if restored is not None:
+        before = json.loads((run_dir / "run.json").read_text()).get("data", {}).get("fingerprint")
+        if before and before != data_info["fingerprint"]:
+            raise TrainError(f"The training data in {cfg.data} changed since this run started; resuming would "
+                             "not continue the same run. Start a new run instead.")
+    progress.check()
     progress.report("prepare", 1, 3, status=f"building the model ({engine})")
     tm, eng = build_engine(cfg, model_dir, engine)
+    progress.check()
     progress.report("prepare", 3, 3, status=f"{len(train)} conversations, {engine} engine")
 
     batches_per_epoch = math.ceil(len(train) / cfg.batch_size)
@@ -165,21 +178,31 @@ def run_training(cfg: TrainConfig, run_dir: Path, *, engine: str, progress: Prog
     if cfg.val_batches >= 0:
         valid_batches = valid_batches[: cfg.val_batches]
 
+    if restored is not None and project is None:
+        project_text = json.loads((run_dir / "run.json").read_text()).get("project")
+        project = Path(project_text) if project_text else None
     atomic_write_text(run_dir / "run.json", json.dumps(
-        {"config": cfg.to_dict(), "engine": engine, "data": data_info, "total_steps": total, "status": "running"},
-        indent=2, default=str))
+        {"config": cfg.to_dict(), "engine": engine, "data": data_info, "total_steps": total, "status": "running",
+         "project": str(project) if project else None}, indent=2, default=str))
     metrics = _Metrics(run_dir / "metrics.jsonl", state.step if restored else None)
     epoch_batches = tdata.make_batches(train, cfg.batch_size, seed=cfg.seed, epoch=state.epoch, pad_id=pad_id)
 
-    def save(reason: str) -> None:  # reason: periodic, cancelled, final (kept for logging)
+    def save() -> None:
         ckpt.save_checkpoint(run_dir, state, tm.lora_parameters(), optimizer.state, tm.adapter_config(),
                              cfg.to_dict())
 
     def validate() -> float | None:
+        """Mean loss per token over the validation set, a few batches per pass over the weights (a streamed
+        engine holds the hidden states of the batches in one pass)."""
         if not valid_batches:
             return None
-        loss, _ = eng.loss_only(valid_batches)
-        return loss
+        group = max(1, cfg.grad_accum)
+        weighted, tokens = 0.0, 0
+        for i in range(0, len(valid_batches), group):
+            loss, n = eng.loss_only(valid_batches[i : i + group])
+            weighted += loss * n
+            tokens += n
+        return weighted / max(tokens, 1)
 
     last_loss: float | None = None
     val_loss: float | None = None
@@ -213,7 +236,7 @@ def run_training(cfg: TrainConfig, run_dir: Path, *, engine: str, progress: Prog
             steps_this_session += 1
             last_loss = result.loss
             seconds = time.perf_counter() - step_start
-            n_tokens = sum(int(b.inputs.shape[0] * b.inputs.shape[1]) for b in micro)
+            n_tokens = sum(int(sum(b.lengths)) for b in micro)  # real tokens, not padding
             elapsed = time.perf_counter() - started
             eta = elapsed / steps_this_session * (total - state.step)
             record = {"step": state.step, "epoch": state.epoch, "loss": result.loss, "lr": float(optimizer.learning_rate.item()),
@@ -228,24 +251,24 @@ def run_training(cfg: TrainConfig, run_dir: Path, *, engine: str, progress: Prog
                         save_adapter(run_dir / "best", tm.lora_parameters(), tm.adapter_config(),
                                      {"step": state.step, "val_loss": val_loss})
             metrics.write(record)
-            progress.report("train", state.step, total, **{k: v for k, v in record.items() if k in _SHOWN})
+            progress.report("train", state.step, total, **{k: record[k] for k in _SHOWN if k in record})
             if cfg.save_every and state.step % cfg.save_every == 0 and state.step < total:
-                save("periodic")
+                save()
             ckpt.test_hook("after-step", state.step)
             progress.check()
     except Cancelled:
-        save("cancelled")
+        save()
         status = "cancelled"
-    except TrainError as exc:
+    except Exception as exc:
         summary = json.loads((run_dir / "run.json").read_text())
-        summary.update(status="failed", error=str(exc), steps=state.step)
+        summary.update(status="failed", error=f"{type(exc).__name__}: {exc}", steps=state.step)
         atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2, default=str))
         raise
     finally:
         metrics.close()
 
     if status == "done":
-        save("final")
+        save()
         save_adapter(run_dir, tm.lora_parameters(), tm.adapter_config(), {"steps": state.step})
     summary = json.loads((run_dir / "run.json").read_text())
     summary.update(status=status, steps=state.step, train_loss=last_loss, val_loss=val_loss, best_val=state.best_val)
