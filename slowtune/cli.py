@@ -22,7 +22,6 @@ EXIT_NOT_IMPLEMENTED = 3
 _PLANNED = {
     "ingest": ("Add documents (PDF, DOCX, HTML, Markdown, text) to a project", "the document library"),
     "generate": ("Have a teacher model write grounded Q&A from a project's documents", "the teacher"),
-    "export": ("Fuse an adapter, write GGUF and quantise it with llama.cpp", "export"),
     "chat": ("Chat offline with a GGUF model through llama.cpp", "the chat tester"),
     "eval": ("Score a tuned model against its base on the held-out probes", "evaluation"),
 }
@@ -91,6 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train_command.add_arguments(train)
     train.set_defaults(func=train_command.run)
+
+    from slowtune.export import command as export_command
+
+    export = sub.add_parser("export", help="Fuse an adapter, write GGUF, quantise with llama.cpp, and verify",
+                            description="Fuse a trained adapter into its base, write GGUF (F16 plus the "
+                            "quantisations asked for), verify each file against the trained model, and write an "
+                            "Ollama Modelfile.")
+    export_command.add_arguments(export)
+    export.set_defaults(func=export_command.run)
 
     from slowtune.models import command as models_command
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     # The rename is only durable once the directory entry is on disk too (not possible on Windows).
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
@@ -47,7 +47,7 @@ def atomic_writer(path: str | os.PathLike[str], mode: str = "wb", **open_kwargs:
             with contextlib.suppress(OSError):
                 os.chmod(tmp, target.stat().st_mode & 0o7777)
         os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

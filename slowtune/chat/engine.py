@@ -1,0 +1,65 @@
+"""The one llama.cpp engine module of the app: every GGUF (export verification, chat, the local teacher) is
+opened here, so workarounds and defaults live in one place.
+
+Workaround: on x86 CPUs with AMX, llama.cpp's extra CPU buffer types (weight repacking for quantised
+tensors) crash while decoding small quantised models (llama-cpp-python 0.3.36, seen on Q8_0 and Q4_K_M
+exports). ``use_extra_bufts`` turns that repacking off; llama-cpp-python's ``Llama`` does not expose the
+setting, so it is set on the default model parameters while ``Llama`` is built. Macs are not affected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import platform
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+_patch_lock = threading.Lock()
+
+
+@functools.cache
+def _repacking_is_safe() -> bool:
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info()
+    info = info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info)
+    return not (platform.machine().lower() in ("x86_64", "amd64") and "AMX_INT8 = 1" in info)
+
+
+@contextlib.contextmanager
+def _model_defaults(use_extra_bufts: bool) -> Iterator[None]:
+    import llama_cpp.llama_cpp as low
+
+    original = low.llama_model_default_params
+
+    def defaults() -> Any:
+        params = original()
+        params.use_extra_bufts = use_extra_bufts
+        return params
+
+    with _patch_lock:
+        low.llama_model_default_params = defaults
+        try:
+            yield
+        finally:
+            low.llama_model_default_params = original
+
+
+def load_gguf(path: Path, *, n_ctx: int = 4096, logits_all: bool = False, lora_path: Path | None = None,
+              exact: bool = False, **kwargs: Any) -> Any:
+    """A ``llama_cpp.Llama`` for ``path``.
+
+    ``exact``: keep the KV cache in float32 (llama.cpp's default is float16, which alone moves logits by
+    ~1e-3 relative), for comparisons against MLX.
+    """
+    import llama_cpp
+
+    if exact:
+        kwargs.setdefault("type_k", llama_cpp.GGML_TYPE_F32)
+        kwargs.setdefault("type_v", llama_cpp.GGML_TYPE_F32)
+    with _model_defaults(_repacking_is_safe()):
+        return llama_cpp.Llama(str(path), n_ctx=n_ctx, logits_all=logits_all, verbose=False,
+                               lora_path=str(lora_path) if lora_path else None, **kwargs)

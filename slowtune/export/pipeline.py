@@ -1,0 +1,181 @@
+"""``slowtune export``: adapter -> fused model -> GGUF (F16) -> quantised GGUFs, verified, with a Modelfile.
+
+The export folder gets ``<name>-F16.gguf`` and one file per quantisation, ``base-F16.gguf`` (the unmodified
+base, for side-by-side chat and evaluation), a ``Modelfile`` for Ollama, a README and ``export.json`` with
+the verification results. Work files live in a hidden folder that is removed at the end, also on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slowtune.fsutil import atomic_write_text
+from slowtune.progress import Progress, ensure
+
+
+class ExportFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    files: dict[str, Path]
+    verifications: list[Any]
+    adapter_effect: float | None
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def find_adapter(path: Path) -> Path:
+    """A run folder or an adapter folder -> the folder holding adapters.safetensors."""
+    for candidate in (path, path / "adapter"):
+        if (candidate / "adapters.safetensors").exists() and (candidate / "adapter_config.json").exists():
+            return candidate
+    raise ExportFailed(f"{path} holds no adapter (adapters.safetensors + adapter_config.json): give a training "
+                       "run folder or an adapter folder.")
+
+
+def verification_prompts(base: Path, adapter: Path, limit: int = 4) -> list[list[int]]:
+    """Token ids of prompts to compare on: the run's held-out probes, else its validation or training
+    conversations, rendered exactly as in training up to the assistant's turn."""
+    from mlx_lm.utils import load_tokenizer
+
+    from slowtune.train.data import ChatRenderer, load_conversations
+
+    tokenizer = load_tokenizer(base)
+    renderer = ChatRenderer(tokenizer)
+    conversations: list[list[dict[str, str]]] = []
+    run_json = adapter / "run.json"
+    if run_json.exists():
+        data = json.loads(run_json.read_text())["config"]["data"]
+        try:
+            splits = load_conversations(Path(data))
+            conversations = splits.get("test") or splits.get("valid") or splits.get("train") or []
+        except (OSError, ValueError):
+            conversations = []
+    prompts = []
+    for messages in conversations[:limit]:
+        upto = messages[: max(i for i, m in enumerate(messages) if m["role"] == "assistant")]
+        text = renderer.render_prompt(upto)
+        prompts.append(list(tokenizer.encode(text, add_special_tokens=False)))
+    if not prompts:
+        for text in ("The quick brown fox", "What does the document say about"):
+            prompts.append(list(tokenizer.encode(text)))
+    return prompts
+
+
+def export_run(adapter_or_run: Path, out_dir: Path, *, model: Path | None = None, quants: list[str] | None = None,
+               name: str = "model", with_base: bool = True, ollama: bool = True,
+               progress: Progress | None = None) -> ExportResult:
+    from slowtune.export.fuse import fuse
+    from slowtune.export.gguf_writer import write_gguf
+    from slowtune.export.quantize import parse_quant_types, quantize_many
+    from slowtune.export.verify import (
+        VerificationError,
+        adapter_changed_model,
+        compare,
+        llama_reference,
+        mlx_reference,
+    )
+
+    started = time.perf_counter()
+    progress = ensure(progress)
+    quants = parse_quant_types(",".join(quants or ["Q4_K_M"]))
+    adapter = find_adapter(Path(adapter_or_run))
+    adapter_config = json.loads((adapter / "adapter_config.json").read_text())
+    base = Path(model) if model else Path(adapter_config.get("base_model", ""))
+    if not (base / "config.json").exists():
+        raise ExportFailed(f"The base model {base or '(unknown)'} of {adapter} is not available; pass --model.")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = out_dir / f".work-{int(time.time())}"
+    files: dict[str, Path] = {}
+    try:
+        progress.report("export", 0, 5, status="fusing the adapter")
+        fused = fuse(base, adapter, work / "fused", progress=progress)
+        progress.report("export", 1, 5, status="writing GGUF")
+        files["F16"] = write_gguf(fused, out_dir / f"{name}-F16.gguf", out_type="f16", name=name, progress=progress)
+        if with_base:
+            base_plain = fuse(base, None, work / "base", progress=progress)
+            files["base-F16"] = write_gguf(base_plain, out_dir / "base-F16.gguf", out_type="f16",
+                                           name=f"{name}-base", progress=progress)
+            shutil.rmtree(base_plain, ignore_errors=True)
+        progress.report("export", 2, 5, status="quantising")
+        others = [q for q in quants if q != "F16"]
+        files.update(quantize_many(files["F16"], out_dir, name, others, progress=progress))
+
+        progress.report("export", 3, 5, status="verifying")
+        prompts = verification_prompts(base, adapter)
+        reference = mlx_reference(base, adapter, prompts)
+        plain = mlx_reference(base, None, prompts)
+        effect = adapter_changed_model(plain, reference)
+        results = [compare(reference, llama_reference(path, prompts), file=path.name, quant=q)
+                   for q, path in files.items() if not q.startswith("base")]
+        notes = [n for r in results for n in r.notes]
+        if effect < 1e-4:
+            notes.append("The adapter does not change the model's output (largest logit change "
+                         f"{effect:.1e}): was it trained?")
+
+        modelfile_notes: list[str] = []
+        if ollama:
+            from slowtune.export.modelfile import export_readme, render_modelfile
+
+            chat_template = _chat_template(fused)
+            target = files.get("Q4_K_M", files["F16"]).name
+            text, modelfile_notes = render_modelfile(target, chat_template or "")
+            atomic_write_text(out_dir / "Modelfile", text)
+            from slowtune.export.modelfile import detect_family
+
+            atomic_write_text(out_dir / "README.md", export_readme(
+                [p.name for p in files.values()] + ["Modelfile"],
+                family=detect_family(chat_template or ""), system=None))
+        report = {"adapter": str(adapter), "base": str(base), "files": {k: str(v) for k, v in files.items()},
+                  "sizes": {k: v.stat().st_size for k, v in files.items()}, "adapter_effect": effect,
+                  "verification": [r.to_dict() for r in results], "notes": notes + modelfile_notes}
+        atomic_write_text(out_dir / "export.json", json.dumps(report, indent=2))
+        progress.report("export", 5, 5, status="done")
+        failed = [r for r in results if r.required and not r.passed]
+        if failed:
+            raise VerificationError(
+                "The export does not behave like the trained model: " + "; ".join(n for r in failed for n in r.notes)
+                + f". Details in {out_dir / 'export.json'}.")
+        return ExportResult(out_dir, files, results, effect, notes + modelfile_notes, time.perf_counter() - started)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _chat_template(model_dir: Path) -> str | None:
+    template_file = model_dir / "chat_template.jinja"
+    if template_file.exists():
+        return template_file.read_text(encoding="utf-8")
+    config = model_dir / "tokenizer_config.json"
+    if config.exists():
+        template = json.loads(config.read_text()).get("chat_template")
+        return template if isinstance(template, str) else None
+    return None
+
+
+def record_export(project_root: Path, run_id: str | None, result: ExportResult) -> None:
+    """One row per file in the project's exports table, for the GUI."""
+    import uuid
+
+    from slowtune.store import Project
+
+    by_file = {v.file: v for v in result.verifications}
+    with Project.open(project_root) as project, project.transaction() as conn:
+        if run_id is not None and conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+            run_id = None  # a run the project has no record of (trained outside the CLI): keep the export anyway
+        for quant, path in result.files.items():
+            v = by_file.get(path.name)
+            conn.execute(
+                "INSERT INTO exports(id, run_id, kind, quant, path, size_bytes, verified, report_json, created_at) "
+                "VALUES (?, ?, 'gguf', ?, ?, ?, ?, ?, ?)",
+                (uuid.uuid4().hex, run_id, quant, str(path), path.stat().st_size, int(bool(v and v.passed)),
+                 json.dumps(v.to_dict() if v else {}), time.time()),
+            )
