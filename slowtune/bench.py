@@ -37,11 +37,90 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--only", help="comma-separated variants to run (default: all)")
 
 
+    e = sub.add_parser("export", help="fuse + GGUF: time, peak memory, throughput; F16 and Q4_K_M agreement")
+    e.add_argument("--quick", action="store_true", help="a small model: a smoke test of the benchmark itself")
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.bench == "train":
-        print(json.dumps(bench_train(args), indent=2))
-        return 0
-    return 2
+    result = bench_train(args) if args.bench == "train" else bench_export(args)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _bench_adapter(model: Path) -> Path:
+    """A seeded random rank-8 LoRA adapter on every projection of every block (cached beside the model)."""
+    import mlx.core as mx
+
+    from slowtune.train.config import DEFAULT_KEYS
+    from slowtune.train.model import WeightSource, read_config, save_adapter
+
+    folder = model.with_name(model.name + "-adapter")
+    if (folder / "adapters.safetensors").exists():
+        return folder
+    config = read_config(model)
+    source = WeightSource(model)
+    mx.random.seed(0)
+    params = {}
+    for i in range(int(config["num_hidden_layers"])):
+        for key in DEFAULT_KEYS:
+            out_dim, in_dim = source.tensors[f"model.layers.{i}.{key}.weight"].shape
+            params[f"model.layers.{i}.{key}.lora_a"] = mx.random.normal((in_dim, 8)) * in_dim**-0.5
+            params[f"model.layers.{i}.{key}.lora_b"] = mx.random.normal((8, out_dim)) * 0.02
+    save_adapter(folder, params, {"fine_tune_type": "lora", "num_layers": int(config["num_hidden_layers"]),
+                                  "lora_parameters": {"rank": 8, "scale": 2.0, "dropout": 0.0, "keys": list(DEFAULT_KEYS)},
+                                  "base_model": str(model), "model_type": config["model_type"]})
+    return folder
+
+
+def bench_export(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+
+    from slowtune import paths, system
+    from slowtune.export.quantize import quantize
+    from slowtune.export.verify import compare, llama_reference, mlx_reference
+
+    shape = QUICK if args.quick else FULL
+    model = _bench_model(shape)
+    adapter = _bench_adapter(model)
+    out = paths.cache_dir() / "bench-export"
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    disk = system.measure_read_speed(model, size_bytes=256 * 2**20)
+    spec = {"variant": "export", "model": str(model), "adapter": str(adapter), "out": str(out)}
+    proc = subprocess.run([sys.executable, "-m", "slowtune.bench", json.dumps(spec)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench export worker failed:\n{proc.stderr[-3000:]}")
+    phase = json.loads(proc.stdout.strip().splitlines()[-1])
+    f16 = out / "model-F16.gguf"
+
+    start = time.perf_counter()
+    q4 = quantize(f16, out / "model-Q4_K_M.gguf", "Q4_K_M")
+    quantize_s = time.perf_counter() - start
+
+    rng = np.random.default_rng(0)
+    prompts = [list(map(int, rng.integers(0, shape["vocab"], size=48))) for _ in range(4)]
+    start = time.perf_counter()
+    reference = mlx_reference(model, adapter, prompts)
+    checks = {q: compare(reference, llama_reference(path, prompts), file=path.name, quant=q)
+              for q, path in (("F16", f16), ("Q4_K_M", q4))}
+    verify_s = time.perf_counter() - start
+    weight_bytes = phase["weight_bytes"]
+    return {
+        "model": {**shape, "weight_bytes": weight_bytes, "path": str(model)},
+        "export_s": round(phase["seconds"], 2),
+        "peak_rss_fraction": round(phase["rss_peak_above_baseline"] / weight_bytes, 3),
+        "mlx_peak_fraction": round(phase["mlx_peak"] / weight_bytes, 3),
+        "mb_per_s": round(weight_bytes / phase["seconds"] / 1e6, 1),
+        "disk_gbps": round(disk.gb_per_second, 3),
+        "f16_top1_agreement": round(checks["F16"].top1_agreement, 4),
+        "f16_positions": checks["F16"].positions, "f16_excluded": checks["F16"].excluded,
+        "q4_k_m_top1_agreement": round(checks["Q4_K_M"].top1_agreement, 4),
+        "greedy_matches": {q: f"{c.greedy_matches}/{c.greedy_prompts}" for q, c in checks.items()},
+        "quantize_q4_k_m_s": round(quantize_s, 2), "verify_s": round(verify_s, 2),
+        "sizes_mb": {p.name: round(p.stat().st_size / 1e6, 1) for p in (f16, q4)},
+    }
 
 
 def _bench_model(shape: dict[str, int]) -> Path:
@@ -151,6 +230,25 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS
 
 
+def _export_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Fuse + GGUF write in a fresh process: its peak memory is the export's own."""
+    import mlx.core as mx
+    import mlx_lm.utils  # noqa: F401  (libraries are loaded before the baseline is taken)
+
+    from slowtune.export.fuse import fuse
+    from slowtune.export.gguf_writer import write_gguf
+    from slowtune.train.model import WeightSource
+
+    baseline = _rss()
+    out = Path(spec["out"])
+    start = time.perf_counter()
+    fused = fuse(Path(spec["model"]), Path(spec["adapter"]), out / "fused")
+    write_gguf(fused, out / "model-F16.gguf", out_type="f16")
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "weight_bytes": WeightSource(Path(spec["model"])).total_bytes,
+            "rss_peak_above_baseline": _peak_rss() - baseline, "mlx_peak": mx.get_peak_memory()}
+
+
 def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     import mlx.core as mx
     import mlx.nn  # noqa: F401  (imported before the baseline: libraries are not the engine's memory)
@@ -221,4 +319,5 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(_worker(json.loads(sys.argv[1]))))
+    _spec = json.loads(sys.argv[1])
+    print(json.dumps(_export_worker(_spec) if _spec["variant"] == "export" else _worker(_spec)))

@@ -25,6 +25,13 @@ def fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def default_file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give a new file under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike[str], mode: str = "wb", **open_kwargs: Any) -> Iterator[IO[Any]]:
     """Open a temporary sibling of ``path`` for writing; on success it replaces ``path``.
@@ -42,10 +49,10 @@ def atomic_writer(path: str | os.PathLike[str], mode: str = "wb", **open_kwargs:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        if target.exists():
-            # Keep the permissions the user gave the file they already had.
-            with contextlib.suppress(OSError):
-                os.chmod(tmp, target.stat().st_mode & 0o7777)
+        with contextlib.suppress(OSError):
+            # mkstemp makes 0600 files; keep the permissions of the file being replaced, or give a new file
+            # the usual ones (another account, such as Ollama's service, may need to read an export).
+            os.chmod(tmp, target.stat().st_mode & 0o7777 if target.exists() else default_file_mode())
         os.replace(tmp, target)
         fsync_dir(target.parent)
     except BaseException:

@@ -86,7 +86,24 @@ def test_bad_input_gets_clear_messages(trained_run: tuple[Path, Path], tmp_path:
     assert nothing.returncode == 1 and "holds no adapter" in nothing.stderr
     no_base = _export(str(run), "--model", str(tmp_path / "gone"), "--out", str(tmp_path / "c"))
     assert no_base.returncode == 1 and "gone" in no_base.stderr
-    lora = _export(str(run), "--lora-only")
-    assert lora.returncode == 1 and "not implemented yet" in lora.stderr
+    lora = _export(str(run), "--lora-only", "--no-base", "--out", str(tmp_path / "d"))
+    assert lora.returncode == 1 and "--no-base" in lora.stderr
     for result in (unknown, nothing, no_base, lora):
         assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_an_interrupted_export_leaves_nothing_half_written(trained_run: tuple[Path, Path], tmp_path: Path) -> None:
+    from slowtune.export.pipeline import export_run
+    from slowtune.progress import Cancelled, Progress
+
+    progress = Progress(min_interval=0)
+    progress.add_listener(lambda e: progress.cancel() if e.stage == "quantise" else None)
+    out = tmp_path / "export"
+    with pytest.raises(Cancelled):
+        export_run(trained_run[0], out, quants=["Q4_K_M"], with_base=False, progress=progress)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["model-F16.gguf"]  # finished before the cancel, and whole: no work folder, no partials
+    import gguf
+
+    assert len(gguf.GGUFReader(out / "model-F16.gguf").tensors) > 0

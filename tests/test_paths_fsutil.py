@@ -61,3 +61,11 @@ def test_atomic_write_keeps_permissions(tmp_path: Path) -> None:
 def test_atomic_writer_refuses_read_mode(tmp_path: Path) -> None:
     with pytest.raises(ValueError), atomic_writer(tmp_path / "x", "r"):
         pass
+
+
+def test_new_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    target = tmp_path / "export.json"
+    atomic_write_text(target, "{}")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -17,14 +17,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default="model", help="file name stem (default: model)")
     p.add_argument("--no-base", action="store_true", help="do not export the unmodified base model")
     p.add_argument("--no-ollama", action="store_true", help="do not write an Ollama Modelfile")
-    p.add_argument("--lora-only", action="store_true", help="a LoRA GGUF to load on top of the base GGUF")
+    p.add_argument("--lora-only", action="store_true",
+                   help="write base-F16.gguf and NAME-lora.gguf (a LoRA GGUF that llama.cpp and Ollama apply on top "
+                        "of the base) instead of a fused model; --quant is not used")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
     from slowtune.export.fuse import FuseError
     from slowtune.export.gguf_writer import ExportError
-    from slowtune.export.pipeline import ExportFailed, export_run, record_export
+    from slowtune.export.pipeline import ExportFailed, export_lora_only, export_run, record_export
     from slowtune.export.quantize import QuantizeError
     from slowtune.export.verify import VerificationError
     from slowtune.progress import Progress, RichProgressBar
@@ -33,16 +35,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"slowtune export: {message}", file=sys.stderr)
         return 1
 
-    if args.lora_only:
-        return fail("--lora-only is not implemented yet; export the fused model (without --lora-only) for now.")
+    if args.lora_only and args.no_base:
+        return fail("--lora-only writes the adapter to use on top of the base GGUF, so it always exports the base: "
+                    "drop --no-base.")
     run_dir = args.run.expanduser().resolve()
     out = (args.out or run_dir / "export").expanduser().resolve()
     progress = Progress()
     try:
         with RichProgressBar() as bar:
             progress.add_listener(bar)
-            result = export_run(run_dir, out, model=args.model, quants=args.quant.split(","), name=args.name,
-                                with_base=not args.no_base, ollama=not args.no_ollama, progress=progress)
+            if args.lora_only:
+                result = export_lora_only(run_dir, out, model=args.model, name=args.name, ollama=not args.no_ollama,
+                                          progress=progress)
+            else:
+                result = export_run(run_dir, out, model=args.model, quants=args.quant.split(","), name=args.name,
+                                    with_base=not args.no_base, ollama=not args.no_ollama, progress=progress)
     except (ExportFailed, ExportError, FuseError, QuantizeError, VerificationError) as exc:
         return fail(str(exc))
     run_json = run_dir / "run.json"

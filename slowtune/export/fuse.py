@@ -135,7 +135,7 @@ def fuse(base_dir: Path, adapter_dir: Path | None, out_dir: Path, *, dtype: str 
         weight_map: dict[str, str] = {}
         shard: dict[str, Any] = {}
         shard_bytes, shard_index = 0, 0
-        files: list[tuple[str, dict[str, Any]]] = []
+        files: list[tuple[str, int]] = []  # (shard name, bytes): not the arrays, which must be freed
 
         def flush() -> None:
             nonlocal shard, shard_bytes, shard_index
@@ -144,7 +144,7 @@ def fuse(base_dir: Path, adapter_dir: Path | None, out_dir: Path, *, dtype: str 
             shard_index += 1
             name = f"model-{shard_index:05d}.safetensors"
             mx.save_safetensors(str(tmp / name), shard, metadata={"format": "pt"})
-            files.append((name, shard))
+            files.append((name, sum(a.nbytes for a in shard.values())))
             for key in shard:
                 weight_map[key] = name
             shard, shard_bytes = {}, 0
@@ -178,7 +178,7 @@ def fuse(base_dir: Path, adapter_dir: Path | None, out_dir: Path, *, dtype: str 
 
         # Name shards like the Hugging Face convention once their count is known.
         total = len(files)
-        index = {"metadata": {"total_size": sum(a.nbytes for _, s in files for a in s.values())}, "weight_map": {}}
+        index = {"metadata": {"total_size": sum(size for _, size in files)}, "weight_map": {}}
         for i, (name, _) in enumerate(files, start=1):
             final = f"model-{i:05d}-of-{total:05d}.safetensors" if total > 1 else "model.safetensors"
             os.replace(tmp / name, tmp / final)

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from slowtune.fsutil import fsync_dir
+from slowtune.fsutil import default_file_mode, fsync_dir
 from slowtune.progress import ensure
 
 if TYPE_CHECKING:
@@ -925,11 +925,25 @@ def _temporary_sibling(out_path: Path) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".partial", dir=out_path.parent)
     os.close(fd)
     tmp = Path(name)
+    os.chmod(tmp, default_file_mode())  # mkstemp's 0600 would hide the export from other accounts (Ollama)
     try:
         yield tmp
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def finish_gguf_writer(writer: Any, tmp: Path, out_path: Path) -> None:
+    """After a successful write: flush and fsync the file, close it, and rename it into place."""
+    try:
+        writer.flush()
+        assert writer.fout is not None
+        for handle in writer.fout:
+            os.fsync(handle.fileno())
+    finally:
+        writer.close()
+    os.replace(tmp, out_path)
+    fsync_dir(out_path.parent)
 
 
 def write_gguf(
@@ -1016,14 +1030,10 @@ def write_gguf(
                 writer.write_tensor_data(_convert(p))
                 done += p.nbytes
                 progress.report("Writing GGUF", done, total, tensor=p.name)
-            writer.flush()
-            assert writer.fout is not None
-            for handle in writer.fout:
-                os.fsync(handle.fileno())
-        finally:
+        except BaseException:
             writer.close()
-        os.replace(tmp, out_path)
-    fsync_dir(out_path.parent)
+            raise
+        finish_gguf_writer(writer, tmp, out_path)
     size_mb = out_path.stat().st_size / 1e6
     log.info("wrote %s (%s, %d tensors, %.1f MB)", out_path, out_type, len(plan), size_mb)
     return out_path

@@ -41,6 +41,16 @@ def find_adapter(path: Path) -> Path:
                        "run folder or an adapter folder.")
 
 
+def _adapter_and_base(adapter_or_run: Path, model: Path | None) -> tuple[Path, Path]:
+    """The adapter folder, and its base model: ``model`` when given, else the one it was trained on."""
+    adapter = find_adapter(adapter_or_run)
+    adapter_config = json.loads((adapter / "adapter_config.json").read_text())
+    base = Path(model) if model else Path(adapter_config.get("base_model", ""))
+    if not (base / "config.json").exists():
+        raise ExportFailed(f"The base model {base or '(unknown)'} of {adapter} is not available; pass --model.")
+    return adapter, base
+
+
 def verification_prompts(base: Path, adapter: Path, limit: int = 4) -> list[list[int]]:
     """Token ids of prompts to compare on: the run's held-out probes, else its validation or training
     conversations, rendered exactly as in training up to the assistant's turn."""
@@ -87,11 +97,7 @@ def export_run(adapter_or_run: Path, out_dir: Path, *, model: Path | None = None
     started = time.perf_counter()
     progress = ensure(progress)
     quants = parse_quant_types(",".join(quants or ["Q4_K_M"]))
-    adapter = find_adapter(Path(adapter_or_run))
-    adapter_config = json.loads((adapter / "adapter_config.json").read_text())
-    base = Path(model) if model else Path(adapter_config.get("base_model", ""))
-    if not (base / "config.json").exists():
-        raise ExportFailed(f"The base model {base or '(unknown)'} of {adapter} is not available; pass --model.")
+    adapter, base = _adapter_and_base(Path(adapter_or_run), model)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     work = out_dir / f".work-{int(time.time())}"
@@ -146,6 +152,85 @@ def export_run(adapter_or_run: Path, out_dir: Path, *, model: Path | None = None
                 "The export does not behave like the trained model: " + "; ".join(n for r in failed for n in r.notes)
                 + f". Details in {out_dir / 'export.json'}.")
         return ExportResult(out_dir, files, results, effect, notes + modelfile_notes, time.perf_counter() - started)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def export_lora_only(adapter_or_run: Path, out_dir: Path, *, model: Path | None = None, name: str = "model",
+                     ollama: bool = True, progress: Progress | None = None) -> ExportResult:
+    """``slowtune export --lora-only``: ``base-F16.gguf`` plus ``<name>-lora.gguf`` (llama.cpp's LoRA GGUF),
+    verified together (llama.cpp applying the adapter to the base GGUF) against MLX base + adapter, with the
+    margin rule an F16 export must pass; a Modelfile with an ``ADAPTER`` line and a README."""
+    import dataclasses
+
+    from slowtune.export.fuse import fuse
+    from slowtune.export.gguf_writer import write_gguf
+    from slowtune.export.lora_gguf import lora_readme_section, write_lora_gguf
+    from slowtune.export.verify import (
+        VerificationError,
+        adapter_changed_model,
+        compare,
+        llama_reference,
+        mlx_reference,
+    )
+
+    started = time.perf_counter()
+    progress = ensure(progress)
+    adapter, base = _adapter_and_base(Path(adapter_or_run), model)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = out_dir / f".work-{int(time.time())}"
+    files: dict[str, Path] = {}
+    try:
+        progress.report("export", 0, 3, status="writing the LoRA GGUF")
+        # First: it checks the adapter against the base, before the (long) base export.
+        lora = write_lora_gguf(adapter, base, out_dir / f"{name}-lora.gguf", progress=progress)
+        progress.report("export", 1, 3, status="writing the base GGUF")
+        base_plain = fuse(base, None, work / "base", progress=progress)
+        files["base-F16"] = write_gguf(base_plain, out_dir / "base-F16.gguf", out_type="f16",
+                                       name=f"{name}-base", progress=progress)
+        files["LoRA"] = lora
+        shutil.rmtree(base_plain, ignore_errors=True)
+
+        progress.report("export", 2, 3, status="verifying")
+        prompts = verification_prompts(base, adapter)
+        reference = mlx_reference(base, adapter, prompts)
+        plain = mlx_reference(base, None, prompts)
+        effect = adapter_changed_model(plain, reference)
+        # Judged like an F16 export (required, same margin rule), labelled as what it is.
+        checked = compare(reference, llama_reference(files["base-F16"], prompts, lora=lora), file=lora.name,
+                          quant="F16")
+        label = f"LoRA on {files['base-F16'].name}"
+        result = dataclasses.replace(checked, quant="LoRA",
+                                     notes=[n.replace("F16:", f"{label}:", 1) for n in checked.notes])
+        notes = list(result.notes)
+        if effect < 1e-4:
+            notes.append("The adapter does not change the model's output (largest logit change "
+                         f"{effect:.1e}): was it trained?")
+        notes.append(f"Use: llama-cli -m {files['base-F16'].name} --lora {lora.name}; Ollama: the Modelfile's "
+                     f"ADAPTER ./{lora.name} line.")
+
+        modelfile_notes: list[str] = []
+        if ollama:
+            from slowtune.export.modelfile import render_modelfile
+
+            text, modelfile_notes = render_modelfile(files["base-F16"].name, _chat_template(base) or "")
+            lines = text.splitlines()
+            at = next(i for i, line in enumerate(lines) if line.startswith("FROM ")) + 1
+            lines.insert(at, f"ADAPTER ./{lora.name}")
+            atomic_write_text(out_dir / "Modelfile", "\n".join(lines) + "\n")
+            atomic_write_text(out_dir / "README.md", lora_readme_section(files["base-F16"].name, lora.name, name))
+        report = {"adapter": str(adapter), "base": str(base), "lora_only": True,
+                  "files": {k: str(v) for k, v in files.items()},
+                  "sizes": {k: v.stat().st_size for k, v in files.items()}, "adapter_effect": effect,
+                  "verification": [result.to_dict()], "notes": notes + modelfile_notes}
+        atomic_write_text(out_dir / "export.json", json.dumps(report, indent=2))
+        progress.report("export", 3, 3, status="done")
+        if result.required and not result.passed:
+            raise VerificationError(
+                "The LoRA GGUF on the base GGUF does not behave like the trained model: " + "; ".join(result.notes)
+                + f". Details in {out_dir / 'export.json'}.")
+        return ExportResult(out_dir, files, [result], effect, notes + modelfile_notes, time.perf_counter() - started)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -1,0 +1,44 @@
+"""The benchmark commands run and print the figures the issues ask for (timings are not asserted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def _bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "slowtune", "bench", *args], capture_output=True, text=True,
+                          env=os.environ.copy(), timeout=900)
+
+
+@pytest.mark.slow
+def test_bench_train_quick_prints_its_figures() -> None:
+    out = _bench("train", "--quick", "--steps", "1")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    for key in ("streamed_over_memory_ckpt", "streamed_over_memory", "streamed_peak_fraction", "memory_peak_fraction",
+                "io_blocked_fraction", "read_gbps", "disk_gbps", "blas"):
+        assert result[key] is not None, key
+    losses = [v["loss"] for v in result["variants"].values() if v.get("loss") is not None]
+    assert len(losses) == 4 and max(losses) - min(losses) <= 1e-5 * max(losses)  # same batch, same loss
+
+
+@pytest.mark.slow
+def test_bench_export_quick_prints_its_figures() -> None:
+    out = _bench("export", "--quick")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    for key in ("export_s", "peak_rss_fraction", "mb_per_s", "f16_top1_agreement", "q4_k_m_top1_agreement"):
+        assert result[key] is not None, key
+    assert result["f16_top1_agreement"] >= 0.99
+
+
+def test_bench_refuses_bad_arguments() -> None:
+    out = _bench("train", "--steps", "0")
+    assert out.returncode != 0 and "--steps" in out.stderr
+    out = _bench("train", "--only", "warp_drive")
+    assert out.returncode != 0 and "warp_drive" in out.stderr
