@@ -54,6 +54,10 @@ class StreamConfig:
     cache_limit_mb: int = field(
         default=0, metadata={"help": "MLX buffer cache while streaming, in MB (-1: leave MLX's default)"}
     )
+    backward_rows: bool = field(
+        default=True,
+        metadata={"help": "take each block's gradient one sequence at a time (less memory, a little slower)"},
+    )
     head_chunk: int = field(
         default=64, metadata={"help": "sequence positions per cross-entropy chunk (bounds the logits in memory)"}
     )

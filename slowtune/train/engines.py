@@ -291,6 +291,7 @@ class StreamedEngine:
         n_total = sum(int(b.n_loss_tokens) for b in batches)
         data = [_arrays(b) for b in batches]
         keep = max(0, self.cfg.keep_turnaround)
+        split_rows = self.cfg.backward_rows and tm.lora_config.dropout == 0.0
         try:
             hs, masks = self._embed_all(data)
 
@@ -298,7 +299,9 @@ class StreamedEngine:
             saved: dict[int, list[Any]] = {}
             for i in range(L):
                 self._acquire(i)
-                self._request(i + 1 if i + 1 < L else "head")
+                # The head (the output matrix, often the largest tensor) is read after the last block, not
+                # beside it: reading it alongside would set the step's peak memory.
+                self._request(i + 1 if i + 1 < L else None)
                 if i >= k:
                     saved[i] = hs
                 outs = []
@@ -344,10 +347,18 @@ class StreamedEngine:
                 block_grads = None
                 new_gs = []
                 for m, (x, g) in enumerate(zip(saved.pop(i), gs, strict=True)):
-                    mx.random.seed(_dropout_seed(step, m, i))
-                    gp, gx = grad_fn(params, x, g)
-                    block_grads = gp if block_grads is None else _tree_add(block_grads, gp)
-                    new_gs.append(gx)
+                    # Without dropout, one sequence at a time: the gradient is the same sum, and the
+                    # backward pass's temporary buffers are a row's, not the whole micro-batch's. (With
+                    # dropout the masks were drawn for the whole batch, so it must be recomputed whole.)
+                    rows = [(r, r + 1) for r in range(x.shape[0])] if split_rows else [(0, x.shape[0])]
+                    pieces = []
+                    for a, b in rows:
+                        mx.random.seed(_dropout_seed(step, m, i))
+                        gp, gx = grad_fn(params, x[a:b], g[a:b])
+                        mx.eval(gp, gx)
+                        block_grads = gp if block_grads is None else _tree_add(block_grads, gp)
+                        pieces.append(gx)
+                    new_gs.append(pieces[0] if len(pieces) == 1 else mx.concatenate(pieces, axis=0))
                 layer.update(params)
                 flat = {f"model.layers.{i}.{n}": v for n, v in tree_flatten(block_grads)}
                 mx.eval(list(flat.values()), new_gs)
