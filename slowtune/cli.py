@@ -20,7 +20,6 @@ EXIT_NOT_IMPLEMENTED = 3
 
 # Stages whose issue has not landed yet: the command exists, says so, and fails (never a silent stub).
 _PLANNED = {
-    "ingest": ("Add documents (PDF, DOCX, HTML, Markdown, text) to a project", "the document library"),
     "generate": ("Have a teacher model write grounded Q&A from a project's documents", "the teacher"),
     "chat": ("Chat offline with a GGUF model through llama.cpp", "the chat tester"),
     "eval": ("Score a tuned model against its base on the held-out probes", "evaluation"),
@@ -79,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (summary, _stage) in _PLANNED.items():
         p = sub.add_parser(name, help=f"{summary} (not implemented yet)", description=summary)
         p.set_defaults(func=_not_implemented(name))
+
+    from slowtune.documents import command as ingest_command
+
+    ingest = sub.add_parser("ingest", help="Add documents (PDF, DOCX, HTML, Markdown, text) to a project",
+                            description="Add files and folders to a project: parse, chunk, and report on every file. "
+                            "Unchanged files are not read again.")
+    ingest_command.add_arguments(ingest)
+    ingest.set_defaults(func=ingest_command.run)
 
     from slowtune.train import command as train_command
 

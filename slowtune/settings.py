@@ -41,6 +41,7 @@ class Settings:
     teacher_model: str | None = field(default=None, metadata={"help": "model name at that provider"})
     chunk_tokens: int = field(default=512, metadata={"help": "target chunk size in tokens"})
     chunk_overlap: int = field(default=64, metadata={"help": "overlap between chunks in tokens"})
+    max_file_mb: int = field(default=100, metadata={"help": "documents larger than this are not read"})
     export_quants: list[str] = field(
         default_factory=lambda: ["Q4_K_M"], metadata={"help": "GGUF quantisations made by default"}
     )
