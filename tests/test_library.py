@@ -116,3 +116,16 @@ def test_cli_prints_a_report_for_every_file(folder: Path, tmp_path: Path) -> Non
     for name in ("guide.md", "notes.txt", "manual.pdf", "empty.txt", "broken.pdf"):
         assert name in out.stdout
     assert "3 ok" in out.stdout and "1 failed" in out.stdout and "1 skipped" in out.stdout
+
+
+def test_a_copy_is_read_once_the_original_changes(tmp_path: Path) -> None:
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "a.md").write_text("Original text about gardens.\n")
+    (root / "b.md").write_text("Original text about gardens.\n")
+    with Project.create(tmp_path / "p") as project:
+        assert _statuses(library.ingest(project, [root])) == {"a.md": "ok", "b.md": "duplicate"}
+        (root / "a.md").write_text("New text about bicycles.\n")
+        assert _statuses(library.ingest(project, [root])) == {"a.md": "ok", "b.md": "ok"}
+        texts = {r["text"] for r in project.conn.execute("SELECT text FROM chunks")}
+        assert any("gardens" in t for t in texts) and any("bicycles" in t for t in texts)

@@ -71,6 +71,13 @@ def _walk(paths: list[Path]) -> Iterator[tuple[Path, Path | None, str | None]]:
             yield root, None, "does not exist"
 
 
+DUPLICATE_PREFIX = "is identical to "
+
+
+def _is_duplicate(row: Any) -> bool:
+    return row["status"] == "skipped" and (row["reason"] or "").startswith(DUPLICATE_PREFIX)
+
+
 def file_hash(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -109,8 +116,9 @@ def ingest(project: Project, paths: list[Path], *, chunk_tokens: int = 512, chun
         try:
             st = path.stat()
             row = conn.execute("SELECT * FROM documents WHERE path = ?", (key,)).fetchone()
-            if row is not None and row["status"] in ("ok", "skipped") and row["size_bytes"] == st.st_size \
-                    and row["mtime"] == st.st_mtime:
+            # A duplicate is checked again every time: the file it copied may have changed since.
+            settled = row is not None and row["status"] in ("ok", "skipped") and not _is_duplicate(row)
+            if settled and row["size_bytes"] == st.st_size and row["mtime"] == st.st_mtime:
                 report.files.append(FileResult(key, "unchanged", None, row["pages"], row["tokens"] or 0,
                                                row["n_chunks"] or 0))
                 continue
@@ -121,15 +129,16 @@ def ingest(project: Project, paths: list[Path], *, chunk_tokens: int = 512, chun
             _record(conn, key, root, "failed", reason, now=now)
             report.files.append(FileResult(key, "failed", reason))
             continue
-        if row is not None and row["sha256"] == digest and row["status"] in ("ok", "skipped"):
+        if settled and row["sha256"] == digest:
             conn.execute("UPDATE documents SET size_bytes = ?, mtime = ? WHERE id = ?", (st.st_size, st.st_mtime, row["id"]))
             report.files.append(FileResult(key, "unchanged", None, row["pages"], row["tokens"] or 0, row["n_chunks"] or 0))
             continue
         twin = conn.execute("SELECT path FROM documents WHERE sha256 = ? AND status = 'ok' AND path != ?",
                             (digest, key)).fetchone()
-        twin_path = twin["path"] if twin is not None else queued.get(digest)
+        # A stored twin that is itself being re-read in this run (its content changed) is a twin no more.
+        twin_path = twin["path"] if twin is not None and Path(twin["path"]) not in to_parse else queued.get(digest)
         if twin_path is not None:
-            reason = f"is identical to {twin_path} (stored once)"
+            reason = f"{DUPLICATE_PREFIX}{twin_path} (stored once)"
             _record(conn, key, root, "skipped", reason, sha256=digest, st=st, now=now)
             report.files.append(FileResult(key, "duplicate", reason))
             continue
@@ -159,7 +168,8 @@ def ingest(project: Project, paths: list[Path], *, chunk_tokens: int = 512, chun
                 [(c.id, doc_id, c.ord, c.text, c.tokens, json.dumps(list(c.heading_path)), c.page_start, c.page_end,
                   c.char_start, c.char_end) for c in chunks],
             )
-        report.files.append(FileResult(key, "ok", None, doc.n_pages, tokens, len(chunks)))
+        # Notes on a file that was read ("read as Latin-1", "named .docx but is plain text") go in the report too.
+        report.files.append(FileResult(key, "ok", "; ".join(doc.notes) or None, doc.n_pages, tokens, len(chunks)))
 
     # Files that were in a dropped folder before and are gone now.
     for root in roots:
