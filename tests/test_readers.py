@@ -102,6 +102,81 @@ def test_multi_page_pdf_has_page_spans_headings_and_paragraphs(tmp_path: Path) -
     assert "\r" not in doc.text and "\x00" not in doc.text
 
 
+_ORCHARD = (
+    "Apple trees are pruned in late winter while they are dormant, which keeps the wounds small and lets "
+    "the tree heal before the spring growth starts in earnest. "
+)
+
+
+def make_structured_pdf(path: Path) -> Path:
+    """A large title, a medium section heading, and two body paragraphs that wrap over several lines."""
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.add_page()
+    pdf.set_font("helvetica", size=24)
+    pdf.multi_cell(0, 12, "Orchard Handbook", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("helvetica", style="B", size=16)
+    pdf.multi_cell(0, 9, "Pruning Apple Trees", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("helvetica", size=11)
+    pdf.multi_cell(0, 6, "First paragraph. " + _ORCHARD * 3, new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(6)
+    pdf.multi_cell(0, 6, "Second paragraph. " + _ORCHARD * 3, new_x="LMARGIN", new_y="NEXT")
+    pdf.add_page()
+    pdf.set_font("helvetica", style="B", size=16)
+    pdf.multi_cell(0, 9, "Harvest", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("helvetica", size=11)
+    pdf.multi_cell(0, 6, "Third paragraph. " + _ORCHARD * 2, new_x="LMARGIN", new_y="NEXT")
+    pdf.output(str(path))
+    return path
+
+
+def test_pdf_headings_from_font_size_and_rejoined_paragraphs(tmp_path: Path) -> None:
+    from slowtune.documents.chunking import chunk_document
+
+    doc = read_document(make_structured_pdf(tmp_path / "orchard.pdf"))
+    lines = doc.text.split("\n")
+    assert lines[0] == "# Orchard Handbook"
+    assert "## Pruning Apple Trees" in lines and "## Harvest" in lines
+    assert not [
+        line
+        for line in lines
+        if line.startswith("#") and line not in ("# Orchard Handbook", "## Pruning Apple Trees", "## Harvest")
+    ]
+    paragraphs = [p for p in doc.text.split("\n\n") if not p.startswith("#")]
+    assert len(paragraphs) == 3  # each paragraph's wrapped lines joined into one line
+    assert all("\n" not in p for p in paragraphs)
+    assert paragraphs[0].startswith("First paragraph. ") and paragraphs[0].endswith("in earnest.")
+    assert paragraphs[1] == "Second paragraph. " + (_ORCHARD * 3).strip()
+    assert "earnest. Apple" in paragraphs[0]  # joined with one space, no word run together
+    # Page spans index the final text.
+    p1, p2 = doc.pages or []
+    assert doc.text[p1.char_start : p1.char_end].startswith("# Orchard Handbook")
+    assert doc.text[p1.char_start : p1.char_end].endswith("in earnest.")
+    assert doc.text[p2.char_start : p2.char_end].startswith("## Harvest")
+    assert p2.char_end == len(doc.text)
+
+    chunks = chunk_document(doc, doc_hash="0" * 64, target_tokens=128, overlap_tokens=16)
+    paths = {c.heading_path for c in chunks}
+    assert any("Pruning Apple Trees" in path for path in paths)
+    assert any("Harvest" in path for path in paths)
+    harvest = next(c for c in chunks if "Third paragraph" in c.text)
+    assert harvest.heading_path[-1] == "Harvest" and harvest.page_start == 2
+
+
+def test_pdf_in_one_font_size_has_no_headings(tmp_path: Path) -> None:
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.add_page()
+    pdf.set_font("helvetica", size=11)
+    pdf.multi_cell(0, 6, "A short line\n\n" + _ORCHARD * 2, new_x="LMARGIN", new_y="NEXT")
+    pdf.output(str(tmp_path / "plain.pdf"))
+    doc = read_document(tmp_path / "plain.pdf")
+    assert "#" not in doc.text
+    assert doc.text == "A short line\n\n" + (_ORCHARD * 2).strip()
+
+
 def test_pdf_title_falls_back_to_the_file_name(tmp_path: Path) -> None:
     doc = read_document(make_pdf(tmp_path / "notes.pdf", [["hello world"]]))
     assert doc.title == "notes"

@@ -11,6 +11,7 @@ Heavy libraries (pypdfium2, python-docx, beautifulsoup4, markdownify) are import
 from __future__ import annotations
 
 import codecs
+import itertools
 import re
 import zipfile
 from pathlib import Path
@@ -281,6 +282,24 @@ def _mb(n: int) -> str:
 
 # --- PDF ----------------------------------------------------------------------------------------------
 
+# Heading detection from font size: a line at least this much larger than the body text (the size that
+# covers most characters in the document) and shorter than this is a heading; at most this many levels.
+HEADING_MIN_RATIO = 1.2
+HEADING_MAX_CHARS = 120
+HEADING_MAX_LEVELS = 3
+_SENTENCE_END = tuple('.!?:;"\u201d\u2019)')
+
+
+class _PdfLine:
+    """One text line of a PDF page: its text, font size (0: unknown), and whether a paragraph starts here."""
+
+    __slots__ = ("new_para", "size", "text")
+
+    def __init__(self, text: str, size: float, new_para: bool) -> None:
+        self.text = text
+        self.size = size
+        self.new_para = new_para
+
 
 def _read_pdf(path: Path) -> ParsedDocument:
     import pypdfium2 as pdfium
@@ -298,34 +317,51 @@ def _read_pdf(path: Path) -> ParsedDocument:
             raise ReadError("cannot be read (the file could not be opened)", "failed") from None
         raise ReadError("is not a readable PDF", "failed") from None
 
-    parts: list[str] = []
-    spans: list[PageSpan] = []
-    empty_pages: list[int] = []
-    broken_pages: list[int] = []
-    pos = 0
+    # Pass 1, page by page: each page's lines with their font sizes, and a histogram of font sizes (by
+    # characters) over the whole document, to tell body text from headings.
+    pages: list[list[_PdfLine] | str | None] = []
+    histogram: dict[float, int] = {}
     try:
         title = _pdf_title(pdf) or path.stem
         n = len(pdf)
         if n == 0:
             raise ReadError("is not a readable PDF (it has no pages)", "failed")
         for i in range(n):
-            text = _pdf_page_text(pdf, i, pdfium)
-            if text is None:
-                broken_pages.append(i + 1)
-                text = ""
-            text = normalise_text(text)
-            if not text.strip():
-                empty_pages.append(i + 1)
-                text = ""
-            if parts and text:
-                pos += 2  # the blank line between pages
-            start = pos
-            pos += len(text)
-            spans.append(PageSpan(page=i + 1, char_start=start, char_end=pos))
-            if text:
-                parts.append(text)
+            lines = _pdf_page_lines(pdf, i, pdfium, pdfium_c)
+            if isinstance(lines, list):
+                for line in lines:
+                    if line.size:
+                        histogram[line.size] = histogram.get(line.size, 0) + len(line.text)
+            pages.append(lines)
     finally:
         pdf.close()
+
+    # Pass 2: render each page as Markdown-like text, with page spans indexing the final text.
+    levels = _pdf_heading_levels(pages, histogram)
+    parts: list[str] = []
+    spans: list[PageSpan] = []
+    empty_pages: list[int] = []
+    broken_pages: list[int] = []
+    pos = 0
+    for i, lines in enumerate(pages):
+        if lines is None:
+            broken_pages.append(i + 1)
+            text = ""
+        elif isinstance(lines, str):
+            text = normalise_text(lines)
+        else:
+            text = normalise_text(_pdf_render(lines, levels))
+        if not text.strip():
+            empty_pages.append(i + 1)
+            text = ""
+        if parts and text:
+            pos += 2  # the blank line between pages
+        start = pos
+        pos += len(text)
+        spans.append(PageSpan(page=i + 1, char_start=start, char_end=pos))
+        if text:
+            parts.append(text)
+        pages[i] = None  # let the page's lines go as soon as they are rendered
 
     if broken_pages and len(broken_pages) == len(spans):
         raise ReadError("is not a readable PDF (no page could be read)", "failed")
@@ -342,8 +378,12 @@ def _read_pdf(path: Path) -> ParsedDocument:
     return ParsedDocument(title=title, kind="pdf", text=text, pages=spans, notes=notes)
 
 
-def _pdf_page_text(pdf: Any, index: int, pdfium: Any) -> str | None:
-    """One page's text, with the page and its text page closed again at once (None: the page is broken)."""
+def _pdf_page_lines(pdf: Any, index: int, pdfium: Any, pdfium_c: Any) -> list[_PdfLine] | str | None:
+    """One page's lines, with the page and its text page closed again at once.
+
+    None: the page is broken. A string: the page's plain text, where font sizes could not be matched to
+    the text (characters outside the Basic Multilingual Plane shift pdfium's indices).
+    """
     try:
         page = pdf[index]
     except pdfium.PdfiumError:
@@ -351,13 +391,125 @@ def _pdf_page_text(pdf: Any, index: int, pdfium: Any) -> str | None:
     try:
         textpage = page.get_textpage()
         try:
-            return textpage.get_text_bounded()
+            return _pdf_textpage_lines(textpage, pdfium_c)
         finally:
             textpage.close()
     except pdfium.PdfiumError:
         return None
     finally:
         page.close()
+
+
+def _pdf_textpage_lines(textpage: Any, pdfium_c: Any) -> list[_PdfLine] | str:
+    import ctypes
+
+    n = textpage.count_chars()
+    if n <= 0:
+        return ""
+    text = textpage.get_text_range(0, n)
+    if any(ord(ch) > 0xFFFF for ch in text):
+        return textpage.get_text_bounded()
+    raw = textpage.raw
+    char_index = pdfium_c.FPDFText_GetCharIndexFromTextIndex
+    font_size = pdfium_c.FPDFText_GetFontSize
+    origin = pdfium_c.FPDFText_GetCharOrigin
+    x, y = ctypes.c_double(), ctypes.c_double()
+
+    found: list[tuple[str, float, float, float]] = []  # (text, font size, baseline y, right edge x)
+    for m in re.finditer(r"[^\r\n]+", text):
+        line = m.group().strip()
+        if not line:
+            continue
+        start = m.start() + (len(m.group()) - len(m.group().lstrip()))
+        last = start + len(line) - 1
+        sizes = []
+        for ti in (start, (start + last) // 2, last):
+            ci = char_index(raw, ti)
+            if ci >= 0 and not text[ti].isspace():
+                sizes.append(font_size(raw, ci))
+        sizes.sort()
+        size = round(sizes[len(sizes) // 2] * 2) / 2 if sizes else 0.0
+        base = right = 0.0
+        ci = char_index(raw, start)
+        if ci >= 0 and origin(raw, ci, x, y):
+            base = y.value
+        ci = char_index(raw, last)
+        if ci >= 0 and origin(raw, ci, x, y):
+            right = x.value
+        found.append((line, size, base, right))
+
+    gaps = sorted(a[2] - b[2] for a, b in itertools.pairwise(found) if a[2] - b[2] > 0)
+    usual_gap = gaps[len(gaps) // 2] if gaps else 0.0
+    widest = max((f[3] for f in found), default=0.0)
+    out: list[_PdfLine] = []
+    prev: tuple[str, float, float, float] | None = None
+    for line, size, base, right in found:
+        new_para = True
+        if prev is not None:
+            p_line, p_size, p_base, p_right = prev
+            gap = p_base - base
+            new_para = (
+                gap <= 0  # a new column, or text placed out of order
+                or (usual_gap > 0 and gap > 1.3 * usual_gap)  # extra space between the lines
+                or abs(size - p_size) > 0.1 * max(size, p_size)  # another font size
+                or (p_line.endswith(_SENTENCE_END) and p_right < 0.85 * widest)  # a short last line
+            )
+        out.append(_PdfLine(line, size, new_para))
+        prev = (line, size, base, right)
+    return out
+
+
+def _pdf_heading_levels(pages: list[Any], histogram: dict[float, int]) -> dict[float, int]:
+    """Font size -> heading level (1 for the largest), for the sizes that short lines use as headings."""
+    if not histogram:
+        return {}
+    body = max(histogram.items(), key=lambda kv: (kv[1], -kv[0]))[0]
+    sizes: set[float] = set()
+    for lines in pages:
+        if isinstance(lines, list):
+            for line in lines:
+                if _pdf_heading_candidate(line, body):
+                    sizes.add(line.size)
+    ranked = sorted(sizes, reverse=True)
+    return {s: min(i + 1, HEADING_MAX_LEVELS) for i, s in enumerate(ranked)}
+
+
+def _pdf_heading_candidate(line: _PdfLine, body: float) -> bool:
+    return (
+        body > 0
+        and line.size >= HEADING_MIN_RATIO * body
+        and len(line.text) < HEADING_MAX_CHARS
+        and any(ch.isalpha() for ch in line.text)
+    )
+
+
+def _pdf_render(lines: list[_PdfLine], levels: dict[float, int]) -> str:
+    """A page's lines as blocks: ``#`` heading lines, and paragraphs with their wrapped lines re-joined."""
+    blocks: list[str] = []
+    last_level = 0  # the heading level of the last block, 0 for a paragraph
+    for line in lines:
+        text = " ".join(line.text.split())
+        level = levels.get(line.size, 0) if len(text) < HEADING_MAX_CHARS else 0
+        if level:
+            if blocks and last_level == level and not line.new_para:
+                blocks[-1] += " " + text  # a heading wrapped over two lines
+            else:
+                blocks.append("#" * level + " " + text)
+        elif blocks and not last_level and not line.new_para:
+            blocks[-1] = _join_wrapped(blocks[-1], text)
+        else:
+            blocks.append(text)
+        last_level = level
+    return "\n\n".join(blocks)
+
+
+def _join_wrapped(head: str, tail: str) -> str:
+    """Re-join a line wrapped inside a paragraph: soft hyphens go, a hyphen before lower case stays unspaced."""
+    if head.endswith(("\xad", "\x02")):
+        return head[:-1] + tail
+    if head.endswith("-") and len(head) > 1 and head[-2].isalpha() and tail[:1].islower():
+        return head + tail
+    return head + " " + tail
 
 
 def _pdf_title(pdf: Any) -> str | None:
