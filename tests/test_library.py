@@ -101,10 +101,12 @@ def test_symlink_loops_and_unicode_paths(tmp_path: Path) -> None:
     (root / "sub" / "loop").symlink_to(root, target_is_directory=True)
     (root / "note ü.txt").write_text("Schön ist es hier.\n")
     (root / "dangling.txt").symlink_to(tmp_path / "nowhere.txt")
+    (root / "holiday.jpg").write_bytes(b"\xff\xd8\xff\xe0 not text")
     with Project.create(tmp_path / "p") as project:
         report = library.ingest(project, [root])
     statuses = _statuses(report)
-    assert statuses == {"note ü.txt": "ok", "dangling.txt": "failed"}
+    assert statuses == {"note ü.txt": "ok", "dangling.txt": "failed", "holiday.jpg": "skipped"}
+    assert "not a supported type" in next(f.reason for f in report.files if f.path.endswith(".jpg"))
     assert "broken link" in next(f.reason for f in report.files if f.path.endswith("dangling.txt"))
 
 
@@ -129,3 +131,10 @@ def test_a_copy_is_read_once_the_original_changes(tmp_path: Path) -> None:
         assert _statuses(library.ingest(project, [root])) == {"a.md": "ok", "b.md": "ok"}
         texts = {r["text"] for r in project.conn.execute("SELECT text FROM chunks")}
         assert any("gardens" in t for t in texts) and any("bicycles" in t for t in texts)
+
+
+def test_a_path_that_does_not_exist_is_reported_not_stored(tmp_path: Path) -> None:
+    with Project.create(tmp_path / "p") as project:
+        report = library.ingest(project, [tmp_path / "typo"])
+        assert [(f.status, f.reason) for f in report.files] == [("failed", "does not exist")]
+        assert project.counts()["documents"] == 0

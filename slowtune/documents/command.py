@@ -49,9 +49,10 @@ def run(args: argparse.Namespace) -> int:
         return 130
     finally:
         signal.signal(signal.SIGINT, previous)
+    missing = [str(p) for p in args.paths if not p.exists() and not p.is_symlink()]
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
-        return 0
+        return 1 if missing else 0
     from rich.console import Console
     from rich.table import Table
 
@@ -63,8 +64,10 @@ def run(args: argparse.Namespace) -> int:
     if not console.is_terminal:
         console = Console(width=200)
     console.print(table)
+    if missing:
+        console.print(f"Not found: {', '.join(missing)}")
     s = report.summary
     docs = ", ".join(f"{n} {status}" for status, n in sorted(s["documents"].items()))
-    console.print(f"Project {project.root}: {docs}; {s['pages']} pages, {s['tokens']:,} tokens in {s['chunks']} chunks "
+    console.print(f"Project {project.root} now holds: {docs}; {s['pages']} pages, {s['tokens']:,} tokens in {s['chunks']} chunks "
                   f"({report.seconds:.1f} s).")
-    return 0
+    return 1 if missing else 0

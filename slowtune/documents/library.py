@@ -22,7 +22,10 @@ from slowtune.documents.types import ParsedDocument, ReadError
 from slowtune.progress import Progress, ensure
 from slowtune.store import Project
 
-SUPPORTED_SUFFIXES = {".pdf", ".docx", ".html", ".htm", ".md", ".markdown", ".txt", ".rst", ".csv"}
+SUPPORTED_SUFFIXES = {".pdf", ".docx", ".html", ".htm", ".xhtml", ".md", ".markdown", ".txt", ".text", ".rst",
+                      ".csv"}
+NOT_FOUND = "does not exist"
+UNSUPPORTED = "is not a supported type (PDF, DOCX, HTML, Markdown, text)"
 
 
 @dataclass
@@ -67,8 +70,10 @@ def _walk(paths: list[Path]) -> Iterator[tuple[Path, Path | None, str | None]]:
                         yield path, root, "is a broken link"
                     elif path.suffix.lower() in SUPPORTED_SUFFIXES:
                         yield path, root, None
+                    else:
+                        yield path, root, UNSUPPORTED
         else:
-            yield root, None, "does not exist"
+            yield root, None, NOT_FOUND
 
 
 DUPLICATE_PREFIX = "is identical to "
@@ -110,8 +115,10 @@ def ingest(project: Project, paths: list[Path], *, chunk_tokens: int = 512, chun
         key = str(path)
         seen.add(key)
         if problem is not None:
-            _record(conn, key, root, "failed", problem, now=now)
-            report.files.append(FileResult(key, "failed", problem))
+            status = "skipped" if problem == UNSUPPORTED else "failed"
+            if problem != NOT_FOUND:  # a mistyped path is reported, not stored as a document
+                _record(conn, key, root, status, problem, now=now)
+            report.files.append(FileResult(key, status, problem))
             continue
         try:
             st = path.stat()

@@ -92,6 +92,12 @@ def _info(args: argparse.Namespace) -> int:
     for key, value in data.items():
         if key == "weight_bytes":
             value = f"{value / 1e9:.2f} GB"
+        elif isinstance(value, (list, tuple)):
+            value = ", ".join(map(str, value))
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        elif value is None:
+            value = "-"
         print(f"{key:<20}{value}")
     return 0
 

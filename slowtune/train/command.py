@@ -129,7 +129,16 @@ def run(args: argparse.Namespace) -> int:
             return fail(str(exc))
         data = Path(args.data).expanduser()
         if not data.exists():
-            return fail(f"the data {data} does not exist.")
+            from slowtune.store import DB_NAME, StoreError, resolve_project_path
+
+            try:
+                named = resolve_project_path(args.data)  # a project given by name, as `slowtune ingest` takes it
+            except StoreError:
+                named = None
+            if named is None or not (named / DB_NAME).exists():
+                return fail(f"the data {data} does not exist (give a folder, a .jsonl file or a project).")
+            data = named
+            args.data = str(named)
         cfg = config_from_args(args, model_dir)
         if args.out:
             run_dir, project_root = args.out.expanduser().resolve(), None
@@ -187,8 +196,12 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        word = "finished" if result.status == "done" else "stopped (resume with --resume)"
-        print(f"Training {word}: {result.steps} steps, loss {result.train_loss}, adapter in {result.run_dir}")
+        if result.train_loss is None and result.status == "done":
+            print(f"The run had already finished ({result.steps} steps); its adapter is in {result.run_dir}")
+        else:
+            word = "finished" if result.status == "done" else "stopped (resume with --resume)"
+            loss = f"{result.train_loss:.4f}" if result.train_loss is not None else "n/a"
+            print(f"Training {word}: {result.steps} steps, loss {loss}, adapter in {result.run_dir}")
     return 0 if result.status == "done" else 130
 
 

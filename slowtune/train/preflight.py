@@ -52,7 +52,8 @@ class PreflightReport:
                  f"{self.available_bytes / GB:.1f} GB available; disk {self.disk_gbps:.2f} GB/s"]
         for e in self.estimates.values():
             mark = "fits" if e.fits else "does not fit"
-            lines.append(f"  {e.engine:<12} peak ~{e.peak_bytes / GB:.2f} GB ({mark}), step ~{e.step_seconds:.1f} s")
+            lines.append(f"  {e.engine:<12} peak ~{e.peak_bytes / GB:.2f} GB ({mark}), step ~{e.step_seconds:.1f} s "
+                         "(at full --max-seq-len: an upper bound)")
         lines.append(f"  -> {self.reason}")
         return "\n".join(lines)
 

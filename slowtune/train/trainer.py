@@ -110,7 +110,11 @@ def prepare_data(cfg: TrainConfig, model_dir: Path) -> tuple[list[Any], list[Any
     train, report = tdata.encode_all(renderer, conversations.get("train", []), cfg.max_seq_len)
     valid, _ = tdata.encode_all(renderer, conversations.get("valid", []), cfg.max_seq_len)
     if not train:
-        raise TrainError(f"{cfg.data} has no usable training conversations: {report.summary()}")
+        from slowtune.store import DB_NAME
+
+        hint = (" A project's training data is written by the teacher (`slowtune generate`); until then, train on a "
+                "folder with train.jsonl.") if (Path(cfg.data) / DB_NAME).exists() else ""
+        raise TrainError(f"{cfg.data} has no usable training conversations: {report.summary()}.{hint}")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     digest = hashlib.sha256()
     for example in train:
