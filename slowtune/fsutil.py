@@ -69,3 +69,24 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> None:
     with atomic_writer(path, "w", encoding=encoding, newline="") as handle:
         handle.write(text)
+
+
+def set_aside(path: Path, *, move: bool = False) -> Path:
+    """Keep a file that could not be read as ``<name>.bad-<time>`` beside it, so nothing the user had is lost.
+
+    ``move``: take the file away (the next start does not find it again) rather than copy it.
+    """
+    import shutil
+    import time
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = path.with_name(f"{path.name}.bad-{stamp}")
+    n = 1
+    while aside.exists():
+        aside = path.with_name(f"{path.name}.bad-{stamp}-{n}")
+        n += 1
+    if move:
+        os.replace(path, aside)
+    else:
+        shutil.copy2(path, aside)
+    return aside

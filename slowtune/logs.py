@@ -64,6 +64,6 @@ def setup_logging(verbose: bool = False, log_file: Path | None = None) -> Path:
         root.addHandler(handler)
     root.setLevel(logging.DEBUG)
     # Chatty libraries stay at INFO in our file; their debug lines can include request headers.
-    for name in ("httpx", "httpcore", "openai", "urllib3", "filelock", "huggingface_hub"):
+    for name in ("httpx", "httpcore", "httpx2", "httpcore2", "openai", "urllib3", "filelock", "huggingface_hub"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
     return log_file

@@ -11,15 +11,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from slowtune import paths
-from slowtune.fsutil import atomic_write_text
+from slowtune.fsutil import atomic_write_text, set_aside
 
 log = logging.getLogger(__name__)
 
@@ -75,17 +73,6 @@ def _field_ok(value: Any, default: Any, name: str) -> bool:
     return True
 
 
-def _set_aside(path: Path) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    aside = path.with_name(f"{path.name}.bad-{stamp}")
-    n = 1
-    while aside.exists():
-        aside = path.with_name(f"{path.name}.bad-{stamp}-{n}")
-        n += 1
-    shutil.copy2(path, aside)
-    return aside
-
-
 def load_settings(path: Path | None = None) -> SettingsLoad:
     """Read settings, migrating old files and setting aside bad ones (see the module docstring)."""
     path = path or paths.settings_file()
@@ -97,7 +84,7 @@ def load_settings(path: Path | None = None) -> SettingsLoad:
         if not isinstance(raw, dict):
             raise ValueError("the top level is not a JSON object")
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        aside = _set_aside(path)
+        aside = set_aside(path)
         msg = f"Settings file {path} could not be read ({exc}); it was kept as {aside.name} and defaults are used."
         log.warning(msg)
         return SettingsLoad(Settings(), [msg], aside)
@@ -133,7 +120,7 @@ def load_settings(path: Path | None = None) -> SettingsLoad:
     settings = Settings(version=max(version, SCHEMA_VERSION), extra=extra, **values)
     aside = None
     if warnings:
-        aside = _set_aside(path)
+        aside = set_aside(path)
         warnings.append(f"The settings file as it was is kept as {aside.name}.")
         for w in warnings:
             log.warning(w)
