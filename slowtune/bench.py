@@ -41,10 +41,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     i.add_argument("--quick", action="store_true", help="a small corpus: a smoke test of the benchmark itself")
     e = sub.add_parser("export", help="fuse + GGUF: time, peak memory, throughput; F16 and Q4_K_M agreement")
     e.add_argument("--quick", action="store_true", help="a small model: a smoke test of the benchmark itself")
+    from slowtune.teacher import bench as teacher_bench
+
+    tb = sub.add_parser("teacher", help="generation against the test server: throughput, faults, kill and resume")
+    teacher_bench.add_arguments(tb)
 
 
 def run(args: argparse.Namespace) -> int:
-    result = {"train": bench_train, "export": bench_export, "ingest": bench_ingest}[args.bench](args)
+    from slowtune.teacher.bench import bench_teacher
+
+    benches = {"train": bench_train, "export": bench_export, "ingest": bench_ingest, "teacher": bench_teacher}
+    result = benches[args.bench](args)
     print(json.dumps(result, indent=2))
     return 0
 

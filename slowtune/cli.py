@@ -20,7 +20,6 @@ EXIT_NOT_IMPLEMENTED = 3
 
 # Stages whose issue has not landed yet: the command exists, says so, and fails (never a silent stub).
 _PLANNED = {
-    "generate": ("Have a teacher model write grounded Q&A from a project's documents", "the teacher"),
     "chat": ("Chat offline with a GGUF model through llama.cpp", "the chat tester"),
     "eval": ("Score a tuned model against its base on the held-out probes", "evaluation"),
 }
@@ -86,6 +85,28 @@ def build_parser() -> argparse.ArgumentParser:
                             "Unchanged files are not read again.")
     ingest_command.add_arguments(ingest)
     ingest.set_defaults(func=ingest_command.run)
+
+    from slowtune.teacher import command as teacher_command
+    from slowtune.teacher import provider_command
+
+    provider = sub.add_parser("provider", help="Teacher providers: add, list, test, probe, remove (keys in the keychain)",
+                              description="OpenAI-compatible teacher endpoints and local GGUF teachers. API keys "
+                              "are stored in the OS keychain, never in files.")
+    provider_command.add_arguments(provider)
+    provider.set_defaults(func=provider_command.run)
+
+    generate = sub.add_parser("generate", help="Have a teacher model write grounded Q&A from a project's documents",
+                              description="For each new chunk: ask the teacher for question/answer items, check "
+                              "each evidence quote against the chunk, verify refusals against the whole corpus, "
+                              "judge, de-duplicate, and store the rows split by chunk. Resumable: a second run "
+                              "pays for nothing the first one received.")
+    teacher_command.add_generate_arguments(generate)
+    generate.set_defaults(func=teacher_command.run_generate)
+
+    dataset = sub.add_parser("dataset", help="Review the generated dataset: report, list, accept, reject, export",
+                             description="The rows the teacher wrote, with why rejected ones were rejected.")
+    teacher_command.add_dataset_arguments(dataset)
+    dataset.set_defaults(func=teacher_command.run_dataset)
 
     from slowtune.train import command as train_command
 

@@ -28,7 +28,8 @@ from slowtune import paths
 
 DB_NAME = "project.sqlite"
 
-# Version 1: the pipeline's tables. Version 2: saved chat sessions of the offline tester.
+# Version 1: the pipeline's tables. Version 2: saved chat sessions of the offline tester. Version 3: the
+# teacher's per-chunk state (which split a chunk belongs to, and how its generation went).
 MIGRATIONS: list[str] = [
     """
     CREATE TABLE meta (
@@ -140,6 +141,26 @@ MIGRATIONS: list[str] = [
         created_at REAL NOT NULL
     );
     CREATE INDEX chat_messages_session ON chat_messages(session_id, id);
+    """,
+    """
+    CREATE TABLE chunk_splits (
+        chunk_id TEXT PRIMARY KEY,          -- no foreign key: a chunk keeps its split if it is re-ingested
+        split TEXT NOT NULL CHECK (split IN ('train', 'valid')),
+        assigned_at REAL NOT NULL
+    );
+    CREATE TABLE generation_chunks (
+        chunk_id TEXT PRIMARY KEY,
+        document_id INTEGER REFERENCES documents(id) ON DELETE SET NULL,
+        status TEXT NOT NULL CHECK (status IN ('done', 'failed')),
+        reason TEXT,                        -- why it failed, in the user's words
+        candidates INTEGER NOT NULL DEFAULT 0,
+        kept INTEGER NOT NULL DEFAULT 0,
+        stats_json TEXT,                    -- rejections by gate, calls, tokens
+        regenerations INTEGER NOT NULL DEFAULT 0,
+        updated_at REAL NOT NULL
+    );
+    ALTER TABLE dataset_rows ADD COLUMN edited INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX dataset_rows_chunk ON dataset_rows(chunk_id);
     """,
 ]
 

@@ -42,3 +42,17 @@ def test_bench_refuses_bad_arguments() -> None:
     assert out.returncode != 0 and "--steps" in out.stderr
     out = _bench("train", "--only", "warp_drive")
     assert out.returncode != 0 and "warp_drive" in out.stderr
+
+
+def test_bench_teacher_small_run_prints_its_figures() -> None:
+    out = _bench("teacher", "--runs", "1", "--chunks", "12", "--kill-at", "12", "--latency", "0.05",
+                 "--concurrency", "4")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    for key in ("throughput_ratio", "lost_chunks", "repeated_paid_calls", "inflight_at_kill", "calls_per_run"):
+        assert result[key] is not None, key
+    assert result["lost_chunks"] == 0 and result["repeated_paid_calls"] == 0
+    run = result["details"][0]
+    assert run["kill_resume"]["killed_returncode"] == -9 and run["kill_resume"]["resumed_returncode"] == 0
+    assert run["faults"]["failed_calls"] > 0  # the fault share did reach the server
+    assert run["kill_resume"]["inflight_paid_again"] <= 4  # at most the concurrency

@@ -9,7 +9,7 @@ import pytest
 
 from slowtune import __version__, cli
 
-PLANNED = ["generate", "chat", "eval"]
+PLANNED = ["chat", "eval"]
 
 
 def _slowtune(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -22,7 +22,7 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
         cli.main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for command in [*PLANNED, "ingest", "train", "export", "bench", "doctor"]:
+    for command in [*PLANNED, "ingest", "generate", "provider", "dataset", "train", "export", "bench", "doctor"]:
         assert f"    {command} " in out
 
 

@@ -43,6 +43,12 @@ def _plant(conn: sqlite3.Connection, version: int) -> None:
             "INSERT INTO chat_sessions(id, title, models_json, settings_json, created_at, updated_at) VALUES (1, 't', '[]', '{}', ?, ?)",
             (now, now),
         )
+    if version >= 3:
+        conn.execute("INSERT INTO chunk_splits(chunk_id, split, assigned_at) VALUES ('c1', 'valid', ?)", (now,))
+        conn.execute(
+            "INSERT INTO generation_chunks(chunk_id, document_id, status, updated_at) VALUES ('c1', 1, 'done', ?)",
+            (now,),
+        )
 
 
 def test_new_project_has_the_current_schema(tmp_path: Path) -> None:

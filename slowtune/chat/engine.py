@@ -63,3 +63,44 @@ def load_gguf(path: Path, *, n_ctx: int = 4096, logits_all: bool = False, lora_p
     with _model_defaults(_repacking_is_safe()):
         return llama_cpp.Llama(str(path), n_ctx=n_ctx, logits_all=logits_all, verbose=False,
                                lora_path=str(lora_path) if lora_path else None, **kwargs)
+
+
+def json_grammar(schema: dict[str, Any], *, max_string_chars: int = 1500) -> Any:
+    """A llama.cpp grammar for JSON matching ``schema``.
+
+    llama-cpp-python's converter spells ``maxLength: N`` as N nested optional groups, which overflows
+    llama.cpp's grammar parser for answers of realistic length. So string lengths are dropped from the schema
+    and every string is bounded instead with one flat ``{0,N}`` repetition.
+    """
+    import json
+
+    import llama_cpp
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k not in ("maxLength", "minLength")}
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node
+
+    gbnf = json_schema_to_gbnf(json.dumps(strip(schema)))
+    unbounded = 'string ::= "\\"" char* "\\"" space'
+    if unbounded in gbnf:
+        gbnf = gbnf.replace(unbounded, f'string ::= "\\"" char{{0,{max_string_chars}}} "\\"" space')
+    return llama_cpp.LlamaGrammar.from_string(gbnf, verbose=False)
+
+
+def complete_chat(llm: Any, messages: list[dict[str, str]], *, schema: dict[str, Any] | None = None,
+                  temperature: float = 0.7, max_tokens: int = 512, seed: int | None = None,
+                  max_string_chars: int = 1500) -> dict[str, Any]:
+    """One chat completion, OpenAI-shaped (llama-cpp-python's own result: choices, usage).
+
+    With ``schema`` the output is constrained by a llama.cpp grammar built from the JSON schema, so it always
+    parses (a small model then writes schema-valid text that may still be nonsense; callers check content).
+    The model's own chat template (GGUF metadata) formats the messages.
+    """
+    grammar = json_grammar(schema, max_string_chars=max_string_chars) if schema else None
+    return llm.create_chat_completion(
+        messages=messages, temperature=temperature, max_tokens=max_tokens, grammar=grammar, seed=seed,
+    )

@@ -1,0 +1,238 @@
+"""``slowtune generate`` and ``slowtune dataset``: the teacher stage and the review of what it wrote."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_ERROR = 0, 1
+
+
+def _mix(text: str) -> dict[str, float]:
+    mix = {}
+    for part in text.split(","):
+        name, _, share = part.partition("=")
+        try:
+            mix[name.strip()] = float(share)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"bad --mix part {part!r}: expected TYPE=SHARE, e.g. fact=0.4,reasoning=0.3") from None
+    return mix
+
+
+def add_generate_arguments(p: argparse.ArgumentParser) -> None:
+    from slowtune.teacher.pipeline import DEFAULT_MIX
+
+    p.add_argument("project", help="project name or folder (documents must be ingested first)")
+    p.add_argument("--provider", help="teacher provider id (see `slowtune provider list`); default from settings")
+    p.add_argument("--model", help="teacher model (default: the provider's default model)")
+    p.add_argument("--judge-provider", help="provider of the judge (default: the teacher's)")
+    p.add_argument("--judge-model", help="judge model (default: the teacher model)")
+    p.add_argument("--no-judge", action="store_true", help="skip the judge pass (cheaper, less checked)")
+    p.add_argument("--pairs-per-chunk", type=int, help="items per chunk (default: about 4 per 500 tokens)")
+    p.add_argument("--mix", type=_mix, default=None,
+                   help="question-type shares, default " + ",".join(f"{k}={v}" for k, v in DEFAULT_MIX.items()))
+    p.add_argument("--system-prompt", help="the student's system prompt, put in every conversation")
+    p.add_argument("--style", help="instruction for the answers' style and length")
+    p.add_argument("--valid-fraction", type=float, default=0.1, help="share of chunks for validation (0.1)")
+    p.add_argument("--probes-per-chunk", type=int, default=1, help="rephrased probe questions per training chunk")
+    p.add_argument("--dedup-threshold", type=float, default=0.8, help="near-duplicate similarity (0.8)")
+    p.add_argument("--budget", type=float, metavar="USD", help="stop cleanly before spending more than this")
+    p.add_argument("--concurrency", type=int, default=8, help="most calls in flight (lowered on rate limits)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per call before it is retried")
+    p.add_argument("--mode", choices=("json_schema", "json_object", "text"),
+                   help="structured-output mode (default: the best the endpoint supports, probed and cached)")
+    p.add_argument("--max-chunks", type=int, help="generate for at most this many new chunks")
+    p.add_argument("--estimate", action="store_true", help="print the estimate and stop (nothing is sent)")
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask before sending document text")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _open_project(name: str):
+    from slowtune.store import DB_NAME, Project, resolve_project_path
+
+    root = resolve_project_path(name)
+    if not (root / DB_NAME).exists():
+        raise SystemExit(f"slowtune: there is no project {name!r} (looked in {root}); "
+                         "add documents first with `slowtune ingest`")
+    return Project.open(root)
+
+
+def _confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        return False
+    try:
+        return input(question + " [y/N] ").strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from slowtune.progress import Progress, RichProgressBar
+    from slowtune.settings import load_settings
+    from slowtune.teacher import cost, providers, session
+    from slowtune.teacher.client import TeacherError
+    from slowtune.teacher.pipeline import GenerateConfig, GenerationError, load_jobs, plan_run, run_generation
+    from slowtune.teacher.probe import ProbeError
+
+    settings = load_settings().settings
+    provider_id = args.provider or settings.teacher_provider
+    if not provider_id:
+        print("slowtune generate: no teacher chosen: pass --provider (see `slowtune provider list`, "
+              "`slowtune provider add`)", file=sys.stderr)
+        return EXIT_ERROR
+    config = GenerateConfig(
+        pairs_per_chunk=args.pairs_per_chunk, system_prompt=args.system_prompt, judge=not args.no_judge,
+        valid_fraction=args.valid_fraction, probes_per_chunk=args.probes_per_chunk,
+        dedup_threshold=args.dedup_threshold, budget_usd=args.budget, max_chunks=args.max_chunks,
+    )
+    if args.mix is not None:
+        config.mix = args.mix
+    if args.style:
+        config.style = args.style
+    project = _open_project(args.project)
+    try:
+        config.validate()
+        if args.concurrency < 1:
+            raise GenerationError("--concurrency must be at least 1")
+        jobs, done = load_jobs(project, config)
+        total_chunks = len(jobs) + done
+        if total_chunks == 0:
+            print(f"slowtune generate: project {project.name!r} has no document chunks yet; add documents "
+                  "with `slowtune ingest`", file=sys.stderr)
+            return EXIT_ERROR
+        if not jobs:
+            print(f"All {done} chunks already have generated data. `slowtune dataset report {args.project}` "
+                  "shows it.")
+            return EXIT_OK
+        choice = session.choose(provider_id, args.model or (settings.teacher_model if not args.provider else None),
+                                mode=args.mode, timeout=min(args.timeout, 30))
+        judge_choice = None
+        if args.judge_provider or args.judge_model:
+            judge_choice = session.choose(args.judge_provider or provider_id, args.judge_model or choice.model,
+                                          timeout=min(args.timeout, 30))
+        plan = plan_run(jobs, config)
+        est = cost.estimate(choice.model, plan.calls, plan.input_tokens, plan.output_tokens, free=choice.free)
+        if config.budget_usd is not None and est.cost_usd is None:
+            raise GenerationError(
+                f"a budget needs a price for {choice.model}: add it to {cost.user_prices_file()} "
+                "(USD per million input and output tokens)")
+        where = choice.destination
+        statement = (f"Document text from {plan.chunks} chunks (about {plan.chunk_tokens:,} tokens) will be "
+                     f"{'sent to ' + where if choice.remote else 'read by the teacher on ' + where} "
+                     f"(model {choice.model}, {choice.mode} output).")
+        print(statement, file=sys.stderr)
+        print("Estimate: " + est.describe(), file=sys.stderr)
+        if done:
+            print(f"{done} chunks already done are skipped.", file=sys.stderr)
+        if args.estimate:
+            return EXIT_OK
+        ask = not choice.provider.in_process and settings.confirm_before_upload and not args.yes
+        if ask and not _confirm("Send it?"):
+            print("Nothing was sent. Pass --yes to skip this question.", file=sys.stderr)
+            return EXIT_ERROR
+        runner = session.make_runner(project, choice, concurrency=args.concurrency, timeout=args.timeout)
+        judge_runner = (session.make_runner(project, judge_choice, concurrency=args.concurrency, timeout=args.timeout)
+                        if judge_choice else None)
+        progress = Progress()
+        if not args.json:
+            bar = RichProgressBar()
+            progress.add_listener(bar)
+        else:
+            bar = None
+        try:
+            if bar:
+                bar.__enter__()
+            result = run_generation(project, runner, config, judge_runner=judge_runner, progress=progress)
+        finally:
+            if bar:
+                bar.__exit__(None, None, None)
+    except (GenerationError, providers.ProviderError, ProbeError, TeacherError, cost.CostError) as exc:
+        print(f"slowtune generate: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        project.close()
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(_describe(result))
+    return EXIT_ERROR if result.stopped == "fatal" else EXIT_OK
+
+
+def _describe(r) -> str:
+    cost = f"${r.cost_usd:.4f}" if r.cost_known else "cost unknown (no price for this model)"
+    lines = [
+        f"{r.chunks_done} chunks done, {r.chunks_failed} failed, {r.chunks_not_started} not started "
+        f"({r.chunks_already_done} were done before).",
+        f"{r.rows_kept} conversations kept, {r.probes} probe questions; rejected: "
+        + (", ".join(f"{g} {n}" for g, n in sorted(r.rejected.items())) or "none") + ".",
+        f"Teacher: {r.calls} calls paid, {r.cached_calls} answered from the cache, {r.retries} retries, "
+        f"{r.prompt_tokens:,} + {r.completion_tokens:,} tokens, {cost}.",
+    ]
+    for f in r.failures[:10]:
+        lines.append(f"  failed: {f['document']} chunk {f['chunk'][:12]}: {f['reason']}")
+    if r.message:
+        lines.append(r.message)
+    return "\n".join(lines)
+
+
+# --- slowtune dataset ------------------------------------------------------------------------------------
+
+def add_dataset_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
+    rep = sub.add_parser("report", help="rows by split, type and document; rejections; failed chunks; cost")
+    rep.add_argument("project")
+    rep.add_argument("--json", action="store_true")
+    ls = sub.add_parser("list", help="list rows (filters: --split --status --type --gate --search)")
+    ls.add_argument("project")
+    ls.add_argument("--split", choices=("train", "valid", "probe"))
+    ls.add_argument("--status", choices=("accepted", "rejected", "pending"))
+    ls.add_argument("--type", dest="qtype")
+    ls.add_argument("--gate", help="rejected by: quote, refusal, judge, duplicate, schema, user")
+    ls.add_argument("--search", help="text the conversation contains")
+    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--json", action="store_true")
+    for name, helptext in (("accept", "accept rows by id"), ("reject", "reject rows by id")):
+        a = sub.add_parser(name, help=helptext)
+        a.add_argument("project")
+        a.add_argument("ids", type=int, nargs="+")
+    ex = sub.add_parser("export", help="write train.jsonl, valid.jsonl and test.jsonl (probes) to a folder")
+    ex.add_argument("project")
+    ex.add_argument("out", type=Path)
+    ex.add_argument("--provenance", action="store_true", help="also write provenance sidecars")
+
+
+def run_dataset(args: argparse.Namespace) -> int:
+    from slowtune.dataset import DatasetError, export_jsonl
+    from slowtune.teacher import review
+
+    project = _open_project(args.project)
+    try:
+        if args.dataset_command == "report":
+            rep = review.report(project)
+            print(json.dumps(rep.to_json(), indent=2) if args.json else review.render_report(rep))
+        elif args.dataset_command == "list":
+            rows = review.list_rows(project, review.RowFilter(split=args.split, status=args.status, qtype=args.qtype,
+                                                              gate=args.gate, text=args.search, limit=args.limit))
+            if args.json:
+                print(json.dumps([{"id": r.id, "split": r.split, "status": r.status, "type": r.provenance.qtype,
+                                   "messages": r.messages, "reject_reason": r.reject_reason} for r in rows],
+                                 indent=2, ensure_ascii=False))
+            for r in [] if args.json else rows:
+                question = next(m["content"] for m in r.messages if m["role"] == "user")
+                flag = "" if r.status == "accepted" else f"  [{r.status}: {r.reject_reason}]"
+                print(f"{r.id:>6} {r.split:<5} {r.provenance.qtype or '':<10} {question[:90]}{flag}")
+        elif args.dataset_command in ("accept", "reject"):
+            n = review.set_status(project, args.ids, "accepted" if args.dataset_command == "accept" else "rejected")
+            print(f"{n} rows {args.dataset_command}ed")
+        elif args.dataset_command == "export":
+            counts = export_jsonl(project, args.out, provenance=args.provenance)
+            print(", ".join(f"{split} {n}" for split, n in counts.items()) + f" rows written to {args.out}")
+    except DatasetError as exc:
+        print(f"slowtune dataset: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        project.close()
+    return EXIT_OK

@@ -1,0 +1,591 @@
+"""The generation stage: chunks in, checked and de-duplicated conversations out.
+
+For each chunk that has no finished generation yet:
+
+1. **Plan** how many items of each question type to ask for (the mix, scaled by the chunk's tokens).
+2. **Generate**: one call; the reply is parsed, repaired or re-asked a bounded number of times.
+3. **Gates**, cheapest first, so no judge call is spent on a row that fails a free check:
+   the evidence quote must be found in the chunk (fuzzy match); a "not in the documents" question must
+   really be absent from the whole corpus (keyword search); then one **judge** call per chunk at
+   temperature 0; then de-duplication (exact and MinHash) against every question kept so far.
+4. **Store** kept rows and rejected ones (with the gate and reason, for review) in the chunk's split.
+   Splits are assigned per chunk, never per row, and kept for good.
+5. **Probes**: for training chunks, a few kept questions are rephrased into the held-out probe set, so
+   the chat stage can check the tuned model learned facts, not sentences.
+
+Every teacher call goes through :class:`~slowtune.teacher.client.CallRunner`, whose cache makes the whole
+stage resumable: run it again after an interruption and it continues where it stopped, paying only for
+calls it had not received an answer to. Adding documents later generates only for their chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import math
+import random
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from slowtune.dataset import DatasetRow, Provenance, add_rows
+from slowtune.progress import Progress, ensure
+from slowtune.store import Project, dumps
+from slowtune.teacher import prompts
+from slowtune.teacher.client import CallRunner, TeacherError
+from slowtune.teacher.parse import parse_reply
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MIX = {"fact": 0.4, "reasoning": 0.25, "multi_turn": 0.15, "refusal": 0.2}
+REFUSAL_ANSWER_HINT = "The documents do not cover"
+
+
+class GenerationError(RuntimeError):
+    """The run could not start or had to stop; the message says why and what to do."""
+
+
+@dataclass
+class GenerateConfig:
+    pairs_per_chunk: int | None = field(default=None, metadata={"help": "fixed items per chunk (default: scaled)"})
+    pairs_per_500_tokens: float = field(default=4.0, metadata={"help": "items per 500 chunk tokens when scaled"})
+    mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX),
+                                  metadata={"help": "share of each question type"})
+    system_prompt: str | None = field(default=None, metadata={"help": "the student's system prompt in every row"})
+    style: str = field(default=prompts.DEFAULT_STYLE, metadata={"help": "answer style/length instruction"})
+    temperature: float = field(default=0.7, metadata={"help": "teacher sampling temperature for generation"})
+    judge: bool = field(default=True, metadata={"help": "run the judge pass"})
+    quote_threshold: float = field(default=0.85, metadata={"help": "fuzzy match needed for evidence quotes"})
+    dedup_threshold: float = field(default=0.8, metadata={"help": "MinHash similarity of near-duplicates"})
+    valid_fraction: float = field(default=0.1, metadata={"help": "share of chunks held out for validation"})
+    probes_per_chunk: int = field(default=1, metadata={"help": "rephrased probe questions per training chunk"})
+    max_repairs: int = field(default=2, metadata={"help": "re-asks after a malformed reply"})
+    budget_usd: float | None = field(default=None, metadata={"help": "stop cleanly once this much is spent"})
+    document_ids: list[int] | None = field(default=None, metadata={"help": "only these documents"})
+    max_chunks: int | None = field(default=None, metadata={"help": "at most this many new chunks"})
+
+    def validate(self) -> None:
+        unknown = set(self.mix) - set(prompts.QTYPES)
+        if unknown:
+            raise GenerationError(f"unknown question type(s) in the mix: {', '.join(sorted(unknown))}; "
+                                  f"known: {', '.join(prompts.QTYPES)}")
+        if any(v < 0 for v in self.mix.values()) or sum(self.mix.values()) <= 0:
+            raise GenerationError("the question mix needs at least one type with a positive share")
+        if self.pairs_per_chunk is not None and not 1 <= self.pairs_per_chunk <= 20:
+            raise GenerationError("pairs per chunk must be between 1 and 20")
+        if not 0 <= self.valid_fraction < 1:
+            raise GenerationError("the validation share must be at least 0 and below 1")
+        if not 0 < self.dedup_threshold <= 1:
+            raise GenerationError("the duplicate threshold must be above 0 and at most 1")
+        if self.budget_usd is not None and self.budget_usd <= 0:
+            raise GenerationError("the budget must be a positive amount in USD")
+
+
+@dataclass
+class ChunkJob:
+    id: str
+    document_id: int
+    title: str
+    text: str
+    tokens: int
+    headings: list[str]
+    split: str
+    regeneration: int = 0
+
+
+@dataclass
+class GenerateResult:
+    chunks_total: int = 0  # chunks in scope
+    chunks_already_done: int = 0
+    chunks_done: int = 0
+    chunks_failed: int = 0
+    chunks_not_started: int = 0
+    rows_kept: int = 0
+    probes: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    calls: int = 0
+    cached_calls: int = 0
+    retries: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    cost_known: bool = True
+    stopped: str | None = None  # "budget", "fatal", "cancelled"
+    message: str | None = None
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- planning ----------------------------------------------------------------------------------------
+
+def items_for(tokens: int, config: GenerateConfig) -> int:
+    if config.pairs_per_chunk is not None:
+        return config.pairs_per_chunk
+    return max(1, min(20, round(tokens / 500 * config.pairs_per_500_tokens)))
+
+
+def plan_types(chunk_id: str, n: int, mix: dict[str, float]) -> dict[str, int]:
+    """``n`` items split by the mix. Whole parts go to each type; the leftover slots are drawn by weight with
+    a generator seeded by the chunk, so small chunks still cover every type across the corpus."""
+    weights = {t: mix.get(t, 0.0) for t in prompts.QTYPES if mix.get(t, 0.0) > 0}
+    total = sum(weights.values())
+    exact = {t: n * w / total for t, w in weights.items()}
+    counts = {t: math.floor(v) for t, v in exact.items()}
+    rest = {t: exact[t] - counts[t] for t in weights}
+    rng = random.Random(int(hashlib.sha256(chunk_id.encode()).hexdigest()[:16], 16))
+    for _ in range(n - sum(counts.values())):
+        pool = [t for t in rest if rest[t] > 0]
+        pick = rng.choices(pool, weights=[rest[t] for t in pool])[0]
+        counts[pick] += 1
+        rest[pick] = 0.0
+    return {t: c for t, c in counts.items() if c}
+
+
+def _split_fraction(chunk_id: str) -> float:
+    return int(hashlib.sha256(f"split:{chunk_id}".encode()).hexdigest()[:12], 16) / 16**12
+
+
+def assign_splits(project: Project, chunk_ids: list[str], valid_fraction: float) -> dict[str, str]:
+    """Each chunk's split, assigned once and kept (so adding documents never moves a chunk)."""
+    known = {r["chunk_id"]: r["split"] for r in project.conn.execute("SELECT chunk_id, split FROM chunk_splits")}
+    new = [c for c in chunk_ids if c not in known]
+    if new:
+        fresh = {c: "valid" if _split_fraction(c) < valid_fraction else "train" for c in new}
+        every = {**known, **fresh}
+        # Hash-based assignment can leave a small corpus with no validation chunk at all (or only one).
+        if valid_fraction > 0 and len(every) >= 2 and "valid" not in every.values():
+            fresh[min(new, key=_split_fraction)] = "valid"
+        if "train" not in {**known, **fresh}.values() and len(new) >= 1 and len(every) >= 2:
+            fresh[max(new, key=_split_fraction)] = "train"
+        now = time.time()
+        with project.transaction() as conn:
+            conn.executemany("INSERT OR IGNORE INTO chunk_splits(chunk_id, split, assigned_at) VALUES (?, ?, ?)",
+                             [(c, s, now) for c, s in fresh.items()])
+        known.update(fresh)
+    return {c: known[c] for c in chunk_ids}
+
+
+def load_jobs(project: Project, config: GenerateConfig, *, only_chunks: list[str] | None = None,
+              include_done: bool = False) -> tuple[list[ChunkJob], int]:
+    """Chunks still to generate for (and how many in scope are already done)."""
+    query = """SELECT c.id, c.document_id, c.text, c.tokens, c.heading_path, d.title, d.path,
+                      g.status AS gstatus, g.regenerations
+               FROM chunks c JOIN documents d ON d.id = c.document_id
+               LEFT JOIN generation_chunks g ON g.chunk_id = c.id
+               WHERE d.status = 'ok'"""
+    args: list[Any] = []
+    if config.document_ids:
+        query += f" AND c.document_id IN ({','.join('?' * len(config.document_ids))})"
+        args += config.document_ids
+    if only_chunks is not None:
+        query += f" AND c.id IN ({','.join('?' * len(only_chunks))})"
+        args += only_chunks
+    rows = project.conn.execute(query + " ORDER BY c.document_id, c.ord", args).fetchall()
+    splits = assign_splits(project, [r["id"] for r in rows], config.valid_fraction)
+    jobs, done = [], 0
+    for r in rows:
+        if r["gstatus"] == "done" and not include_done:
+            done += 1
+            continue
+        title = r["title"] or r["path"].rsplit("/", 1)[-1]
+        jobs.append(ChunkJob(
+            id=r["id"], document_id=r["document_id"], title=title, text=r["text"], tokens=r["tokens"],
+            headings=json.loads(r["heading_path"] or "[]"), split=splits[r["id"]],
+            regeneration=r["regenerations"] or 0,
+        ))
+    if config.max_chunks is not None:
+        jobs = jobs[: config.max_chunks]
+    return jobs, done
+
+
+# --- estimates -------------------------------------------------------------------------------------------
+
+def _tokens(text: str) -> int:
+    return len(text) // 4 + 1
+
+
+@dataclass
+class Plan:
+    chunks: int
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    chunk_tokens: int  # document text that will be sent
+
+
+def plan_run(jobs: list[ChunkJob], config: GenerateConfig) -> Plan:
+    """Calls and tokens a run will use (for the estimate and the upload statement)."""
+    gen_sys = _tokens(prompts.GENERATE_SYSTEM) + 700  # plus the schema
+    judge_sys = _tokens(prompts.JUDGE_SYSTEM) + 200
+    calls = input_tokens = output_tokens = chunk_tokens = 0
+    for job in jobs:
+        n = items_for(job.tokens, config)
+        chunk_tokens += job.tokens
+        calls += 1
+        input_tokens += gen_sys + job.tokens + 150
+        output_tokens += 120 * n
+        if config.judge:
+            calls += 1
+            input_tokens += judge_sys + job.tokens + 110 * n
+            output_tokens += 45 * n
+        if job.split == "train" and config.probes_per_chunk:
+            calls += 1
+            input_tokens += 250 + 40 * config.probes_per_chunk
+            output_tokens += 40 * config.probes_per_chunk
+    return Plan(len(jobs), calls, input_tokens, output_tokens, chunk_tokens)
+
+
+# --- the run ---------------------------------------------------------------------------------------------
+
+def _conversation(item: dict[str, Any], system_prompt: str | None) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages += [{"role": "user", "content": item["question"].strip()},
+                 {"role": "assistant", "content": item["answer"].strip()}]
+    if item["type"] == "multi_turn":
+        for turn in item.get("follow_ups") or []:
+            messages += [{"role": "user", "content": turn["question"].strip()},
+                         {"role": "assistant", "content": turn["answer"].strip()}]
+    return messages
+
+
+@dataclass
+class Candidate:
+    item: dict[str, Any]
+    messages: list[dict[str, str]]
+    verdicts: dict[str, Any] = field(default_factory=dict)
+    gate: str | None = None
+    reason: str | None = None
+
+
+class Generator:
+    """One generation run over a project with one teacher (and optionally a separate judge)."""
+
+    def __init__(self, project: Project, runner: CallRunner, config: GenerateConfig, *,
+                 judge_runner: CallRunner | None = None, progress: Progress | None = None) -> None:
+        from slowtune.teacher.checks import CorpusIndex, Deduplicator
+
+        config.validate()
+        self.project = project
+        self.runner = runner
+        self.judge_runner = judge_runner or runner
+        self.config = config
+        self.progress = ensure(progress)
+        self.result = GenerateResult()
+        self.index = CorpusIndex(
+            (r["id"], r["title"] or r["path"].rsplit("/", 1)[-1], r["text"])
+            for r in project.conn.execute(
+                "SELECT c.id, c.text, d.title, d.path FROM chunks c JOIN documents d ON d.id = c.document_id "
+                "WHERE d.status = 'ok'")
+        )
+        self.dedup = Deduplicator(threshold=config.dedup_threshold)
+        self.dedup.seed(
+            (f"row:{r['id']}", _first_question(json.loads(r["messages_json"])["messages"]))
+            for r in project.conn.execute(
+                "SELECT id, messages_json FROM dataset_rows WHERE status = 'accepted' AND split != 'probe'")
+        )
+        self._reserved = 0.0
+        self._done = 0
+        self._total = 0
+
+    # -- budget --
+    def _estimate_cost(self, job: ChunkJob) -> float:
+        plan = plan_run([job], self.config)
+        cost = self.runner._cost(plan.input_tokens, plan.output_tokens)
+        return cost or 0.0
+
+    def _spent(self) -> float:
+        spent = self.runner.stats.cost_usd
+        if self.judge_runner is not self.runner:
+            spent += self.judge_runner.stats.cost_usd
+        return spent
+
+    # -- calls --
+    async def _ask(self, runner: CallRunner, request: prompts.Request, nonce: int) -> tuple[dict | None, str | None]:
+        """Data of a valid reply, re-asking with the problem after a malformed one; or the last problem."""
+        messages = request.messages
+        schema = request.schema
+        problem = None
+        for attempt in range(self.config.max_repairs + 1):
+            completion = await runner.complete(messages, schema=schema, temperature=request.temperature,
+                                               max_tokens=request.max_tokens, nonce=nonce)
+            parsed = parse_reply(completion.content, schema, finish_reason=completion.finish_reason)
+            if parsed.data is not None:
+                if parsed.dropped:
+                    log.debug("%s: dropped %s", request.task, "; ".join(parsed.dropped))
+                return parsed.data, None
+            problem = parsed.problem
+            log.info("teacher %s reply unusable (%s); attempt %d", request.task, problem, attempt + 1)
+            messages = prompts.repair_messages(request, completion.content, problem or "invalid")
+        return None, f"{request.task}: {problem} (after {self.config.max_repairs + 1} attempts)"
+
+    # -- gates --
+    def _check_grounding(self, job: ChunkJob, cand: Candidate) -> None:
+        from slowtune.teacher.checks import quote_check, refusal_check
+
+        item = cand.item
+        if item["type"] == "refusal":
+            check = refusal_check(item["question"], item.get("search_terms") or [], self.index)
+            cand.verdicts["refusal"] = {"ok": check.ok, "reason": check.reason, "found_in": check.found_in}
+            if not check.ok:
+                cand.gate, cand.reason = "refusal", check.reason
+            return
+        turns = [item] + (item.get("follow_ups") or [] if item["type"] == "multi_turn" else [])
+        if item["type"] == "multi_turn" and len(turns) < 2:
+            cand.gate, cand.reason = "schema", "multi-turn item without a follow-up"
+            return
+        scores = []
+        for turn in turns:
+            check = quote_check(turn.get("quote") or "", job.text, threshold=self.config.quote_threshold)
+            scores.append(round(check.score, 3))
+            if not check.ok:
+                cand.verdicts["quote"] = {"ok": False, "scores": scores, "reason": check.reason}
+                cand.gate, cand.reason = "quote", check.reason
+                return
+        cand.verdicts["quote"] = {"ok": True, "scores": scores}
+
+    async def _judge(self, job: ChunkJob, cands: list[Candidate]) -> str | None:
+        payload = [{"id": i, "type": c.item["type"], "conversation": [m for m in c.messages if m["role"] != "system"]}
+                   for i, c in enumerate(cands)]
+        request = prompts.judge_request(job.text, payload, title=job.title)
+        data, problem = await self._ask(self.judge_runner, request, job.regeneration)
+        if data is None:
+            return problem
+        by_id = {v["id"]: v for v in data["verdicts"]}
+        for i, cand in enumerate(cands):
+            verdict = by_id.get(i)
+            if verdict is None:
+                cand.gate, cand.reason = "judge", "the judge gave no verdict"
+                cand.verdicts["judge"] = None
+                continue
+            cand.verdicts["judge"] = {k: verdict[k] for k in ("standalone", "answerable", "supported", "complete",
+                                                                "reason")}
+            failed = [k for k in ("standalone", "answerable", "supported", "complete") if not verdict[k]]
+            if failed:
+                cand.gate = "judge"
+                cand.reason = f"judge: not {', not '.join(failed)} ({verdict['reason']})"
+        return None
+
+    # -- one chunk --
+    async def _chunk(self, job: ChunkJob) -> None:
+        n = items_for(job.tokens, self.config)
+        counts = plan_types(job.id, n, self.config.mix)
+        request = prompts.generate_request(job.text, counts, title=job.title, headings=job.headings,
+                                           style=self.config.style, temperature=self.config.temperature)
+        data, problem = await self._ask(self.runner, request, job.regeneration)
+        if data is None:
+            self._finish(job, "failed", problem, [])
+            return
+        cands = [Candidate(item, _conversation(item, self.config.system_prompt)) for item in data["items"]]
+        for cand in cands:
+            self._check_grounding(job, cand)
+        passing = [c for c in cands if c.gate is None]
+        if passing and self.config.judge:
+            problem = await self._judge(job, passing)
+            if problem is not None:
+                self._finish(job, "failed", problem, cands)
+                return
+        for i, cand in enumerate(cands):
+            if cand.gate is not None:
+                continue
+            dup = self.dedup.check_and_add(f"{job.id}:{job.regeneration}:{i}", cand.item["question"])
+            if dup is not None:
+                cand.gate = "duplicate"
+                cand.reason = f"{dup.kind} duplicate of an earlier question (similarity {dup.similarity:.2f})"
+                cand.verdicts["duplicate"] = {"of": dup.of_key, "kind": dup.kind, "similarity": dup.similarity}
+        kept = self._store(job, cands)
+        if kept and job.split == "train" and self.config.probes_per_chunk:
+            await self._probes(job, kept)
+        self._finish(job, "done", None, cands)
+
+    def _store(self, job: ChunkJob, cands: list[Candidate]) -> list[DatasetRow]:
+        rows = []
+        for cand in cands:
+            cand.verdicts["gate"] = cand.gate
+            rows.append(DatasetRow(
+                messages=cand.messages, split=job.split, status="rejected" if cand.gate else "accepted",
+                provenance=Provenance(document_id=job.document_id, chunk_id=job.id,
+                                      evidence=cand.item.get("quote") or None, qtype=cand.item["type"],
+                                      verdicts=cand.verdicts),
+                reject_reason=cand.reason,
+            ))
+        add_rows(self.project, rows)
+        for cand in cands:
+            if cand.gate:
+                self.result.rejected[cand.gate] = self.result.rejected.get(cand.gate, 0) + 1
+        kept = [r for r in rows if r.status == "accepted" and r.id is not None]
+        self.result.rows_kept += len(kept)
+        return kept
+
+    async def _probes(self, job: ChunkJob, kept: list[DatasetRow]) -> None:
+        chosen = [r for r in kept if r.provenance.qtype in ("fact", "reasoning")][: self.config.probes_per_chunk]
+        if not chosen:
+            return
+        request = prompts.rephrase_request([{"id": i, "question": _first_question(r.messages)}
+                                            for i, r in enumerate(chosen)])
+        data, problem = await self._ask(self.runner, request, job.regeneration)
+        if data is None:
+            log.info("chunk %s: no probes (%s)", job.id, problem)
+            return
+        by_id = {q["id"]: q["question"].strip() for q in data["questions"]}
+        probes = []
+        for i, row in enumerate(chosen):
+            question = by_id.get(i)
+            if not question or _norm(question) == _norm(_first_question(row.messages)):
+                continue  # not rephrased: it would test memory of a sentence, not of a fact
+            messages = [m for m in row.messages if m["role"] == "system"]
+            answer = next(m["content"] for m in row.messages if m["role"] == "assistant")
+            messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+            probes.append(DatasetRow(
+                messages=messages, split="probe",
+                provenance=Provenance(document_id=job.document_id, chunk_id=job.id, evidence=row.provenance.evidence,
+                                      qtype=row.provenance.qtype, verdicts={"probe_of": row.id}),
+            ))
+        added, _ = add_rows(self.project, probes)
+        self.result.probes += added
+
+    def _finish(self, job: ChunkJob, status: str, reason: str | None, cands: list[Candidate]) -> None:
+        gates = Counter(c.gate for c in cands if c.gate)
+        kept = sum(1 for c in cands if not c.gate)
+        now = time.time()
+        self.project.conn.execute(
+            """INSERT INTO generation_chunks(chunk_id, document_id, status, reason, candidates, kept, stats_json,
+                                            regenerations, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT(chunk_id) DO UPDATE SET status=excluded.status, reason=excluded.reason,
+                 candidates=excluded.candidates, kept=excluded.kept, stats_json=excluded.stats_json,
+                 document_id=excluded.document_id, updated_at=excluded.updated_at""",
+            (job.id, job.document_id, status, reason, len(cands), kept, dumps({"rejected": dict(gates)}),
+             job.regeneration, now),
+        )
+        if status == "failed":
+            self.result.chunks_failed += 1
+            self.result.failures.append({"chunk": job.id, "document": job.title, "reason": reason or ""})
+        else:
+            self.result.chunks_done += 1
+
+    # -- driver --
+    def _report(self) -> None:
+        stats = [self.runner.stats] + ([self.judge_runner.stats] if self.judge_runner is not self.runner else [])
+        metrics = {
+            "rows": self.result.rows_kept,
+            "cost_usd": round(self._spent(), 4),
+            "tokens": sum(s.prompt_tokens + s.completion_tokens for s in stats),
+            "errors": sum(s.errors for s in stats) + self.result.chunks_failed,
+            "calls": sum(s.calls for s in stats),
+            "cached": sum(s.cached for s in stats),
+            "concurrency": self.runner.limiter.limit,
+        }
+        self.progress.report("generate", self._done, self._total, **metrics)
+
+    async def run(self, jobs: list[ChunkJob]) -> GenerateResult:
+        queue: asyncio.Queue[ChunkJob] = asyncio.Queue()
+        for job in jobs:
+            queue.put_nowait(job)
+        self._total = len(jobs)
+        stop = asyncio.Event()
+        budget = self.config.budget_usd
+
+        async def worker() -> None:
+            while not stop.is_set():
+                try:
+                    job = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                if self.progress.cancelled:
+                    self.result.stopped = "cancelled"
+                    stop.set()
+                    return
+                estimate = self._estimate_cost(job) if budget is not None else 0.0
+                if budget is not None and self._spent() + self._reserved + estimate > budget:
+                    self.result.stopped = "budget"
+                    self.result.message = (f"stopped before the budget of ${budget:.2f} was reached "
+                                           f"(${self._spent():.4f} spent); run again with a larger --budget "
+                                           "to continue where it stopped")
+                    stop.set()
+                    return
+                self._reserved += estimate
+                try:
+                    await self._chunk(job)
+                except TeacherError as exc:
+                    if exc.fatal:
+                        self.result.stopped = "fatal"
+                        self.result.message = str(exc)
+                        stop.set()
+                        return
+                    self._finish(job, "failed", str(exc), [])
+                finally:
+                    self._reserved -= estimate
+                self._done += 1
+                self._report()
+
+        # Twice as many chunks in progress as calls allowed in flight: each chunk makes its calls one after
+        # another, so this keeps the limiter full, also near the end of the run.
+        workers = [asyncio.create_task(worker()) for _ in range(2 * max(1, self.runner.limiter.maximum))]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for w in workers:
+                w.cancel()
+        self._report()
+        self.result.chunks_not_started = queue.qsize()
+        self._collect_stats()
+        return self.result
+
+    def _collect_stats(self) -> None:
+        runners = [self.runner] + ([self.judge_runner] if self.judge_runner is not self.runner else [])
+        r = self.result
+        for runner in runners:
+            s = runner.stats
+            r.calls += s.calls
+            r.cached_calls += s.cached
+            r.retries += s.retries
+            r.errors += s.errors
+            r.prompt_tokens += s.prompt_tokens
+            r.completion_tokens += s.completion_tokens
+            r.cost_usd += s.cost_usd
+            r.cost_known = r.cost_known and not s.unknown_price
+
+
+def _first_question(messages: list[dict[str, str]]) -> str:
+    return next((m["content"] for m in messages if m["role"] == "user"), "")
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.casefold().split())
+
+
+def run_generation(project: Project, runner: CallRunner, config: GenerateConfig, *,
+                   judge_runner: CallRunner | None = None, progress: Progress | None = None,
+                   jobs: list[ChunkJob] | None = None) -> GenerateResult:
+    """Generate for every chunk without a finished generation (or for ``jobs``)."""
+    generator = Generator(project, runner, config, judge_runner=judge_runner, progress=progress)
+    if jobs is None:
+        jobs, done = load_jobs(project, config)
+        generator.result.chunks_already_done = done
+    generator.result.chunks_total = len(jobs) + generator.result.chunks_already_done
+
+    async def main() -> GenerateResult:
+        try:
+            return await generator.run(jobs)
+        finally:
+            await runner.teacher.aclose()
+            if judge_runner is not None and judge_runner.teacher is not runner.teacher:
+                await judge_runner.teacher.aclose()
+
+    return asyncio.run(main())
+
+
+def regenerate_chunk(project: Project, chunk_id: str, runner: CallRunner, config: GenerateConfig, *,
+                     judge_runner: CallRunner | None = None) -> GenerateResult:
+    """Ask the teacher afresh for one chunk; rows the user edited are kept."""
+    from slowtune.teacher.review import clear_chunk
+
+    clear_chunk(project, chunk_id)
+    jobs, _ = load_jobs(project, config, only_chunks=[chunk_id], include_done=True)
+    return run_generation(project, runner, config, judge_runner=judge_runner, jobs=jobs)
