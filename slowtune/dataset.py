@@ -184,8 +184,25 @@ def _row_from_db(r: Any) -> DatasetRow:
     )
 
 
-def rows(project: Project, split: str | None = None, status: str | None = "accepted") -> list[DatasetRow]:
+# Rows the teacher wrote about a chunk that is no longer in the library (its document was removed or changed,
+# so the chunk was replaced) are stale: kept for review, left out of training. Rows the user wrote, imported or
+# edited always count.
+def current_row_sql(alias: str = "") -> str:
+    """SQL condition true for rows that count (``alias``: the dataset_rows table's alias in the query)."""
+    a = f"{alias}." if alias else ""
+    return (f"({a}source != 'teacher' OR {a}edited = 1 OR {a}chunk_id IS NULL OR {a}chunk_id IN "
+            "(SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id WHERE d.status = 'ok'))")
+
+
+CURRENT_ROW_SQL = current_row_sql()
+
+
+def rows(project: Project, split: str | None = None, status: str | None = "accepted", *,
+         current: bool = True) -> list[DatasetRow]:
+    """Rows of the project; with ``current`` (the default) stale teacher rows are left out."""
     query, args = "SELECT * FROM dataset_rows WHERE 1=1", []
+    if current:
+        query += " AND " + CURRENT_ROW_SQL
     if split is not None:
         query += " AND split = ?"
         args.append(split)

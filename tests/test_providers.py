@@ -170,7 +170,14 @@ def test_an_existing_id_is_replaced_only_on_request_and_keeps_its_key(key: str) 
     new_key = _fake_key()
     pv.add_provider("or", "openrouter", key=new_key, replace=True)
     assert pv.api_key(pv.get_provider("or")) == new_key
+    assert pv.get_provider("or").default_model == "meta/llama"  # a new key alone keeps the model
     assert len(pv.list_providers()) == 1
+    # A custom provider's URL is kept too, so the "store a key" hint works as printed.
+    pv.add_provider("mine", "custom", base_url="https://llm.example.org/v1", model="m1")
+    pv.add_provider("mine", "custom", key=new_key, replace=True)
+    kept = pv.get_provider("mine")
+    assert kept.base_url == "https://llm.example.org/v1" and kept.default_model == "m1"
+    assert pv.api_key(kept) == new_key
 
 
 def test_local_servers_are_described_as_this_machine() -> None:

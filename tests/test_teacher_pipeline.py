@@ -115,6 +115,7 @@ def test_generates_grounded_rows_split_by_chunk_with_probes(project: Project, se
     assert {next(iter(s)) for s in split_of.values()} == {"train", "valid"}
     # Probes rephrase questions of training chunks and keep their answers.
     train_chunks = {c for c, s in split_of.items() if s == {"train"}}
+    assert {"fact", "refusal"} <= {p.provenance.qtype for p in rows(project, split="probe")}
     for probe in rows(project, split="probe"):
         assert probe.provenance.chunk_id in train_chunks
         original = next(r for r in kept if r.id == probe.provenance.verdicts["probe_of"])
@@ -187,8 +188,8 @@ def test_every_fault_is_survived_without_losing_a_chunk(project: Project, server
     if fault.kind in ("rate_limit", "server_error", "drop", "slow"):
         assert result.retries > 0
     if fault.kind in ("malformed", "empty"):
-        # The repair re-ask is a different request; the bad answer itself was cached and not asked again.
-        assert result.calls > server.stats()["by_task"].get("generate", 0) - 1
+        # Each chunk's first answer was unusable: one repair re-ask per chunk, and nothing else asked twice.
+        assert server.stats()["by_task"]["generate"] == 2 * len(_chunks(project))
 
 
 def test_rate_limits_lower_concurrency_and_honour_retry_after(project: Project, server: FakeTeacher) -> None:
@@ -307,13 +308,19 @@ def test_instructions_inside_documents_do_not_change_the_output(tmp_path: Path, 
 
 def test_budget_cap_stops_cleanly_and_a_bigger_budget_continues(project: Project, server: FakeTeacher) -> None:
     cost.write_user_price("teacher-small", 100.0, 400.0)  # absurd prices make a small budget bite fast
-    config = GenerateConfig(pairs_per_chunk=2, budget_usd=2.0)
+    config = GenerateConfig(pairs_per_chunk=2, budget_usd=0.8)
     result = _generate(project, server, config, concurrency=1)
     assert result.stopped == "budget" and "budget" in result.message
     assert 0 < result.chunks_done < len(_chunks(project)) and result.chunks_not_started > 0
-    assert result.cost_usd <= 2.0
+    assert result.cost_usd <= 0.8
+    assert "of its $0.80" in result.message and f"{result.chunks_not_started} chunks are left" in result.message
+    # Several chunks in flight reserve their estimate; the run still spends up to its budget, not far below it.
+    wide = _generate(project, server, GenerateConfig(pairs_per_chunk=2, budget_usd=0.8), concurrency=4)
+    assert wide.stopped == "budget" and wide.chunks_done >= result.chunks_done - 1 and wide.cost_usd <= 0.8
+    assert wide.chunks_done + wide.chunks_not_started == len(_chunks(project)) - result.chunks_done
     more = _generate(project, server, GenerateConfig(pairs_per_chunk=2, budget_usd=1000.0), concurrency=1)
-    assert more.stopped is None and more.chunks_done == len(_chunks(project)) - result.chunks_done
+    assert more.stopped is None
+    assert more.chunks_done == len(_chunks(project)) - result.chunks_done - wide.chunks_done
 
 
 # --- review API -------------------------------------------------------------------------------------------------
@@ -383,6 +390,7 @@ def test_cli_asks_before_sending_and_resumes_after_kill_without_paying_twice(
     assert resumed.returncode == 0, resumed.stderr
     result = json.loads(resumed.stdout)
     assert result["chunks_failed"] == 0 and result["cached_calls"] >= len(recorded)
+    assert "duplicate" not in result["rejected"]  # rows of chunks the killed run had stored are not their own dups
     after = server.stats()["paid"]
     assert not recorded & set(after)  # no response recorded before the kill was paid for again
     repeats = set(paid_before) & set(after)
@@ -410,3 +418,65 @@ def test_cli_generate_explains_missing_pieces(tmp_path: Path, slowtune_home: Pat
     assert empty.returncode == 1 and "no document chunks" in empty.stderr
     bad_mix = _cli(["generate", str(tmp_path / "empty"), "--provider", "x", "--mix", "fact=abc"], env)
     assert bad_mix.returncode == 2 and "--mix" in bad_mix.stderr
+
+
+def test_resume_after_rows_were_stored_but_the_chunk_not_marked_done(project: Project, server: FakeTeacher) -> None:
+    first = _generate(project, server)
+    before = sorted(r.messages[0]["content"] for r in rows(project))
+    project.conn.execute("DELETE FROM generation_chunks")  # as if killed between storing rows and finishing
+    again = _generate(project, server)
+    assert again.chunks_done == len(_chunks(project)) and again.calls == 0
+    assert again.rejected == first.rejected  # no row is taken for a duplicate of its own earlier copy
+    assert sorted(r.messages[0]["content"] for r in rows(project)) == before
+    assert again.probes == first.probes
+
+
+def test_rows_of_removed_or_changed_documents_are_left_out(tmp_path: Path, server: FakeTeacher) -> None:
+    docs = _write_docs(tmp_path / "docs", TOPICS)
+    with Project.create(tmp_path / "p") as project:
+        ingest(project, [docs], chunk_tokens=40, chunk_overlap=0, workers=1)
+        _generate(project, server)
+        (docs / "bakery.md").unlink()
+        changed = (docs / "orchard.md").read_text().replace("eleven varieties", "twelve varieties")
+        (docs / "orchard.md").write_text(changed, encoding="utf-8")
+        ingest(project, [docs], chunk_tokens=40, chunk_overlap=0, workers=1)
+        counts = export_jsonl(project, tmp_path / "out")
+        text = "".join((tmp_path / "out" / f).read_text() for f in ("train.jsonl", "valid.jsonl", "test.jsonl"))
+        assert "Marlow" not in text and "eleven varieties" not in text and sum(counts.values()) > 0
+        rep = review.report(project)
+        assert rep.stale_rows > 0 and "removed or changed" in review.render_report(rep)
+        assert rep.chunks_generated < rep.chunks_total  # the changed chunk waits for a new generation
+        assert all(d["chunks_with_rows"] <= d["chunks"] for d in rep.documents)
+        result = _generate(project, server)
+        assert result.chunks_done == rep.chunks_total - rep.chunks_generated
+        assert "twelve varieties" in json.dumps([r.messages for r in rows(project)])
+
+
+def test_a_teacher_that_goes_away_stops_the_run_instead_of_failing_every_chunk(project: Project,
+                                                                                server: FakeTeacher) -> None:
+    runner = _runner(project, server, concurrency=1, max_attempts=2)
+    server.set_faults([Fault(kind="drop", task="generate")])
+    result = run_generation(project, runner, GenerateConfig(pairs_per_chunk=2))
+    assert result.stopped == "unreachable" and "run the same command again" in result.message
+    # Three failures in a row stop it; a chunk already under way in the second worker may fail too.
+    assert 3 <= result.chunks_failed <= 4
+    assert result.chunks_failed + result.chunks_not_started == len(_chunks(project))
+    server.clear_faults()
+    again = run_generation(project, _runner(project, server), GenerateConfig(pairs_per_chunk=2))
+    assert again.stopped is None and again.chunks_done == len(_chunks(project))
+
+
+def test_retry_after_pauses_every_call_not_only_the_one_that_got_it() -> None:
+    import asyncio
+    import time
+
+    from slowtune.teacher.client import AdaptiveLimiter
+
+    async def scenario() -> float:
+        limiter = AdaptiveLimiter(4)
+        await limiter.on_rate_limit(0.3)
+        start = time.monotonic()
+        await limiter.acquire()  # another call, which got no 429 itself
+        return time.monotonic() - start
+
+    assert asyncio.run(scenario()) >= 0.25

@@ -184,6 +184,9 @@ def _one_run(run: int, args: argparse.Namespace, server: _Server, work: Path) ->
            "--concurrency", str(args.concurrency), "--pairs-per-chunk", "2", "--timeout", "30"]
     killed = subprocess.run(cmd, env={**env, "SLOWTUNE_TEST_KILL": f"teacher-call:{args.kill_at}"},
                             capture_output=True, text=True)
+    if killed.returncode != -9:
+        raise SystemExit(f"slowtune bench teacher: the first process was not killed (exit {killed.returncode}): "
+                         f"the run made fewer than --kill-at {args.kill_at} calls; lower --kill-at or raise --chunks")
     with Project.open(root) as project:
         recorded = [fingerprint(json.loads(r[0])) for r in project.conn.execute(
             "SELECT request_json FROM generation_cache")]

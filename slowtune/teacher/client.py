@@ -39,6 +39,7 @@ from slowtune.teacher.prompts import PROMPT_VERSION
 log = logging.getLogger(__name__)
 
 MODES = ("json_schema", "json_object", "text")
+MAX_RETRY_AFTER = 300.0  # longer waits than this stop the run instead: the quota is gone for now
 KILL_ENV = "SLOWTUNE_TEST_KILL"
 
 
@@ -148,7 +149,8 @@ class RemoteTeacher:
             raise Transient("rate limited (429)", retry_after=_retry_after(exc.response.headers),
                             rate_limited=True) from None
         except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
-            raise TeacherError(f"the key was rejected by {self.host} ({exc.status_code}); check it with "
+            what = "the key was rejected by" if self.provider.needs_key else "access was refused by"
+            raise TeacherError(f"{what} {self.host} ({exc.status_code}); check it with "
                                f"'slowtune provider test {self.provider.id}'", fatal=True,
                                status=exc.status_code) from None
         except openai.NotFoundError:
@@ -204,11 +206,20 @@ class AdaptiveLimiter:
         self._successes = 0
         self._last_cut = -1e9
         self._cond = asyncio.Condition()
+        self.paused_until = 0.0  # monotonic time before which no call starts (a server's retry-after)
 
     async def acquire(self) -> None:
-        async with self._cond:
-            await self._cond.wait_for(lambda: self.active < self.limit)
-            self.active += 1
+        while True:
+            wait = self.paused_until - time.monotonic()
+            if wait > 0:
+                # The server asked every client call to wait, not only the one that got the 429.
+                await asyncio.sleep(wait)
+            async with self._cond:
+                await self._cond.wait_for(lambda: self.active < self.limit)
+                if self.paused_until > time.monotonic():
+                    continue
+                self.active += 1
+                return
 
     async def release(self) -> None:
         async with self._cond:
@@ -226,6 +237,7 @@ class AdaptiveLimiter:
     async def on_rate_limit(self, window: float) -> None:
         async with self._cond:
             now = time.monotonic()
+            self.paused_until = max(self.paused_until, now + window)
             self._successes = 0
             # Many calls in flight get their 429 together; cut once per window, not once per call.
             if now - self._last_cut >= max(window, 0.5):
@@ -273,13 +285,14 @@ class CallRunner:
     def __init__(
         self, project: Project, teacher: Teacher, *, concurrency: int = 8, mode: str = "json_schema",
         timeout: float = 120.0, max_attempts: int = 6, backoff: float = 0.5, backoff_cap: float = 30.0,
-        price: Any = None, on_mode_change: Any = None,
+        price: Any = None, on_mode_change: Any = None, context_length: int | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown structured-output mode {mode!r}")
         self.project = project
         self.teacher = teacher
         self.mode = mode
+        self.context_length = context_length  # the model's context window, when the endpoint says it
         self.timeout = timeout
         self.max_attempts = max_attempts
         self.backoff = backoff
@@ -396,6 +409,9 @@ class CallRunner:
             self.stats.note_error("rate_limited" if failure.rate_limited else "transient")
             delay = min(self.backoff_cap, self.backoff * 2**attempt) * (0.5 + random.random() / 2)
             if failure.retry_after is not None:
+                if failure.retry_after > MAX_RETRY_AFTER:
+                    raise TeacherError(f"{self.teacher.host} asked to wait {failure.retry_after:.0f} s before the next "
+                                       "call (a quota may be used up); run again later", fatal=True)
                 delay = failure.retry_after
             if failure.rate_limited:
                 self.stats.rate_limited += 1
@@ -410,5 +426,8 @@ class CallRunner:
 def _kill_point() -> int | None:
     value = os.environ.get(KILL_ENV, "")
     if value.startswith("teacher-call:"):
-        return int(value.split(":", 1)[1])
+        try:
+            return int(value.split(":", 1)[1])
+        except ValueError:
+            raise ValueError(f"{KILL_ENV}={value!r}: expected teacher-call:<call number>") from None
     return None

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 EXIT_OK, EXIT_ERROR = 0, 1
 
@@ -60,9 +62,13 @@ def _open_project(name: str):
     return Project.open(root)
 
 
+def _statement(choice: Any, chunks: int, tokens: int, role: str) -> str:
+    verb = f"sent to {choice.destination}" if choice.remote else f"read on {choice.destination}"
+    return (f"Document text from {chunks} chunks (about {tokens:,} tokens) will be {verb} for the {role} "
+            f"(model {choice.model}, {choice.mode} output).")
+
+
 def _confirm(question: str) -> bool:
-    if not sys.stdin.isatty():
-        return False
     try:
         return input(question + " [y/N] ").strip().lower() in ("y", "yes")
     except EOFError:
@@ -97,6 +103,8 @@ def run_generate(args: argparse.Namespace) -> int:
         config.validate()
         if args.concurrency < 1:
             raise GenerationError("--concurrency must be at least 1")
+        if args.timeout <= 0:
+            raise GenerationError("--timeout must be a positive number of seconds")
         jobs, done = load_jobs(project, config)
         total_chunks = len(jobs) + done
         if total_chunks == 0:
@@ -113,29 +121,51 @@ def run_generate(args: argparse.Namespace) -> int:
         if args.judge_provider or args.judge_model:
             judge_choice = session.choose(args.judge_provider or provider_id, args.judge_model or choice.model,
                                           timeout=min(args.timeout, 30))
-        plan = plan_run(jobs, config)
-        est = cost.estimate(choice.model, plan.calls, plan.input_tokens, plan.output_tokens, free=choice.free)
-        if config.budget_usd is not None and est.cost_usd is None:
-            raise GenerationError(
-                f"a budget needs a price for {choice.model}: add it to {cost.user_prices_file()} "
-                "(USD per million input and output tokens)")
-        where = choice.destination
-        statement = (f"Document text from {plan.chunks} chunks (about {plan.chunk_tokens:,} tokens) will be "
-                     f"{'sent to ' + where if choice.remote else 'read by the teacher on ' + where} "
-                     f"(model {choice.model}, {choice.mode} output).")
-        print(statement, file=sys.stderr)
-        print("Estimate: " + est.describe(), file=sys.stderr)
-        if done:
-            print(f"{done} chunks already done are skipped.", file=sys.stderr)
-        if args.estimate:
-            return EXIT_OK
-        ask = not choice.provider.in_process and settings.confirm_before_upload and not args.yes
-        if ask and not _confirm("Send it?"):
-            print("Nothing was sent. Pass --yes to skip this question.", file=sys.stderr)
-            return EXIT_ERROR
+        # Built before anything is said or sent: a missing key is reported first.
         runner = session.make_runner(project, choice, concurrency=args.concurrency, timeout=args.timeout)
         judge_runner = (session.make_runner(project, judge_choice, concurrency=args.concurrency, timeout=args.timeout)
                         if judge_choice else None)
+        plan = plan_run(jobs, config)
+        judge = judge_choice or choice
+        if judge is choice:
+            est = cost.estimate(choice.model, plan.calls + plan.judge_calls, plan.input_tokens + plan.judge_input_tokens,
+                                plan.output_tokens + plan.judge_output_tokens, free=choice.free)
+            estimates = [est]
+        else:
+            estimates = [cost.estimate(choice.model, plan.calls, plan.input_tokens, plan.output_tokens,
+                                       free=choice.free),
+                         cost.estimate(judge.model, plan.judge_calls, plan.judge_input_tokens,
+                                       plan.judge_output_tokens, free=judge.free)]
+        if config.budget_usd is not None:
+            for e, c in zip(estimates, (choice, judge), strict=False):
+                if e.cost_usd is None:
+                    raise GenerationError(
+                        f"a budget needs a price for {c.model}: add it to {cost.user_prices_file()} "
+                        "(USD per million input and output tokens)")
+        statement = _statement(choice, plan.chunks, plan.chunk_tokens, "teacher")
+        if judge is not choice and judge.destination != choice.destination:
+            statement += " " + _statement(judge, plan.chunks if config.judge else 0, plan.chunk_tokens, "judge")
+        print(statement, file=sys.stderr)
+        for e, who in zip(estimates, ("teacher", "judge") if len(estimates) > 1 else ("teacher and judge",),
+                          strict=True):
+            print(f"Estimate ({who}): {e.describe()}", file=sys.stderr)
+        if done:
+            print(f"{done} chunks already done are skipped.", file=sys.stderr)
+        if args.estimate:
+            if args.json:
+                print(json.dumps({"chunks": plan.chunks, "chunks_done_before": done, "plan": dataclasses.asdict(plan),
+                                  "estimates": [dataclasses.asdict(e) for e in estimates],
+                                  "destinations": sorted({choice.destination, judge.destination})}, indent=2))
+            return EXIT_OK
+        remote = not choice.provider.in_process or not judge.provider.in_process
+        if remote and settings.confirm_before_upload and not args.yes:
+            if not sys.stdin.isatty():
+                print("Nothing was sent: slowtune cannot ask for confirmation here (no terminal). Pass --yes to "
+                      "send without asking.", file=sys.stderr)
+                return EXIT_ERROR
+            if not _confirm("Send it?"):
+                print("Nothing was sent.", file=sys.stderr)
+                return EXIT_ERROR
         progress = Progress()
         if not args.json:
             bar = RichProgressBar()
@@ -158,11 +188,11 @@ def run_generate(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_json(), indent=2))
     else:
         print(_describe(result))
-    return EXIT_ERROR if result.stopped == "fatal" else EXIT_OK
+    return EXIT_ERROR if result.stopped in ("fatal", "unreachable") else EXIT_OK
 
 
 def _describe(r) -> str:
-    cost = f"${r.cost_usd:.4f}" if r.cost_known else "cost unknown (no price for this model)"
+    cost = f"${r.cost_usd:.4f}" if r.cost_known else "cost unknown (no price for this model in the price table)"
     lines = [
         f"{r.chunks_done} chunks done, {r.chunks_failed} failed, {r.chunks_not_started} not started "
         f"({r.chunks_already_done} were done before).",

@@ -21,6 +21,7 @@ calls it had not received an answer to. Adding documents later generates only fo
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -31,7 +32,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from slowtune.dataset import DatasetRow, Provenance, add_rows
+from slowtune.dataset import DatasetRow, Provenance, add_rows, current_row_sql
 from slowtune.progress import Progress, ensure
 from slowtune.store import Project, dumps
 from slowtune.teacher import prompts
@@ -70,18 +71,22 @@ class GenerateConfig:
     def validate(self) -> None:
         unknown = set(self.mix) - set(prompts.QTYPES)
         if unknown:
-            raise GenerationError(f"unknown question type(s) in the mix: {', '.join(sorted(unknown))}; "
+            raise GenerationError(f"unknown question type(s) in the mix (--mix): {', '.join(sorted(unknown))}; "
                                   f"known: {', '.join(prompts.QTYPES)}")
         if any(v < 0 for v in self.mix.values()) or sum(self.mix.values()) <= 0:
-            raise GenerationError("the question mix needs at least one type with a positive share")
+            raise GenerationError("the question mix (--mix) needs at least one type with a positive share")
         if self.pairs_per_chunk is not None and not 1 <= self.pairs_per_chunk <= 20:
-            raise GenerationError("pairs per chunk must be between 1 and 20")
+            raise GenerationError("pairs per chunk (--pairs-per-chunk) must be between 1 and 20")
         if not 0 <= self.valid_fraction < 1:
-            raise GenerationError("the validation share must be at least 0 and below 1")
+            raise GenerationError("the validation share (--valid-fraction) must be at least 0 and below 1")
         if not 0 < self.dedup_threshold <= 1:
-            raise GenerationError("the duplicate threshold must be above 0 and at most 1")
+            raise GenerationError("the duplicate threshold (--dedup-threshold) must be above 0 and at most 1")
         if self.budget_usd is not None and self.budget_usd <= 0:
-            raise GenerationError("the budget must be a positive amount in USD")
+            raise GenerationError("the budget (--budget) must be a positive amount in USD")
+        if self.probes_per_chunk < 0:
+            raise GenerationError("probes per chunk (--probes-per-chunk) must be 0 or more")
+        if self.max_chunks is not None and self.max_chunks < 1:
+            raise GenerationError("--max-chunks must be at least 1")
 
 
 @dataclass
@@ -213,17 +218,20 @@ def _tokens(text: str) -> int:
 @dataclass
 class Plan:
     chunks: int
-    calls: int
+    calls: int  # teacher calls (generate, rephrase)
     input_tokens: int
     output_tokens: int
     chunk_tokens: int  # document text that will be sent
+    judge_calls: int = 0
+    judge_input_tokens: int = 0
+    judge_output_tokens: int = 0
 
 
 def plan_run(jobs: list[ChunkJob], config: GenerateConfig) -> Plan:
     """Calls and tokens a run will use (for the estimate and the upload statement)."""
     gen_sys = _tokens(prompts.GENERATE_SYSTEM) + 700  # plus the schema
     judge_sys = _tokens(prompts.JUDGE_SYSTEM) + 200
-    calls = input_tokens = output_tokens = chunk_tokens = 0
+    calls = input_tokens = output_tokens = chunk_tokens = judge_calls = judge_in = judge_out = 0
     for job in jobs:
         n = items_for(job.tokens, config)
         chunk_tokens += job.tokens
@@ -231,14 +239,14 @@ def plan_run(jobs: list[ChunkJob], config: GenerateConfig) -> Plan:
         input_tokens += gen_sys + job.tokens + 150
         output_tokens += 120 * n
         if config.judge:
-            calls += 1
-            input_tokens += judge_sys + job.tokens + 110 * n
-            output_tokens += 45 * n
+            judge_calls += 1
+            judge_in += judge_sys + job.tokens + 110 * n
+            judge_out += 45 * n
         if job.split == "train" and config.probes_per_chunk:
             calls += 1
             input_tokens += 250 + 40 * config.probes_per_chunk
             output_tokens += 40 * config.probes_per_chunk
-    return Plan(len(jobs), calls, input_tokens, output_tokens, chunk_tokens)
+    return Plan(len(jobs), calls, input_tokens, output_tokens, chunk_tokens, judge_calls, judge_in, judge_out)
 
 
 # --- the run ---------------------------------------------------------------------------------------------
@@ -287,17 +295,24 @@ class Generator:
         self.dedup.seed(
             (f"row:{r['id']}", _first_question(json.loads(r["messages_json"])["messages"]))
             for r in project.conn.execute(
-                "SELECT id, messages_json FROM dataset_rows WHERE status = 'accepted' AND split != 'probe'")
+                """SELECT r.id, r.messages_json FROM dataset_rows r
+                   LEFT JOIN generation_chunks g ON g.chunk_id = r.chunk_id
+                   WHERE r.status = 'accepted' AND r.split != 'probe'
+                     AND (r.source != 'teacher' OR r.edited = 1 OR g.status = 'done')
+                     AND """ + current_row_sql("r"))
         )
+        self._consecutive_failures = 0
+        self._chunk_finished = asyncio.Event()
         self._reserved = 0.0
+        self._running = 0  # chunks in progress
         self._done = 0
         self._total = 0
 
     # -- budget --
     def _estimate_cost(self, job: ChunkJob) -> float:
         plan = plan_run([job], self.config)
-        cost = self.runner._cost(plan.input_tokens, plan.output_tokens)
-        return cost or 0.0
+        cost = self.runner._cost(plan.input_tokens, plan.output_tokens) or 0.0
+        return cost + (self.judge_runner._cost(plan.judge_input_tokens, plan.judge_output_tokens) or 0.0)
 
     def _spent(self) -> float:
         spent = self.runner.stats.cost_usd
@@ -353,6 +368,9 @@ class Generator:
         payload = [{"id": i, "type": c.item["type"], "conversation": [m for m in c.messages if m["role"] != "system"]}
                    for i, c in enumerate(cands)]
         request = prompts.judge_request(job.text, payload, title=job.title)
+        request, problem = _fit_context(request, self.judge_runner.context_length)
+        if problem is not None:
+            return problem
         data, problem = await self._ask(self.judge_runner, request, job.regeneration)
         if data is None:
             return problem
@@ -373,13 +391,20 @@ class Generator:
 
     # -- one chunk --
     async def _chunk(self, job: ChunkJob) -> None:
+        # Rows an interrupted run stored for this chunk before marking it done: they come back from the cache.
+        self.project.conn.execute(
+            "DELETE FROM dataset_rows WHERE chunk_id = ? AND source = 'teacher' AND edited = 0", (job.id,))
         n = items_for(job.tokens, self.config)
         counts = plan_types(job.id, n, self.config.mix)
         request = prompts.generate_request(job.text, counts, title=job.title, headings=job.headings,
                                            style=self.config.style, temperature=self.config.temperature)
+        request, problem = _fit_context(request, self.runner.context_length)
+        if problem is not None:
+            self._finish(job, "failed", problem, [])
+            return
         data, problem = await self._ask(self.runner, request, job.regeneration)
         if data is None:
-            self._finish(job, "failed", problem, [])
+            self._finish(job, "failed", problem, [], ask_afresh=True)
             return
         cands = [Candidate(item, _conversation(item, self.config.system_prompt)) for item in data["items"]]
         for cand in cands:
@@ -388,7 +413,7 @@ class Generator:
         if passing and self.config.judge:
             problem = await self._judge(job, passing)
             if problem is not None:
-                self._finish(job, "failed", problem, cands)
+                self._finish(job, "failed", problem, cands, ask_afresh=True)
                 return
         for i, cand in enumerate(cands):
             if cand.gate is not None:
@@ -423,7 +448,10 @@ class Generator:
         return kept
 
     async def _probes(self, job: ChunkJob, kept: list[DatasetRow]) -> None:
+        # Questions about facts, and one "not in the documents" question when the chunk has one: the evaluation
+        # checks both that the model learned the facts and that it still refuses what the documents do not say.
         chosen = [r for r in kept if r.provenance.qtype in ("fact", "reasoning")][: self.config.probes_per_chunk]
+        chosen += [r for r in kept if r.provenance.qtype == "refusal"][:1]
         if not chosen:
             return
         request = prompts.rephrase_request([{"id": i, "question": _first_question(r.messages)}
@@ -449,7 +477,10 @@ class Generator:
         added, _ = add_rows(self.project, probes)
         self.result.probes += added
 
-    def _finish(self, job: ChunkJob, status: str, reason: str | None, cands: list[Candidate]) -> None:
+    def _finish(self, job: ChunkJob, status: str, reason: str | None, cands: list[Candidate], *,
+                ask_afresh: bool = False) -> None:
+        """Record how the chunk went. ``ask_afresh``: it failed on unusable replies, which are cached; the next
+        run must not replay them, so it asks under a new regeneration number."""
         gates = Counter(c.gate for c in cands if c.gate)
         kept = sum(1 for c in cands if not c.gate)
         now = time.time()
@@ -459,9 +490,10 @@ class Generator:
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT(chunk_id) DO UPDATE SET status=excluded.status, reason=excluded.reason,
                  candidates=excluded.candidates, kept=excluded.kept, stats_json=excluded.stats_json,
-                 document_id=excluded.document_id, updated_at=excluded.updated_at""",
+                 document_id=excluded.document_id, regenerations=excluded.regenerations,
+                 updated_at=excluded.updated_at""",
             (job.id, job.document_id, status, reason, len(cands), kept, dumps({"rejected": dict(gates)}),
-             job.regeneration, now),
+             job.regeneration + (1 if ask_afresh else 0), now),
         )
         if status == "failed":
             self.result.chunks_failed += 1
@@ -470,7 +502,7 @@ class Generator:
             self.result.chunks_done += 1
 
     # -- driver --
-    def _report(self) -> None:
+    def _report(self, *, force: bool = False) -> None:
         stats = [self.runner.stats] + ([self.judge_runner.stats] if self.judge_runner is not self.runner else [])
         metrics = {
             "rows": self.result.rows_kept,
@@ -481,7 +513,7 @@ class Generator:
             "cached": sum(s.cached for s in stats),
             "concurrency": self.runner.limiter.limit,
         }
-        self.progress.report("generate", self._done, self._total, **metrics)
+        self.progress.report("generate", self._done, self._total, force=force, **metrics)
 
     async def run(self, jobs: list[ChunkJob]) -> GenerateResult:
         queue: asyncio.Queue[ChunkJob] = asyncio.Queue()
@@ -490,6 +522,23 @@ class Generator:
         self._total = len(jobs)
         stop = asyncio.Event()
         budget = self.config.budget_usd
+        # Chunks in a row that failed because the teacher could not be reached: past this, the endpoint is gone
+        # and the run stops (to be resumed later) rather than marking every remaining chunk failed.
+        unreachable_after = max(3, self.runner.limiter.maximum)
+
+        def halt(reason: str, message: str, job: ChunkJob) -> None:
+            if self.result.stopped is None:
+                self.result.stopped, self.result.message = reason, message
+            queue.put_nowait(job)  # not started: counted as such, and picked up by the next run
+            stop.set()
+            self._chunk_finished.set()  # wake workers waiting for budget to free up: they stop too
+
+        async def over_budget(estimate: float) -> bool:
+            # Chunks in progress may spend less than reserved for them: wait for them before giving up.
+            while self._spent() + self._reserved + estimate > budget and self._running and not stop.is_set():
+                self._chunk_finished.clear()
+                await self._chunk_finished.wait()
+            return self._spent() + self._reserved + estimate > budget
 
         async def worker() -> None:
             while not stop.is_set():
@@ -498,29 +547,37 @@ class Generator:
                 except asyncio.QueueEmpty:
                     return
                 if self.progress.cancelled:
-                    self.result.stopped = "cancelled"
-                    stop.set()
+                    halt("cancelled", "cancelled; run the same command again to continue", job)
                     return
                 estimate = self._estimate_cost(job) if budget is not None else 0.0
-                if budget is not None and self._spent() + self._reserved + estimate > budget:
-                    self.result.stopped = "budget"
-                    self.result.message = (f"stopped before the budget of ${budget:.2f} was reached "
-                                           f"(${self._spent():.4f} spent); run again with a larger --budget "
-                                           "to continue where it stopped")
-                    stop.set()
+                if budget is not None and await over_budget(estimate):
+                    halt("budget", "", job)
+                    return
+                if stop.is_set():
+                    queue.put_nowait(job)
                     return
                 self._reserved += estimate
+                self._running += 1
                 try:
                     await self._chunk(job)
+                    self._consecutive_failures = 0
                 except TeacherError as exc:
                     if exc.fatal:
-                        self.result.stopped = "fatal"
-                        self.result.message = str(exc)
-                        stop.set()
+                        halt("fatal", str(exc), job)
                         return
                     self._finish(job, "failed", str(exc), [])
+                    self._consecutive_failures += 1
+                    if self._consecutive_failures >= unreachable_after:
+                        self.result.stopped = "unreachable"
+                        self.result.message = (f"stopped: the teacher failed {self._consecutive_failures} chunks in a "
+                                               f"row ({exc}); run the same command again when it answers")
+                        stop.set()
+                        self._chunk_finished.set()
                 finally:
-                    self._reserved -= estimate
+                    self._running -= 1
+                    # Summing and subtracting floats leaves crumbs; with nothing running, nothing is reserved.
+                    self._reserved = self._reserved - estimate if self._running else 0.0
+                    self._chunk_finished.set()
                 self._done += 1
                 self._report()
 
@@ -532,9 +589,14 @@ class Generator:
         finally:
             for w in workers:
                 w.cancel()
-        self._report()
         self.result.chunks_not_started = queue.qsize()
         self._collect_stats()
+        if self.result.stopped == "budget":
+            self.result.message = (
+                f"stopped at the budget: this run spent ${self.result.cost_usd:.4f} of its ${budget:.2f} and the next "
+                f"chunk would have gone over; {self.result.chunks_not_started} chunks are left. Run again to "
+                "continue (each run has its own --budget)")
+        self._report(force=True)
         return self.result
 
     def _collect_stats(self) -> None:
@@ -550,6 +612,20 @@ class Generator:
             r.completion_tokens += s.completion_tokens
             r.cost_usd += s.cost_usd
             r.cost_known = r.cost_known and not s.unknown_price
+
+
+def _fit_context(request: prompts.Request, context_length: int | None) -> tuple[prompts.Request, str | None]:
+    """Lower the answer's token limit to what the model's context leaves; a problem when nothing is left."""
+    if not context_length:
+        return request, None
+    prompt = sum(_tokens(m["content"]) for m in request.messages) + 10 * len(request.messages)
+    room = context_length - prompt
+    if room < 256:
+        return request, (f"{request.task}: the prompt (about {prompt:,} tokens) leaves no room for an answer in the "
+                         f"model's context of {context_length:,} tokens; ingest with smaller chunks")
+    if room >= request.max_tokens:
+        return request, None
+    return dataclasses.replace(request, max_tokens=room), None
 
 
 def _first_question(messages: list[dict[str, str]]) -> str:

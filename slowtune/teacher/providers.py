@@ -345,6 +345,12 @@ def add_provider(
     """
     validate_id(provider_id)
     p = get_preset(preset)
+    if replace:
+        # Replacing keeps what is not given again: `add ID --preset P --replace --key-stdin` only changes the key.
+        existing = next((q for q in list_providers() if q.id == provider_id), None)
+        if existing is not None and existing.preset == p.id:
+            base_url = base_url or (existing.base_url if existing.base_url != p.base_url else None)
+            model = model if model is not None else existing.default_model
     if key is not None and not key.strip():
         raise ProviderError("The key given is empty; give the key, or no key at all.")
     key = key.strip() if key is not None else None

@@ -11,7 +11,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from slowtune.dataset import DatasetError, DatasetRow, _row_from_db, content_hash, validate_messages
+from slowtune.dataset import (
+    CURRENT_ROW_SQL,
+    DatasetError,
+    DatasetRow,
+    _row_from_db,
+    content_hash,
+    validate_messages,
+)
 from slowtune.store import Project, dumps
 
 GATES = ("schema", "quote", "refusal", "judge", "duplicate", "user")
@@ -134,6 +141,9 @@ class DatasetReport:
     chunks_generated: int = 0
     chunks_failed: list[dict[str, Any]] = field(default_factory=list)
     chunks_without_rows: list[dict[str, Any]] = field(default_factory=list)
+    chunks_failed_count: int = 0
+    chunks_without_rows_count: int = 0
+    stale_rows: int = 0  # teacher rows about chunks no longer in the library (left out of training)
     tokens: dict[str, int] = field(default_factory=dict)  # teacher tokens spent, and dataset tokens
     cost_usd: float = 0.0
     teacher_calls: int = 0
@@ -145,22 +155,24 @@ class DatasetReport:
 def report(project: Project, *, list_limit: int = 50) -> DatasetReport:
     conn = project.conn
     rep = DatasetReport()
-    for r in conn.execute("SELECT split, status, count(*) n FROM dataset_rows GROUP BY split, status"):
+    current = CURRENT_ROW_SQL
+    for r in conn.execute(f"SELECT split, status, count(*) n FROM dataset_rows WHERE {current} GROUP BY split, status"):
         rep.rows.setdefault(r["split"], {})[r["status"]] = r["n"]
+    rep.stale_rows = conn.execute(f"SELECT count(*) FROM dataset_rows WHERE NOT {current}").fetchone()[0]
     for r in conn.execute("SELECT coalesce(qtype, 'unknown') t, count(*) n FROM dataset_rows "
-                          "WHERE status = 'accepted' AND split != 'probe' GROUP BY t"):
+                          f"WHERE status = 'accepted' AND split != 'probe' AND {current} GROUP BY t"):
         rep.by_type[r["t"]] = r["n"]
     for r in conn.execute("SELECT coalesce(json_extract(verdicts_json, '$.gate'), 'other') g, count(*) n "
-                          "FROM dataset_rows WHERE status = 'rejected' GROUP BY g"):
+                          f"FROM dataset_rows WHERE status = 'rejected' AND {current} GROUP BY g"):
         rep.rejected_by_gate[r["g"]] = r["n"]
     for r in conn.execute(
         """SELECT d.id, d.title, d.path, d.n_chunks,
                   (SELECT count(*) FROM chunks c JOIN generation_chunks g ON g.chunk_id = c.id
                    WHERE c.document_id = d.id AND g.status = 'done') AS generated,
-                  (SELECT count(DISTINCT r.chunk_id) FROM dataset_rows r
-                   WHERE r.document_id = d.id AND r.status = 'accepted' AND r.split != 'probe') AS covered,
-                  (SELECT count(*) FROM dataset_rows r
-                   WHERE r.document_id = d.id AND r.status = 'accepted' AND r.split != 'probe') AS rows
+                  (SELECT count(DISTINCT r.chunk_id) FROM dataset_rows r JOIN chunks c ON c.id = r.chunk_id
+                   WHERE c.document_id = d.id AND r.status = 'accepted' AND r.split != 'probe') AS covered,
+                  (SELECT count(*) FROM dataset_rows r JOIN chunks c ON c.id = r.chunk_id
+                   WHERE c.document_id = d.id AND r.status = 'accepted' AND r.split != 'probe') AS rows
            FROM documents d WHERE d.status = 'ok' ORDER BY d.id"""):
         chunks = r["n_chunks"] or 0
         rep.documents.append({
@@ -170,17 +182,21 @@ def report(project: Project, *, list_limit: int = 50) -> DatasetReport:
         })
     rep.chunks_total = conn.execute(
         "SELECT count(*) FROM chunks c JOIN documents d ON d.id = c.document_id WHERE d.status = 'ok'").fetchone()[0]
+    in_library = "JOIN chunks c ON c.id = g.chunk_id JOIN documents d ON d.id = c.document_id AND d.status = 'ok'"
     rep.chunks_generated = conn.execute(
-        "SELECT count(*) FROM generation_chunks g JOIN chunks c ON c.id = g.chunk_id WHERE g.status = 'done'"
-    ).fetchone()[0]
-    for r in conn.execute("SELECT g.chunk_id, g.document_id, g.reason FROM generation_chunks g "
-                          "JOIN chunks c ON c.id = g.chunk_id WHERE g.status = 'failed' LIMIT ?", (list_limit,)):
+        f"SELECT count(*) FROM generation_chunks g {in_library} WHERE g.status = 'done'").fetchone()[0]
+    rep.chunks_failed_count = conn.execute(
+        f"SELECT count(*) FROM generation_chunks g {in_library} WHERE g.status = 'failed'").fetchone()[0]
+    no_rows = ("g.status = 'done' AND NOT EXISTS (SELECT 1 FROM dataset_rows r WHERE r.chunk_id = g.chunk_id "
+               "AND r.status = 'accepted' AND r.split != 'probe')")
+    rep.chunks_without_rows_count = conn.execute(
+        f"SELECT count(*) FROM generation_chunks g {in_library} WHERE {no_rows}").fetchone()[0]
+    for r in conn.execute(f"SELECT g.chunk_id, g.document_id, g.reason FROM generation_chunks g {in_library} "
+                          "WHERE g.status = 'failed' LIMIT ?", (list_limit,)):
         rep.chunks_failed.append({"chunk_id": r["chunk_id"], "document_id": r["document_id"], "reason": r["reason"]})
     for r in conn.execute(
-        """SELECT g.chunk_id, g.document_id, g.candidates, g.stats_json FROM generation_chunks g
-           JOIN chunks c ON c.id = g.chunk_id
-           WHERE g.status = 'done' AND NOT EXISTS (SELECT 1 FROM dataset_rows r WHERE r.chunk_id = g.chunk_id
-                 AND r.status = 'accepted' AND r.split != 'probe') LIMIT ?""", (list_limit,)):
+        f"SELECT g.chunk_id, g.document_id, g.candidates, g.stats_json FROM generation_chunks g {in_library} "
+        f"WHERE {no_rows} LIMIT ?", (list_limit,)):
         rep.chunks_without_rows.append({
             "chunk_id": r["chunk_id"], "document_id": r["document_id"], "candidates": r["candidates"],
             "rejected": json.loads(r["stats_json"] or "{}").get("rejected", {}),
@@ -190,7 +206,7 @@ def report(project: Project, *, list_limit: int = 50) -> DatasetReport:
     rep.teacher_calls = cache["n"]
     rep.cost_usd = round(cache["cost"], 6)
     dataset_chars = conn.execute("SELECT coalesce(sum(length(messages_json)), 0) FROM dataset_rows "
-                                 "WHERE status = 'accepted'").fetchone()[0]
+                                 f"WHERE status = 'accepted' AND {current}").fetchone()[0]
     rep.tokens = {"teacher_input": cache["p"], "teacher_output": cache["c"],
                   "dataset_approx": dataset_chars // 4}
     return rep
@@ -206,8 +222,10 @@ def render_report(rep: DatasetReport) -> str:
         lines.append("types: " + ", ".join(f"{t} {n}" for t, n in sorted(rep.by_type.items())))
     if rep.rejected_by_gate:
         lines.append("rejected by: " + ", ".join(f"{g} {n}" for g, n in sorted(rep.rejected_by_gate.items())))
-    lines.append(f"chunks: {rep.chunks_generated} of {rep.chunks_total} generated, {len(rep.chunks_failed)} failed, "
-                 f"{len(rep.chunks_without_rows)} with no surviving rows")
+    lines.append(f"chunks: {rep.chunks_generated} of {rep.chunks_total} generated, {rep.chunks_failed_count} failed, "
+                 f"{rep.chunks_without_rows_count} with no surviving rows")
+    if rep.stale_rows:
+        lines.append(f"{rep.stale_rows} rows are about documents that were removed or changed: left out of training")
     for d in rep.documents:
         lines.append(f"  {d['title']}: {d['rows']} rows from {d['chunks_with_rows']}/{d['chunks']} chunks")
     for f in rep.chunks_failed[:10]:

@@ -78,4 +78,5 @@ def make_runner(project: Project, choice: TeacherChoice, *, concurrency: int = 8
         probe.downgrade(choice.provider, choice.model, mode)
 
     return CallRunner(project, teacher, concurrency=concurrency, mode=choice.mode, timeout=timeout,
-                      max_attempts=max_attempts, price=price_function(choice), on_mode_change=remember)
+                      max_attempts=max_attempts, price=price_function(choice), on_mode_change=remember,
+                      context_length=choice.context_length)
