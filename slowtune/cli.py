@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from slowtune import __version__
 
@@ -16,27 +16,6 @@ log = logging.getLogger("slowtune")
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
-EXIT_NOT_IMPLEMENTED = 3
-
-# Stages whose issue has not landed yet: the command exists, says so, and fails (never a silent stub).
-_PLANNED = {
-    "chat": ("Chat offline with a GGUF model through llama.cpp", "the chat tester"),
-    "eval": ("Score a tuned model against its base on the held-out probes", "evaluation"),
-}
-
-
-def _not_implemented(name: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        summary, stage = _PLANNED[name]
-        print(
-            f"slowtune {name}: not implemented yet. This command will: {summary[0].lower() + summary[1:]}.\n"
-            f"It arrives with {stage}; until then nothing was done.",
-            file=sys.stderr,
-        )
-        return EXIT_NOT_IMPLEMENTED
-
-    return run
-
 
 def _doctor(args: argparse.Namespace) -> int:
     from slowtune import doctor
@@ -74,10 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="print debug logging to stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    for name, (summary, _stage) in _PLANNED.items():
-        p = sub.add_parser(name, help=f"{summary} (not implemented yet)", description=summary)
-        p.set_defaults(func=_not_implemented(name))
-
     from slowtune.documents import command as ingest_command
 
     ingest = sub.add_parser("ingest", help="Add documents (PDF, DOCX, HTML, Markdown, text) to a project",
@@ -107,6 +82,22 @@ def build_parser() -> argparse.ArgumentParser:
                              description="The rows the teacher wrote, with why rejected ones were rejected.")
     teacher_command.add_dataset_arguments(dataset)
     dataset.set_defaults(func=teacher_command.run_dataset)
+
+    from slowtune.chat import command as chat_command
+    from slowtune.chat import eval_command
+
+    chat = sub.add_parser("chat", help="Chat offline with a GGUF model through llama.cpp (side by side with --compare)",
+                          description="Chat with a GGUF model, fully offline, with the chat template from the file. "
+                          "Ctrl-C stops an answer; Ctrl-D ends the session. --project saves the session.")
+    chat_command.add_arguments(chat)
+    chat.set_defaults(func=chat_command.run)
+
+    ev = sub.add_parser("eval", help="Score a tuned model against its base on the held-out probes",
+                        description="Answer each held-out probe with the tuned GGUF (and the base), score exact match, "
+                        "F1, key facts and refusals, optionally have an LLM judge grade them; the report is saved in "
+                        "the project.")
+    eval_command.add_arguments(ev)
+    ev.set_defaults(func=eval_command.run)
 
     from slowtune.train import command as train_command
 
@@ -158,10 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    # Planned commands accept any arguments (so a script written for them gets the clear message below).
-    args, extra = parser.parse_known_args(argv)
-    if extra and args.command not in _PLANNED:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args = parser.parse_args(argv)
     from slowtune.logs import setup_logging
 
     setup_logging(verbose=args.verbose)

@@ -43,13 +43,29 @@ def _llama_info() -> dict[str, Any]:
     if isinstance(system_info, bytes):
         system_info = system_info.decode("utf-8", "replace")
     gpu = bool(llama_cpp.llama_supports_gpu_offload())
+    backend = ("Metal" if sys.platform == "darwin" else "GPU") if gpu else "CPU"
     return {
         "ok": True,
         "version": llama_cpp.__version__,
         "gpu_offload": gpu,
-        "backend": ("Metal" if sys.platform == "darwin" else "GPU") if gpu else "CPU",
+        "backend": backend,
         "system_info": " ".join(system_info.split()),
+        "chat": _chat_info(backend),
     }
+
+
+def _chat_info(backend: str) -> str:
+    """How `slowtune chat` runs a model here (chat/model.py and chat/engine.py make these choices)."""
+    from slowtune.chat.engine import _repacking_is_safe
+
+    if backend != "CPU":
+        return f"on {backend} with all layers offloaded"
+    # llama-cpp-python's default thread count, which the chat engine keeps.
+    threads = max((os.cpu_count() or 2) // 2, 1)
+    text = f"on the CPU with {threads} thread{'s' if threads > 1 else ''}"
+    if not _repacking_is_safe():
+        text += "; weight repacking off (this CPU has AMX, where repacked quantised weights crash llama.cpp)"
+    return text
 
 
 def _keychain_info() -> dict[str, Any]:
@@ -96,6 +112,7 @@ def render(report: dict[str, Any]) -> str:
     if ll["ok"]:
         lines.append(f"llama.cpp  llama-cpp-python {ll['version']}, runs on {ll['backend']}")
         lines.append(f"           {ll['system_info']}")
+        lines.append(f"Chat       runs {ll['chat']}")
     else:
         lines.append(f"llama.cpp  PROBLEM: {ll['error']}")
     mem, disk = report["memory"], report["disk"]

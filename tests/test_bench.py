@@ -56,3 +56,35 @@ def test_bench_teacher_small_run_prints_its_figures() -> None:
     assert run["kill_resume"]["killed_returncode"] == -9 and run["kill_resume"]["resumed_returncode"] == 0
     assert run["faults"]["failed_calls"] > 0  # the fault share did reach the server
     assert run["kill_resume"]["inflight_paid_again"] <= 4  # at most the concurrency
+
+
+def _bench_chat(*args: str) -> subprocess.CompletedProcess[str]:
+    from slowtune import cli
+
+    try:  # `slowtune bench chat` once it is wired into the bench command; the module's own entry point until then
+        cli.build_parser().parse_args(["bench", "chat", "--quick"])
+        argv = [sys.executable, "-m", "slowtune", "bench", "chat"]
+    except SystemExit:
+        argv = [sys.executable, "-m", "slowtune.chat.bench"]
+    return subprocess.run([*argv, *args], capture_output=True, text=True, env=os.environ.copy(), timeout=900)
+
+
+@pytest.mark.slow
+def test_bench_chat_quick_prints_its_figures() -> None:
+    out = _bench_chat("--quick", "--repeats", "2")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    for key in ("tokens_per_s_ratio", "engine_tokens_per_s", "raw_tokens_per_s", "ttft_ms", "raw_ttft_ms", "params",
+                "gguf_bytes", "backend", "threads", "repeats"):
+        assert result[key] is not None, key
+    assert 5_000_000 < result["params"] < 20_000_000 and result["repeats"] == 2 and len(result["runs"]) == 2
+    # Both sides decoded exactly the same tokens: the comparison is like for like.
+    assert result["same_tokens"] and result["same_text"]
+    for run in result["runs"]:
+        assert run["engine"]["decoded_tokens"] == run["raw"]["decoded_tokens"] == result["tokens"]
+        assert run["engine"]["completion_tokens"] == result["tokens"]
+
+
+def test_bench_chat_refuses_bad_arguments() -> None:
+    out = _bench_chat("--quick", "--tokens", "1")
+    assert out.returncode != 0 and "--tokens" in out.stderr

@@ -9,8 +9,6 @@ import pytest
 
 from slowtune import __version__, cli
 
-PLANNED = ["chat", "eval"]
-
 
 def _slowtune(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "slowtune", *args], capture_output=True, text=True,
@@ -22,7 +20,7 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
         cli.main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for command in [*PLANNED, "ingest", "generate", "provider", "dataset", "train", "export", "bench", "doctor"]:
+    for command in ["chat", "eval", "ingest", "generate", "provider", "dataset", "train", "export", "bench", "doctor"]:
         assert f"    {command} " in out
 
 
@@ -30,13 +28,6 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         cli.main(["--version"])
     assert capsys.readouterr().out.strip() == f"slowtune {__version__}"
-
-
-@pytest.mark.parametrize("command", PLANNED)
-def test_unbuilt_commands_say_so_and_fail(command: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main([command, "--model", "x", "PROJECT"]) == cli.EXIT_NOT_IMPLEMENTED
-    err = capsys.readouterr().err
-    assert f"slowtune {command}: not implemented yet" in err and "nothing was done" in err
 
 
 def test_unknown_option_of_a_real_command_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -65,8 +65,8 @@ _MAX_QUOTE = 600
 _BEGIN_RE = re.compile(r"^=====BEGIN DOCUMENT (\S+)=====$", re.MULTILINE)
 _COUNT_RE = re.compile(r"^- (\w+): (\d+) \(", re.MULTILINE)
 _SENTENCE_SPLIT_RE = re.compile(r"(?<=[.!?])\s+")
-# The JSON payloads of judge and rephrase: data, like the document block, never read for instructions.
-_PAYLOAD_MARKERS = ("Candidates (JSON):", "Questions (JSON):")
+# The JSON payloads of judge, rephrase and grade: data, like the document block, never read for instructions.
+_PAYLOAD_MARKERS = ("Candidates (JSON):", "Questions (JSON):", "Answers (JSON):")
 
 
 @dataclass
@@ -345,6 +345,31 @@ def _rephrase(prompt: _Prompt) -> dict[str, Any]:
             }
         )
     return {"questions": out}
+
+
+_GRADE_WORD_RE = re.compile(r"\w+")
+
+
+def _grade(prompt: _Prompt) -> dict[str, Any]:
+    """The evaluation judge (``slowtune.chat.evaluate``): a 1-5 score from how much the answer's words overlap the
+    reference's (F1 of the two word sets), so an answer that repeats the reference scores 5 and gibberish 1."""
+    items = prompt.payload if isinstance(prompt.payload, list) else []
+    grades = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            continue
+        reference = set(_GRADE_WORD_RE.findall(str(item.get("reference", "")).casefold()))
+        answer = set(_GRADE_WORD_RE.findall(str(item.get("answer", "")).casefold()))
+        shared = len(reference & answer)
+        f1 = 2 * shared / (len(reference) + len(answer)) if shared else 0.0
+        grades.append(
+            {
+                "id": item.get("id", index),
+                "score": 1 + round(4 * f1),
+                "rationale": f"{shared} of {len(reference)} reference words are in the answer.",
+            }
+        )
+    return {"grades": grades}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -875,6 +900,8 @@ class FakeTeacher:
             obj = _judge(prompt, judge_reject=self.judge_reject)
         elif prompt.task == "rephrase":
             obj = _rephrase(prompt)
+        elif prompt.task == "grade":
+            obj = _grade(prompt)
         elif json_mode:  # a probe or a connectivity test
             obj = {"answer": "ok"}
         else:
