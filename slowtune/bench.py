@@ -41,16 +41,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     i.add_argument("--quick", action="store_true", help="a small corpus: a smoke test of the benchmark itself")
     e = sub.add_parser("export", help="fuse + GGUF: time, peak memory, throughput; F16 and Q4_K_M agreement")
     e.add_argument("--quick", action="store_true", help="a small model: a smoke test of the benchmark itself")
+    from slowtune.chat import bench as chat_bench
     from slowtune.teacher import bench as teacher_bench
+
+    cb = sub.add_parser("chat", help="chat-engine decoding speed against plain llama-cpp-python on a >=100M Q8_0 model")
+    chat_bench.add_arguments(cb)
 
     tb = sub.add_parser("teacher", help="generation against the test server: throughput, faults, kill and resume")
     teacher_bench.add_arguments(tb)
 
 
 def run(args: argparse.Namespace) -> int:
+    from slowtune.chat.bench import bench_chat
     from slowtune.teacher.bench import bench_teacher
 
-    benches = {"train": bench_train, "export": bench_export, "ingest": bench_ingest, "teacher": bench_teacher}
+    benches = {"train": bench_train, "export": bench_export, "ingest": bench_ingest, "teacher": bench_teacher,
+               "chat": bench_chat}
     result = benches[args.bench](args)
     print(json.dumps(result, indent=2))
     return 0

@@ -59,14 +59,7 @@ def test_bench_teacher_small_run_prints_its_figures() -> None:
 
 
 def _bench_chat(*args: str) -> subprocess.CompletedProcess[str]:
-    from slowtune import cli
-
-    try:  # `slowtune bench chat` once it is wired into the bench command; the module's own entry point until then
-        cli.build_parser().parse_args(["bench", "chat", "--quick"])
-        argv = [sys.executable, "-m", "slowtune", "bench", "chat"]
-    except SystemExit:
-        argv = [sys.executable, "-m", "slowtune.chat.bench"]
-    return subprocess.run([*argv, *args], capture_output=True, text=True, env=os.environ.copy(), timeout=900)
+    return _bench("chat", *args)
 
 
 @pytest.mark.slow

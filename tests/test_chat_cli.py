@@ -148,6 +148,10 @@ def test_project_saves_the_session_which_can_be_listed_and_exported(files: Files
         (["{model}", "--prompt", "hi", "--max-tokens", "0"], "max tokens"),
         (["{model}", "--prompt", "hi", "--ctx", "8"], "--ctx must be at least 64"),
         (["{model}", "--prompt", "hi", "--lora", "{missing}"], "missing.gguf: no such LoRA adapter file"),
+        # A whole model given as the adapter: llama.cpp fails to load it; once that crashed the process.
+        (["{model}", "--prompt", "hi", "--lora", "{model}"], "is not a LoRA adapter that fits"),
+        (["{model}", "--prompt", "hi", "--lora", "{text}"], "notes.gguf"),
+        (["--project", "{project}", "--export-session", "1", "-o", "{tmp}"], "is a folder"),
         (["{model}", "--prompt", "hi", "--compare", "{text}"], "notes.gguf: not a GGUF file"),
         (["{model}", "--prompt", " "], "the message is empty"),
         (["{model}", "--json"], "--json needs --prompt"),

@@ -153,6 +153,14 @@ def test_key_fact_recall_on_number_formats_and_plurals() -> None:
     "This question is outside the scope of the documents.",
     "The excerpt does not say when it was built.",
     "Nothing in the documents answers that.",
+    "I can't say.",
+    "I can't answer that.",
+    "The documents won't tell you that.",
+    "It isn't mentioned.",
+    "That is not covered.",
+    "No information is available about that.",
+    "Sorry, that information isn't available.",
+    "The documKts do not cover that, so I can't say.",
 ])
 def test_refusals_are_recognised(answer: str) -> None:
     assert is_refusal(answer)
@@ -168,6 +176,13 @@ def test_refusals_are_recognised(answer: str) -> None:
     "The records do not go back before 1900.",
     "No data is collected from visitors.",
     "I recommend the rye loaf; it is not sweet.",
+    "The pump is not used in the manual mode.",
+    "Many customers don't know that the shop opens at six.",
+    "There is no record of rain in 1901.",
+    "The policy keeps no data about users.",
+    "Staff are unable to answer the phone after 6pm.",
+    "I am not sure, but I think it is 7:40.",
+    "Parking is not available on Sundays.",
     "",
 ])
 def test_answers_that_merely_contain_not_are_not_refusals(answer: str) -> None:

@@ -1,1 +1,1 @@
-"""Chat: the one llama.cpp engine module, chat sessions, evaluation. Not implemented yet."""
+"""Chat: talking to GGUF models offline (llama.cpp), saved sessions, and evaluation on the held-out probes."""

@@ -69,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         if args.list_sessions or args.export_session is not None:
+            if args.output and Path(args.output).is_dir():
+                print(f"slowtune chat: {args.output} is a folder; give a file name, e.g. "
+                      f"{Path(args.output) / 'chat.md'}", file=sys.stderr)
+                return 1
             return _sessions_command(args)
         return _chat_command(args)
     except (ChatError, StoreError) as exc:
@@ -116,7 +120,11 @@ def _sessions_command(args: argparse.Namespace) -> int:
         else:
             text = sessions.export_jsonl(project, args.export_session)
     if args.output:
-        atomic_write_text(args.output, text)
+        try:
+            atomic_write_text(args.output, text)
+        except OSError as exc:
+            print(f"slowtune chat: cannot write {args.output}: {exc.strerror}", file=sys.stderr)
+            return 1
         print(f"Session {args.export_session} written to {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)

@@ -61,8 +61,16 @@ def load_gguf(path: Path, *, n_ctx: int = 4096, logits_all: bool = False, lora_p
         kwargs.setdefault("type_k", llama_cpp.GGML_TYPE_F32)
         kwargs.setdefault("type_v", llama_cpp.GGML_TYPE_F32)
     with _model_defaults(_repacking_is_safe()):
-        return llama_cpp.Llama(str(path), n_ctx=n_ctx, logits_all=logits_all, verbose=False,
-                               lora_path=str(lora_path) if lora_path else None, **kwargs)
+        llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, logits_all=logits_all, verbose=False,
+                              lora_path=str(lora_path) if lora_path else None, **kwargs)
+    # llama-cpp-python 0.3.36 checks a failed adapter load with ``is None``, but gets a NULL pointer object back,
+    # and decoding with it then crashes the process. Catch it here, where a clear message can still be given.
+    if lora_path and not getattr(llm, "_lora_adapter", None):
+        llm._lora_adapter = None
+        llm.close()
+        raise ValueError(f"{lora_path} is not a LoRA adapter that fits {Path(path).name} (llama.cpp could not load "
+                         "it: wrong file, or an adapter made for another model)")
+    return llm
 
 
 def json_grammar(schema: dict[str, Any], *, max_string_chars: int = 1500) -> Any:

@@ -487,31 +487,43 @@ def key_fact_recall(answer: str, reference: str, *, vocabulary: CorpusVocabulary
 # --- refusals --------------------------------------------------------------------------------------------
 
 _DOCS = (r"(?:(?:the|these|those|this|that|your|my|our|any|provided|available|given|uploaded|supplied)\s+)*"
-         r"(?:documents?|docs|texts?|sources?|context|materials?|notes|excerpts?|passages?|files?|records|"
-         r"information|data|manuals?|knowledge base|documentation)")
+         r"(?:documents?|docs|texts?|sources?|context|materials?|notes|excerpts?|passages?|documentation|"
+         r"knowledge base)")
 _DOC_VERBS = (r"(?:cover|mention|say|state|specify|contain|include|discuss|address|describe|provide|tell|give|"
               r"explain|answer|indicate|detail|talk|offer|list|reveal|show)")
 # Words allowed between "the documents" and its negated verb ("the documents you provided do not say").
 _DOC_FILLER = r"(?:\s+(?:provided|given|available|here|i|you|we|have|had|shared|uploaded|at|hand|in|question|so|far))*"
-_NEG = r"(?:n't|\s+not)"
+# Negated auxiliaries, spelled out: "can't" is "ca" + "n't", "won't" is "wo" + "n't".
+_NOT = (r"(?:don't|doesn't|didn't|can't|cannot|couldn't|won't|wouldn't|"
+        r"(?:do|does|did|can|could|will|would)\s+not)")
 
 _REFUSAL_PATTERNS = [re.compile(p) for p in (
-    rf"\b{_DOCS}{_DOC_FILLER}\s+(?:do|does|did|can|could|will|would){_NEG}\s+(?:\w+\s+)?{_DOC_VERBS}",
-    rf"(?:\b(?:not|nothing|never)\b|n't\b)[^.?!]{{0,40}}?\b(?:in|by|from|within|among|inside)\s+{_DOCS}\b",
-    r"\b(?:i|we)(?:'m|'re|\s+am|\s+are)?\s+(?:not\s+(?:sure|certain|aware)|unable|not able)\b",
-    r"\b(?:i|we)\s+(?:really\s+|simply\s+|just\s+)?(?:do|did|can|could)(?:n't|\s*not)\s+(?:\w+\s+){0,2}?"
-    r"(?:know|say|answer|tell|find|determine|confirm|locate|see|help|information|details|access)\b",
+    # "The documents don't cover that", "the notes you gave me do not say"
+    rf"\b{_DOCS}{_DOC_FILLER}\s+{_NOT}\s+(?:\w+\s+)?{_DOC_VERBS}",
+    # "that is not in the documents." (the documents end the clause, so "not used in the documents' examples" is not)
+    rf"(?:\b(?:not|nothing|never)\b|n't\b)[^.?!]{{0,40}}?\b(?:in|by|from|within|among|inside)\s+{_DOCS}"
+    r"\s*(?:[.,;!?]|$)",
+    # "I'm not sure" (but not "I'm not sure, but I think it is 7:40"), "we are unable to"
+    r"\b(?:i|we)(?:'m|'re|\s+am|\s+are)\s+(?:not\s+(?:sure|certain|aware)|unable|not able)\b(?![^.?!]*\bbut\b)",
+    # "I can't say", "we don't know", "I cannot find that"
+    rf"\b(?:i|we)\s+(?:really\s+|simply\s+|just\s+)?{_NOT}\s+(?:\w+\s+){{0,2}}?"
+    r"(?:know|say|answer|tell|find|determine|confirm|locate|see|help|access|information|details)\b",
     r"\b(?:i|we)\s+(?:have|has)\s+(?:no|not\s+(?:got\s+)?(?:any|enough))\s+(?:\w+\s+)?"
     r"(?:information|details|data|knowledge|record|idea|way)\b",
-    r"\bno\s+(?:information|mention|details?|data|record|indication|reference|answer)s?\b"
-    r"(?:\s+(?:about|of|on|regarding|concerning|for|in|as to|is given|is provided|available)\b|\s*[.,;!]|\s*$)",
+    # "No information is available about that", "there is no mention of it"
+    r"\bno\s+(?:information|mention|details?|data|indication|reference)s?\b"
+    r"(?:\s+(?:is|was)\s+(?:available|provided|given)|\s+(?:about|on|regarding|of)\s+(?:that|this|it|them)\b)",
+    r"\bthere(?:'s|\s+is)\s+no\s+(?:mention|information)\b",
+    # "It isn't mentioned", "that is not covered", "that information isn't available"
+    r"\b(?:is|was|are|were)(?:n't|\s+not)\s+(?:mentioned|specified|stated|covered|described|discussed|addressed)"
+    r"\b(?!\s+by\b)",
+    r"\b(?:information|details|that|this|it)\s+(?:is|was)(?:n't|\s+not)\s+available\b",
     r"\b(?:not enough|insufficient|no relevant|too little) (?:information|detail|details|data|context)\b",
     r"\b(?:beyond|outside)\s+(?:of\s+)?(?:the\s+)?scope\b",
     r"\bno idea\b",
-    r"\bcannot be (?:determined|answered|found|confirmed)\b|\bcan't be (?:determined|answered|found|confirmed)\b",
+    r"\b(?:cannot|can't|can\s+not) be (?:determined|answered|found|confirmed)\b",
     rf"\b{_DOCS}\s+(?:is|are)\s+(?:silent|unclear)\s+(?:on|about)\b",
-    r"\b(?:unable|not able) to (?:answer|find|determine|say|tell|confirm|provide)\b",
-    r"\bdon't know\b|\bdo not know\b",
+    rf"\bnothing\s+(?:in|from)\s+{_DOCS}\s+{_DOC_VERBS}",
 )]
 
 
@@ -887,8 +899,10 @@ def _headline(summaries: Mapping[str, ModelSummary], comparison: Comparison | No
             text = f"Tuned does not beat base: better on {w} of {n} probes, worse on {lost}"
         elif w:
             text = f"Tuned and base are even: each is better on {w} of {n} probes"
-        else:
+        elif n:
             text = f"Tuned and base score the same on all {n} probes"
+        else:
+            text = "No probe could be compared (no scores for both models)"
         parts = []
         if t.f1 is not None and b.f1 is not None:
             parts.append(f"F1 {t.f1:.2f} vs {b.f1:.2f}")
@@ -965,7 +979,10 @@ def build_report(project: str, probes: list[Probe], results: Mapping[str, list[P
             raise ValueError(f"{variant}: results do not match the probes one to one")
     ordered = {v: list(results[v]) for v in VARIANTS if v in results}
     if metric is None:
-        metric = "judge" if any(r.judge_score is not None for rs in ordered.values() for r in rs) else "f1"
+        # The judge's grades rank the answers only when the judge really graded them: every answer of every model
+        # has a grade (empty answers get 1 without a call, so "any grade" would also count a judge that failed).
+        graded = [r for rs in ordered.values() for r in rs if r.answer.strip()]
+        metric = "judge" if graded and all(r.judge_score is not None for r in graded) else "f1"
     models = dict(models or {})
     names = {v: models.get(v, LABELS[v]) for v in ordered}
     summaries = {v: summarise(v, names[v], probes, rs, metric) for v, rs in ordered.items()}

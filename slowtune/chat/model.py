@@ -158,7 +158,7 @@ class ChatModel:
 
         from slowtune.chat.engine import load_gguf
 
-        self.path = Path(self.path).expanduser()
+        self.path = Path(self.path).expanduser().resolve()
         if not self.path.is_file():
             raise ChatError(f"{self.path}: no such model file")
         with self.path.open("rb") as handle:
@@ -251,7 +251,9 @@ class ChatModel:
         dropped = 0
         while True:
             ids = self.tokens(self._render(system + turns))
-            if len(ids) + max_tokens <= self.n_ctx or len(turns) <= 1:
+            # Room for the answer: all of max_tokens when it fits, but never more than a quarter of the window,
+            # so a large --max-tokens does not push a short conversation out; a long answer stops at the end.
+            if len(ids) + min(max_tokens, self.n_ctx // 4) <= self.n_ctx or len(turns) <= 1:
                 break
             # Drop a whole exchange (user + assistant) so the conversation still alternates.
             cut = 2 if len(turns) > 2 and turns[0]["role"] == "user" and turns[1]["role"] == "assistant" else 1
@@ -353,7 +355,7 @@ class ChatModel:
             end = time.perf_counter()
             stats.total_ms = (end - started) * 1000
             stats.finish_reason = finish
-            if first is not None and last is not None:
+            if first is not None and last is not None and stats.completion_tokens > 0:
                 stats.ttft_ms = (first - started) * 1000
                 if sampled > 1 and last > first:
                     stats.tokens_per_s = (sampled - 1) / (last - first)
