@@ -54,6 +54,7 @@ from slowtune.gui.projects import (
     check_new_name,
     is_project,
 )
+from slowtune.gui.providers import ProvidersPage
 from slowtune.gui.welcome import WelcomeDialog
 from slowtune.gui.widgets import DropOverlay, JobStatusWidget, MessageBanner
 from slowtune.gui.workers import Job, JobRunner
@@ -121,10 +122,13 @@ class MainWindow(QMainWindow):
         self.library.project_needed.connect(self._project_for_paths)
         self.library.new_project_requested.connect(self.choose_new_project)
         self.library.open_project_requested.connect(self.choose_project_to_open)
-        self.placeholders = [PlaceholderPage(page) for page in PLANNED]
-        for name, widget in [("Library", self.library), *[(p.page.name, p) for p in self.placeholders]]:
+        self.providers = ProvidersPage(self.runner, lambda: self.settings, self.update_settings)
+        self.placeholders = [PlaceholderPage(page) for page in PLANNED if page.name != "Providers"]
+        built: dict[str, QWidget] = {"Library": self.library, "Providers": self.providers,
+                                     **{p.page.name: p for p in self.placeholders}}
+        for name in PAGES:
             self.sidebar.addItem(name)
-            self.pages.addWidget(widget)
+            self.pages.addWidget(built[name])
         self.sidebar.currentRowChanged.connect(self.pages.setCurrentIndex)
         self.sidebar.setCurrentRow(0)
         self.banner = MessageBanner()  # messages about the window as a whole: projects, settings, jobs refused
