@@ -57,6 +57,7 @@ from slowtune.gui.projects import (
 from slowtune.gui.providers import ProvidersPage
 from slowtune.gui.welcome import WelcomeDialog
 from slowtune.gui.widgets import DropOverlay, JobStatusWidget, MessageBanner
+from slowtune.gui.widgets import ask_yes as ask  # module-level name: tests answer it
 from slowtune.gui.workers import Job, JobRunner
 from slowtune.resources import resource_path
 from slowtune.settings import Settings, add_recent_project, load_settings, save_settings
@@ -70,13 +71,6 @@ STOP_WAIT_S = 10.0  # how long quitting waits for a cancelled job to reach a saf
 DEFAULT_SIZE = (1180, 760)
 
 
-def ask(parent: QWidget, title: str, text: str, yes: str) -> bool:
-    """A yes/cancel question. One function, so that tests can answer it without a dialog appearing."""
-    box = QMessageBox(QMessageBox.Icon.Question, title, text, QMessageBox.StandardButton.Cancel, parent)
-    yes_button = box.addButton(yes, QMessageBox.ButtonRole.AcceptRole)
-    box.setDefaultButton(QMessageBox.StandardButton.Cancel)
-    box.exec()
-    return box.clickedButton() is yes_button
 
 
 def window_state() -> QSettings:

@@ -26,7 +26,6 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QLineEdit,
-    QMessageBox,
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
@@ -36,6 +35,7 @@ from PySide6.QtWidgets import (
 
 from slowtune import secrets
 from slowtune.gui.widgets import MessageBanner
+from slowtune.gui.widgets import ask_yes as ask  # module-level name: tests answer it
 from slowtune.gui.workers import Job, JobRunner
 from slowtune.progress import Progress
 from slowtune.settings import Settings
@@ -56,13 +56,6 @@ FAILED_COLOR = "#e03131"
 GGUF_FILTER = "GGUF models (*.gguf);;All files (*)"
 
 
-def ask(parent: QWidget, title: str, text: str, yes: str) -> bool:
-    """A yes/cancel question; module-level so that tests can answer it without a dialog appearing."""
-    box = QMessageBox(QMessageBox.Icon.Question, title, text, QMessageBox.StandardButton.Cancel, parent)
-    yes_button = box.addButton(yes, QMessageBox.ButtonRole.AcceptRole)
-    box.setDefaultButton(QMessageBox.StandardButton.Cancel)
-    box.exec()
-    return box.clickedButton() is yes_button
 
 
 class ProviderDialog(QDialog):
