@@ -53,15 +53,21 @@ def test_jsonl_round_trip_and_errors_name_file_and_line(tmp_path: Path) -> None:
 
 def test_store_rows_deduplicate_and_export_splits(tmp_path: Path) -> None:
     with Project.create(tmp_path / "p") as project:
+        project.conn.execute("INSERT INTO documents(id, path, status, added_at, updated_at) VALUES (1, '/d.md', 'ok', 0, 0)")
+        project.conn.execute("INSERT INTO chunks(id, document_id, ord, text, tokens) VALUES ('c1', 1, 0, 'x', 1)")
         rows = [
             DatasetRow(QA, split="train", provenance=Provenance(chunk_id="c1", evidence="the sky is blue", qtype="fact")),
+            # About a chunk no longer in the library (its document changed): stale, left out.
+            DatasetRow([{"role": "user", "content": "Q0"}, {"role": "assistant", "content": "A0"}],
+                       provenance=Provenance(chunk_id="gone")),
             DatasetRow(QA, split="train"),  # the same conversation again
             DatasetRow([{"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A2"}], split="valid"),
             DatasetRow([{"role": "user", "content": "Q3"}, {"role": "assistant", "content": "A3"}], split="probe"),
             DatasetRow([{"role": "user", "content": "Q4"}, {"role": "assistant", "content": "A4"}], status="rejected"),
         ]
-        assert dataset.add_rows(project, rows) == (4, 1)
+        assert dataset.add_rows(project, rows) == (5, 1)
         assert [r.provenance.evidence for r in dataset.rows(project, "train")] == ["the sky is blue"]
+        assert len(dataset.rows(project, "train", current=False)) == 2
         counts = dataset.export_jsonl(project, tmp_path / "data", provenance=True)
     assert counts == {"train": 1, "valid": 1, "probe": 1}
     assert list(dataset.read_jsonl(tmp_path / "data" / "train.jsonl")) == [QA]
