@@ -44,6 +44,7 @@ from PySide6.QtWidgets import (
 )
 
 from slowtune import __version__, paths
+from slowtune.gui.dataset import DatasetPage
 from slowtune.gui.library import LibraryPage
 from slowtune.gui.pages import PLANNED, PlaceholderPage
 from slowtune.gui.preferences import PreferencesDialog
@@ -117,8 +118,9 @@ class MainWindow(QMainWindow):
         self.library.new_project_requested.connect(self.choose_new_project)
         self.library.open_project_requested.connect(self.choose_project_to_open)
         self.providers = ProvidersPage(self.runner, lambda: self.settings, self.update_settings)
-        self.placeholders = [PlaceholderPage(page) for page in PLANNED if page.name != "Providers"]
-        built: dict[str, QWidget] = {"Library": self.library, "Providers": self.providers,
+        self.dataset = DatasetPage(self.runner, lambda: self.settings)
+        self.placeholders = [PlaceholderPage(page) for page in PLANNED if page.name not in ("Providers", "Dataset")]
+        built: dict[str, QWidget] = {"Library": self.library, "Providers": self.providers, "Dataset": self.dataset,
                                      **{p.page.name: p for p in self.placeholders}}
         for name in PAGES:
             self.sidebar.addItem(name)
@@ -330,6 +332,7 @@ class MainWindow(QMainWindow):
     def _show_project(self) -> None:
         project = self.project
         self.library.set_project(project)
+        self.dataset.set_project(project)
         for page in self.placeholders:
             page.set_project(project)
         if project is None:

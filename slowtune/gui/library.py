@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import (
-    QAbstractTableModel,
     QItemSelection,
     QModelIndex,
     QPersistentModelIndex,
@@ -46,7 +45,7 @@ from PySide6.QtWidgets import (
 
 from slowtune.documents.library import IngestReport, ingest
 from slowtune.gui.qtcompat import emit
-from slowtune.gui.widgets import MessageBanner
+from slowtune.gui.widgets import MessageBanner, RowsTableModel
 from slowtune.gui.workers import Job, JobRunner
 from slowtune.progress import Progress
 from slowtune.settings import Settings
@@ -129,31 +128,11 @@ def describe_report(report: IngestReport) -> tuple[str, str, str]:
     return "info", message, ""
 
 
-class DocumentTableModel(QAbstractTableModel):
+class DocumentTableModel(RowsTableModel):
     """The project's documents, one row each. ``Qt.UserRole`` gives raw values so that numbers sort as numbers."""
 
     COLUMNS = ("Document", "File", "Kind", "Status", "Pages", "Tokens", "Chunks", "Reason")
     NUMERIC = frozenset({"Pages", "Tokens", "Chunks"})
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.rows: list[DocumentRow] = []
-
-    def set_rows(self, rows: list[DocumentRow]) -> None:
-        self.beginResetModel()
-        self.rows = rows
-        self.endResetModel()
-
-    def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self.rows)
-
-    def columnCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self.COLUMNS)
-
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return self.COLUMNS[section]
-        return None
 
     def value(self, row: DocumentRow, column: str) -> Any:
         return {"Document": row.title, "File": row.file_name, "Kind": row.kind, "Status": row.status,
