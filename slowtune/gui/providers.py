@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QPushButton,
+    QSizePolicy,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -265,6 +266,13 @@ class ProvidersPage(QWidget):
         layout.addWidget(self.table, 1)
         layout.addLayout(buttons)
         layout.addWidget(hub)
+        # Without providers the table is hidden; this spacer then takes the spare height, so the title, the text
+        # and the Hugging Face box keep their natural size at the top instead of spreading over the page.
+        layout.addStretch(0)
+        self._layout = layout
+        self._spacer_index = layout.count() - 1
+        for widget in (title, self.empty, self.teacher_label, hub):
+            widget.setSizePolicy(widget.sizePolicy().horizontalPolicy(), QSizePolicy.Policy.Maximum)
         self.refresh()
 
     # --- showing ---------------------------------------------------------------------------------------
@@ -299,6 +307,7 @@ class ProvidersPage(QWidget):
         has_any = bool(self.providers)
         self.empty.setVisible(not has_any)
         self.table.setVisible(has_any)
+        self._layout.setStretch(self._spacer_index, 0 if has_any else 1)
         teacher = settings.teacher_provider
         self.teacher_label.setText(
             f"Teacher: <b>{html.escape(teacher)}</b>"
