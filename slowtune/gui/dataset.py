@@ -4,30 +4,41 @@ Preparing a run (probing the teacher, estimating calls and cost) and the run its
 own database connections, through the Qt-free core (``slowtune.teacher.session``, ``pipeline``, ``cost``); before
 anything is sent, the user confirms a statement of where the document text goes and what it will cost. Review
 (accept, reject, edit) goes through ``slowtune.teacher.review`` on the window's connection: each change is one
-small transaction.
+small transaction. Regenerating a chunk is a job too: it asks the teacher afresh for one chunk and keeps the rows
+the user edited.
+
+The generation options (budget, questions per chunk, question mix, system prompt, answer style, judge, parallel
+calls) are kept per project in the project database's ``meta`` table, so they come back with the project.
 """
 
 from __future__ import annotations
 
 import html
+import json
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QModelIndex, QPersistentModelIndex, Qt, Signal
-from PySide6.QtGui import QColor, QFontDatabase, QKeyEvent, QShowEvent
+from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QPoint, Qt, Signal
+from PySide6.QtGui import QAction, QColor, QFontDatabase, QKeyEvent, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
     QComboBox,
     QDialog,
     QDialogButtonBox,
     QFormLayout,
+    QGridLayout,
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QLineEdit,
+    QMenu,
     QPlainTextEdit,
     QPushButton,
+    QSpinBox,
     QSplitter,
     QTableView,
     QVBoxLayout,
@@ -41,10 +52,11 @@ from slowtune.gui.widgets import ask_yes as ask  # module-level name: tests answ
 from slowtune.gui.workers import Job, JobRunner
 from slowtune.progress import Progress
 from slowtune.settings import Settings
-from slowtune.store import Project
-from slowtune.teacher import review
+from slowtune.store import Project, dumps
+from slowtune.teacher import prompts, review
 
 GENERATE_STAGES = {"generate": "writing questions"}
+REGENERATE_STAGES = {"prepare": "preparing", "generate": "writing questions"}
 ROW_LIMIT = 5000  # rows listed at once; the filters narrow a larger dataset
 ANSWER_CHARS = 160  # the Answer column shows the start of the answer; the tooltip has all of it
 STATUS_COLORS = {"accepted": "#2f9e44", "rejected": "#e03131", "pending": "#868e96"}
@@ -54,8 +66,183 @@ NO_PROJECT_TEXT = ("<h2>Dataset</h2><p>No project is open. Create or open one (F
 NO_DOCUMENTS_TEXT = ("<h2>Dataset</h2><p>This project has no documents yet. Add them on the <b>Library</b> page "
                      "first: the teacher writes questions and answers from their chunks.</p>")
 NO_TEACHER_TEXT = "No teacher chosen: choose one on the <b>Providers</b> page (select a provider, Use as Teacher)."
+NO_TEACHER_MESSAGE = ("No teacher chosen: choose one on the Providers page (select a provider and click Use as "
+                      "Teacher).")
 COMMAND_HINT = "The same from Terminal: <code>slowtune generate {project}</code>, <code>slowtune dataset report " \
                "{project}</code>."
+
+
+# --- generation options ----------------------------------------------------------------------------------------
+
+OPTIONS_META_KEY = "generate_options"  # the project's meta table: the options come back with the project
+MAX_PAIRS_PER_CHUNK = 20  # GenerateConfig.validate's bound
+MAX_CONCURRENCY = 64
+DEFAULT_CONCURRENCY = 8  # as `slowtune generate --concurrency`
+QTYPE_LABELS = {"fact": "Facts", "reasoning": "Reasoning", "multi_turn": "Multi-turn",
+                "refusal": "Not in the documents"}
+FIELD_LABELS = {
+    "budget_usd": "Budget", "pairs_per_chunk": "Questions per chunk", "mix": "Question mix",
+    "system_prompt": "Student system prompt", "style": "Answer style", "judge": "Judge",
+    "judge_provider": "Judge provider", "judge_model": "Judge model", "concurrency": "Parallel calls",
+}
+
+
+class OptionError(ValueError):
+    """A generation option the run cannot take; the message starts with the field's name as the user sees it."""
+
+    def __init__(self, field_name: str, problem: str) -> None:
+        self.field = field_name
+        super().__init__(f"{FIELD_LABELS[field_name]}: {problem}")
+
+
+def default_mix() -> dict[str, float]:
+    """The pipeline's default mix, as percentages."""
+    from slowtune.teacher.pipeline import DEFAULT_MIX
+
+    return {t: float(round(100 * DEFAULT_MIX.get(t, 0.0))) for t in prompts.QTYPES}
+
+
+def parse_budget(text: str) -> float | None:
+    """A budget as typed ("2", "$2.50", "1,000"); None when empty (no budget). Checked by ``validate``."""
+    cleaned = text.strip().removeprefix("$").replace(",", "").strip()
+    if not cleaned:
+        return None
+    try:
+        value = float(cleaned)
+    except ValueError:
+        raise OptionError("budget_usd", f"“{text.strip()}” is not an amount in US dollars (such as 2.50); "
+                                        "leave it empty for no budget") from None
+    if not math.isfinite(value) or value <= 0:
+        raise OptionError("budget_usd", f"“{text.strip()}” is not a positive amount in US dollars; leave it "
+                                        "empty for no budget")
+    return value
+
+
+def _money(amount: float) -> str:
+    return f"${amount:,.2f}" if amount >= 0.01 else f"${amount:.4f}"
+
+
+@dataclass
+class GenerateOptions:
+    """What the user sets before a run; ``to_config`` turns it into the pipeline's ``GenerateConfig``."""
+
+    budget_usd: float | None = None  # per run; None: no budget
+    pairs_per_chunk: int | None = None  # None: scaled with the chunk's length (about 4 per 500 tokens)
+    mix: dict[str, float] = field(default_factory=default_mix)  # weights, shown as percentages
+    system_prompt: str = ""
+    style: str = ""  # empty: the pipeline's default style
+    judge: bool = True
+    judge_provider: str | None = None  # None: the teacher's provider
+    judge_model: str | None = None  # None: the teacher's model (or the judge provider's default model)
+    concurrency: int = DEFAULT_CONCURRENCY
+
+    def validate(self) -> None:
+        """Raise ``OptionError`` naming the first field a run cannot take."""
+        budget = self.budget_usd
+        if budget is not None and not (math.isfinite(budget) and budget > 0):
+            raise OptionError("budget_usd", f"{budget:g} is not a positive amount in US dollars; leave it empty "
+                                            "for no budget")
+        if self.pairs_per_chunk is not None and not 1 <= self.pairs_per_chunk <= MAX_PAIRS_PER_CHUNK:
+            raise OptionError("pairs_per_chunk", f"{self.pairs_per_chunk} is not between 1 and "
+                                                 f"{MAX_PAIRS_PER_CHUNK}; choose Automatic to scale it with the "
+                                                 "chunk's length")
+        unknown = sorted(set(self.mix) - set(prompts.QTYPES))
+        if unknown:
+            raise OptionError("mix", f"unknown question type {', '.join(unknown)}")
+        if any(not math.isfinite(v) or v < 0 for v in self.mix.values()):
+            raise OptionError("mix", "a share cannot be negative")
+        if sum(self.mix.values()) <= 0:
+            raise OptionError("mix", "the shares add up to 0%; give at least one question type a share")
+        if not 1 <= self.concurrency <= MAX_CONCURRENCY:
+            raise OptionError("concurrency", f"{self.concurrency} is not between 1 and {MAX_CONCURRENCY}")
+
+    def to_config(self) -> Any:
+        """The pipeline's ``GenerateConfig`` (``OptionError`` first when a value is bad)."""
+        from slowtune.teacher.pipeline import GenerateConfig
+
+        self.validate()
+        total = sum(self.mix.values())
+        return GenerateConfig(
+            pairs_per_chunk=self.pairs_per_chunk,
+            mix={t: v / total for t, v in self.mix.items() if v > 0},
+            system_prompt=self.system_prompt.strip() or None,
+            style=self.style.strip() or prompts.DEFAULT_STYLE,
+            judge=self.judge,
+            budget_usd=self.budget_usd,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> GenerateOptions:
+        """Options as stored. A value of the wrong type falls back to its default; a value of the right type is
+        kept as it is, so a bad one (a negative budget) is named by ``validate`` rather than silently changed."""
+        options = cls()
+        if not isinstance(data, dict):
+            return options
+
+        def number(value: Any) -> bool:
+            return isinstance(value, int | float) and not isinstance(value, bool)
+
+        def text(value: Any) -> bool:
+            return isinstance(value, str)
+
+        checks: dict[str, Callable[[Any], bool]] = {
+            "budget_usd": lambda v: v is None or number(v),
+            "pairs_per_chunk": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
+            "system_prompt": text, "style": text,
+            "judge": lambda v: isinstance(v, bool),
+            "judge_provider": lambda v: v is None or text(v), "judge_model": lambda v: v is None or text(v),
+            "concurrency": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        }
+        for name, ok in checks.items():
+            if name in data and ok(data[name]):
+                setattr(options, name, data[name])
+        mix = data.get("mix")
+        if isinstance(mix, dict) and all(isinstance(k, str) and number(v) for k, v in mix.items()):
+            options.mix = {k: float(v) for k, v in mix.items()}
+        return options
+
+    def summary(self) -> str:
+        """One line for the page: what the next run will do."""
+        parts = [f"budget {_money(self.budget_usd)} per run" if self.budget_usd is not None else "no budget"]
+        if self.pairs_per_chunk is None:
+            parts.append("questions per chunk scaled with its length")
+        else:
+            parts.append(f"{self.pairs_per_chunk} question{'s' if self.pairs_per_chunk != 1 else ''} per chunk")
+        total = sum(v for v in self.mix.values() if v > 0)
+        if total > 0:
+            parts.append(", ".join(f"{QTYPE_LABELS.get(t, t).lower()} {100 * v / total:.0f}%"
+                                   for t, v in self.mix.items() if v > 0))
+        if not self.judge:
+            parts.append("no judge")
+        elif self.judge_provider or self.judge_model:
+            parts.append(f"judge {self.judge_model or 'default model'}"
+                         + (f" on {self.judge_provider}" if self.judge_provider else ""))
+        else:
+            parts.append("judged by the teacher")
+        if self.system_prompt.strip():
+            parts.append("with a system prompt")
+        parts.append(f"{self.concurrency} parallel call{'s' if self.concurrency != 1 else ''}")
+        return " · ".join(parts)
+
+
+def load_options(project: Project) -> tuple[GenerateOptions, str | None]:
+    """The project's options, and a problem to show when what was stored could not be read."""
+    stored = project.get_meta(OPTIONS_META_KEY)
+    if stored is None:
+        return GenerateOptions(), None
+    try:
+        data = json.loads(stored)
+    except ValueError:
+        return GenerateOptions(), "The saved generation options could not be read; the defaults are used."
+    return GenerateOptions.from_json(data), None
+
+
+def save_options(project: Project, options: GenerateOptions) -> None:
+    # One row in the project's SQLite database: the write is atomic, like every change there.
+    project.set_meta(OPTIONS_META_KEY, dumps(options.to_json()))
 
 
 # --- the core calls, as run in a worker thread ---------------------------------------------------------------
@@ -67,40 +254,135 @@ class Prepared:
     chunks: int  # chunks that will be sent
     chunk_tokens: int
     chunks_done: int  # chunks generated before (skipped)
-    estimate: Any  # slowtune.teacher.cost.Estimate (teacher and judge together)
+    estimates: list[tuple[str, Any]]  # (who, slowtune.teacher.cost.Estimate): teacher and judge, together or apart
+    options: GenerateOptions = field(default_factory=GenerateOptions)
+    judge_choice: Any = None  # a TeacherChoice when the judge is another provider or model
+
+    @property
+    def estimated_cost(self) -> float | None:
+        costs = [e.cost_usd for _, e in self.estimates]
+        return None if any(c is None for c in costs) else sum(costs)
 
 
-def prepare_function(root: Path, provider_id: str, model: str | None) -> Callable[[Progress], Prepared | None]:
-    """Probe the teacher (or read the cached probe) and estimate the run; None when every chunk is done."""
+def _check_key(choice: Any) -> None:
+    """A missing key is said before the user is asked to send anything."""
+    from slowtune.teacher import providers
+
+    provider = choice.provider
+    if not provider.in_process and provider.needs_key and not providers.api_key(provider):
+        raise providers.ProviderError(providers.missing_key_message(provider))
+
+
+def choose_teachers(provider_id: str, model: str | None, options: GenerateOptions) -> tuple[Any, Any]:
+    """The teacher's choice, and the judge's when it is another provider or model (else None)."""
+    from slowtune.teacher import session
+
+    choice = session.choose(provider_id, model, timeout=30)
+    _check_key(choice)
+    judge = None
+    if options.judge and (options.judge_provider or options.judge_model):
+        judge_provider = options.judge_provider or provider_id
+        judge_model = options.judge_model or (choice.model if judge_provider == provider_id else None)
+        if judge_provider != provider_id or judge_model != choice.model:
+            judge = session.choose(judge_provider, judge_model, timeout=30)
+            _check_key(judge)
+    return choice, judge
+
+
+def estimate_run(plan: Any, choice: Any, judge: Any, budget: float | None) -> list[tuple[str, Any]]:
+    """The estimates of a planned run: one for teacher and judge together, or one each when they differ."""
+    from slowtune.teacher import cost
+    from slowtune.teacher.pipeline import GenerationError
+
+    if judge is None:
+        who = "teacher and judge" if plan.judge_calls else "teacher"
+        estimates = [(who, choice, cost.estimate(
+            choice.model, plan.calls + plan.judge_calls, plan.input_tokens + plan.judge_input_tokens,
+            plan.output_tokens + plan.judge_output_tokens, free=choice.free))]
+    else:
+        estimates = [("teacher", choice, cost.estimate(choice.model, plan.calls, plan.input_tokens,
+                                                       plan.output_tokens, free=choice.free)),
+                     ("judge", judge, cost.estimate(judge.model, plan.judge_calls, plan.judge_input_tokens,
+                                                    plan.judge_output_tokens, free=judge.free))]
+    if budget is not None:
+        # Without a price the run cannot tell what it spends, and a budget would never stop it.
+        for _, c, e in estimates:
+            if e.cost_usd is None:
+                raise GenerationError(
+                    f"A budget needs a price for model {c.model}: add it to {cost.user_prices_file()} (US dollars "
+                    "per million input and output tokens), or clear the budget in Options….")
+    return [(who, e) for who, _, e in estimates]
+
+
+def prepare_function(root: Path, provider_id: str, model: str | None,
+                     options: GenerateOptions | None = None) -> Callable[[Progress], Prepared | None]:
+    """Probe the teacher (or read the cached probe) and estimate the run with ``options``; None when every chunk
+    is done."""
+    options = options or GenerateOptions()
+
     def run(progress: Progress) -> Prepared | None:
-        from slowtune.teacher import cost, providers, session
-        from slowtune.teacher.pipeline import GenerateConfig, load_jobs, plan_run
+        from slowtune.teacher.pipeline import load_jobs, plan_run
 
+        config = options.to_config()
         with Project.open(root) as project:
-            jobs, done = load_jobs(project, GenerateConfig())
+            jobs, done = load_jobs(project, config)
         if not jobs:
             return None
-        choice = session.choose(provider_id, model, timeout=30)
-        provider = choice.provider
-        # A missing key is said now, before the user is asked to send anything.
-        if not provider.in_process and provider.needs_key and not providers.api_key(provider):
-            raise providers.ProviderError(providers.missing_key_message(provider))
-        plan = plan_run(jobs, GenerateConfig())
-        est = cost.estimate(choice.model, plan.calls + plan.judge_calls, plan.input_tokens + plan.judge_input_tokens,
-                            plan.output_tokens + plan.judge_output_tokens, free=choice.free)
-        return Prepared(choice, plan.chunks, plan.chunk_tokens, done, est)
+        choice, judge = choose_teachers(provider_id, model, options)
+        plan = plan_run(jobs, config)
+        estimates = estimate_run(plan, choice, judge, config.budget_usd)
+        return Prepared(choice, plan.chunks, plan.chunk_tokens, done, estimates, options, judge)
     return run
 
 
-def generate_function(root: Path, choice: Any) -> Callable[[Progress], Any]:
-    """The run, on a connection of its own; the CallRunner is built here too (it runs asyncio in this thread)."""
+def generate_function(root: Path, prepared: Prepared) -> Callable[[Progress], Any]:
+    """The run, on a connection of its own; the CallRunners are built here too (they run asyncio in this thread)."""
     def run(progress: Progress) -> Any:
         from slowtune.teacher import session
-        from slowtune.teacher.pipeline import GenerateConfig, run_generation
+        from slowtune.teacher.pipeline import run_generation
 
+        config = prepared.options.to_config()
+        concurrency = prepared.options.concurrency
         with Project.open(root) as project:
-            runner = session.make_runner(project, choice)
-            return run_generation(project, runner, GenerateConfig(), progress=progress)
+            runner = session.make_runner(project, prepared.choice, concurrency=concurrency)
+            judge_runner = (session.make_runner(project, prepared.judge_choice, concurrency=concurrency)
+                            if prepared.judge_choice is not None else None)
+            return run_generation(project, runner, config, judge_runner=judge_runner, progress=progress)
+    return run
+
+
+def regenerate_function(root: Path, chunk_id: str, provider_id: str, model: str | None,
+                        options: GenerateOptions) -> Callable[[Progress], Any]:
+    """Ask the teacher afresh for one chunk with ``options``; the rows the user edited are kept.
+
+    This is ``pipeline.regenerate_chunk`` with progress, cancel and the budget checked before the chunk's rows
+    are cleared, so a refused run leaves them as they were.
+    """
+    def run(progress: Progress) -> Any:
+        from slowtune.teacher import session
+        from slowtune.teacher.pipeline import GenerationError, load_jobs, plan_run, run_generation
+
+        config = options.to_config()
+        progress.report("prepare", 0, None, status="asking the teacher what it supports")
+        choice, judge = choose_teachers(provider_id, model, options)
+        with Project.open(root) as project:
+            jobs, _ = load_jobs(project, config, only_chunks=[chunk_id], include_done=True)
+            if not jobs:
+                raise GenerationError("This chunk is no longer in the library (its document was removed or has "
+                                      "changed), so it cannot be generated again. Nothing was changed.")
+            estimates = estimate_run(plan_run(jobs, config), choice, judge, config.budget_usd)
+            spend = sum(e.cost_usd or 0.0 for _, e in estimates)
+            if config.budget_usd is not None and spend > config.budget_usd:
+                raise GenerationError(
+                    f"Regenerating this chunk would cost about {_money(spend)}, more than the budget of "
+                    f"{_money(config.budget_usd)} per run: raise the budget in Options…. Nothing was changed.")
+            progress.check()  # the last point where nothing has changed yet
+            runner = session.make_runner(project, choice, concurrency=options.concurrency)
+            judge_runner = (session.make_runner(project, judge, concurrency=options.concurrency)
+                            if judge is not None else None)
+            review.clear_chunk(project, chunk_id)
+            jobs, _ = load_jobs(project, config, only_chunks=[chunk_id], include_done=True)
+            return run_generation(project, runner, config, judge_runner=judge_runner, progress=progress, jobs=jobs)
     return run
 
 
@@ -108,24 +390,129 @@ def confirmation_text(prepared: Prepared) -> str:
     choice = prepared.choice
     verb = "sent to" if choice.remote else "read by"
     text = (f"Document text from {prepared.chunks:,} chunks (about {prepared.chunk_tokens:,} tokens) will be {verb} "
-            f"{choice.destination} for the teacher (model {choice.model}).\n\n"
-            f"Estimate: {prepared.estimate.describe()}")
+            f"{choice.destination} for the teacher (model {choice.model}).")
+    judge = prepared.judge_choice
+    if judge is not None:
+        if judge.destination != choice.destination:
+            text += (f" For the judge it will also be {'sent to' if judge.remote else 'read by'} "
+                     f"{judge.destination} (model {judge.model}).")
+        else:
+            text += f" The judge is model {judge.model} there."
+    text += "\n\n" + "\n".join(f"Estimate ({who}): {e.describe()}" for who, e in prepared.estimates)
+    budget = prepared.options.budget_usd
+    if budget is not None:
+        text += f"\n\nBudget: the run stops before it spends more than {_money(budget)}."
+        estimated = prepared.estimated_cost
+        if estimated is not None and estimated > budget:
+            text += " The estimate is above it: expect the run to stop early, with chunks left for the next run."
+    text += f"\n\nOptions: {prepared.options.summary()}."
     if prepared.chunks_done:
         text += f"\n\n{prepared.chunks_done:,} chunks generated before are skipped."
     return text
 
 
-def describe_result(result: Any) -> tuple[str, str]:
+def describe_result(result: Any, budget: float | None = None) -> tuple[str, str]:
     """(level, message) for the banner after a run."""
     spent = f"${result.cost_usd:.4f}" if result.cost_known else "cost unknown"
     message = (f"{result.chunks_done} chunks done, {result.chunks_failed} failed; {result.rows_kept} conversations "
                f"kept, {result.probes} probe questions; {result.calls} calls, {spent}.")
     if result.stopped == "cancelled":
         return "warning", "Generation stopped. " + message + " Click Generate to continue where it stopped."
+    if result.stopped == "budget":
+        of = f" of its {_money(budget)} budget" if budget is not None else ""
+        return "warning", (f"Stopped at the budget: this run spent ${result.cost_usd:.4f}{of}, and the next chunk "
+                           f"would have gone over; {result.chunks_not_started} chunks are left. " + message
+                           + " Click Generate to go on (each run may spend up to the budget), or change the budget "
+                             "in Options….")
     if result.stopped:
         return "error" if result.stopped in ("fatal", "unreachable") else "warning", \
             message + (f" {result.message}" if result.message else "")
     return ("warning" if result.chunks_failed else "info"), message
+
+
+def describe_regeneration(result: Any) -> tuple[str, str]:
+    """(level, message) for the banner after regenerating a chunk."""
+    if result.chunks_failed:
+        reason = result.failures[0]["reason"] if result.failures else "the teacher gave no usable answer"
+        return "error", (f"The chunk could not be regenerated: {reason}. Its old rows were removed (edited ones "
+                         "are kept); Generate or Regenerate Chunk… asks the teacher again.")
+    if result.stopped and not result.chunks_done:
+        why = "Regeneration was cancelled" if result.stopped == "cancelled" else (result.message or "It stopped")
+        level = "error" if result.stopped in ("fatal", "unreachable") else "warning"
+        return level, (f"{why.rstrip('.')}. The teacher wrote nothing for the chunk, and its old rows were already "
+                       "removed (edited ones are kept): Generate or Regenerate Chunk… asks again.")
+    rejected = sum(result.rejected.values())
+    spent = f"${result.cost_usd:.4f}" if result.cost_known else "cost unknown"
+    return "info", (f"Chunk regenerated: {result.rows_kept} conversations kept, {rejected} rejected by the checks, "
+                    f"{result.probes} probe questions; {result.calls} calls, {spent}.")
+
+
+@dataclass
+class ChunkRows:
+    """What regenerating a chunk replaces and keeps."""
+    chunk_id: str
+    document: str
+    tokens: int
+    replaced: int  # the teacher's rows nobody edited: removed, and written afresh
+    probes: int  # of those, probe questions
+    reviewed: int  # of those, rows the user accepted or rejected by hand
+    kept: int  # rows the user edited (and any not written by the teacher)
+
+
+def chunk_rows(project: Project, chunk_id: str) -> ChunkRows | None:
+    """None when the chunk is not in the library any more (its document was removed or re-chunked)."""
+    chunk = project.conn.execute(
+        "SELECT c.tokens, d.title, d.path FROM chunks c JOIN documents d ON d.id = c.document_id "
+        "WHERE c.id = ? AND d.status = 'ok'", (chunk_id,)).fetchone()
+    if chunk is None:
+        return None
+    replaced = "source = 'teacher' AND edited = 0"  # what review.clear_chunk deletes
+    r = project.conn.execute(
+        f"""SELECT coalesce(sum({replaced}), 0) replaced,
+                   coalesce(sum({replaced} AND split = 'probe'), 0) probes,
+                   coalesce(sum({replaced} AND (coalesce(json_extract(verdicts_json, '$.reviewed'), 0)
+                                               OR json_extract(verdicts_json, '$.gate') = 'user')), 0) reviewed,
+                   coalesce(sum(NOT ({replaced})), 0) kept
+            FROM dataset_rows WHERE chunk_id = ?""", (chunk_id,)).fetchone()
+    title = chunk["title"] or Path(chunk["path"]).name
+    return ChunkRows(chunk_id, title, chunk["tokens"], r["replaced"], r["probes"], r["reviewed"], r["kept"])
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def regenerate_text(info: ChunkRows, destination: str, model: str | None, *, remote: bool = True) -> str:
+    text = f"Ask the teacher again for this chunk of “{info.document}” (about {info.tokens:,} tokens)?\n\n"
+    if info.replaced:
+        details = []
+        if info.probes:
+            details.append(f"{_count(info.probes, 'probe question')}")
+        if info.reviewed:
+            details.append(f"{info.reviewed:,} you accepted or rejected by hand")
+        text += (f"{_count(info.replaced, 'row')} from this chunk will be replaced"
+                 + (f" ({', '.join(details)})" if details else "") + ". ")
+    else:
+        text += "This chunk has no rows from the teacher to replace. "
+    if info.kept:
+        text += f"{_count(info.kept, 'row')} you edited {'is' if info.kept == 1 else 'are'} kept."
+    else:
+        text += "No row of this chunk was edited, so none is kept (edited rows always are)."
+    text += f"\n\nThe chunk's text will be {'sent to' if remote else 'read by'} {destination} for the teacher" + (
+        f" (model {model})." if model else ".")
+    return text
+
+
+def progress_text(verb: str, done: float, total: object, metrics: object, budget: float | None) -> str:
+    m = metrics if isinstance(metrics, dict) else {}
+    parts = [f"{done:,.0f}/{total:,.0f} chunks" if isinstance(total, int | float) else f"{done:,.0f} chunks"]
+    parts.append(f"{m.get('rows', 0):,} rows")
+    spent = float(m.get("cost_usd", 0.0))
+    parts.append(f"${spent:.4f} of {_money(budget)} budget" if budget is not None else f"${spent:.4f} so far")
+    parts.append(f"{m.get('tokens', 0):,} tokens")
+    errors = int(m.get("errors", 0))
+    parts.append(f"{errors} error{'s' if errors != 1 else ''}")
+    return f"{verb}: " + " · ".join(parts)
 
 
 # --- the review table ----------------------------------------------------------------------------------------
@@ -231,6 +618,149 @@ def edit_conversation(parent: QWidget, question: str, answer: str) -> tuple[str,
     return dialog.question.toPlainText().strip(), dialog.answer.toPlainText().strip()
 
 
+# --- the generation options dialog ---------------------------------------------------------------------------
+
+class OptionsDialog(QDialog):
+    """The generation options of a project. ``save`` is called on OK; the dialog closes only when it returns True,
+    so a bad value can be fixed without setting everything again."""
+
+    def __init__(self, save: Callable[[OptionsDialog], bool], options: GenerateOptions, provider_ids: list[str],
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._save = save
+        self.setWindowTitle("Generation Options")
+        self.setMinimumWidth(560)
+        self.banner = MessageBanner()
+
+        self.budget = QLineEdit()
+        self.budget.setPlaceholderText("no budget")
+        self.budget.setToolTip("US dollars. A run stops cleanly before its spend would pass this; the next run "
+                               "continues where it stopped. Needs the model's price (see the estimate).")
+        self.pairs = QSpinBox()
+        self.pairs.setRange(0, MAX_PAIRS_PER_CHUNK)
+        self.pairs.setSpecialValueText("Automatic (about 4 per 500 tokens)")
+        self.pairs.setToolTip("How many questions the teacher writes for each chunk")
+        self.mix: dict[str, QSpinBox] = {}
+        mix_row = QWidget()
+        mix_layout = QGridLayout(mix_row)
+        mix_layout.setContentsMargins(0, 0, 0, 0)
+        for position, qtype in enumerate(prompts.QTYPES):
+            spin = QSpinBox()
+            spin.setRange(0, 100)
+            spin.setSuffix(" %")
+            spin.setToolTip(prompts.QTYPE_HELP.get(qtype, ""))
+            spin.valueChanged.connect(self._update_mix_total)
+            self.mix[qtype] = spin
+            label = QLabel(QTYPE_LABELS.get(qtype, qtype) + ":")
+            label.setToolTip(spin.toolTip())
+            row, column = divmod(position, 2)
+            mix_layout.addWidget(label, row, 2 * column)
+            mix_layout.addWidget(spin, row, 2 * column + 1)
+        mix_layout.setColumnStretch(4, 1)
+        self.mix_total = QLabel()
+        self.mix_total.setStyleSheet("color: gray;")
+        self.system_prompt = QPlainTextEdit()
+        self.system_prompt.setPlaceholderText("none: the conversations have no system message")
+        self.system_prompt.setMaximumHeight(70)
+        self.style = QPlainTextEdit()
+        self.style.setPlaceholderText(prompts.DEFAULT_STYLE)
+        self.style.setMaximumHeight(70)
+        self.judge = QCheckBox("Have a judge check the answers")
+        self.judge.setToolTip("One more call per chunk, at temperature 0: is each question standalone, answerable, "
+                              "supported by the chunk and fully answered? Rows that fail are kept as rejected.")
+        self.judge.toggled.connect(self._update_judge)
+        self.judge_provider = QComboBox()
+        self.judge_provider.addItem("Same as the teacher", None)
+        for pid in provider_ids:
+            self.judge_provider.addItem(pid, pid)
+        self.judge_model = QLineEdit()
+        self.judge_model.setPlaceholderText("the teacher's model (or the provider's default model)")
+        self.concurrency = QSpinBox()
+        self.concurrency.setRange(1, MAX_CONCURRENCY)
+        self.concurrency.setToolTip("Calls in flight at once; lowered by itself when the provider rate-limits")
+
+        self.form = QFormLayout()
+        self.form.addRow("Budget per run (USD):", self.budget)
+        self.form.addRow("Questions per chunk:", self.pairs)
+        self.form.addRow("Question mix:", mix_row)
+        self.form.addRow("", self.mix_total)
+        self.form.addRow("Student system prompt:", self.system_prompt)
+        self.form.addRow("Answer style:", self.style)
+        self.form.addRow("Judge:", self.judge)
+        self.form.addRow("Judge provider:", self.judge_provider)
+        self.form.addRow("Judge model:", self.judge_model)
+        self.form.addRow("Parallel calls:", self.concurrency)
+        note = QLabel("Saved with the project. Chunks generated before keep their rows; Regenerate Chunk… applies "
+                      "these options to one chunk.")
+        note.setWordWrap(True)
+        note.setStyleSheet("color: gray;")
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
+                                   | QDialogButtonBox.StandardButton.RestoreDefaults)
+        self.ok_button = buttons.button(QDialogButtonBox.StandardButton.Ok)
+        self.defaults_button = buttons.button(QDialogButtonBox.StandardButton.RestoreDefaults)
+        self.defaults_button.clicked.connect(lambda: self.set_options(GenerateOptions()))
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.banner)
+        layout.addLayout(self.form)
+        layout.addWidget(note)
+        layout.addWidget(buttons)
+        self.set_options(options)
+
+    def set_options(self, options: GenerateOptions) -> None:
+        self.budget.setText(f"{options.budget_usd:g}" if options.budget_usd is not None else "")
+        self.pairs.setValue(options.pairs_per_chunk or 0)
+        for qtype, spin in self.mix.items():
+            spin.setValue(round(options.mix.get(qtype, 0.0)))
+        self.system_prompt.setPlainText(options.system_prompt)
+        self.style.setPlainText(options.style)
+        self.judge.setChecked(options.judge)
+        index = self.judge_provider.findData(options.judge_provider)
+        if index < 0 and options.judge_provider:  # a provider removed since: shown, so the run names it
+            self.judge_provider.addItem(f"{options.judge_provider} (not configured)", options.judge_provider)
+            index = self.judge_provider.count() - 1
+        self.judge_provider.setCurrentIndex(max(0, index))
+        self.judge_model.setText(options.judge_model or "")
+        self.concurrency.setValue(options.concurrency)
+        self._update_judge()
+        self._update_mix_total()
+
+    def options(self) -> GenerateOptions:
+        """The options as set (``OptionError`` for a budget that is not a positive amount)."""
+        return GenerateOptions(
+            budget_usd=parse_budget(self.budget.text()),
+            pairs_per_chunk=self.pairs.value() or None,
+            mix={qtype: float(spin.value()) for qtype, spin in self.mix.items()},
+            system_prompt=self.system_prompt.toPlainText().strip(),
+            style=self.style.toPlainText().strip(),
+            judge=self.judge.isChecked(),
+            judge_provider=self.judge_provider.currentData(),  # kept while the judge is off, for when it is back
+            judge_model=self.judge_model.text().strip() or None,
+            concurrency=self.concurrency.value(),
+        )
+
+    def _update_judge(self) -> None:
+        for widget in (self.judge_provider, self.judge_model):
+            widget.setEnabled(self.judge.isChecked())
+
+    def _update_mix_total(self) -> None:
+        total = sum(spin.value() for spin in self.mix.values())
+        if total == 0:
+            self.mix_total.setText("Give at least one type a share.")
+        elif total == 100:
+            self.mix_total.setText("Total 100%.")
+        else:
+            self.mix_total.setText(f"Total {total}%: the shares are used in proportion.")
+
+    def show_error(self, message: str) -> None:
+        self.banner.show_message(message, level="error")
+
+    def accept(self) -> None:
+        if self._save(self):
+            super().accept()
+
+
 # --- the page ------------------------------------------------------------------------------------------------
 
 STATUS_FILTERS: list[tuple[str, str | None, str | None]] = [
@@ -251,7 +781,13 @@ class DatasetPage(QWidget):
         self.project: Project | None = None
         self.prepare_job: Job | None = None
         self.generate_job: Job | None = None
+        self.regenerate_job: Job | None = None
         self.last_result: Any = None
+        self.options = GenerateOptions()  # the open project's, loaded in set_project
+        self.options_problem: str | None = None
+        self.options_dialog: OptionsDialog | None = None
+        self._run_budget: float | None = None  # the budget of the run in progress, for the progress line
+        self._regenerating: str | None = None  # the chunk being regenerated
 
         self.banner = MessageBanner()
         self.label = QLabel()  # the empty state, or the title and the equivalent commands
@@ -261,15 +797,24 @@ class DatasetPage(QWidget):
         self.generate_button = QPushButton("Generate…")
         self.generate_button.setToolTip("Have the teacher write questions and answers for chunks that have none yet")
         self.generate_button.clicked.connect(self.generate)
+        self.options_button = QPushButton("Options…")
+        self.options_button.setToolTip("Budget, questions per chunk, question mix, system prompt, answer style, "
+                                       "judge and parallel calls, saved with the project")
+        self.options_button.clicked.connect(self.open_options)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.clicked.connect(self.cancel)
         self.cancel_button.hide()
         self.progress_label = QLabel()
         top = QHBoxLayout()
         top.addWidget(self.generate_button)
+        top.addWidget(self.options_button)
         top.addWidget(self.cancel_button)
         top.addWidget(self.progress_label, 1)
         top.addWidget(self.teacher_label)
+        self.options_label = QLabel()  # what the next run will do
+        self.options_label.setWordWrap(True)
+        self.options_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.options_label.setStyleSheet("color: gray;")
 
         self.document_filter = QComboBox()
         self.type_filter = QComboBox()
@@ -301,8 +846,17 @@ class DatasetPage(QWidget):
         self.table.setColumnWidth(1, 320)
         self.table.action.connect(self._table_action)
         self.table.doubleClicked.connect(lambda _index: self.edit_current())
-        keys_hint = QLabel("Keys: A accept · R reject · Enter edit · J/K next/previous")
+        self.table.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.table.customContextMenuRequested.connect(self._show_context_menu)
+        self.table.selectionModel().currentRowChanged.connect(lambda *_: self._update_regenerate())
+        self.context_menu: QMenu | None = None
+        keys_hint = QLabel("Keys: A accept · R reject · Enter edit · J/K next/previous · right-click for more")
         keys_hint.setStyleSheet("color: gray;")
+        self.regenerate_button = QPushButton("Regenerate Chunk…")
+        self.regenerate_button.clicked.connect(self.regenerate_current)
+        below = QHBoxLayout()
+        below.addWidget(keys_hint, 1)
+        below.addWidget(self.regenerate_button)
 
         self.report = QPlainTextEdit()
         self.report.setReadOnly(True)
@@ -312,7 +866,7 @@ class DatasetPage(QWidget):
         review_layout.setContentsMargins(0, 0, 0, 0)
         review_layout.addLayout(filters)
         review_layout.addWidget(self.table, 1)
-        review_layout.addWidget(keys_hint)
+        review_layout.addLayout(below)
         self.splitter = QSplitter(Qt.Orientation.Vertical)
         self.splitter.addWidget(review_box)
         self.splitter.addWidget(self.report)
@@ -324,6 +878,7 @@ class DatasetPage(QWidget):
         layout.addWidget(self.banner)
         layout.addWidget(self.label)
         layout.addLayout(top)
+        layout.addWidget(self.options_label)
         layout.addWidget(self.splitter, 1)
         self.refresh()
 
@@ -331,6 +886,12 @@ class DatasetPage(QWidget):
     def set_project(self, project: Project | None) -> None:
         self.project = project
         self.banner.clear()
+        if self.options_dialog is not None:
+            self.options_dialog.reject()  # it belongs to the project that was open
+        self.options, self.options_problem = (load_options(project) if project is not None
+                                              else (GenerateOptions(), None))
+        if self.options_problem:
+            self.banner.show_message(self.options_problem, level="warning")
         self.refresh()
 
     def showEvent(self, event: QShowEvent) -> None:
@@ -355,8 +916,10 @@ class DatasetPage(QWidget):
             self.label.setText(NO_DOCUMENTS_TEXT + hint)
         else:
             self.label.setText("<h2 style='margin:0'>Dataset</h2>" + hint)
-        for widget in (self.generate_button, self.teacher_label, self.splitter):
+        for widget in (self.generate_button, self.options_button, self.options_label, self.teacher_label,
+                       self.splitter):
             widget.setVisible(ready)
+        self.options_label.setText(f"Each run: {self.options.summary()}.")
         if settings.teacher_provider:
             model = f", model <b>{html.escape(settings.teacher_model)}</b>" if settings.teacher_model else ""
             self.teacher_label.setText(f"Teacher: <b>{html.escape(settings.teacher_provider)}</b>{model}")
@@ -410,6 +973,7 @@ class DatasetPage(QWidget):
                 if row.id == current.id:
                     self.table.selectRow(position)
                     self.table.setCurrentIndex(self.model.index(position, 0))
+        self._update_regenerate()
 
     def refresh_report(self) -> None:
         if self.project is not None:
@@ -471,14 +1035,179 @@ class DatasetPage(QWidget):
             if row.id == row_id:
                 self.model.replace_row(position, review.get_row(self.project, row_id))
 
+    def build_context_menu(self) -> QMenu:
+        """The table's context menu for the current row (shown on right-click)."""
+        row = self.current_dataset_row()
+        menu = QMenu(self)
+        actions: list[tuple[str, Callable[[], None]]] = [
+            ("Accept", lambda: self.set_current_status("accepted")),
+            ("Reject", lambda: self.set_current_status("rejected")),
+            ("Edit…", self.edit_current),
+        ]
+        for text, slot in actions:
+            action = QAction(text, menu)
+            action.setEnabled(row is not None)
+            action.triggered.connect(slot)
+            menu.addAction(action)
+        menu.addSeparator()
+        regenerate = QAction("Regenerate Chunk…", menu)
+        regenerate.setEnabled(self.regenerate_button.isEnabled())
+        regenerate.setToolTip(self.regenerate_button.toolTip())
+        regenerate.triggered.connect(self.regenerate_current)
+        menu.addAction(regenerate)
+        menu.setToolTipsVisible(True)
+        return menu
+
+    def _show_context_menu(self, pos: QPoint) -> None:
+        index = self.table.indexAt(pos)
+        if index.isValid():
+            self.table.selectRow(index.row())
+            self.table.setCurrentIndex(self.model.index(index.row(), 0))
+        self.context_menu = self.build_context_menu()
+        self.context_menu.popup(self.table.viewport().mapToGlobal(pos))
+
+    # --- regenerating a chunk ------------------------------------------------------------------------------
+    def regenerate_state(self) -> tuple[bool, str]:
+        """Whether the current row's chunk can be generated again, and why not."""
+        row = self.current_dataset_row()
+        if self.project is None or row is None:
+            return False, "Select a row to ask the teacher again for its chunk"
+        if row.provenance.chunk_id is None:
+            return False, "This row was not written from a chunk (imported or added by hand): there is nothing " \
+                          "to regenerate"
+        if self.busy():
+            return False, "Wait for the running generation to finish"
+        if chunk_rows(self.project, row.provenance.chunk_id) is None:
+            return False, "This row's chunk is no longer in the library (its document was removed or changed)"
+        return True, "Ask the teacher again for this row's chunk; the rows you edited are kept"
+
+    def _update_regenerate(self) -> None:
+        enabled, why = self.regenerate_state()
+        self.regenerate_button.setEnabled(enabled)
+        self.regenerate_button.setToolTip(why)
+
+    def regenerate_current(self) -> Job | None:
+        """Ask (naming what is replaced and kept), then regenerate the current row's chunk in a job."""
+        enabled, why = self.regenerate_state()
+        row = self.current_dataset_row()
+        if not enabled or self.project is None or row is None or row.provenance.chunk_id is None:
+            if row is not None:
+                self.banner.show_message(why + ".", level="warning")
+            return None
+        settings = self._settings()
+        if not settings.teacher_provider:
+            self.banner.show_message(NO_TEACHER_MESSAGE, level="warning")
+            return None
+        try:
+            self.options.validate()
+        except OptionError as exc:
+            self.banner.show_message(f"{exc}. Fix it in Options…; nothing was changed or sent.", level="error")
+            return None
+        from slowtune.teacher import providers
+
+        try:
+            provider = providers.get_provider(settings.teacher_provider)
+        except providers.ProviderError as exc:
+            self.banner.show_message(str(exc), level="error")
+            return None
+        chunk_id = row.provenance.chunk_id
+        info = chunk_rows(self.project, chunk_id)
+        if info is None:
+            return None
+        text = regenerate_text(info, providers.destination(provider), settings.teacher_model or provider.default_model,
+                               remote=providers.is_remote(provider))
+        if not ask(self, "Regenerate Chunk?", text, "Regenerate"):
+            self.banner.show_message("Nothing was changed.")
+            return None
+        self.banner.clear()
+        job = Job("Regenerating a chunk", regenerate_function(self.project.root, chunk_id, settings.teacher_provider,
+                                                              settings.teacher_model, self.options),
+                  key=str(self.project.root), stage_names=REGENERATE_STAGES, min_interval=0.25)
+        job.progress.connect(self._regenerate_progress)
+        job.finished.connect(self._regenerated)
+        job.failed.connect(self._failed)
+        job.cancelled.connect(lambda: self.banner.show_message(
+            "Regeneration was cancelled before anything changed.", level="warning"))
+        job.done.connect(self._regeneration_done)
+        self.regenerate_job = job
+        self._regenerating = chunk_id
+        self._run_budget = self.options.budget_usd
+        if not self.runner.submit(job):
+            self.regenerate_job = None
+            self._regenerating = None
+            return None
+        self.progress_label.setText("Regenerating the chunk…")
+        self._update_busy()
+        return job
+
+    def _regenerate_progress(self, stage: str, done: float, total: object, metrics: object, status: str) -> None:
+        if stage == "prepare":
+            self.progress_label.setText(f"Regenerating the chunk: {status}…" if status else "Regenerating the chunk…")
+        else:
+            self.progress_label.setText(progress_text("Regenerating the chunk", done, total, metrics,
+                                                      self._run_budget))
+
+    def _regenerated(self, result: object) -> None:
+        self.last_result = result
+        level, message = describe_regeneration(result)
+        self.banner.show_message(message, level=level)
+
+    def _regeneration_done(self) -> None:
+        chunk_id, self._regenerating = self._regenerating, None
+        self.progress_label.clear()
+        self.refresh()
+        # Show the chunk's new rows: the row that was selected is gone unless it was an edited one.
+        if chunk_id is not None and self.current_dataset_row() is None:
+            for position, row in enumerate(self.model.rows):
+                if row.provenance.chunk_id == chunk_id:
+                    self.table.selectRow(position)
+                    self.table.setCurrentIndex(self.model.index(position, 0))
+                    break
+        self._update_regenerate()
+
+    # --- options -------------------------------------------------------------------------------------------
+    def open_options(self) -> OptionsDialog | None:
+        """The options dialog (window-modal, non-blocking); OK saves the options with the project."""
+        if self.project is None:
+            return None
+        from slowtune.teacher import providers
+
+        try:
+            provider_ids = [p.id for p in providers.list_providers()]
+        except providers.ProviderError:
+            provider_ids = []  # the Providers page says what is wrong with the list; "same as the teacher" works
+        dialog = OptionsDialog(self._save_options, self.options, provider_ids, self)
+        dialog.finished.connect(dialog.deleteLater)
+        dialog.finished.connect(lambda _code: setattr(self, "options_dialog", None))
+        self.options_dialog = dialog
+        dialog.open()
+        return dialog
+
+    def _save_options(self, dialog: OptionsDialog) -> bool:
+        try:
+            options = dialog.options()
+            options.validate()
+        except OptionError as exc:
+            dialog.show_error(str(exc) + ".")
+            return False
+        if self.project is None:
+            return False
+        save_options(self.project, options)
+        self.options = options
+        self.options_problem = None
+        self.refresh()
+        return True
+
     # --- generating ----------------------------------------------------------------------------------------
     def busy(self) -> bool:
-        return any(job is not None and not job.is_over for job in (self.prepare_job, self.generate_job))
+        return any(job is not None and not job.is_over
+                   for job in (self.prepare_job, self.generate_job, self.regenerate_job))
 
     def _update_busy(self) -> None:
         busy = self.busy()
         self.generate_button.setEnabled(not busy)
         self.cancel_button.setVisible(busy)
+        self._update_regenerate()
 
     def generate(self) -> Job | None:
         """Prepare a run (probe and estimate in a job); the confirmation and the run follow when it is done."""
@@ -490,12 +1219,18 @@ class DatasetPage(QWidget):
             return None
         settings = self._settings()
         if not settings.teacher_provider:
-            self.banner.show_message("No teacher chosen: choose one on the Providers page (select a provider and "
-                                     "click Use as Teacher).", level="warning")
+            self.banner.show_message(NO_TEACHER_MESSAGE, level="warning")
+            return None
+        try:
+            self.options.validate()
+        except OptionError as exc:
+            self.banner.show_message(f"{exc}. Fix it in Options… (next to Generate); nothing was sent.",
+                                     level="error")
             return None
         self.banner.clear()
         job = Job("Preparing generation", prepare_function(self.project.root, settings.teacher_provider,
-                                                           settings.teacher_model), key=str(self.project.root))
+                                                           settings.teacher_model, self.options),
+                  key=str(self.project.root))
         job.finished.connect(self._prepared)
         job.failed.connect(self._failed)
         job.done.connect(self._update_busy)
@@ -510,7 +1245,8 @@ class DatasetPage(QWidget):
     def _prepared(self, prepared: object) -> None:
         self.progress_label.clear()
         if prepared is None:
-            self.banner.show_message("Every chunk already has generated rows. The report below shows them.")
+            self.banner.show_message("Every chunk already has generated rows. The report below shows them; "
+                                     "Regenerate Chunk… asks again for one chunk.")
             return
         assert isinstance(prepared, Prepared)
         if self.project is None:
@@ -522,7 +1258,7 @@ class DatasetPage(QWidget):
 
     def start_generation(self, prepared: Prepared) -> Job | None:
         assert self.project is not None
-        job = Job("Generating questions", generate_function(self.project.root, prepared.choice),
+        job = Job("Generating questions", generate_function(self.project.root, prepared),
                   key=str(self.project.root), stage_names=GENERATE_STAGES, min_interval=0.25)
         job.progress.connect(self._progress)
         job.finished.connect(self._generated)
@@ -530,6 +1266,7 @@ class DatasetPage(QWidget):
         job.cancelled.connect(lambda: self.banner.show_message("Generation was cancelled.", level="warning"))
         job.done.connect(self._generation_done)
         self.generate_job = job
+        self._run_budget = prepared.options.budget_usd
         # Queued: this is called from the preparing job's `finished`, while the runner still counts it as running.
         if not self.runner.submit(job, queue=True):
             self.generate_job = None
@@ -539,18 +1276,11 @@ class DatasetPage(QWidget):
         return job
 
     def _progress(self, stage: str, done: float, total: object, metrics: object, status: str) -> None:
-        m = metrics if isinstance(metrics, dict) else {}
-        parts = [f"{done:,.0f}/{total:,.0f} chunks" if isinstance(total, int | float) else f"{done:,.0f} chunks"]
-        parts.append(f"{m.get('rows', 0):,} rows")
-        parts.append(f"${float(m.get('cost_usd', 0.0)):.4f} so far")
-        parts.append(f"{m.get('tokens', 0):,} tokens")
-        errors = int(m.get("errors", 0))
-        parts.append(f"{errors} error{'s' if errors != 1 else ''}")
-        self.progress_label.setText("Generating: " + " · ".join(parts))
+        self.progress_label.setText(progress_text("Generating", done, total, metrics, self._run_budget))
 
     def _generated(self, result: object) -> None:
         self.last_result = result
-        level, message = describe_result(result)
+        level, message = describe_result(result, self._run_budget)
         details = "\n".join(f"{f['document']} chunk {f['chunk'][:12]}: {f['reason']}"
                             for f in getattr(result, "failures", [])[:50])
         self.banner.show_message(message, level=level, details=details)
@@ -564,6 +1294,6 @@ class DatasetPage(QWidget):
         self.refresh()
 
     def cancel(self) -> None:
-        for job in (self.prepare_job, self.generate_job):
+        for job in (self.prepare_job, self.generate_job, self.regenerate_job):
             if job is not None and not job.is_over:
                 job.cancel()
