@@ -41,8 +41,9 @@ class Progress:
     """Progress reports and a cancel flag, shared by a job and whoever watches it.
 
     Reports are throttled to one per ``min_interval`` seconds per stage, but the first report of a stage,
-    the final one (done == total) and any report with ``force=True`` always go through, so a watcher never
-    misses where a stage starts or ends.
+    the final one (done == total), one whose status text differs from the last one sent for its stage, and any
+    report with ``force=True`` always go through, so a watcher never misses where a stage or a step starts or
+    ends.
     """
 
     def __init__(self, listener: Listener | None = None, *, min_interval: float = 0.1) -> None:
@@ -50,6 +51,7 @@ class Progress:
         self._cancel = threading.Event()
         self._min_interval = min_interval
         self._last_sent: dict[str, float] = {}
+        self._last_status: dict[str, str] = {}
         self.last: ProgressEvent | None = None
 
     def add_listener(self, listener: Listener) -> None:
@@ -70,9 +72,11 @@ class Progress:
         now = time.monotonic()
         last = self._last_sent.get(stage)
         final = total is not None and done >= total
-        if not (force or final or last is None or now - last >= self._min_interval):
+        new_status = status != self._last_status.get(stage, status)
+        if not (force or final or new_status or last is None or now - last >= self._min_interval):
             return
         self._last_sent[stage] = now
+        self._last_status[stage] = status
         for listener in self._listeners:
             listener(event)
 

@@ -54,3 +54,12 @@ def test_log_file_rotates_in_the_logs_folder(slowtune_home: Path) -> None:
     assert "a debug line" in path.read_text()
     handler = next(h for h in logging.getLogger().handlers if isinstance(h, logging.handlers.RotatingFileHandler))
     assert handler.maxBytes > 0 and handler.backupCount > 0
+
+
+def test_a_new_status_is_never_throttled_away() -> None:
+    seen: list[str] = []
+    progress = Progress(lambda e: seen.append(e.status), min_interval=60)
+    progress.report("export", 1, 5, status="converting")
+    progress.report("export", 1, 5, status="converting")  # throttled: nothing new
+    progress.report("export", 2, 5, status="verifying")  # a new step: always shown
+    assert seen == ["converting", "verifying"]

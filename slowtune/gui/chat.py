@@ -1,0 +1,1329 @@
+"""The Chat page: talk to a GGUF model offline, alone or beside another one, and score the tuned model against its
+base on the project's held-out probes.
+
+- The model picker lists the project's exported GGUFs (newest run first, by run and quantisation), the base GGUF
+  written beside each export, and any GGUF file the user opens. Loading a model is a ``Job``; the loaded models
+  stay loaded between messages and are unloaded when the project changes.
+- An answer is a ``Job`` too. The tokens come from :mod:`slowtune.chat.model` in the job's thread; the growing
+  text reaches the GUI as the job's progress reports (throttled to about 20 a second per model, coalesced when the
+  GUI is busy) and is rendered as Markdown. Stop asks the models to stop at their next token; the partial answer
+  is kept, marked as stopped. Chat jobs use their own key (``chat:<project>``), so a chat is never refused
+  because training or generation is running in the same project.
+- Every answered turn is saved through :mod:`slowtune.chat.sessions` on the window's connection (a few small
+  transactions, in the GUI thread); saved chats are listed and can be reopened and continued.
+- The Evaluation tab runs :func:`slowtune.chat.evaluate.evaluate` in a ``Job`` (its own connection and its own
+  model instances), saves the report under the project's ``evals/`` folder and shows the scores side by side.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shlex
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QKeySequence, QShortcut, QShowEvent
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QSplitter,
+    QTabWidget,
+    QTextBrowser,
+    QVBoxLayout,
+    QWidget,
+)
+
+from slowtune.chat import sessions
+from slowtune.chat.model import ChatError, ChatModel, Sampling, stream_side_by_side
+from slowtune.gui.chatview import MessageInput, ScoreTable, TranscriptView, TurnView
+from slowtune.gui.widgets import MessageBanner
+from slowtune.gui.widgets import ask_yes as ask  # module-level name: tests answer it
+from slowtune.gui.workers import Job, JobRunner
+from slowtune.progress import Progress
+from slowtune.settings import Settings
+from slowtune.store import Project
+
+CHAT_CTX = 4096  # tokens of context for chat models (the CLI's default); long chats drop their oldest turns
+EVAL_CTX = 4096
+STREAM_INTERVAL_S = 0.05  # the growing answer is re-rendered at most ~20 times a second per model
+QUANT_ORDER = ("Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "F16", "BF16", "F32", "LoRA")
+OPEN_FILE = "open-file"  # the "Open GGUF file…" item of the pickers
+TITLE_CHARS = 60
+RUN_ID = re.compile(r"^(\d{4})(\d{2})(\d{2})-(\d{2})(\d{2})(\d{2})(?:-\w+)?$")
+
+ANSWER_STAGES = {"answer-0": "writing", "answer-1": "writing"}
+EVAL_STAGES = {"Loading models": "loading the models", "Answering probes": "answering probes"}
+
+NO_PROJECT_TEXT = ("<h3>Chat</h3><p>Chat with a model offline: nothing you type leaves this Mac.</p>"
+                   "<p>Open a project (File › Open Project) to chat with the models exported from it, or choose "
+                   "<b>Open GGUF file…</b> in the Model list above to chat with any GGUF file.</p>")
+NO_EXPORTS_TEXT = ("<h3>Chat</h3><p>This project has no exported model yet. Train it on the <b>Train</b> page and "
+                   "export it on the <b>Export</b> page (or from Terminal: <code>slowtune export RUN</code>); the "
+                   "exported files then appear in the Model list above.</p><p>You can also choose <b>Open GGUF "
+                   "file…</b> in the Model list to chat with any GGUF file.</p>")
+CHOOSE_TEXT = ("<h3>Chat</h3><p>Choose a model in the list above: a tuned export of this project, its base model, or "
+               "any GGUF file. Add a model under <b>Compare with</b> to see two answers side by side.</p>")
+EVAL_NO_PROJECT = "<p>Open a project to evaluate its models on the held-out probes.</p>"
+EVAL_NO_PROBES = ("<p>This project has no held-out probes yet. They are made with the dataset: generate it on the "
+                  "<b>Dataset</b> page, and the teacher keeps some rephrased questions out of training for this "
+                  "test.</p>")
+EVAL_NO_MODELS = ("<p>There is no model to evaluate yet: train and export one first (the <b>Train</b> and "
+                  "<b>Export</b> pages), or choose <b>Open GGUF file…</b> in the Tuned model list.</p>")
+EVAL_ABOUT = ("<h3>Evaluation</h3>Each held-out probe (a question kept out of training) is answered greedily by the tuned model and by "
+              "the base, and scored against the teacher's reference answer. Nothing is sent anywhere. For an LLM "
+              "judge's grades, use <code>slowtune eval {project} --judge PROVIDER</code> in Terminal.")
+
+
+# --- what can be chatted with ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """One entry of the model pickers: a GGUF file (and a LoRA GGUF applied to it)."""
+
+    path: str
+    label: str
+    kind: str = "file"  # tuned (an export), base (the base written beside an export), file (opened by the user)
+    lora: str | None = None
+    base: str | None = None  # a tuned export's unmodified base GGUF, for comparing and evaluating
+    run: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str | None]:
+        return (self.path, self.lora)
+
+    @property
+    def name(self) -> str:
+        if self.lora:
+            return f"{Path(self.lora).name} on {Path(self.path).name}"
+        return Path(self.path).name
+
+
+def _resolved(path: str | Path) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+def run_label(run_id: str | None, folder: Path) -> str:
+    """'run 2025-03-04 14:05' for a training run id, else the export folder's name."""
+    if run_id:
+        found = RUN_ID.match(run_id)
+        if found:
+            y, mo, d, h, mi, _s = found.groups()
+            return f"run {y}-{mo}-{d} {h}:{mi}"
+        return f"run {run_id}"
+    return folder.name
+
+
+def _quant_of(file: Path) -> str:
+    stem = file.stem
+    if stem.startswith("base-"):
+        return "base"
+    if stem.endswith("-lora"):
+        return "LoRA"
+    return stem.rsplit("-", 1)[-1] if "-" in stem else stem
+
+
+def _base_model_name(folder: Path, fallback: str | None) -> str | None:
+    """The base model an export was made from: export.json's ``base`` (a model folder), else the run's record."""
+    try:
+        base = json.loads((folder / "export.json").read_text(encoding="utf-8")).get("base")
+    except (OSError, ValueError, AttributeError):
+        base = None
+    name = base or fallback
+    return Path(str(name)).name if name else None
+
+
+def list_models(project: Project) -> list[ModelChoice]:
+    """The project's exported GGUFs, newest run first (each run's quantisations in QUANT_ORDER), then the base GGUF
+    of each export. Read from the exports table and from the export folders on disk (a file exported before the
+    table knew of it, or recorded in a folder since moved, still shows; a recorded file that is gone does not)."""
+    folders: dict[Path, dict[str, Any]] = {}
+
+    unverified: set[Path] = set()
+
+    def note(file: Path, quant: str, run: str | None, when: float, base_model: str | None) -> None:
+        info = folders.setdefault(file.parent, {"files": {}, "time": 0.0, "run": None, "base_model": None})
+        info["files"].setdefault(file, quant)
+        info["time"] = max(info["time"], when)
+        info["run"] = info["run"] or run
+        info["base_model"] = info["base_model"] or base_model
+
+    try:
+        rows = project.conn.execute(
+            "SELECT e.path, e.quant, e.run_id, e.created_at, e.verified, r.base_model FROM exports e "
+            "LEFT JOIN runs r ON r.id = e.run_id WHERE e.kind LIKE 'gguf%' ORDER BY e.created_at").fetchall()
+    except sqlite3.Error:
+        rows = []
+    for row in rows:
+        file = Path(row["path"])
+        if file.suffix.lower() == ".gguf" and file.is_file():
+            quant = str(row["quant"] or _quant_of(file))
+            quant = "base" if quant.startswith("base") else quant
+            note(file.resolve(), quant, row["run_id"], float(row["created_at"] or 0), row["base_model"])
+            if quant != "base" and not row["verified"]:
+                unverified.add(file.resolve())  # the export's check found it does not behave like the trained model
+    known = {f for info in folders.values() for f in info["files"]}
+    for pattern in ("runs/*/export/*.gguf", "exports/*/*.gguf"):
+        for file in sorted(project.root.glob(pattern)):
+            file = file.resolve()
+            if file in known or not file.is_file():
+                continue
+            run = file.parent.parent.name if pattern.startswith("runs") else None
+            note(file, _quant_of(file), run, file.stat().st_mtime, None)
+
+    tuned: list[ModelChoice] = []
+    bases: list[ModelChoice] = []
+    order = {q: i for i, q in enumerate(QUANT_ORDER)}
+    for folder, info in sorted(folders.items(), key=lambda kv: (-kv[1]["time"], str(kv[0]))):
+        where = run_label(info["run"], folder)
+        files: dict[Path, str] = info["files"]
+        base_file = next((f for f, q in files.items() if q == "base"), None)
+        if base_file is None and (folder / "base-F16.gguf").is_file():
+            base_file = (folder / "base-F16.gguf").resolve()
+        base = str(base_file) if base_file else None
+        for file, quant in sorted(files.items(), key=lambda fq: (order.get(fq[1], len(order)), fq[0].name)):
+            if quant == "base":
+                continue
+            flag = " · not verified" if file in unverified else ""
+            if quant == "LoRA":
+                if base is None:
+                    continue  # an adapter is loaded on top of its base; without the base it cannot run
+                tuned.append(ModelChoice(base, f"Tuned · {where} · LoRA on the base{flag}", "tuned", lora=str(file),
+                                         base=base, run=info["run"]))
+            else:
+                tuned.append(ModelChoice(str(file), f"Tuned · {where} · {quant}{flag}", "tuned", base=base,
+                                         run=info["run"]))
+        if base is not None:
+            model_name = _base_model_name(folder, info["base_model"])
+            bases.append(ModelChoice(base, f"Base · {where}" + (f" · {model_name}" if model_name else ""), "base",
+                                     run=info["run"]))
+    return tuned + bases
+
+
+def choose_gguf_file(parent: QWidget) -> str | None:
+    """Ask for a GGUF file (a dialog); its path, or None. Module-level so tests can answer it."""
+    path, _ = QFileDialog.getOpenFileName(parent, "Open a GGUF Model", str(Path.home()),
+                                          "GGUF models (*.gguf);;All files (*)")
+    return path or None
+
+
+# --- the work done in jobs ---------------------------------------------------------------------------------------
+
+def load_function(choices: list[ModelChoice], n_ctx: int) -> Callable[[Progress], list[ChatModel]]:
+    """Load each chosen GGUF (llama.cpp cannot be interrupted while it reads a file: a cancel lands between files
+    and closes what was loaded)."""
+    def run(progress: Progress) -> list[ChatModel]:
+        models: list[ChatModel] = []
+        try:
+            for i, choice in enumerate(choices):
+                progress.check()
+                progress.report("Loading", i, len(choices), status=choice.name, force=True)
+                models.append(ChatModel(Path(choice.path), n_ctx=n_ctx,
+                                        lora_path=Path(choice.lora) if choice.lora else None))
+            progress.check()
+        except BaseException:
+            for model in models:
+                model.close()
+            raise
+        return models
+    return run
+
+
+def stream_turn(models: list[ChatModel], conversations: list[list[dict[str, str]]], sampling: Sampling,
+                cancel: Callable[[], bool]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(slot, chat.completion.chunk)`` from one model, or from two decoding at once."""
+    if len(models) == 1:
+        for part in models[0].stream(conversations[0], sampling, cancel=cancel):
+            yield 0, part
+    else:
+        yield from stream_side_by_side(models, conversations, sampling, cancel=cancel)
+
+
+@dataclass
+class AnswerResult:
+    texts: list[str]
+    stats: list[dict[str, Any]]  # AnswerStats as JSON, per model; finish_reason "cancelled" when stopped
+
+
+def answer_function(models: list[ChatModel], conversations: list[list[dict[str, str]]],
+                    sampling: Sampling) -> Callable[[Progress], AnswerResult]:
+    """One turn: every model answers its conversation; the text so far goes out as progress ("answer-<slot>",
+    metrics ``slot`` and ``text``). A stop (the job's cancel) ends the answers at the next token, and they are
+    returned as they are."""
+    def run(progress: Progress) -> AnswerResult:
+        texts = ["" for _ in models]
+        pieces = [0 for _ in models]
+        stats: list[dict[str, Any] | None] = [None for _ in models]
+        for slot, part in stream_turn(models, conversations, sampling, lambda: progress.cancelled):
+            choice = part["choices"][0]
+            piece = choice["delta"].get("content")
+            if piece:
+                texts[slot] += piece
+                pieces[slot] += 1
+                progress.report(f"answer-{slot}", pieces[slot], None, slot=slot, text=texts[slot])
+            if choice.get("finish_reason"):
+                stats[slot] = part.get("slowtune_stats") or {"finish_reason": choice["finish_reason"]}
+        return AnswerResult(texts, [s or {"finish_reason": "cancelled"} for s in stats])
+    return run
+
+
+@dataclass
+class EvalOutcome:
+    report: dict[str, Any]  # EvalReport.to_json()
+    markdown: str
+    folder: Path
+
+
+def eval_function(root: Path, tuned: ModelChoice, base: ModelChoice | None, *, max_probes: int | None,
+                  max_tokens: int, open_book: bool, n_ctx: int = EVAL_CTX) -> Callable[[Progress], EvalOutcome]:
+    """``slowtune eval`` in a job: its own connection and its own model instances (llama.cpp maps the weights,
+    so a model that is also loaded for chatting is not read into memory twice)."""
+    def run(progress: Progress) -> EvalOutcome:
+        from slowtune.chat.evaluate import evaluate, load_probes, save_report
+
+        with Project.open(root) as project:
+            probes = load_probes(project, max_probes)  # no probes: a readable EvalError, before any model loads
+            wanted = [tuned] + ([base] if base is not None else [])
+            models: list[ChatModel] = []
+            try:
+                for i, choice in enumerate(wanted):
+                    progress.report("Loading models", i, len(wanted), status=choice.name, force=True)
+                    models.append(ChatModel(Path(choice.path), n_ctx=n_ctx,
+                                            lora_path=Path(choice.lora) if choice.lora else None))
+                    progress.check()
+                report = evaluate(project, models[0], base=models[1] if base is not None else None,
+                                  open_book=open_book, max_tokens=max_tokens, progress=progress, probes=probes)
+            finally:
+                for model in models:
+                    model.close()
+            folder = save_report(project, report)
+        return EvalOutcome(report.to_json(), report.to_markdown(), folder)
+    return run
+
+
+def latest_report(project: Project) -> tuple[dict[str, Any], str, Path] | None:
+    """The newest saved evaluation report of ``project``: (its JSON, its Markdown, its folder), or None."""
+    from slowtune.chat.evaluate import list_reports
+
+    for saved in list_reports(project):
+        try:
+            data = json.loads((saved.path / "report.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        try:
+            markdown = (saved.path / "report.md").read_text(encoding="utf-8")
+        except OSError:
+            markdown = ""
+        return data, markdown, saved.path
+    return None
+
+
+# --- the conversation on screen ------------------------------------------------------------------------------
+
+@dataclass
+class Turn:
+    user: str
+    view: TurnView
+    answers: list[str]
+    stats: list[dict[str, Any] | None]
+    user_id: int | None = None
+    answer_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Conversation:
+    """The chat on screen: which models it is with, its system prompt, its turns and the session saving it."""
+
+    session_id: int | None = None
+    title: str | None = None
+    system: str | None = None
+    keys: list[tuple[str, str | None]] = field(default_factory=list)  # the models, by (path, lora)
+    models: list[dict[str, Any]] = field(default_factory=list)  # ChatModel.describe(), per slot
+    turns: list[Turn] = field(default_factory=list)
+
+    def history(self, slot: int, before: Turn | None = None) -> list[dict[str, str]]:
+        """The messages as the model in ``slot`` saw them, up to (not including) ``before``."""
+        messages = [{"role": "system", "content": self.system}] if self.system else []
+        for turn in self.turns:
+            if turn is before:
+                break
+            messages += [{"role": "user", "content": turn.user},
+                         {"role": "assistant", "content": turn.answers[slot] if slot < len(turn.answers) else ""}]
+        return messages
+
+
+def _set_combo_items(combo: QComboBox, items: list[tuple[str, Any, str]], selected: Any) -> None:
+    """Refill ``combo`` with (text, data, tooltip) items ("-" is a separator) and select the item whose data
+    equals ``selected`` (ModelChoice entries compare by key)."""
+    combo.blockSignals(True)
+    combo.clear()
+    found = -1
+    for text, data, tip in items:
+        if text == "-":
+            combo.insertSeparator(combo.count())
+            continue
+        combo.addItem(text, data)
+        if tip:
+            combo.setItemData(combo.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
+        if isinstance(selected, ModelChoice):
+            same = isinstance(data, ModelChoice) and data.key == selected.key
+        else:
+            same = data is None
+        if same and found < 0:
+            found = combo.count() - 1
+    combo.setCurrentIndex(max(found, 0))
+    combo.blockSignals(False)
+
+
+# --- the page ------------------------------------------------------------------------------------------------
+
+class ChatPage(QWidget):
+    """Chat with exported models (streamed, Markdown, stop, regenerate, side by side) and evaluate them."""
+
+    def __init__(self, runner: JobRunner, settings: Callable[[], Settings], parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("page-chat")
+        self.runner = runner
+        self._settings = settings
+        self.project: Project | None = None
+        self._epoch = 0  # grows when the project changes: results of older jobs are dropped
+        self._choices: list[ModelChoice] = []  # the project's exports and bases
+        self._files: list[ModelChoice] = []  # GGUF files the user opened (kept across projects)
+        self._selected: list[ModelChoice | None] = [None, None]  # the model, and the one compared with it
+        self._loaded: list[tuple[ModelChoice, ChatModel]] = []
+        self._retired: list[ChatModel] = []  # models to close once the answer using them has ended
+        self._eval_selected: list[ModelChoice | None] = [None, None]  # tuned, base
+        self._eval_touched = False
+        self.load_job: Job | None = None
+        self.answer_job: Job | None = None
+        self.eval_job: Job | None = None
+        self.chat = Conversation()
+        self.partial_updates = 0  # streamed renders of the current answer (tests and curious users)
+
+        self.banner = MessageBanner()
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self._build_chat_tab(), "Chat")
+        self.tabs.addTab(self._build_eval_tab(), "Evaluation")
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(24, 8, 24, 16)
+        layout.addWidget(self.banner)
+        layout.addWidget(self.tabs, 1)
+        self.refresh()
+
+    # --- building ----------------------------------------------------------------------------------------------
+    def _build_chat_tab(self) -> QWidget:
+        self.model_combo = QComboBox()
+        self.model_combo.setMinimumContentsLength(28)
+        self.model_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.model_combo.activated.connect(partial(self._picked, 0))
+        self.compare_combo = QComboBox()
+        self.compare_combo.setMinimumContentsLength(22)
+        self.compare_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.compare_combo.activated.connect(partial(self._picked, 1))
+        self.new_chat_button = QPushButton("New Chat")
+        self.new_chat_button.setToolTip("Start a new conversation with the same models (this one stays saved)")
+        self.new_chat_button.clicked.connect(self.new_chat)
+        pickers = QHBoxLayout()
+        pickers.addWidget(QLabel("Model"))
+        pickers.addWidget(self.model_combo, 2)
+        pickers.addSpacing(8)
+        pickers.addWidget(QLabel("Compare with"))
+        pickers.addWidget(self.compare_combo, 1)
+        pickers.addWidget(self.new_chat_button)
+        self.model_status = QLabel()
+        self.model_status.setStyleSheet("color: gray;")
+        self.model_status.setWordWrap(True)
+
+        self.sessions_list = QListWidget()
+        self.sessions_list.setMinimumWidth(160)
+        self.sessions_list.itemActivated.connect(self._session_item_chosen)
+        self.sessions_list.itemClicked.connect(self._session_item_chosen)
+        self.delete_session_button = QPushButton("Delete…")
+        self.delete_session_button.clicked.connect(self.delete_selected_session)
+        side = QWidget()
+        side_layout = QVBoxLayout(side)
+        side_layout.setContentsMargins(0, 0, 0, 0)
+        side_layout.addWidget(QLabel("Saved chats"))
+        side_layout.addWidget(self.sessions_list, 1)
+        side_layout.addWidget(self.delete_session_button)
+
+        self.transcript = TranscriptView()
+        self.input = MessageInput()
+        self.input.submitted.connect(self.send)
+        self.send_button = QPushButton("Send")
+        self.send_button.setDefault(True)
+        self.send_button.clicked.connect(lambda: self.send())
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("Stop the answer here; what was written so far is kept (Esc)")
+        self.stop_button.clicked.connect(self.stop)
+        stop_key = QShortcut(QKeySequence(Qt.Key.Key_Escape), self, self.stop)
+        stop_key.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+        self.regenerate_button = QPushButton("Regenerate")
+        self.regenerate_button.setToolTip("Answer the last message again, replacing the last answer")
+        self.regenerate_button.clicked.connect(lambda: self.regenerate())
+        buttons = QVBoxLayout()
+        buttons.addWidget(self.send_button)
+        buttons.addWidget(self.stop_button)
+        buttons.addWidget(self.regenerate_button)
+        buttons.addStretch(1)
+        entry = QHBoxLayout()
+        entry.addWidget(self.input, 1)
+        entry.addLayout(buttons)
+        self.saved_label = QLabel()
+        self.saved_label.setStyleSheet("color: gray;")
+        middle = QWidget()
+        middle_layout = QVBoxLayout(middle)
+        middle_layout.setContentsMargins(0, 0, 0, 0)
+        middle_layout.addWidget(self.transcript, 1)
+        middle_layout.addLayout(entry)
+        middle_layout.addWidget(self.saved_label)
+
+        defaults = Sampling()
+        self.system_edit = QPlainTextEdit()
+        self.system_edit.setPlaceholderText("Optional: how the model should answer")
+        self.system_edit.setMaximumHeight(90)
+        self.system_edit.textChanged.connect(self._update_system_note)
+        self.system_note = QLabel("Used from the next new chat.")
+        self.system_note.setStyleSheet("color: gray;")
+        self.system_note.setWordWrap(True)
+        self.system_note.hide()
+        self.temperature = QDoubleSpinBox()
+        self.temperature.setRange(0.0, 2.0)
+        self.temperature.setSingleStep(0.1)
+        self.temperature.setValue(defaults.temperature)
+        self.temperature.setToolTip("0 always picks the most likely word: the same answer every time")
+        self.top_p = QDoubleSpinBox()
+        self.top_p.setRange(0.05, 1.0)
+        self.top_p.setSingleStep(0.05)
+        self.top_p.setValue(defaults.top_p)
+        self.top_p.setToolTip("Sample only from the most likely words that add up to this share")
+        self.max_tokens = QSpinBox()
+        self.max_tokens.setRange(1, 8192)
+        self.max_tokens.setValue(defaults.max_tokens)
+        self.max_tokens.setToolTip("The longest answer, in tokens")
+        self.seed = QSpinBox()
+        self.seed.setRange(-1, 2**31 - 1)
+        self.seed.setSpecialValueText("Random")
+        self.seed.setValue(-1)
+        self.seed.setToolTip("A fixed seed makes sampled answers repeatable")
+        settings_box = QGroupBox("Settings")
+        box_layout = QVBoxLayout(settings_box)
+        box_layout.addWidget(QLabel("System prompt"))
+        box_layout.addWidget(self.system_edit)
+        box_layout.addWidget(self.system_note)
+        form = QFormLayout()
+        form.addRow("Temperature", self.temperature)
+        form.addRow("Top-p", self.top_p)
+        form.addRow("Max tokens", self.max_tokens)
+        form.addRow("Seed", self.seed)
+        box_layout.addLayout(form)
+        box_layout.addStretch(1)
+
+        self.chat_splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.chat_splitter.addWidget(side)
+        self.chat_splitter.addWidget(middle)
+        self.chat_splitter.addWidget(settings_box)
+        self.chat_splitter.setStretchFactor(0, 0)
+        self.chat_splitter.setStretchFactor(1, 1)
+        self.chat_splitter.setStretchFactor(2, 0)
+        self.chat_splitter.setSizes([190, 640, 240])
+
+        tab = QWidget()
+        layout = QVBoxLayout(tab)
+        layout.setContentsMargins(0, 8, 0, 0)
+        layout.addLayout(pickers)
+        layout.addWidget(self.model_status)
+        layout.addWidget(self.chat_splitter, 1)
+        return tab
+
+    def _build_eval_tab(self) -> QWidget:
+        self.eval_about = QLabel()
+        self.eval_about.setWordWrap(True)
+        self.eval_about.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.eval_empty = QLabel()
+        self.eval_empty.setWordWrap(True)
+        self.eval_model_combo = QComboBox()
+        self.eval_model_combo.activated.connect(partial(self._eval_picked, 0))
+        self.eval_base_combo = QComboBox()
+        self.eval_base_combo.activated.connect(partial(self._eval_picked, 1))
+        self.eval_probes = QSpinBox()
+        self.eval_probes.setRange(0, 100_000)
+        self.eval_probes.setSpecialValueText("All")
+        self.eval_probes.setToolTip("Use at most this many probes, spread over the documents")
+        self.eval_tokens = QSpinBox()
+        self.eval_tokens.setRange(8, 4096)
+        self.eval_tokens.setValue(200)
+        self.eval_tokens.setToolTip("The longest answer per probe, in tokens")
+        self.eval_open_book = QCheckBox("Also with the source excerpt (open book)")
+        self.eval_open_book.setToolTip("Answers each probe again with its source passage in the prompt, to see "
+                                       "whether looking passages up would serve better than tuning")
+        self.eval_button = QPushButton("Run Evaluation")
+        self.eval_button.clicked.connect(lambda: self.run_evaluation())
+        self.eval_cancel_button = QPushButton("Cancel")
+        self.eval_cancel_button.clicked.connect(self.cancel_evaluation)
+        self.eval_cancel_button.hide()
+        form = QFormLayout()
+        form.addRow("Tuned model", self.eval_model_combo)
+        form.addRow("Compared with", self.eval_base_combo)
+        options = QHBoxLayout()
+        options.addWidget(QLabel("Probes"))
+        options.addWidget(self.eval_probes)
+        options.addSpacing(12)
+        options.addWidget(QLabel("Max tokens"))
+        options.addWidget(self.eval_tokens)
+        options.addSpacing(12)
+        options.addWidget(self.eval_open_book)
+        options.addStretch(1)
+        options.addWidget(self.eval_button)
+        options.addWidget(self.eval_cancel_button)
+        form.addRow(options)
+        self.eval_form = QWidget()
+        self.eval_form.setLayout(form)
+        self.eval_progress = QProgressBar()
+        self.eval_progress.setTextVisible(False)
+        self.eval_progress.hide()
+        self.eval_status = QLabel()
+        self.eval_headline = QLabel()
+        self.eval_headline.setWordWrap(True)
+        self.eval_headline.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.scores = ScoreTable()
+        self.eval_notes = QLabel()
+        self.eval_notes.setWordWrap(True)
+        self.eval_notes.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.eval_report = QTextBrowser()
+        self.eval_report.setOpenExternalLinks(False)
+        self.eval_saved = QLabel()
+        self.eval_saved.setStyleSheet("color: gray;")
+        self.eval_saved.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        tab = QWidget()
+        layout = QVBoxLayout(tab)
+        layout.setContentsMargins(0, 8, 0, 0)
+        layout.addWidget(self.eval_about)
+        layout.addWidget(self.eval_empty)
+        layout.addWidget(self.eval_form)
+        layout.addWidget(self.eval_progress)
+        layout.addWidget(self.eval_status)
+        layout.addWidget(self.eval_headline)
+        layout.addWidget(self.scores)
+        layout.addWidget(self.eval_notes)
+        layout.addWidget(self.eval_report, 1)
+        layout.addWidget(self.eval_saved)
+        layout.addStretch(0)  # keeps the empty state at the top while there is no report to fill the page
+        return tab
+
+    # --- the project ---------------------------------------------------------------------------------------------
+    def set_project(self, project: Project | None) -> None:
+        same = project is not None and self.project is not None and project.root == self.project.root
+        self.project = project
+        if not same:
+            self._epoch += 1
+            for job in (self.answer_job, self.load_job, self.eval_job):
+                if job is not None and not job.is_over:
+                    job.cancel()
+            self.unload()
+            self._selected = [None, None]
+            self._eval_selected = [None, None]
+            self._files = [c for c in self._files if c.kind == "file"]  # entries of the old project's exports go
+            self._eval_touched = False
+            self._clear_conversation()
+            self.banner.clear()
+        self.refresh()
+
+    def unload(self) -> None:
+        """Close the loaded models (at once, or when the answer using them ends). The window calls it on quit."""
+        self._retire([model for _, model in self._loaded])
+        self._loaded = []
+        self._update_status()
+
+    def _retire(self, models: list[ChatModel]) -> None:
+        for model in {id(m): m for m in models}.values():
+            if self.answer_job is not None and self.answer_job.thread_alive:
+                self._retired.append(model)  # its answer holds it until the next token; closed when that ends
+            else:
+                model.close()
+
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        self.refresh()  # an export, a new probe set or a report may have appeared while the page was hidden
+
+    def refresh(self) -> None:
+        self._choices = list_models(self.project) if self.project is not None else []
+        self._fill_pickers()
+        self.refresh_sessions()
+        self._refresh_eval()
+        self._update_status()
+
+    def _all_choices(self) -> list[ModelChoice]:
+        keys = {c.key for c in self._choices}
+        return self._choices + [c for c in self._files if c.key not in keys]
+
+    def _picker_items(self, none_text: str | None) -> list[tuple[str, Any, str]]:
+        items: list[tuple[str, Any, str]] = []
+        if none_text is not None:
+            items += [(none_text, None, ""), ("-", None, "")]
+        choices = self._all_choices()
+        for kind in ("tuned", "base", "file"):
+            group = [c for c in choices if c.kind == kind]
+            if group and items and items[-1][0] != "-":
+                items.append(("-", None, ""))
+            items += [(c.label, c, c.path + (f"\nLoRA: {c.lora}" if c.lora else "")) for c in group]
+        if items and items[-1][0] != "-":
+            items.append(("-", None, ""))
+        items.append(("Open GGUF file…", OPEN_FILE, "Chat with any GGUF model file on this Mac"))
+        return items
+
+    def _fill_pickers(self) -> None:
+        # A chosen file that is no longer listed (its export was removed) stays in the pickers while it is chosen.
+        listed = {c.key for c in self._all_choices()}
+        for choice in [*self._selected, *self._eval_selected]:
+            if choice is not None and choice.key not in listed:
+                self._files.append(choice)
+                listed.add(choice.key)
+        model_none = "Choose a model…" if self._selected[0] is None else None
+        _set_combo_items(self.model_combo, self._picker_items(model_none), self._selected[0])
+        _set_combo_items(self.compare_combo, self._picker_items("No comparison"), self._selected[1])
+        if self._eval_selected[0] is None and not self._eval_touched:
+            self._default_eval_models()
+        eval_none = "Choose the tuned model…" if self._eval_selected[0] is None else None
+        _set_combo_items(self.eval_model_combo, self._picker_items(eval_none), self._eval_selected[0])
+        _set_combo_items(self.eval_base_combo, self._picker_items("Nothing (the tuned model alone)"),
+                         self._eval_selected[1])
+
+    # --- choosing models -----------------------------------------------------------------------------------------
+    def _choice_for(self, path: str, lora: str | None = None) -> ModelChoice:
+        """The picker entry for a file (an export, a base or a file opened before), or a new "file" entry."""
+        path, lora = _resolved(path), (_resolved(lora) if lora else None)
+        for choice in self._all_choices():
+            if choice.key == (path, lora):
+                return choice
+        if lora is None:  # a LoRA GGUF named on its own: the export entry that applies it to its base
+            for choice in self._all_choices():
+                if choice.lora == path:
+                    return choice
+        name = Path(lora).name + " on " + Path(path).name if lora else Path(path).name
+        choice = ModelChoice(path, f"{name} — {Path(path).parent}", "file", lora=lora)
+        self._files.append(choice)
+        return choice
+
+    def _ask_for_file(self) -> ModelChoice | None:
+        path = choose_gguf_file(self)
+        return self._choice_for(path) if path else None
+
+    def _picked(self, slot: int, index: int) -> None:
+        combo = self.model_combo if slot == 0 else self.compare_combo
+        data = combo.itemData(index)
+        if data == OPEN_FILE:
+            data = self._ask_for_file()
+            if data is None:  # cancelled: the pickers show what was chosen before
+                self._fill_pickers()
+                return
+        self._selected[slot] = data if isinstance(data, ModelChoice) else None
+        self._fill_pickers()
+        self._sync_models()
+
+    def open_model(self, path: str, compare: str | None = None) -> None:
+        """Select a GGUF to chat with (and one to compare it with) and load them: the Export page's "Chat with it".
+        A LoRA GGUF of an export is applied to its base."""
+        self.tabs.setCurrentIndex(0)
+        self._selected = [self._choice_for(path), self._choice_for(compare) if compare else None]
+        self._fill_pickers()
+        self._sync_models()
+
+    # --- loading -------------------------------------------------------------------------------------------------
+    def _chat_key(self) -> str:
+        return f"chat:{self.project.root}" if self.project is not None else "chat:"
+
+    def _wanted(self) -> list[ModelChoice]:
+        model, compare = self._selected
+        if model is None:
+            return []
+        return [model] + ([compare] if compare is not None else [])
+
+    def loaded_models(self) -> list[ChatModel]:
+        return [model for _, model in self._loaded]
+
+    def loading(self) -> bool:
+        return self.load_job is not None and not self.load_job.is_over
+
+    def answering(self) -> bool:
+        return self.answer_job is not None and not self.answer_job.is_over
+
+    def _sync_models(self) -> None:
+        """Load what the pickers name and unload what they no longer name. While a model loads or answers this
+        waits: it runs again when that job is done."""
+        if self.loading() or self.answering():
+            self._update_status()
+            return
+        wanted = self._wanted()
+        if [c.key for c in wanted] == [c.key for c, _ in self._loaded]:
+            self._update_status()
+            return
+        loaded = {c.key: m for c, m in self._loaded}
+        to_load = list({c.key: c for c in wanted if c.key not in loaded}.values())
+        if not to_load:
+            self._install(wanted, {})
+            return
+        epoch = self._epoch
+        names = " and ".join(c.name for c in to_load)
+        job = Job(f"Loading {names}", load_function(to_load, CHAT_CTX), key=self._chat_key())
+        job.finished.connect(partial(self._models_loaded, wanted, to_load, epoch))
+        job.failed.connect(self._load_failed)
+        job.done.connect(self._load_done)
+        self.load_job = job
+        # Queued: this runs from the previous chat job's `done`, while the runner still counts that job as running.
+        if not self.runner.submit(job, queue=True):
+            self.load_job = None
+        self._update_status()
+
+    def _install(self, wanted: list[ModelChoice], fresh: dict[tuple[str, str | None], ChatModel]) -> None:
+        loaded = {c.key: m for c, m in self._loaded}
+        new = [(c, fresh.get(c.key) or loaded[c.key]) for c in wanted]
+        kept = {id(m) for _, m in new}
+        self._retire([m for _, m in self._loaded if id(m) not in kept])
+        self._loaded = new
+        warnings = [w for _, m in new for w in m.warnings]
+        if warnings:
+            self.banner.show_message(" ".join(warnings), level="warning")
+        self._update_status()
+
+    def _models_loaded(self, wanted: list[ModelChoice], to_load: list[ModelChoice], epoch: int,
+                       models: object) -> None:
+        assert isinstance(models, list)
+        if epoch != self._epoch:  # the project changed while they loaded
+            for model in models:
+                model.close()
+            return
+        self._install(wanted, {c.key: m for c, m in zip(to_load, models, strict=True)})
+
+    def _load_failed(self, message: str, details: str) -> None:
+        self.banner.show_message(f"The model could not be loaded. {message}", level="error", details=details)
+        # The pickers go back to what is loaded, so they never name a model that is not there.
+        loaded = [c for c, _ in self._loaded]
+        self._selected = [loaded[0] if loaded else None, loaded[1] if len(loaded) > 1 else None]
+        self._fill_pickers()
+
+    def _load_done(self) -> None:
+        self._update_status()
+        self._sync_models()
+
+    def _update_status(self) -> None:
+        if self.loading():
+            self.model_status.setText("Loading the model… (larger models take a few seconds)")
+        elif self._loaded:
+            parts = []
+            for _choice, model in self._loaded:
+                template = "" if model.template_source == "gguf" else ", ChatML (no template in the file)"
+                parts.append(f"{model.name} ({model.backend}, context {model.n_ctx:,} tokens{template})")
+            text = "Loaded: " + " · side by side with ".join(parts)
+            if [c.key for c in self._wanted()] != [c.key for c, _ in self._loaded]:
+                text += " — the new choice loads when the answer ends"
+            self.model_status.setText(text)
+        else:
+            self.model_status.setText("No model loaded.")
+        self._update_placeholder()
+        self._update_buttons()
+
+    def _update_placeholder(self) -> None:
+        if self.loading():
+            text = "<h3>Chat</h3><p>Loading the model…</p>"
+        elif self._loaded:
+            names = " and ".join(f"<b>{html.escape(m.name)}</b>" for _, m in self._loaded)
+            text = (f"<h3>Chat with {names}</h3><p>Type a message below: Return sends it, Shift+Return adds a "
+                    "line. The answers are written on this Mac; nothing is sent anywhere.</p>")
+            if len(self._loaded) > 1:
+                text += "<p>Both models answer every message, side by side.</p>"
+        elif self.project is None:
+            text = NO_PROJECT_TEXT
+        elif not self._choices:
+            text = NO_EXPORTS_TEXT
+        else:
+            text = CHOOSE_TEXT
+        self.transcript.set_placeholder(text)
+
+    def _update_buttons(self) -> None:
+        answering = self.answering()
+        ready = bool(self._loaded) and not self.loading() and not answering
+        self.send_button.setEnabled(ready)
+        stopping = answering and self.answer_job is not None and self.answer_job.cancel_requested
+        self.stop_button.setVisible(answering)
+        self.stop_button.setEnabled(answering and not stopping)
+        self.stop_button.setText("Stopping…" if stopping else "Stop")
+        self.regenerate_button.setEnabled(ready and bool(self.chat.turns) and self._continues())
+        self.new_chat_button.setEnabled(not answering and bool(self.chat.turns))
+        self.sessions_list.setEnabled(not answering)
+        self.delete_session_button.setEnabled(not answering and self.sessions_list.currentItem() is not None)
+
+    def _continues(self) -> bool:
+        """The loaded models are the ones this conversation is with."""
+        return self.chat.keys == [c.key for c, _ in self._loaded]
+
+    # --- settings ------------------------------------------------------------------------------------------------
+    def sampling(self) -> Sampling:
+        seed = self.seed.value()
+        sampling = Sampling(temperature=round(self.temperature.value(), 3), top_p=round(self.top_p.value(), 3),
+                            max_tokens=self.max_tokens.value(), seed=None if seed < 0 else seed)
+        sampling.validate()
+        return sampling
+
+    def _system_text(self) -> str | None:
+        return self.system_edit.toPlainText().strip() or None
+
+    def _update_system_note(self) -> None:
+        self.system_note.setVisible(bool(self.chat.turns) and self._system_text() != self.chat.system)
+
+    # --- chatting ------------------------------------------------------------------------------------------------
+    def send(self, text: str | None = None) -> Job | None:
+        """Send the message box's text (or ``text``) to the loaded model(s); the answer streams in."""
+        message = (self.input.toPlainText() if text is None else text).strip()
+        if not message or self.answering():
+            return None
+        if self.loading():
+            self.banner.show_message("The model is still loading; send the message when it is ready.")
+            return None
+        if not self._loaded:
+            self.banner.show_message("Choose a model to chat with first (the Model list above).", level="warning")
+            return None
+        try:
+            sampling = self.sampling()
+        except ChatError as exc:
+            self.banner.show_message(str(exc), level="warning")
+            return None
+        if (self.chat.turns or self.chat.session_id is not None) and not self._continues():
+            had_turns = bool(self.chat.turns)
+            self._clear_conversation()
+            if had_turns:
+                self.banner.show_message("The models changed, so a new chat started (the earlier one is under "
+                                         "Saved chats).")
+        if not self.chat.turns and self.chat.session_id is None:
+            self.chat.keys = [c.key for c, _ in self._loaded]
+            self.chat.models = [m.describe() for _, m in self._loaded]
+            self.chat.system = self._system_text()
+            self._update_system_note()
+        if text is None:
+            self.input.clear()
+        names = sessions.model_labels(self.chat.models)
+        view = self.transcript.add_turn(message, names)
+        turn = Turn(message, view, ["" for _ in self._loaded], [None for _ in self._loaded])
+        self.chat.turns.append(turn)
+        return self._answer(turn, sampling, previous=None)
+
+    def regenerate(self) -> Job | None:
+        """Answer the last message again; the new answer replaces the last one (on screen and in the session)."""
+        if self.answering() or self.loading() or not self.chat.turns:
+            return None
+        if not self._continues():
+            self.banner.show_message("The models changed since this answer: send the message again to ask them.",
+                                     level="warning")
+            return None
+        try:
+            sampling = self.sampling()
+        except ChatError as exc:
+            self.banner.show_message(str(exc), level="warning")
+            return None
+        turn = self.chat.turns[-1]
+        return self._answer(turn, sampling, previous=(list(turn.answers), list(turn.stats)))
+
+    def _answer(self, turn: Turn, sampling: Sampling,
+                previous: tuple[list[str], list[dict[str, Any] | None]] | None) -> Job | None:
+        models = self.loaded_models()
+        conversations = [[*self.chat.history(slot, before=turn), {"role": "user", "content": turn.user}]
+                         for slot in range(len(models))]
+        for view in turn.view.answers:
+            view.set_text("")
+            view.set_footer("Writing…")
+        self.partial_updates = 0
+        self.banner.clear()
+        epoch = self._epoch
+        title = "Answering" if len(models) == 1 else f"Answering with {len(models)} models"
+        job = Job(title, answer_function(models, conversations, sampling), key=self._chat_key(),
+                  stage_names=ANSWER_STAGES, min_interval=STREAM_INTERVAL_S)
+        job.progress.connect(partial(self._streamed, turn))
+        job.finished.connect(partial(self._answered, turn, sampling, previous, epoch))
+        job.failed.connect(partial(self._answer_failed, turn, previous, epoch))
+        job.cancelled.connect(partial(self._answer_failed, turn, previous, epoch, "The answer was cancelled.", ""))
+        job.done.connect(self._answer_done)
+        self.answer_job = job
+        if not self.runner.submit(job, queue=True):
+            self.answer_job = None
+            self._answer_failed(turn, previous, epoch, "", "")
+            return None
+        self._update_buttons()
+        return job
+
+    def _current(self, turn: Turn) -> bool:
+        return any(t is turn for t in self.chat.turns)
+
+    def _streamed(self, turn: Turn, stage: str, done: float, total: object, metrics: object, status: str) -> None:
+        if not self._current(turn) or not isinstance(metrics, dict):
+            return
+        slot = int(metrics.get("slot", 0))
+        if 0 <= slot < len(turn.view.answers):
+            turn.view.answers[slot].set_text(str(metrics.get("text", "")))
+            self.partial_updates += 1
+
+    def stop(self) -> None:
+        """End the answer now: the models stop at their next token and the text so far is kept, marked stopped."""
+        if self.answering():
+            assert self.answer_job is not None
+            self.answer_job.cancel()
+            self._update_buttons()
+
+    def _answered(self, turn: Turn, sampling: Sampling, previous: Any, epoch: int, result: object) -> None:
+        if epoch != self._epoch or not self._current(turn):
+            return  # the project changed, or the chat was cleared, while it answered
+        assert isinstance(result, AnswerResult)
+        turn.answers = list(result.texts)
+        turn.stats = list(result.stats)
+        self._show_answers(turn)
+        self._save(turn, sampling, regenerated=previous is not None)
+
+    def _show_answers(self, turn: Turn) -> None:
+        for view, text, stats in zip(turn.view.answers, turn.answers, turn.stats, strict=True):
+            stopped = bool(stats) and stats.get("finish_reason") == "cancelled"
+            view.set_text(text if text.strip() else ("*(stopped before the first word)*" if stopped
+                                                     else "*(no text)*"))
+            view.set_footer(sessions.stats_line(stats))
+
+    def _answer_failed(self, turn: Turn, previous: Any, epoch: int, message: str, details: str) -> None:
+        if epoch != self._epoch or not self._current(turn):
+            return  # about a conversation that is no longer on screen
+        if details:  # a failure (a cancel has no details): say what failed
+            message = f"The model could not answer: {message}"
+        if previous is not None:  # a failed regenerate: the earlier answer stands
+            turn.answers, turn.stats = previous
+            self._show_answers(turn)
+        else:
+            # A message that got no answer leaves the conversation and goes back to the box, to send again.
+            self.chat.turns.remove(turn)
+            self.transcript.remove_turn(turn.view)
+            if not self.input.toPlainText().strip():
+                self.input.setPlainText(turn.user)
+                message += " The message is back in the box."
+        if message.strip():
+            self.banner.show_message(message.strip(), level="error", details=details)
+
+    def _answer_done(self) -> None:
+        retired, self._retired = self._retired, []
+        for model in retired:
+            model.close()
+        self._update_status()
+        self._sync_models()  # a model chosen while the answer was written loads now
+
+    # --- sessions ------------------------------------------------------------------------------------------------
+    def _save(self, turn: Turn, sampling: Sampling, *, regenerated: bool) -> None:
+        project = self.project
+        if project is None:
+            self.saved_label.setText("Not saved: no project is open.")
+            return
+        try:
+            if self.chat.session_id is None:
+                title = self.chat.turns[0].user.strip().splitlines()[0][:TITLE_CHARS]
+                settings = {"sampling": asdict(sampling), "system": self.chat.system, "context_tokens": CHAT_CTX}
+                self.chat.session_id = sessions.create_session(project, title, self.chat.models, settings)
+                self.chat.title = title
+                if self.chat.system:
+                    sessions.add_message(project, self.chat.session_id, 0, "system", self.chat.system)
+            session_id = self.chat.session_id
+            if regenerated and turn.answer_ids:
+                marks = ",".join("?" * len(turn.answer_ids))
+                with project.transaction() as conn:
+                    conn.execute(f"DELETE FROM chat_messages WHERE session_id = ? AND id IN ({marks})",
+                                 (session_id, *turn.answer_ids))
+            if turn.user_id is None:
+                turn.user_id = sessions.add_message(project, session_id, 0, "user", turn.user)
+            turn.answer_ids = [sessions.add_message(project, session_id, slot, "assistant", text, stats)
+                               for slot, (text, stats) in enumerate(zip(turn.answers, turn.stats, strict=True))]
+        except (ChatError, sqlite3.Error) as exc:
+            self.banner.show_message(f"This answer was not saved in the project: {exc}", level="error")
+            return
+        self.saved_label.setText(f"Saved in this project as “{self.chat.title}”.")
+        self.refresh_sessions()
+
+    def refresh_sessions(self) -> None:
+        self.sessions_list.blockSignals(True)
+        self.sessions_list.clear()
+        if self.project is not None:
+            try:
+                saved = sessions.list_sessions(self.project)
+            except sqlite3.Error:
+                saved = []
+            for session in saved:
+                when = time.strftime("%d %b %H:%M", time.localtime(session.updated_at))
+                item = QListWidgetItem(f"{session.title}\n{session.message_count} messages · {when}")
+                item.setData(Qt.ItemDataRole.UserRole, session.id)
+                item.setToolTip(", ".join(sessions.model_labels(session.models)))
+                self.sessions_list.addItem(item)
+                if session.id == self.chat.session_id:
+                    self.sessions_list.setCurrentItem(item)
+        self.sessions_list.blockSignals(False)
+        self._update_buttons()
+
+    def _session_item_chosen(self, item: QListWidgetItem) -> None:
+        session_id = item.data(Qt.ItemDataRole.UserRole)
+        if session_id is not None and session_id != self.chat.session_id:
+            self.open_session(int(session_id))
+        self._update_buttons()
+
+    def open_session(self, session_id: int) -> None:
+        """Show a saved chat; when its model files are still there they are loaded, and the chat goes on."""
+        if self.project is None or self.answering():
+            return
+        try:
+            session = sessions.get_session(self.project, session_id)
+        except (ChatError, sqlite3.Error) as exc:
+            self.banner.show_message(str(exc), level="error")
+            return
+        self._clear_conversation()
+        self.banner.clear()
+        chat = self.chat
+        chat.session_id, chat.title, chat.models = session.id, session.title, list(session.models)
+        chat.keys = [(_resolved(m.get("path", "")), _resolved(m["lora"]) if m.get("lora") else None)
+                     for m in session.models]
+        names = sessions.model_labels(session.models)
+        for message in session.messages:
+            if message.role == "system":
+                chat.system = message.content
+            elif message.role == "user":
+                view = self.transcript.add_turn(message.content, names)
+                chat.turns.append(Turn(message.content, view, ["" for _ in names], [None for _ in names],
+                                       user_id=message.id, answer_ids=[]))
+            elif chat.turns and message.slot < len(names):
+                turn = chat.turns[-1]
+                turn.answers[message.slot] = message.content
+                turn.stats[message.slot] = message.stats
+                turn.answer_ids.append(message.id)
+        for turn in chat.turns:
+            self._show_answers(turn)
+        self._restore_settings(session.settings, chat.system)
+        self.saved_label.setText(f"Saved in this project as “{session.title}”.")
+        files = [f for key in chat.keys for f in key if f]
+        missing = [f for f in files if not Path(f).is_file()]
+        if missing:
+            self.banner.show_message(
+                "This chat can be read but not continued: its model file is gone (" + ", ".join(missing) + "). "
+                "Sending a message starts a new chat with the model chosen above.", level="warning")
+        else:
+            self._selected = [self._choice_for(p, lo) for p, lo in chat.keys][:2] + [None] * (2 - len(chat.keys))
+            self._fill_pickers()
+            self._sync_models()
+        self._update_status()
+
+    def _restore_settings(self, settings: dict[str, Any], system: str | None) -> None:
+        sampling = settings.get("sampling") or {}
+        for key, box in (("temperature", self.temperature), ("top_p", self.top_p)):
+            if isinstance(sampling.get(key), int | float):
+                box.setValue(float(sampling[key]))
+        if isinstance(sampling.get("max_tokens"), int):
+            self.max_tokens.setValue(sampling["max_tokens"])
+        seed = sampling.get("seed")
+        self.seed.setValue(seed if isinstance(seed, int) else -1)
+        self.system_edit.setPlainText(system or "")
+
+    def delete_selected_session(self) -> None:
+        item = self.sessions_list.currentItem()
+        if self.project is None or item is None or self.answering():
+            return
+        session_id = int(item.data(Qt.ItemDataRole.UserRole))
+        title = item.text().split("\n", 1)[0]
+        if not ask(self, "Delete Chat?", f"Delete the saved chat “{title}” and its messages? This cannot be undone.",
+                   "Delete"):
+            return
+        try:
+            sessions.delete_session(self.project, session_id)
+        except (ChatError, sqlite3.Error) as exc:
+            self.banner.show_message(str(exc), level="error")
+            return
+        if session_id == self.chat.session_id:
+            self._clear_conversation()
+        self.refresh_sessions()
+        self._update_status()
+
+    def new_chat(self) -> None:
+        """A new conversation with the same models; the current one stays saved."""
+        if self.answering():
+            return
+        self._clear_conversation()
+        self.refresh_sessions()
+        self._update_status()
+        self.input.setFocus()
+
+    def _clear_conversation(self) -> None:
+        self.transcript.clear()
+        self.chat = Conversation()
+        self.saved_label.clear()
+        self.sessions_list.clearSelection()
+        self.sessions_list.setCurrentItem(None)
+        self._update_system_note()
+
+    # --- evaluation ----------------------------------------------------------------------------------------------
+    def _default_eval_models(self) -> None:
+        tuned = self._selected[0] if self._selected[0] is not None and self._selected[0].kind == "tuned" else None
+        tuned = tuned or next((c for c in self._choices if c.kind == "tuned"), None)
+        self._eval_selected = [tuned, self._base_for(tuned)]
+
+    def _base_for(self, tuned: ModelChoice | None) -> ModelChoice | None:
+        if tuned is None or tuned.base is None:
+            return None
+        return self._choice_for(tuned.base)
+
+    def _eval_picked(self, slot: int, index: int) -> None:
+        combo = self.eval_model_combo if slot == 0 else self.eval_base_combo
+        data = combo.itemData(index)
+        if data == OPEN_FILE:
+            data = self._ask_for_file()
+            if data is None:
+                self._fill_pickers()
+                return
+        choice = data if isinstance(data, ModelChoice) else None
+        self._eval_selected[slot] = choice
+        self._eval_touched = True
+        if slot == 0 and choice is not None and choice.base is not None:
+            self._eval_selected[1] = self._base_for(choice)  # compare a tuned export with its own base
+        self._fill_pickers()
+        self._refresh_eval_buttons()
+
+    def probe_count(self) -> int:
+        if self.project is None:
+            return 0
+        from slowtune.dataset import rows
+
+        try:
+            return len(rows(self.project, split="probe"))
+        except sqlite3.Error:
+            return 0
+
+    def evaluating(self) -> bool:
+        return self.eval_job is not None and not self.eval_job.is_over
+
+    def _refresh_eval(self) -> None:
+        name = html.escape(shlex.quote(self.project.name)) if self.project is not None else "PROJECT"
+        self.eval_about.setText(EVAL_ABOUT.format(project=name))
+        probes = self.probe_count()
+        if self.project is None:
+            empty = EVAL_NO_PROJECT
+        elif not probes:
+            empty = EVAL_NO_PROBES
+        elif not self._all_choices():
+            empty = EVAL_NO_MODELS
+        else:
+            empty = f"<p>{probes:,} held-out probes in this project.</p>"
+        self.eval_empty.setText(empty)
+        self.eval_form.setVisible(self.project is not None and probes > 0)
+        if not self.evaluating():
+            self.show_report(latest_report(self.project) if self.project is not None else None, latest=True)
+        self._refresh_eval_buttons()
+
+    def _refresh_eval_buttons(self) -> None:
+        busy = self.evaluating()
+        self.eval_button.setEnabled(not busy and self.project is not None and self._eval_selected[0] is not None)
+        self.eval_cancel_button.setVisible(busy)
+        self.eval_progress.setVisible(busy)
+
+    def show_report(self, saved: tuple[dict[str, Any], str, Path] | None, *, latest: bool = False) -> None:
+        if saved is None:
+            self.eval_headline.clear()
+            self.scores.show_report(None)
+            self.scores.hide()
+            self.eval_notes.clear()
+            self.eval_report.clear()
+            self.eval_report.hide()
+            self.eval_saved.clear()
+            return
+        report, markdown, folder = saved
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(report.get("created_at") or 0)))
+        prefix = f"Latest report ({when}): " if latest else ""
+        self.eval_headline.setText(f"<b>{html.escape(prefix + str(report.get('headline', '')))}</b>")
+        self.scores.show_report(report)
+        self.scores.show()
+        self.eval_notes.setText("<br>".join(html.escape(n) for n in report.get("notes") or []))
+        self.eval_report.setMarkdown(markdown)
+        self.eval_report.show()
+        self.eval_saved.setText(f"Saved in {folder} (report.md, report.json)")
+
+    def run_evaluation(self) -> Job | None:
+        """Score the tuned model (and the one it is compared with) on the held-out probes, in a job."""
+        if self.project is None or self.evaluating():
+            return None
+        tuned, base = self._eval_selected
+        if tuned is None:
+            self.banner.show_message("Choose the tuned model to evaluate.", level="warning")
+            return None
+        if base is not None and base.key == tuned.key:
+            base = None
+        self.banner.clear()
+        job = Job("Evaluating", eval_function(self.project.root, tuned, base,
+                                              max_probes=self.eval_probes.value() or None,
+                                              max_tokens=self.eval_tokens.value(),
+                                              open_book=self.eval_open_book.isChecked()),
+                  key=f"eval:{self.project.root}", stage_names=EVAL_STAGES)
+        epoch = self._epoch
+        job.progress.connect(self._eval_progress)
+        job.finished.connect(partial(self._evaluated, epoch))
+        job.failed.connect(partial(self._eval_failed, epoch))
+        job.cancelled.connect(partial(self._eval_failed, epoch, "", ""))
+        job.done.connect(self._eval_done)
+        self.eval_job = job
+        if not self.runner.submit(job):
+            self.eval_job = None
+            return None
+        self.eval_progress.setRange(0, 0)
+        self.eval_status.setText("Loading the models…")
+        self._refresh_eval_buttons()
+        return job
+
+    def _eval_progress(self, stage: str, done: float, total: object, metrics: object, status: str) -> None:
+        m = metrics if isinstance(metrics, dict) else {}
+        if isinstance(total, int | float) and total > 0:
+            self.eval_progress.setRange(0, 1000)
+            self.eval_progress.setValue(round(1000 * min(1.0, done / total)))
+            count = f" {done:,.0f} of {total:,.0f}"
+        else:
+            self.eval_progress.setRange(0, 0)
+            count = ""
+        detail = status or m.get("model") or ""
+        label = EVAL_STAGES.get(stage, stage)
+        self.eval_status.setText(f"{label[:1].upper()}{label[1:]}{count}" + (f" — {detail}" if detail else ""))
+
+    def _eval_failed(self, epoch: int, message: str, details: str) -> None:
+        if epoch != self._epoch:
+            return
+        if message:
+            self.banner.show_message(f"The evaluation stopped: {message}", level="error", details=details)
+        else:
+            self.banner.show_message("The evaluation was cancelled; no report was saved.", level="warning")
+
+    def _evaluated(self, epoch: int, outcome: object) -> None:
+        if epoch != self._epoch:
+            return
+        assert isinstance(outcome, EvalOutcome)
+        self.show_report((outcome.report, outcome.markdown, outcome.folder))
+
+    def _eval_done(self) -> None:
+        self.eval_status.clear()
+        self._refresh_eval_buttons()
+
+    def cancel_evaluation(self) -> None:
+        if self.evaluating():
+            assert self.eval_job is not None
+            self.eval_job.cancel()
+            self.eval_status.setText("Stopping after the current answer…")
+

@@ -1,0 +1,1332 @@
+"""The Export page: turn a finished training run into GGUF files that were checked against the trained model.
+
+The user picks a run (the project's runs, newest first; unfinished ones are listed but disabled, with the reason),
+the quantisations, the destination and file name, and whether to write only the LoRA adapter and an Ollama
+Modelfile. The export itself is the Qt-free core (``slowtune.export.pipeline``) run in a ``Job``: stage progress,
+Cancel, and errors from the core shown in the page's banner. What the export wrote is read back from its folder
+(``export.json``), so the result of a fresh export and the exports made earlier (also from the command line) are
+shown the same way: the files with their sizes, the verification in plain words, Reveal in Finder and Chat.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+import shlex
+import sqlite3
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from dataclasses import replace as replace_fields
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import Qt, QUrl, Signal
+from PySide6.QtGui import QColor, QDesktopServices, QShowEvent
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFrame,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from slowtune.export.pipeline import ExportFailed, find_adapter
+from slowtune.gui.qtcompat import emit
+from slowtune.gui.widgets import MessageBanner
+from slowtune.gui.widgets import ask_yes as ask  # module-level name: tests answer it
+from slowtune.gui.workers import Job, JobRunner
+from slowtune.progress import Progress
+from slowtune.settings import Settings
+from slowtune.store import Project, StoreError
+
+ON_MAC = sys.platform == "darwin"
+REVEAL_LABEL = "Reveal in Finder" if ON_MAC else "Show in Folder"
+
+# The quantisations offered besides F16 (always written: it is what the others are made from and checked
+# against), smallest first, each with what it trades. Bits per weight are llama.cpp's averages for these types.
+QUANT_CHOICES: list[tuple[str, str]] = [
+    ("Q4_K_M", "Recommended. About a quarter of F16's size; answers change a little. Runs on most Macs."),
+    ("Q5_K_M", "A little larger than Q4_K_M and a little closer to F16."),
+    ("Q6_K", "Very close to F16 at about 40% of its size."),
+    ("Q8_0", "Practically F16 quality at about half its size."),
+    ("BF16", "Full quality in bfloat16, the same size as F16."),
+    ("F32", "Exact, twice F16's size: for checking, rarely worth the space."),
+]
+BITS_PER_WEIGHT = {"F32": 32.0, "F16": 16.0, "BF16": 16.0, "Q8_0": 8.5, "Q6_K": 6.56, "Q5_K_M": 5.69,
+                   "Q4_K_M": 4.85}
+RECOMMENDED = "Q4_K_M"
+F16_NOTE = "Always written: full quality, the file the others are made from and checked against."
+CHAT_PREFERENCE = ("Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "F16", "BF16", "F32")
+# Below this top-1 agreement a quantised file is reported with a warning (the core only reports it).
+QUANT_GOOD_AGREEMENT = 0.9
+# An adapter whose largest logit change is below this did nothing (the core's threshold for its note).
+NO_EFFECT = 1e-4
+
+EXPORT_STAGES = {"export": "exporting", "fuse": "fusing the adapter", "Writing GGUF": "writing GGUF",
+                 "quantise": "quantising", "Writing LoRA GGUF": "writing the LoRA GGUF"}
+NAME_PATTERN = re.compile(r"^[\w][\w.+-]*$")
+
+NO_PROJECT_TEXT = ("<h2>Export</h2><p>No project is open. Open a project (File › Open Project) whose model you "
+                   "trained on the <b>Train</b> page, then come back here to turn it into GGUF files for llama.cpp, "
+                   "Ollama and LM Studio.</p>")
+NO_RUNS_TEXT = ("<h2>Export</h2><p>This project has no training runs yet. Train a model on the <b>Train</b> page "
+                "first; its finished runs appear here, ready to export.</p>")
+NONE_READY_TEXT = "None of the runs can be exported yet: the State column says why."
+NO_EXPORTS_TEXT = "This run has not been exported yet. Choose what to write above and click <b>Export</b>."
+COMMAND_HINT = "The same from Terminal: <code>{command}</code>"
+
+
+# --- module-level actions, replaced by tests -----------------------------------------------------------------
+
+def choose_folder(parent: QWidget, title: str, start: str) -> str | None:
+    """A folder the user picks, or None if they cancelled."""
+    folder = QFileDialog.getExistingDirectory(parent, title, start)
+    return folder or None
+
+
+def reveal(path: str | Path) -> None:
+    """Show ``path`` in the file manager: selected in Finder on a Mac, selected in Explorer on Windows, and its
+    folder opened elsewhere (file managers there have no common way to select a file)."""
+    target = Path(path)
+    if ON_MAC:
+        subprocess.Popen(["open", "-R", str(target)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    elif sys.platform == "win32":
+        subprocess.Popen(["explorer", f"/select,{target}"])
+    else:
+        folder = target if target.is_dir() else target.parent
+        if not QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder))):
+            raise OSError(f"No file manager could open {folder}.")
+
+
+# --- formatting ------------------------------------------------------------------------------------------------
+
+def format_size(size: float) -> str:
+    """Decimal units, as Finder shows them."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if size >= scale:
+            value = size / scale
+            return f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
+    return f"{int(size)} bytes"
+
+
+def format_time(seconds: float) -> str:
+    t = time.localtime(seconds)
+    return f"{t.tm_mday} {time.strftime('%b %Y, %H:%M', t)}"
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
+
+
+def percent(fraction: float) -> str:
+    """97%, but never "100%" for what is not all of it."""
+    text = f"{fraction:.0%}"
+    if fraction < 1 and text == "100%":
+        text = f"{fraction:.1%}"
+        if text == "100.0%":
+            text = "over 99.9%"
+    return text
+
+
+def default_name(project: Project | None) -> str:
+    """A file name stem from the project's name ("Field notes" -> "field-notes"), else "model"."""
+    if project is None:
+        return "model"
+    slug = re.sub(r"[^\w.+-]+", "-", project.name.strip().lower()).strip("-.")
+    return slug or "model"
+
+
+# --- runs ------------------------------------------------------------------------------------------------------
+
+@dataclass
+class RunInfo:
+    """A training run as the page lists it; ``problem`` says why it cannot be exported ("" when it can)."""
+
+    path: Path
+    base_model: str  # as the run names it: a repo id or a folder
+    status: str
+    steps: int | None = None
+    total_steps: int | None = None
+    loss: float | None = None
+    val_loss: float | None = None
+    created_at: float = 0.0
+    base_dir: Path | None = None  # the base model folder the adapter was trained on
+    project: Path | None = None
+    problem: str = ""
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    @property
+    def exportable(self) -> bool:
+        return not self.problem
+
+    @property
+    def base_label(self) -> str:
+        """A folder's name, or the repo id as it is ("Qwen/Qwen2.5-0.5B-Instruct")."""
+        text = self.base_model.rstrip("/")
+        return Path(text).name if Path(text).is_absolute() or text.startswith("~") else text
+
+
+def _json_or_empty(path: Path) -> dict[str, Any]:
+    try:
+        return _dict(path.read_text(encoding="utf-8"))
+    except OSError:
+        return {}
+
+
+def _dict(text: str | None) -> dict[str, Any]:
+    """A JSON object's text as a dict; {} for anything else (nothing, damaged, another type)."""
+    try:
+        data = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def read_run(path: Path, row: sqlite3.Row | None = None) -> RunInfo:
+    """What a run folder (and its row in the project, when there is one) says about the run."""
+    info = _json_or_empty(path / "run.json")
+    config = info.get("config") if isinstance(info.get("config"), dict) else {}
+    metrics: dict[str, Any] = {}
+    if row is not None:
+        metrics = _dict(row["metrics_json"])
+        config = config or _dict(row["config_json"])
+    status = str(info.get("status") or (row["status"] if row is not None else "") or "unknown")
+    steps = info.get("steps", metrics.get("steps"))
+    loss = info.get("train_loss", metrics.get("train_loss"))
+    created = float(row["created_at"]) if row is not None else 0.0
+    if not created:
+        try:
+            created = path.stat().st_mtime
+        except OSError:
+            created = 0.0
+    project = info.get("project")
+    run = RunInfo(
+        path=path, base_model=str(config.get("model") or (row["base_model"] if row is not None else "") or "?"),
+        status=status, steps=int(steps) if isinstance(steps, int) else None,
+        total_steps=info.get("total_steps") if isinstance(info.get("total_steps"), int) else None,
+        loss=_number(loss), val_loss=_number(info.get("best_val", info.get("val_loss"))), created_at=created,
+        project=Path(project) if isinstance(project, str) and project else None)
+    run.problem = _run_problem(run, info)
+    return run
+
+
+def _run_problem(run: RunInfo, info: dict[str, Any]) -> str:
+    if not run.path.is_dir():
+        return f"The run folder is gone ({run.path})."
+    if run.status in ("running", "created"):
+        return "Not finished: training is still running, or stopped unexpectedly. Resume it on the Train page."
+    if run.status in ("cancelled", "paused"):
+        where = f" at step {run.steps} of {run.total_steps}" if run.steps is not None and run.total_steps else ""
+        return f"Stopped{where}: resume it on the Train page to finish it."
+    if run.status == "failed":
+        error = str(info.get("error") or "").strip()
+        return f"Training failed{': ' + error if error else '.'}"
+    try:
+        adapter = find_adapter(run.path)
+    except ExportFailed:
+        return "The adapter files (adapters.safetensors, adapter_config.json) are missing from the run folder."
+    config = _json_or_empty(adapter / "adapter_config.json")
+    if not config:
+        return "The run's adapter_config.json cannot be read: the run folder is damaged."
+    base = config.get("base_model")
+    run.base_dir = Path(base) if isinstance(base, str) and base else None
+    if run.base_dir is None or not (run.base_dir / "config.json").exists():
+        return (f"Its base model is no longer at {run.base_dir or '(unknown)'}: download it again (slowtune models "
+                f"download {run.base_model}) to export this run.")
+    return ""
+
+
+def list_runs(project: Project) -> list[RunInfo]:
+    """The project's runs, newest first: those recorded in it, and run folders in its runs/ folder it has no
+    record of (trained elsewhere and copied in, or a record lost with a crash)."""
+    runs: dict[Path, RunInfo] = {}
+    for row in project.conn.execute("SELECT * FROM runs"):
+        path = Path(row["adapter_path"]) if row["adapter_path"] else project.root / "runs" / row["id"]
+        runs[path.resolve()] = read_run(path.resolve(), row)
+    folder = project.root / "runs"
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if path.is_dir() and (path / "run.json").exists() and path.resolve() not in runs:
+                runs[path.resolve()] = read_run(path.resolve())
+    return sorted(runs.values(), key=lambda r: (r.created_at, r.run_id), reverse=True)
+
+
+# --- exports ---------------------------------------------------------------------------------------------------
+
+@dataclass
+class ExportFile:
+    path: Path
+    kind: str  # F16, Q4_K_M, ..., base-F16, LoRA, Modelfile, README
+    size: int | None  # None: the file is gone
+    check: dict[str, Any] | None = None  # its verification (export.json), if it had one
+
+    @property
+    def is_model(self) -> bool:
+        """A full model one can chat with (not the base, not an adapter, not a text file)."""
+        return self.kind in BITS_PER_WEIGHT
+
+
+@dataclass
+class ExportInfo:
+    """An export folder, read back from disk."""
+
+    folder: Path
+    created_at: float
+    finished: bool  # export.json was written: the export ran to its end (verification passed or not)
+    files: list[ExportFile] = field(default_factory=list)
+    report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def lora_only(self) -> bool:
+        return bool(self.report.get("lora_only")) or any(f.kind == "LoRA" for f in self.files)
+
+    @property
+    def checks(self) -> list[dict[str, Any]]:
+        return [v for v in self.report.get("verification", []) if isinstance(v, dict)]
+
+    def file(self, kind: str) -> ExportFile | None:
+        return next((f for f in self.files if f.kind == kind and f.size is not None), None)
+
+    def chat_file(self) -> ExportFile | None:
+        """The model file to chat with: Q4_K_M when there is one, else the next in CHAT_PREFERENCE."""
+        for kind in CHAT_PREFERENCE:
+            found = self.file(kind)
+            if found is not None:
+                return found
+        return None
+
+    def passed(self) -> bool:
+        return self.finished and bool(self.checks) and all(v.get("passed") for v in self.checks)
+
+
+def _kind_of(name: str) -> str:
+    if name == "base-F16.gguf":
+        return "base-F16"
+    if name.endswith("-lora.gguf"):
+        return "LoRA"
+    stem = name.removesuffix(".gguf")
+    return next((q for q in BITS_PER_WEIGHT if stem.endswith(f"-{q}")), "GGUF")
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+def read_export(folder: Path) -> ExportInfo | None:
+    """The export in ``folder``: from its export.json, or (an export that did not finish) from the GGUF files
+    there. None when the folder holds neither."""
+    report_path = folder / "export.json"
+    report = _json_or_empty(report_path)
+    if report and isinstance(report.get("files"), dict):
+        checks = {v.get("file"): v for v in report.get("verification", []) if isinstance(v, dict)}
+        files = []
+        for kind, recorded in report["files"].items():
+            path = folder / Path(str(recorded)).name  # the folder may have been moved since
+            files.append(ExportFile(path, str(kind), _size(path), checks.get(path.name)))
+        for extra, kind in (("Modelfile", "Modelfile"), ("README.md", "README")):
+            if (folder / extra).is_file():
+                files.append(ExportFile(folder / extra, kind, _size(folder / extra)))
+        return ExportInfo(folder, report_path.stat().st_mtime, True, files, report)
+    try:
+        # Only names an export writes: a folder of the user's own models is not an export.
+        ggufs = sorted(p for p in folder.glob("*.gguf") if p.is_file() and _kind_of(p.name) != "GGUF")
+    except OSError:
+        return None
+    if not ggufs:
+        return None
+    files = [ExportFile(p, _kind_of(p.name), _size(p)) for p in ggufs]
+    return ExportInfo(folder, max(p.stat().st_mtime for p in ggufs), False, files)
+
+
+def _same_path(a: Any, b: Path) -> bool:
+    try:
+        return Path(str(a)).resolve() == b.resolve()
+    except (OSError, ValueError):
+        return False
+
+
+def exports_of(run: RunInfo, project: Project | None, extra_folders: Sequence[Path] = ()) -> list[ExportInfo]:
+    """The exports of ``run``, newest first: its default export folder, the folders the project recorded exports
+    of it in, and ``extra_folders`` when the export there was made from this run."""
+    folders = [run.path / "export"]
+    if project is not None:
+        rows = project.conn.execute("SELECT DISTINCT path FROM exports WHERE run_id = ?", (run.run_id,))
+        folders += [Path(r["path"]).parent for r in rows]
+    found: dict[Path, ExportInfo] = {}
+    for folder in [*folders, *extra_folders]:
+        key = folder.resolve()
+        if key in found or not folder.is_dir():
+            continue
+        info = read_export(folder)
+        if info is None:
+            continue
+        if folder in extra_folders and folder not in folders:
+            adapter = info.report.get("adapter")
+            if not (adapter and (_same_path(adapter, run.path) or _same_path(adapter, run.path / "adapter"))):
+                continue
+        found[key] = info
+    return sorted(found.values(), key=lambda e: e.created_at, reverse=True)
+
+
+# --- verification in plain words -------------------------------------------------------------------------------
+
+def describe_check(check: dict[str, Any]) -> tuple[str, str]:
+    """("pass" | "warn" | "fail", a sentence) for one file's verification (a ``Verification.to_dict()``)."""
+    from slowtune.export.verify import F16_MIN_AGREEMENT, F32_LOGIT_TOLERANCE
+
+    quant = str(check.get("quant", "?"))
+    file = str(check.get("file", "?"))
+    agreement = float(check.get("top1_agreement") or 0.0)
+    positions = int(check.get("positions") or 0)
+    subject = ("The LoRA adapter on the base model" if quant == "LoRA" else f"The {quant} file") + f" ({file})"
+    prompts, matches = int(check.get("greedy_prompts") or 0), int(check.get("greedy_matches") or 0)
+    same = f", and it continues {matches} of {prompts} test prompts exactly as the trained model does" if prompts else ""
+    agree = f"{percent(agreement)} of next-token choices agree with the trained model"
+    if quant == "F32":
+        scale = float(check.get("logit_scale") or 0.0)
+        relative = float(check.get("max_logit_diff") or 0.0) / scale if scale else 0.0
+        if check.get("passed"):
+            return "pass", f"{subject} gives the trained model's scores (largest difference {relative:.1e} of their " \
+                           f"range){same}."
+        return "fail", f"{subject} does not give the trained model's scores: they differ by {relative:.1e} of " \
+                       f"their range (at most {F32_LOGIT_TOLERANCE:g} allowed){same}. Do not use it."
+    if positions == 0:
+        return ("fail" if check.get("required") else "warn"), \
+            f"{subject} could not be compared: on the test prompts the trained model never clearly preferred one " \
+            "next token."
+    if not check.get("passed"):
+        return "fail", f"{subject} does not behave like the trained model: only {agree} " \
+                       f"({F16_MIN_AGREEMENT:.0%} needed){same}. Do not use it."
+    if check.get("required") or agreement >= QUANT_GOOD_AGREEMENT:
+        return "pass", f"{subject} answers like the trained model: {agree}{same}."
+    return "warn", f"{subject} answers noticeably differently from the trained model: {agree}{same}. Small " \
+                   "models lose more to quantisation; if quality matters more than size, use Q6_K or Q8_0."
+
+
+def describe_export(export: ExportInfo) -> tuple[str, str, list[tuple[str, str]]]:
+    """(level, a headline, [(level, sentence)] per file and for the adapter) for the result panel."""
+    if not export.finished:
+        return "warn", ("This export did not finish (it was cancelled or interrupted), so these files were not "
+                        "checked. Export again to replace them."), []
+    lines = [describe_check(v) for v in export.checks]
+    effect = _number(export.report.get("adapter_effect"))
+    if effect is not None and effect < NO_EFFECT:
+        lines.append(("warn", f"The adapter barely changes the model (largest change {effect:.1e}): was the run "
+                              "really trained? The files behave like the base model."))
+    levels = {level for level, _ in lines}
+    if not lines:
+        return "warn", "This export has no verification results.", lines
+    if "fail" in levels:
+        return "fail", "Not verified: the export does not behave like the trained model.", lines
+    if effect is not None and effect < NO_EFFECT:
+        return "warn", "Verified, but the adapter barely changes the model: was the run really trained?", lines
+    differing = [str(v.get("quant")) for v in export.checks if describe_check(v)[0] == "warn"]
+    if differing:
+        verb = "differs" if len(differing) == 1 else "differ"
+        return "warn", (f"Verified: the export behaves like the trained model, though {' and '.join(differing)} "
+                        f"{verb} from it more than usual (see below)."), lines
+    return "pass", "Verified: the files behave like the trained model.", lines
+
+
+LEVEL_MARKS = {"pass": ("✓", "#2f9e44"), "warn": ("⚠", "#e8590c"), "fail": ("✗", "#e03131")}
+
+
+def _marked(level: str, text: str) -> str:
+    mark, color = LEVEL_MARKS[level]
+    return f"<span style='color:{color}'>{mark}</span> {html.escape(text)}"
+
+
+# --- the export, as run in a worker thread ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ExportRequest:
+    run_dir: Path
+    out_dir: Path
+    name: str = "model"
+    quants: tuple[str, ...] = (RECOMMENDED,)
+    with_base: bool = True
+    lora_only: bool = False
+    ollama: bool = True
+    project_root: Path | None = None  # the project to record the export in
+    replace: bool = False  # remove the export already in out_dir first (the user agreed)
+
+    def planned_files(self) -> list[str]:
+        if self.lora_only:
+            names = ["base-F16.gguf", f"{self.name}-lora.gguf"]
+        else:
+            names = [f"{self.name}-F16.gguf", *(f"{self.name}-{q}.gguf" for q in self.quants if q != "F16")]
+            if self.with_base:
+                names.append("base-F16.gguf")
+        if self.ollama:
+            names += ["Modelfile", "README.md"]
+        return [*names, "export.json"]
+
+    def command(self) -> str:
+        """The same export as a command line."""
+        parts = ["slowtune", "export", str(self.run_dir)]
+        if self.lora_only:
+            parts.append("--lora-only")
+        else:
+            parts += ["--quant", ",".join(self.quants) or "F16"]
+            if not self.with_base:
+                parts.append("--no-base")
+        if self.out_dir != self.run_dir / "export":
+            parts += ["--out", str(self.out_dir)]
+        if self.name != "model":
+            parts += ["--name", self.name]
+        if not self.ollama:
+            parts.append("--no-ollama")
+        return shlex.join(parts)
+
+
+@dataclass
+class ExportOutcome:
+    out_dir: Path
+    seconds: float
+    notes: list[str]
+
+
+def check_run_folder(run_dir: Path) -> Path:
+    """The run's adapter folder, or ExportFailed saying in the user's words what is wrong with the run folder."""
+    if not run_dir.is_dir():
+        raise ExportFailed(f"The run folder {run_dir} is gone: it was moved or deleted.")
+    try:
+        adapter = find_adapter(run_dir)
+    except ExportFailed:
+        raise ExportFailed(f"The run folder {run_dir} has no adapter any more: adapters.safetensors or "
+                           "adapter_config.json is missing. Train the run again, or pick another run.") from None
+    try:
+        config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        raise ExportFailed(f"The run's adapter_config.json cannot be read ({exc}): the run folder is damaged. "
+                           "Train the run again.") from exc
+    weights = adapter / "adapters.safetensors"
+    try:
+        with open(weights, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length)) if 0 < length < 100_000_000 else None
+        if not isinstance(header, dict):
+            raise ValueError("no tensor index")
+        end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+        if weights.stat().st_size < 8 + length + end:
+            raise ValueError("the file is shorter than its tensors")
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
+        raise ExportFailed(f"The run's adapters.safetensors is damaged ({exc}): the adapter cannot be read. "
+                           "Train the run again.") from exc
+    base = config.get("base_model")
+    if not (isinstance(base, str) and base and (Path(base) / "config.json").exists()):
+        raise ExportFailed(f"The base model this run was trained on is no longer at {base or '(unknown)'}. "
+                           "Download it again, then export.")
+    return adapter
+
+
+def remove_export(folder: Path, project_root: Path | None) -> list[str]:
+    """Delete the files of the export in ``folder`` (those its export.json lists, its Modelfile and README), and
+    their records in the project. Other files in the folder are left alone. The names removed."""
+    export = read_export(folder)
+    if export is None:
+        return []
+    removed = []
+    for f in [*export.files, ExportFile(folder / "export.json", "report", None)]:
+        if f.path.parent == folder and f.path.is_file():
+            f.path.unlink()
+            removed.append(f.path.name)
+    if project_root is not None:
+        with Project.open(project_root) as project, project.transaction() as conn:
+            conn.executemany("DELETE FROM exports WHERE path = ?", [(str(f.path),) for f in export.files])
+    return removed
+
+
+def export_function(request: ExportRequest) -> Callable[[Progress], ExportOutcome]:
+    def run(progress: Progress) -> ExportOutcome:
+        from slowtune.export.pipeline import export_lora_only, export_run, record_export
+
+        check_run_folder(request.run_dir)
+        progress.check()
+        if request.replace:
+            remove_export(request.out_dir, request.project_root)
+        if request.lora_only:
+            result = export_lora_only(request.run_dir, request.out_dir, name=request.name, ollama=request.ollama,
+                                      progress=progress)
+        else:
+            result = export_run(request.run_dir, request.out_dir, quants=list(request.quants) or ["F16"],
+                                name=request.name, with_base=request.with_base, ollama=request.ollama,
+                                progress=progress)
+        notes: list[str] = []
+        if request.project_root is not None:
+            try:
+                record_export(request.project_root, request.run_dir.name, result)
+            except (sqlite3.Error, StoreError, OSError) as exc:
+                notes.append(f"The files are complete, but the project could not record them: {exc}")
+        return ExportOutcome(result.out_dir, result.seconds, notes)
+    return run
+
+
+def estimate_parameters(model_dir: Path) -> int | None:
+    """The number of weights in a (not quantised) Hugging Face model folder, from its safetensors headers."""
+    config = _json_or_empty(model_dir / "config.json")
+    if not config or "quantization" in config or "quantization_config" in config:
+        return None
+    total = 0
+    try:
+        for path in sorted(model_dir.glob("*.safetensors")):
+            with open(path, "rb") as f:
+                (length,) = struct.unpack("<Q", f.read(8))
+                if not 0 < length < 100_000_000:
+                    return None
+                header = json.loads(f.read(length))
+            total += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return None
+    return total or None
+
+
+# --- the page --------------------------------------------------------------------------------------------------
+
+def _hint(text: str) -> QLabel:
+    label = QLabel(text)
+    label.setWordWrap(True)
+    label.setStyleSheet("color: gray;")
+    return label
+
+
+class ExportPage(QWidget):
+    """Pick a finished run and what to write; export it in a job; see what was written and how it checked out."""
+
+    chat_requested = Signal(str, str)  # the exported GGUF, and a GGUF to compare with (the base) or ""
+
+    def __init__(self, runner: JobRunner, settings: Callable[[], Settings], parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("page-export")
+        self.runner = runner
+        self._settings = settings
+        self.project: Project | None = None
+        self.runs: list[RunInfo] = []
+        self._outside_runs: dict[Path, RunInfo] = {}  # runs handed to select_run that the project does not list
+        self.exports: list[ExportInfo] = []
+        self.shown_export: ExportInfo | None = None
+        self.job: Job | None = None
+        self.request: ExportRequest | None = None
+        self._job_started = 0.0
+        self._step: tuple[float, float, str] = (0.0, 1.0, "")
+        self._custom_destination = False
+        self._parameters: dict[Path, int | None] = {}
+
+        self.banner = MessageBanner()
+        self.label = QLabel()  # the title, or the empty state
+        self.label.setWordWrap(True)
+        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        # --- the run ---
+        self.run_tree = QTreeWidget()
+        self.run_tree.setHeaderLabels(["Run", "Base model", "Steps", "Final loss", "State"])
+        self.run_tree.setRootIsDecorated(False)
+        self.run_tree.setUniformRowHeights(True)
+        self.run_tree.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.run_tree.setMaximumHeight(150)
+        header = self.run_tree.header()
+        header.setStretchLastSection(True)
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        self.run_tree.setColumnWidth(0, 150)
+        self.run_tree.setColumnWidth(1, 200)
+        self.run_tree.setColumnWidth(2, 60)
+        self.run_tree.setColumnWidth(3, 150)
+        self.run_tree.currentItemChanged.connect(lambda *_: self._run_changed())
+        self.runs_note = _hint("")
+
+        # --- what to write ---
+        self.quant_boxes: dict[str, QCheckBox] = {}
+        self.quant_notes: dict[str, QLabel] = {}
+        self._note_texts = {"F16": F16_NOTE, **dict(QUANT_CHOICES)}
+        grid = QGridLayout()
+        grid.setHorizontalSpacing(12)
+        self.f16_box = QCheckBox("F16")
+        self.f16_box.setChecked(True)
+        self.f16_box.setEnabled(False)
+        self.f16_note = _hint(F16_NOTE)
+        grid.addWidget(self.f16_box, 0, 0)
+        grid.addWidget(self.f16_note, 0, 1)
+        for row, (quant, text) in enumerate(QUANT_CHOICES, start=1):
+            box = QCheckBox(quant)
+            box.toggled.connect(lambda _checked: self._options_changed())
+            note = _hint(text)
+            self.quant_boxes[quant] = box
+            self.quant_notes[quant] = note
+            grid.addWidget(box, row, 0)
+            grid.addWidget(note, row, 1)
+        grid.setColumnStretch(1, 1)
+        self.base_box = QCheckBox("Also export the unchanged base model (base-F16.gguf), to compare answers in Chat")
+        self.base_box.setChecked(True)
+        self.base_box.toggled.connect(lambda _checked: self._options_changed())
+        self.lora_box = QCheckBox("LoRA adapter only")
+        self.lora_box.toggled.connect(lambda _checked: self._options_changed())
+        self.lora_note = _hint("Instead of a merged model, a small file (a few MB) that llama.cpp, Ollama and LM "
+                               "Studio load on top of the base model, base-F16.gguf (exported with it). "
+                               "Quantisations do not apply.")
+        self.ollama_box = QCheckBox("Ollama Modelfile")
+        self.ollama_box.setChecked(True)
+        self.ollama_box.toggled.connect(lambda _checked: self._options_changed())
+        self.ollama_note = _hint("So that “ollama create” builds a model that formats chats the way this one was "
+                                 "trained. A README on using the files is written with it.")
+        self.destination = QLineEdit()
+        self.destination.textEdited.connect(self._destination_edited)
+        self.choose_button = QPushButton("Choose…")
+        self.choose_button.clicked.connect(self.choose_destination)
+        self.name_edit = QLineEdit("model")
+        self.name_edit.setMaximumWidth(260)
+        self.name_edit.textChanged.connect(lambda _text: self._options_changed())
+        self.files_preview = _hint("")
+
+        options = QGroupBox("What to export")
+        form = QVBoxLayout(options)
+        form.addWidget(QLabel("<b>Quantisations</b> (smaller files run faster and need less memory; the model "
+                              "answers a little less like the trained one)"))
+        form.addLayout(grid)
+        form.addWidget(self.base_box)
+        form.addWidget(self.lora_box)
+        form.addWidget(self.lora_note)
+        form.addWidget(self.ollama_box)
+        form.addWidget(self.ollama_note)
+        where = QGridLayout()
+        where.addWidget(QLabel("Destination"), 0, 0)
+        dest_row = QHBoxLayout()
+        dest_row.addWidget(self.destination, 1)
+        dest_row.addWidget(self.choose_button)
+        where.addLayout(dest_row, 0, 1)
+        where.addWidget(QLabel("File name"), 1, 0)
+        where.addWidget(self.name_edit, 1, 1)
+        where.addWidget(self.files_preview, 2, 1)
+        where.setColumnStretch(1, 1)
+        form.addLayout(where)
+        self.options = options
+
+        # --- running ---
+        self.export_button = QPushButton("Export")
+        self.export_button.setDefault(True)
+        self.export_button.clicked.connect(self.export)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.cancel)
+        self.cancel_button.hide()
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1000)
+        self.progress_bar.setTextVisible(False)
+        self.progress_bar.setMaximumWidth(420)
+        self.progress_bar.hide()
+        self.progress_label = QLabel()
+        self.progress_label.setWordWrap(True)
+        run_row = QHBoxLayout()
+        run_row.addWidget(self.export_button)
+        run_row.addWidget(self.cancel_button)
+        run_row.addWidget(self.progress_bar, 1)
+        run_row.addStretch(0)
+        self.command_label = QLabel()
+        self.command_label.setWordWrap(True)
+        self.command_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.command_label.setStyleSheet("color: gray;")
+
+        # --- results ---
+        self.results = QGroupBox("Exports of this run")
+        self.export_picker = QComboBox()
+        self.export_picker.currentIndexChanged.connect(self._export_picked)
+        self.no_exports = QLabel(NO_EXPORTS_TEXT)
+        self.no_exports.setWordWrap(True)
+        self.summary = QLabel()
+        self.summary.setWordWrap(True)
+        self.summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.file_tree = QTreeWidget()
+        self.file_tree.setHeaderLabels(["File", "What it is", "Size", "Check"])
+        self.file_tree.setRootIsDecorated(False)
+        self.file_tree.setUniformRowHeights(True)
+        self.file_tree.setMaximumHeight(170)
+        self.file_tree.setColumnWidth(0, 230)
+        self.file_tree.setColumnWidth(1, 240)
+        self.file_tree.setColumnWidth(2, 80)
+        self.file_tree.itemDoubleClicked.connect(lambda item, _col: self.reveal_selected())
+        self.file_tree.currentItemChanged.connect(lambda *_: self._update_result_buttons())
+        self.checks_label = QLabel()
+        self.checks_label.setWordWrap(True)
+        self.checks_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.usage_label = QLabel()
+        self.usage_label.setWordWrap(True)
+        self.usage_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.reveal_button = QPushButton(REVEAL_LABEL)
+        self.reveal_button.clicked.connect(self.reveal_selected)
+        self.chat_button = QPushButton("Chat with It")
+        self.chat_button.clicked.connect(self.request_chat)
+        self.details_button = QPushButton("Show Details")
+        self.details_button.setCheckable(True)
+        self.details_button.toggled.connect(self._toggle_details)
+        self.details = QPlainTextEdit()
+        self.details.setReadOnly(True)
+        self.details.setMaximumHeight(160)
+        self.details.hide()
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.reveal_button)
+        buttons.addWidget(self.chat_button)
+        buttons.addStretch(1)
+        buttons.addWidget(self.details_button)
+        self.result_box = QWidget()
+        result_layout = QVBoxLayout(self.result_box)
+        result_layout.setContentsMargins(0, 0, 0, 0)
+        result_layout.addWidget(self.summary)
+        result_layout.addWidget(self.file_tree)
+        result_layout.addWidget(self.checks_label)
+        result_layout.addWidget(self.usage_label)
+        result_layout.addLayout(buttons)
+        result_layout.addWidget(self.details)
+        results_layout = QVBoxLayout(self.results)
+        results_layout.addWidget(self.export_picker)
+        results_layout.addWidget(self.no_exports)
+        results_layout.addWidget(self.result_box)
+
+        content = QWidget()
+        body = QVBoxLayout(content)
+        body.setContentsMargins(24, 8, 24, 16)
+        body.addWidget(self.label)
+        self.run_caption = QLabel("<b>Run</b>")
+        body.addWidget(self.run_caption)
+        body.addWidget(self.run_tree)
+        body.addWidget(self.runs_note)
+        body.addWidget(options)
+        body.addLayout(run_row)
+        body.addWidget(self.progress_label)
+        body.addWidget(self.command_label)
+        body.addWidget(self.results)
+        body.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setWidget(content)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.banner)
+        layout.addWidget(scroll, 1)
+        self._apply_default_quants()
+        self.refresh()
+
+    # --- showing -----------------------------------------------------------------------------------------------
+    def set_project(self, project: Project | None) -> None:
+        self.project = project
+        self._outside_runs.clear()
+        self._custom_destination = False
+        self.banner.clear()
+        self.name_edit.setText(default_name(project))
+        self._apply_default_quants()
+        self.refresh()
+
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        if not self.busy():
+            self.refresh()  # a run may have finished, or an export been made from Terminal, while it was hidden
+
+    def _apply_default_quants(self) -> None:
+        wanted = {q.upper() for q in self._settings().export_quants} or {RECOMMENDED}
+        for quant, box in self.quant_boxes.items():
+            box.setChecked(quant in wanted)
+
+    def refresh(self) -> None:
+        """Re-read the runs and the selected run's exports, keeping the selection."""
+        current = self.current_run()
+        self.runs = list_runs(self.project) if self.project is not None else []
+        listed = {r.path for r in self.runs}
+        self.runs += [r for p, r in self._outside_runs.items() if p not in listed]
+        self.run_tree.blockSignals(True)
+        self.run_tree.clear()
+        for run in self.runs:
+            self.run_tree.addTopLevelItem(self._run_item(run))
+        target = next((i for i, r in enumerate(self.runs) if current is not None and r.path == current.path
+                       and r.exportable), None)
+        if target is None:
+            target = next((i for i, r in enumerate(self.runs) if r.exportable), None)
+        if target is not None:
+            self.run_tree.setCurrentItem(self.run_tree.topLevelItem(target))
+        self.run_tree.blockSignals(False)
+        self._update_empty_state()
+        self._run_changed()
+
+    def _run_item(self, run: RunInfo) -> QTreeWidgetItem:
+        loss = f"{run.loss:.3f}" if run.loss is not None else "–"
+        if run.val_loss is not None:
+            loss += f" (validation {run.val_loss:.3f})"
+        steps = str(run.steps) if run.steps is not None else "–"
+        state = "Finished" if run.exportable else run.problem
+        item = QTreeWidgetItem([format_time(run.created_at) if run.created_at else run.run_id, run.base_label,
+                                steps, loss, state])
+        item.setData(0, Qt.ItemDataRole.UserRole, str(run.path))
+        item.setToolTip(0, str(run.path))
+        item.setToolTip(1, run.base_model)
+        item.setToolTip(4, state)
+        if not run.exportable:
+            item.setFlags(item.flags() & ~(Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable))
+            item.setForeground(4, QColor("#e8590c"))
+        return item
+
+    def _update_empty_state(self) -> None:
+        has_runs = bool(self.runs)
+        ready = any(r.exportable for r in self.runs)
+        if self.project is None and not has_runs:
+            self.label.setText(NO_PROJECT_TEXT)
+        elif not has_runs:
+            self.label.setText(NO_RUNS_TEXT)
+        else:
+            self.label.setText("<h2 style='margin:0'>Export</h2><p>Turn a trained run into GGUF files for "
+                               "llama.cpp, Ollama and LM Studio. Every file is checked against the trained model "
+                               "before you get it.</p>")
+        self.runs_note.setText("" if ready else NONE_READY_TEXT)
+        self.runs_note.setVisible(has_runs and not ready)
+        for widget in (self.run_caption, self.run_tree):
+            widget.setVisible(has_runs)
+        for widget in (self.options, self.export_button, self.command_label, self.results):
+            widget.setVisible(ready)
+
+    def current_run(self) -> RunInfo | None:
+        item = self.run_tree.currentItem()
+        if item is None or not (item.flags() & Qt.ItemFlag.ItemIsEnabled):
+            return None
+        path = Path(item.data(0, Qt.ItemDataRole.UserRole))
+        return next((r for r in self.runs if r.path == path), None)
+
+    def select_run(self, run_dir: str) -> None:
+        """Show ``run_dir`` selected, ready to export (the Train page's "Export this model…")."""
+        path = Path(run_dir).expanduser().resolve()
+        if not any(r.path == path for r in self.runs):
+            self.refresh()
+        if not any(r.path == path for r in self.runs):
+            self._outside_runs[path] = read_run(path)  # a run this project has no record of: export it anyway
+            self.refresh()
+        run = next(r for r in self.runs if r.path == path)
+        if not run.exportable:
+            self.banner.show_message(f"This run cannot be exported: {run.problem}", level="warning")
+            return
+        self.banner.clear()
+        index = self.runs.index(run)
+        self.run_tree.setCurrentItem(self.run_tree.topLevelItem(index))
+
+    def _run_changed(self) -> None:
+        run = self.current_run()
+        if run is not None and not self._custom_destination:
+            self.destination.setText(str(run.path / "export"))
+        self._update_size_notes(run)
+        self._options_changed()
+        self.refresh_exports()
+
+    def _update_size_notes(self, run: RunInfo | None) -> None:
+        params = None
+        if run is not None and run.base_dir is not None:
+            if run.base_dir not in self._parameters:
+                self._parameters[run.base_dir] = estimate_parameters(run.base_dir)
+            params = self._parameters[run.base_dir]
+        for quant, note in [("F16", self.f16_note), *self.quant_notes.items()]:
+            size = f" About {format_size(params * BITS_PER_WEIGHT[quant] / 8)} for this model." if params else ""
+            note.setText(self._note_texts[quant] + size)
+
+    # --- options -----------------------------------------------------------------------------------------------
+    def _destination_edited(self, _text: str) -> None:
+        self._custom_destination = True
+        self._options_changed()
+
+    def choose_destination(self) -> None:
+        start = self.destination.text() or str(Path.home())
+        folder = choose_folder(self, "Export To", start)
+        if folder:
+            self._custom_destination = True
+            self.destination.setText(folder)
+            self._options_changed()
+            self.refresh_exports()
+
+    def selected_quants(self) -> list[str]:
+        return [q for q, box in self.quant_boxes.items() if box.isChecked()]
+
+    def build_request(self) -> tuple[ExportRequest | None, str]:
+        """The export the options describe, or (None, what to fix)."""
+        run = self.current_run()
+        if run is None:
+            return None, "Choose a finished run to export."
+        name = self.name_edit.text().strip()
+        if not name or not NAME_PATTERN.match(name) or name.endswith(".gguf"):
+            return None, ("The file name may use letters, digits, “.”, “-”, “_” and “+”, and must not start with a "
+                          "dot or end in .gguf: it becomes the start of each file's name.")
+        text = self.destination.text().strip()
+        if not text:
+            return None, "Choose a destination folder."
+        out = Path(text).expanduser()
+        if not out.is_absolute():
+            return None, "The destination must be a full folder path: click Choose… to pick one."
+        if out.exists() and not out.is_dir():
+            return None, f"The destination {out} is a file, not a folder."
+        project_root = run.project if run.path in self._outside_runs else \
+            (self.project.root if self.project is not None else None)
+        return ExportRequest(run.path, out.resolve(), name, tuple(self.selected_quants()), self.base_box.isChecked(),
+                             self.lora_box.isChecked(), self.ollama_box.isChecked(), project_root), ""
+
+    def _options_changed(self) -> None:
+        lora = self.lora_box.isChecked()
+        busy = self.busy()
+        for box in self.quant_boxes.values():
+            box.setEnabled(not lora and not busy)
+        self.base_box.setEnabled(not lora and not busy)
+        for widget in (self.lora_box, self.ollama_box, self.destination, self.choose_button, self.name_edit,
+                       self.run_tree):
+            widget.setEnabled(not busy)
+        request, problem = self.build_request()
+        if request is None:
+            self.files_preview.setText(problem if self.current_run() is not None else "")
+            self.command_label.setText("")
+            self.export_button.setEnabled(False)
+            return
+        self.export_button.setEnabled(not busy)
+        names = [n for n in request.planned_files() if n.endswith(".gguf")]
+        self.files_preview.setText("Writes " + ", ".join(names) + (" and a Modelfile" if request.ollama else "")
+                                   + ".")
+        self.command_label.setText(COMMAND_HINT.format(command=html.escape(request.command())))
+
+    # --- exporting ---------------------------------------------------------------------------------------------
+    def busy(self) -> bool:
+        return self.job is not None and not self.job.is_over
+
+    def export(self) -> Job | None:
+        """Ask before replacing files, then run the export in a job."""
+        if self.busy():
+            return None
+        request, problem = self.build_request()
+        if request is None:
+            self.banner.show_message(problem, level="warning")
+            return None
+        replace = False
+        out = request.out_dir
+        present = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.is_dir() else []
+        if present:
+            existing = read_export(out)
+            if existing is not None and not existing.finished:
+                existing = None  # files of an export that did not finish: same names are replaced, no more
+            if existing is not None:
+                names = [f.path.name for f in existing.files if f.size is not None]
+                text = (f"{out} already holds an export made {format_time(existing.created_at)}: "
+                        f"{', '.join(names)}.\n\nReplace it? Those files are deleted and the new export is written "
+                        "in their place. Other files in the folder are left alone.")
+            else:
+                clash = [n for n in request.planned_files() if n in present]
+                text = (f"{out} is not empty ({len(present)} item{'s' if len(present) != 1 else ''}). The export "
+                        f"writes {', '.join(request.planned_files())} there"
+                        + (f", replacing the files of the same name: {', '.join(clash)}" if clash else "")
+                        + ". Other files are left alone.\n\nExport there?")
+            if not ask(self, "Replace the Existing Export?" if existing else "Export into This Folder?", text,
+                       "Replace" if existing else "Export"):
+                self.banner.show_message("Nothing was exported.")
+                return None
+            replace = existing is not None
+        request = replace_fields(request, replace=replace)
+        key = str(self.project.root) if self.project is not None else str(request.run_dir)
+        # No throttle in the core: the pipeline reports a few hundred times at most, the Job hands the GUI only the
+        # latest report per stage, and a throttled report of a new step ("verifying") would never be shown.
+        job = Job("Exporting", export_function(request), key=key, stage_names=EXPORT_STAGES, min_interval=0)
+        job.progress.connect(self._progress)
+        job.finished.connect(self._exported)
+        job.failed.connect(self._failed)
+        job.cancelled.connect(self._cancelled)
+        job.done.connect(self._job_done)
+        self.job, self.request = job, request
+        self._job_started = time.time()
+        if not self.runner.submit(job):
+            self.job = self.request = None
+            return None
+        self.banner.clear()
+        self._step = (0.0, 1.0, "starting")
+        self.progress_bar.setValue(0)
+        self.progress_label.setText("Checking the run…")
+        self._update_busy()
+        return job
+
+    def cancel(self) -> None:
+        if self.busy() and self.job is not None:
+            self.job.cancel()
+            self.cancel_button.setEnabled(False)
+            step = self._step[2]
+            if step == "verifying":
+                self.progress_label.setText("Stopping after the check that is running (it cannot be interrupted)…")
+            else:
+                self.progress_label.setText("Stopping…")
+
+    def _update_busy(self) -> None:
+        busy = self.busy()
+        self.cancel_button.setVisible(busy)
+        self.cancel_button.setEnabled(busy and not (self.job is not None and self.job.cancel_requested))
+        self.progress_bar.setVisible(busy)
+        if not busy:
+            self.progress_label.clear()
+        self._options_changed()
+
+    def _progress(self, stage: str, done: float, total: object, metrics: object, status: str) -> None:
+        if self.job is not None and self.job.cancel_requested:
+            return
+        if stage == "export":
+            step_total = float(total) if isinstance(total, int | float) and total else 1.0
+            self._step = (done, step_total, status)
+            fraction = done / step_total
+            detail = ""
+        else:
+            counted = isinstance(total, int | float) and total > 0
+            fraction_in = min(1.0, done / float(total)) if counted else 0.0  # type: ignore[arg-type]
+            step_done, step_total, step_status = self._step
+            fraction = (step_done + fraction_in) / step_total
+            label = EXPORT_STAGES.get(stage, stage)
+            parts = [] if label.lower() == step_status.lower() else [label]
+            if stage == "quantise" and status and counted:
+                parts.append(f"{status}, {min(int(done) + 1, int(total))} of {int(total)}")  # type: ignore[arg-type]
+            elif counted:
+                parts.append(f"{fraction_in:.0%}")
+            detail = (" — " + " ".join(parts)) if parts else ""
+        step_done, step_total, step_status = self._step
+        self.progress_bar.setValue(round(1000 * min(1.0, fraction)))
+        if step_status == "done":
+            self.progress_label.setText("Finishing…")
+        else:
+            number = min(int(step_done) + 1, int(step_total))
+            self.progress_label.setText(f"Step {number} of {int(step_total)}: {step_status}{detail}")
+
+    def _exported(self, outcome: object) -> None:
+        assert isinstance(outcome, ExportOutcome)
+        late = self.job is not None and self.job.cancel_requested
+        self.refresh_exports(show=outcome.out_dir)
+        export = self.shown_export
+        level = "info"
+        message = f"Exported to {outcome.out_dir} in {format_duration(outcome.seconds)}."
+        if late:
+            message = "The export had already finished when Cancel arrived. " + message
+        if export is not None:
+            verdict, headline, _lines = describe_export(export)
+            message += " " + headline
+            level = {"pass": "info", "warn": "warning", "fail": "error"}[verdict]
+        if outcome.notes:
+            level = "warning"
+            message += " " + " ".join(outcome.notes)
+        self.banner.show_message(message, level=level)
+
+    def _failed(self, message: str, details: str) -> None:
+        out = self.request.out_dir if self.request is not None else None
+        written = out is not None and (out / "export.json").exists() and \
+            (out / "export.json").stat().st_mtime >= self._job_started - 1
+        # A verification failure comes after export.json was written: show what was found, beside the message.
+        self.refresh_exports(show=out if written else None)
+        self.banner.show_message(message, level="error", details=details)
+
+    def _cancelled(self) -> None:
+        out = self.request.out_dir if self.request is not None else None
+        kept = []
+        if out is not None and out.is_dir():
+            kept = sorted(p.name for p in out.glob("*.gguf") if p.stat().st_mtime >= self._job_started - 1)
+        message = "The export was cancelled. No file was left half-written."
+        if kept:
+            message += (f" Finished before the cancel and kept, but not checked: {', '.join(kept)}. Export again to "
+                        "replace them.")
+        self.refresh_exports(show=out if kept else None)
+        self.banner.show_message(message, level="warning")
+
+    def _job_done(self) -> None:
+        self._update_busy()
+        self.refresh()  # a run found broken is now listed with the reason; the export shown stays
+
+    # --- results -----------------------------------------------------------------------------------------------
+    def refresh_exports(self, show: Path | None = None) -> None:
+        """Re-read the exports of the selected run; show the one in ``show`` (else keep the shown one)."""
+        run = self.current_run()
+        keep = show or (self.shown_export.folder if self.shown_export is not None else None)
+        extra = []
+        text = self.destination.text().strip()
+        if text and Path(text).is_absolute():
+            extra.append(Path(text))
+        if show is not None:
+            extra.append(show)
+        self.exports = exports_of(run, self.project, extra) if run is not None else []
+        self.export_picker.blockSignals(True)
+        self.export_picker.clear()
+        for export in self.exports:
+            state = "not finished" if not export.finished else ("verified" if export.passed() else "not verified")
+            kinds = "LoRA adapter" if export.lora_only else \
+                ", ".join(f.kind for f in export.files if f.is_model) or "files"
+            self.export_picker.addItem(f"{format_time(export.created_at)} — {kinds} — {state} — {export.folder}")
+        index = next((i for i, e in enumerate(self.exports) if keep is not None and e.folder == keep), 0)
+        if self.exports:
+            self.export_picker.setCurrentIndex(index)
+        self.export_picker.blockSignals(False)
+        self.export_picker.setVisible(len(self.exports) > 0)
+        self.no_exports.setVisible(not self.exports)
+        self.show_export(self.exports[index] if self.exports else None)
+
+    def _export_picked(self, index: int) -> None:
+        if 0 <= index < len(self.exports):
+            self.show_export(self.exports[index])
+
+    def show_export(self, export: ExportInfo | None) -> None:
+        self.shown_export = export
+        self.result_box.setVisible(export is not None)
+        self.file_tree.clear()
+        if export is None:
+            return
+        level, headline, lines = describe_export(export)
+        self.summary.setText(f"<b>{_marked(level, headline)}</b>")
+        checks = {f.path.name: describe_check(f.check) for f in export.files if f.check}
+        chat = export.chat_file()
+        for f in export.files:
+            check = ""
+            if f.path.name in checks:
+                check_level = checks[f.path.name][0]
+                agreement = float(f.check.get("top1_agreement") or 0.0) if f.check else 0.0
+                check = f"{LEVEL_MARKS[check_level][0]} {percent(agreement)} agree"
+            elif f.kind == "base-F16":
+                check = "unchanged base"
+            elif not export.finished and f.kind != "README":
+                check = "not checked"
+            size = format_size(f.size) if f.size is not None else "missing"
+            item = QTreeWidgetItem([f.path.name, self._kind_text(f), size, check])
+            item.setData(0, Qt.ItemDataRole.UserRole, str(f.path))
+            item.setToolTip(0, str(f.path))
+            if f.path.name in checks:
+                item.setToolTip(3, checks[f.path.name][1])
+                item.setForeground(3, QColor(LEVEL_MARKS[checks[f.path.name][0]][1]))
+            if f.size is None:
+                item.setForeground(2, QColor("#e03131"))
+            self.file_tree.addTopLevelItem(item)
+            if chat is not None and f.path == chat.path:
+                self.file_tree.setCurrentItem(item)
+        self.checks_label.setText("<br>".join(_marked(lv, text) for lv, text in lines))
+        self.checks_label.setVisible(bool(lines))
+        self.usage_label.setText(self._usage_html(export))
+        details = [f"Folder: {export.folder}"]
+        for v in export.checks:
+            details.append(f"{v.get('file')}: top-1 agreement {float(v.get('top1_agreement') or 0):.4f} on "
+                           f"{v.get('positions')} positions ({v.get('excluded')} near-ties set aside), largest logit "
+                           f"difference {float(v.get('max_logit_diff') or 0):.3g} (scale "
+                           f"{float(v.get('logit_scale') or 0):.3g}), greedy {v.get('greedy_matches')}/"
+                           f"{v.get('greedy_prompts')}, {'passed' if v.get('passed') else 'did not pass'}"
+                           f"{' (required)' if v.get('required') else ''}")
+        effect = _number(export.report.get("adapter_effect"))
+        if effect is not None:
+            details.append(f"Largest change the adapter makes to the base model's scores: {effect:.3g}")
+        details += [str(n) for n in export.report.get("notes", [])]
+        self.details.setPlainText("\n".join(details))
+        self._update_result_buttons()
+
+    def _kind_text(self, f: ExportFile) -> str:
+        if f.kind == "F16":
+            return "Tuned model, full quality (F16)"
+        if f.kind in BITS_PER_WEIGHT:
+            return f"Tuned model, {f.kind}" + (" (recommended)" if f.kind == RECOMMENDED else "")
+        return {"base-F16": "Base model before tuning (F16)", "LoRA": "LoRA adapter (load on the base model)",
+                "Modelfile": "Ollama Modelfile", "README": "How to use these files"}.get(f.kind, "GGUF file")
+
+    def _usage_html(self, export: ExportInfo) -> str:
+        folder = shlex.quote(str(export.folder))
+        parts = []
+        if (export.folder / "Modelfile").is_file():
+            model = shlex.quote(default_name(self.project)) if self.project is not None else "my-model"
+            parts.append(f"Ollama: <code>cd {html.escape(folder)} &amp;&amp; ollama create {html.escape(model)} "
+                         "-f Modelfile</code>")
+        lora, base = export.file("LoRA"), export.file("base-F16")
+        if lora is not None and base is not None:
+            parts.append(f"llama.cpp: <code>llama-cli -m {html.escape(base.path.name)} --lora "
+                         f"{html.escape(lora.path.name)}</code>")
+        chat = export.chat_file()
+        if chat is not None:
+            parts.append(f"LM Studio or llama.cpp: open <code>{html.escape(chat.path.name)}</code>")
+        return "<span style='color:gray'>" + " · ".join(parts) + "</span>" if parts else ""
+
+    def selected_file(self) -> Path | None:
+        item = self.file_tree.currentItem()
+        if item is not None:
+            return Path(item.data(0, Qt.ItemDataRole.UserRole))
+        return None
+
+    def chat_target(self) -> tuple[Path, Path | None] | None:
+        """The model file to chat with (the selected one if it is a tuned model, else the preferred one) and the
+        base model file to compare it with."""
+        export = self.shown_export
+        if export is None or not export.finished:
+            return None
+        selected = self.selected_file()
+        chosen = next((f for f in export.files if f.path == selected and f.is_model and f.size is not None), None)
+        chosen = chosen or export.chat_file()
+        if chosen is None:
+            return None
+        base = export.file("base-F16")
+        return chosen.path, (base.path if base is not None else None)
+
+    def _update_result_buttons(self) -> None:
+        export = self.shown_export
+        self.reveal_button.setEnabled(export is not None)
+        target = self.chat_target()
+        if export is not None and export.lora_only:
+            lora, base = export.file("LoRA"), export.file("base-F16")
+            self.chat_button.setEnabled(False)
+            self.chat_button.setToolTip(
+                "Chat here needs a merged model: export again without “LoRA adapter only”. From Terminal: slowtune "
+                f"chat {base.path.name if base else 'base-F16.gguf'} --lora {lora.path.name if lora else 'LORA'}")
+        elif export is not None and not export.passed():
+            self.chat_button.setEnabled(False)
+            self.chat_button.setToolTip("These files were not verified to behave like the trained model.")
+        else:
+            self.chat_button.setEnabled(target is not None)
+            tip = ""
+            if target is not None:
+                model, base = target
+                tip = f"Chat with {model.name}" + (f" beside {base.name}, the model before tuning" if base else "")
+            self.chat_button.setToolTip(tip)
+
+    def reveal_selected(self) -> None:
+        export = self.shown_export
+        if export is None:
+            return
+        path = self.selected_file()
+        if path is None or not path.exists():
+            chat = export.chat_file()
+            path = chat.path if chat is not None else export.folder
+        try:
+            reveal(path)
+        except OSError as exc:
+            self.banner.show_message(f"Could not show {path}: {exc.strerror or exc}", level="error")
+
+    def request_chat(self) -> None:
+        target = self.chat_target()
+        if target is None:
+            return
+        model, base = target
+        emit(self.chat_requested, str(model), str(base) if base is not None else "")
+
+    def _toggle_details(self, shown: bool) -> None:
+        self.details.setVisible(shown)
+        self.details_button.setText("Hide Details" if shown else "Show Details")
