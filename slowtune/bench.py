@@ -47,16 +47,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     cb = sub.add_parser("chat", help="chat-engine decoding speed against plain llama-cpp-python on a >=100M Q8_0 model")
     chat_bench.add_arguments(cb)
 
+    from slowtune.gui import bench as gui_bench  # imports Qt only inside its child processes
+
+    gb = sub.add_parser("gui", help="app cold start against a bare Qt window; event-loop latency while training")
+    gui_bench.add_arguments(gb)
+
     tb = sub.add_parser("teacher", help="generation against the test server: throughput, faults, kill and resume")
     teacher_bench.add_arguments(tb)
 
 
 def run(args: argparse.Namespace) -> int:
     from slowtune.chat.bench import bench_chat
+    from slowtune.gui.bench import bench_gui
     from slowtune.teacher.bench import bench_teacher
 
     benches = {"train": bench_train, "export": bench_export, "ingest": bench_ingest, "teacher": bench_teacher,
-               "chat": bench_chat}
+               "chat": bench_chat, "gui": bench_gui}
     result = benches[args.bench](args)
     print(json.dumps(result, indent=2))
     return 0

@@ -44,9 +44,10 @@ from PySide6.QtWidgets import (
 )
 
 from slowtune import __version__, paths
+from slowtune.gui.chat import ChatPage
 from slowtune.gui.dataset import DatasetPage
+from slowtune.gui.export import ExportPage
 from slowtune.gui.library import LibraryPage
-from slowtune.gui.pages import PLANNED, PlaceholderPage
 from slowtune.gui.preferences import PreferencesDialog
 from slowtune.gui.projects import (
     NewProjectDialog,
@@ -56,6 +57,7 @@ from slowtune.gui.projects import (
     is_project,
 )
 from slowtune.gui.providers import ProvidersPage
+from slowtune.gui.train import TrainPage
 from slowtune.gui.welcome import WelcomeDialog
 from slowtune.gui.widgets import DropOverlay, JobStatusWidget, MessageBanner
 from slowtune.gui.widgets import ask_yes as ask  # module-level name: tests answer it
@@ -66,12 +68,23 @@ from slowtune.store import Project, StoreError, list_projects
 
 PAGES = {
     "Library": "Drop documents and folders to add them to the project.",
-    **{page.name: page.purpose for page in PLANNED},
+    "Providers": "Add a teacher: any OpenAI-compatible endpoint (OpenAI, OpenRouter, Groq, a local Ollama or LM Studio "
+                 "server) or a GGUF model run on this Mac. API keys go to the keychain, nowhere else.",
+    "Dataset": "Have the teacher write grounded questions and answers from your chunks, then review, accept or reject "
+               "them before training.",
+    "Train": "Pick a base model, check that it fits, and train a LoRA adapter with a live loss chart. Models larger "
+             "than memory are trained layer by layer from disk.",
+    "Chat": "Chat offline with the tuned model beside its base, and score both on held-out questions.",
+    "Export": "Fuse the adapter into the base model, convert it to GGUF, quantise it, and verify the files against the "
+              "trained model. Ollama Modelfile included.",
 }
 STOP_WAIT_S = 10.0  # how long quitting waits for a cancelled job to reach a safe point
 DEFAULT_SIZE = (1180, 760)
 
 
+
+
+SHOWN_MARKER_ENV = "SLOWTUNE_BENCH_SHOWN_FILE"  # `slowtune bench gui`: note the first paint there, then quit
 
 
 def window_state() -> QSettings:
@@ -119,9 +132,13 @@ class MainWindow(QMainWindow):
         self.library.open_project_requested.connect(self.choose_project_to_open)
         self.providers = ProvidersPage(self.runner, lambda: self.settings, self.update_settings)
         self.dataset = DatasetPage(self.runner, lambda: self.settings)
-        self.placeholders = [PlaceholderPage(page) for page in PLANNED if page.name not in ("Providers", "Dataset")]
+        self.train = TrainPage(self.runner, lambda: self.settings)
+        self.export = ExportPage(self.runner, lambda: self.settings)
+        self.chat = ChatPage(self.runner, lambda: self.settings)
+        self.train.export_requested.connect(self._export_run)
+        self.export.chat_requested.connect(self._chat_with)
         built: dict[str, QWidget] = {"Library": self.library, "Providers": self.providers, "Dataset": self.dataset,
-                                     **{p.page.name: p for p in self.placeholders}}
+                                     "Train": self.train, "Chat": self.chat, "Export": self.export}
         for name in PAGES:
             self.sidebar.addItem(name)
             self.pages.addWidget(built[name])
@@ -243,6 +260,16 @@ class MainWindow(QMainWindow):
     def show_page(self, row: int) -> None:
         self.sidebar.setCurrentRow(row)
 
+    def _export_run(self, run_dir: str) -> None:
+        """The Train page's "Export this model…": the Export page, with that run selected."""
+        self.show_page(list(PAGES).index("Export"))
+        self.export.select_run(run_dir)
+
+    def _chat_with(self, model: str, compare: str) -> None:
+        """The Export page's "Chat with It": the Chat page, with the exported model (and its base beside it)."""
+        self.show_page(list(PAGES).index("Chat"))
+        self.chat.open_model(model, compare or None)
+
     def _add_documents(self) -> None:
         self.show_page(0)
         self.library.choose_files()
@@ -333,8 +360,9 @@ class MainWindow(QMainWindow):
         project = self.project
         self.library.set_project(project)
         self.dataset.set_project(project)
-        for page in self.placeholders:
-            page.set_project(project)
+        self.train.set_project(project)
+        self.export.set_project(project)
+        self.chat.set_project(project)
         if project is None:
             self.switcher.set_project(None, None)
             self.setWindowTitle("slowtune")
@@ -475,6 +503,7 @@ class MainWindow(QMainWindow):
             event.ignore()
             return
         self.save_window_state()
+        self.chat.unload()
         if self.project is not None:
             self.project.close()
             self.project = None
@@ -497,6 +526,10 @@ def run_app(argv: Sequence[str]) -> int:
     app = make_app(argv)
     window = MainWindow()
     window.show()
+    if marker := os.environ.get(SHOWN_MARKER_ENV):
+        from slowtune.gui.bench import report_when_painted
+
+        report_when_painted(window, Path(marker))
     code = app.exec()
     if window.jobs_still_running():
         # A job that would not stop at a safe point within STOP_WAIT_S: its open transaction is rolled back by
