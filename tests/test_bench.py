@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +82,17 @@ def test_bench_chat_quick_prints_its_figures() -> None:
 def test_bench_chat_refuses_bad_arguments() -> None:
     out = _bench_chat("--quick", "--tokens", "1")
     assert out.returncode != 0 and "--tokens" in out.stderr
+
+
+@pytest.mark.slow
+def test_bench_gui_quick_prints_its_figures(slowtune_home: Path) -> None:
+    done = _bench("gui", "--quick")
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    # Two real starts of the app and of a bare Qt window each, timed to their first paint.
+    assert len(result["cold_start_runs_s"]) == 2 and all(0 < s < 60 for s in result["cold_start_runs_s"])
+    assert result["cold_start_s"] > result["baseline_bare_qt_window_s"] > 0
+    assert result["heavy_libraries_loaded_at_show"] == []  # mlx, llama.cpp and openai load on first use
+    loop = result["event_loop"]
+    assert loop["job_state"] == "finished" and loop["training_steps"] == 6
+    assert loop["idle_baseline"]["ticks"] > 20 and loop["during_training"]["ticks"] > 20
