@@ -221,3 +221,27 @@ def test_resume_refuses_changed_data(tiny_llama: Path, qa_data: Path, tmp_path: 
     write_jsonl([_conversation("Something else?", "Entirely.")] * 3, qa_data / "train.jsonl")
     with pytest.raises(TrainError, match="changed since this run started"):
         run_training(_config(tiny_llama, qa_data), run, engine="memory", resume=True)
+
+
+@pytest.mark.slow
+def test_a_run_with_out_is_recorded_in_its_project_and_a_stop_before_step_one_is_clean(tiny_llama: Path,
+                                                                                       tmp_path: Path) -> None:
+    from slowtune import dataset
+    from slowtune.store import Project
+
+    with Project.create(tmp_path / "proj") as project:
+        dataset.add_rows(project, [dataset.DatasetRow(_conversation(q, a)) for q, a in QA])
+    args = ("--model", str(tiny_llama), "--data", str(tmp_path / "proj"), "--iters", "2", "--batch-size", "3",
+            "--max-seq-len", "96")
+    # Stopped (Ctrl-C, or the app's Pause) while the data is read: a clean message, no traceback, nothing trained.
+    stopped = _cli(*args, "--out", str(tmp_path / "early"), env={**os.environ, "SLOWTUNE_TEST_INTERRUPT": "prepare:0"})
+    assert stopped.returncode == 130, stopped.stderr
+    assert "stopped before the first training step" in stopped.stderr and "Traceback" not in stopped.stderr
+    assert not (tmp_path / "early" / "adapters.safetensors").exists()
+
+    out = _cli(*args, "--out", str(tmp_path / "elsewhere"), "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads((tmp_path / "elsewhere" / "run.json").read_text())["project"] == str(tmp_path / "proj")
+    with Project.open(tmp_path / "proj") as project:
+        rows = {r["id"]: r["status"] for r in project.conn.execute("SELECT id, status FROM runs")}
+    assert rows == {"early": "cancelled", "elsewhere": "done"}

@@ -64,11 +64,14 @@ def _unflatten_optimizer_state(arrays: dict[str, Any], scalars: dict[str, Any]) 
 
 
 def test_hook(point: str, step: int) -> None:
-    """Test-only: ``SLOWTUNE_TEST_KILL=<point>:<step>`` SIGKILLs this process there, deterministically."""
-    if os.environ.get("SLOWTUNE_TEST_KILL") == f"{point}:{step}":
-        import signal
+    """Test-only: ``SLOWTUNE_TEST_KILL=<point>:<step>`` SIGKILLs this process there, deterministically;
+    ``SLOWTUNE_TEST_INTERRUPT=<point>:<step>`` sends it a SIGINT (a Ctrl-C, or the app's Pause) there."""
+    import signal
 
+    if os.environ.get("SLOWTUNE_TEST_KILL") == f"{point}:{step}":
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get("SLOWTUNE_TEST_INTERRUPT") == f"{point}:{step}":
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 def save_checkpoint(run_dir: Path, state: TrainState, lora_params: dict[str, Any], optimizer_state: dict[str, Any],

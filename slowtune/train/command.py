@@ -98,7 +98,7 @@ def _default_run_dir(data: Path) -> tuple[Path, Path | None]:
 
 def run(args: argparse.Namespace) -> int:
     from slowtune.models.hub import HubError, resolve_model
-    from slowtune.progress import Progress, RichProgressBar
+    from slowtune.progress import Cancelled, Progress, RichProgressBar
     from slowtune.train.model import ModelError
     from slowtune.train.preflight import preflight
     from slowtune.train.trainer import TrainError, run_training
@@ -140,10 +140,11 @@ def run(args: argparse.Namespace) -> int:
             data = named
             args.data = str(named)
         cfg = config_from_args(args, model_dir)
+        run_dir, project_root = _default_run_dir(data.resolve())
         if args.out:
-            run_dir, project_root = args.out.expanduser().resolve(), None
-        else:
-            run_dir, project_root = _default_run_dir(data.resolve())
+            # A run trained on a project's data belongs to that project wherever its folder is (the app puts it
+            # under the project's runs/ itself): it is recorded there, and the Export page lists it.
+            run_dir = args.out.expanduser().resolve()
         if (run_dir / "run.json").exists():
             return fail(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or choose another --out.")
         try:
@@ -171,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGINT, on_interrupt)
     result = None
+    cancelled_early = False
     try:
         with RichProgressBar() as bar:
             progress.add_listener(bar)
@@ -181,6 +183,11 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, RuntimeError, MemoryError) as exc:
         logging.getLogger(__name__).exception("training failed")
         return fail(f"training stopped: {type(exc).__name__}: {exc} (details in the log)")
+    except Cancelled:
+        # Stopped while reading the data or building the model, before the first step: nothing to keep.
+        cancelled_early = True
+        print("slowtune train: stopped before the first training step; nothing was trained", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         return fail("interrupted; the last checkpoint is kept (resume with --resume)")
     finally:
@@ -189,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
             from slowtune.store import Project
 
             with Project.open(project_root) as project:
-                _record_run(project, run_dir, cfg, engine, result)
+                _record_run(project, run_dir, cfg, engine, result, cancelled=cancelled_early)
     summary = {"run_dir": str(result.run_dir), "status": result.status, "engine": result.engine,
                "steps": result.steps, "train_loss": result.train_loss, "val_loss": result.val_loss,
                "best_val": result.best_val}
@@ -205,9 +212,10 @@ def run(args: argparse.Namespace) -> int:
     return 0 if result.status == "done" else 130
 
 
-def _record_run(project: Any, run_dir: Path, cfg: TrainConfig, engine: str, result: Any) -> None:
+def _record_run(project: Any, run_dir: Path, cfg: TrainConfig, engine: str, result: Any, *,
+                cancelled: bool = False) -> None:
     now = time.time()
-    status = result.status if result is not None else "failed"
+    status = result.status if result is not None else "cancelled" if cancelled else "failed"
     project.conn.execute(
         """INSERT INTO runs(id, base_model, engine, status, config_json, metrics_json, adapter_path, created_at,
                             updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)

@@ -155,6 +155,7 @@ def run_training(cfg: TrainConfig, run_dir: Path, *, engine: str, progress: Prog
     if not (model_dir / "config.json").exists():
         raise TrainError(f"The base model {model_dir} is not there any more (no config.json); the run needs it.")
     progress.report("prepare", 0, 3, status="reading data")
+    ckpt.test_hook("prepare", 0)
     train, valid, pad_id, data_info = prepare_data(cfg, model_dir)
     if restored is not None:
         before = json.loads((run_dir / "run.json").read_text()).get("data", {}).get("fingerprint")
