@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"slowtune {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="print debug logging to stderr")
+    parser.add_argument("--self-test", action="store_true",
+                        help="check that this install works (documents, MLX, llama.cpp, keychain, the window) and "
+                        "exit 0 only when every check passes")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     from slowtune.documents import command as ingest_command
@@ -153,6 +156,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from slowtune.logs import setup_logging
 
     setup_logging(verbose=args.verbose)
+    if args.self_test:
+        if args.command is not None:
+            parser.error("--self-test takes no command")
+        from slowtune import selftest
+
+        return selftest.main(verbose=args.verbose)
     if args.command is None:
         return _gui(args)
     log.debug("slowtune %s: %s", __version__, args.command)
