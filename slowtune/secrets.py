@@ -96,7 +96,15 @@ def _backend_names(backend) -> list[str]:
 
 
 def backend_info() -> BackendInfo:
-    backend = _backend()
+    try:
+        backend = _backend()
+    except Exception as exc:  # e.g. PYTHON_KEYRING_BACKEND names a module that is not installed
+        return BackendInfo(
+            "unavailable", False, False, _explicitly_configured(),
+            f"The keychain backend could not be loaded ({type(exc).__name__}: {exc}); check "
+            "PYTHON_KEYRING_BACKEND or keyringrc.cfg. Keys cannot be saved; set them for one run through "
+            "SLOWTUNE_KEY_<NAME> environment variables.",
+        )
     names = _backend_names(backend)
     name = " + ".join(names) if names else "none"
     explicit = _explicitly_configured()

@@ -15,7 +15,15 @@ from pathlib import Path
 
 import pytest
 from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QTimer, QUrl
-from PySide6.QtGui import QAction, QDragEnterEvent, QDragLeaveEvent, QDropEvent, QGuiApplication, QKeySequence
+from PySide6.QtGui import (
+    QAction,
+    QDragEnterEvent,
+    QDragLeaveEvent,
+    QDropEvent,
+    QFileOpenEvent,
+    QGuiApplication,
+    QKeySequence,
+)
 from PySide6.QtWidgets import QApplication
 
 from slowtune import paths
@@ -317,6 +325,22 @@ def test_a_drop_onto_the_window_itself_and_non_file_drags_are_ignored(qtbot, ope
                             Qt.KeyboardModifier.NoModifier)
     QApplication.sendEvent(window, enter)
     assert not enter.isAccepted()
+
+
+def test_files_dropped_on_the_dock_icon_reach_the_library(qtbot, open_window, tmp_path: Path) -> None:
+    # On a Mac, a drop on the Dock icon (or Finder's Open With) arrives as a QFileOpenEvent on the application.
+    window = open_window()
+    window.new_project("Dock")
+    window.show_page(4)
+    docs = _documents(tmp_path / "dock")
+    forwarder = app_module.FileOpenForwarder(window)
+    QApplication.instance().installEventFilter(forwarder)
+    try:
+        with qtbot.waitSignal(window.library.documents_changed, timeout=TIMEOUT_MS):
+            QApplication.sendEvent(QApplication.instance(), QFileOpenEvent(str(docs["notes.txt"])))
+    finally:
+        QApplication.instance().removeEventFilter(forwarder)
+    assert window.sidebar.currentRow() == 0 and _rows(window)["notes.txt"][0] == "ok"
 
 
 def test_rescan_picks_up_new_changed_and_removed_files_in_added_folders(qtbot, open_window, tmp_path: Path) -> None:

@@ -145,3 +145,19 @@ def test_redaction_of_key_shapes_never_seen() -> None:
     assert "sk-proj-ABCDEFGHIJKLMNOP" not in text
     assert "hf_ABCDEFGHIJKLMNOPQRST" not in text
     assert text.count("[REDACTED]") == 3
+
+
+def test_a_keychain_backend_that_cannot_load_is_reported_not_raised() -> None:
+    env = os.environ.copy()
+    env["PYTHON_KEYRING_BACKEND"] = "no_such_module.Keyring"
+    env["SLOWTUNE_KEY_PROVIDER_OPENAI"] = "from-the-environment"
+    code = (
+        "from slowtune import secrets\n"
+        "info = secrets.backend_info()\n"
+        "print(info.usable, info.name)\n"
+        "print('PYTHON_KEYRING_BACKEND' in info.note, 'no_such_module' in info.note)\n"
+        "print(secrets.get_secret('provider:openai'))\n"
+    )
+    out = _run(code, env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["False unavailable", "True True", "from-the-environment"]

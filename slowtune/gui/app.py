@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from PySide6.QtCore import QByteArray, QEvent, QSettings, Qt, QTimer
+from PySide6.QtCore import QByteArray, QEvent, QObject, QSettings, Qt, QTimer
 from PySide6.QtGui import (
     QAction,
     QCloseEvent,
@@ -25,6 +25,7 @@ from PySide6.QtGui import (
     QDragLeaveEvent,
     QDragMoveEvent,
     QDropEvent,
+    QFileOpenEvent,
     QGuiApplication,
     QIcon,
     QKeySequence,
@@ -440,9 +441,13 @@ class MainWindow(QMainWindow):
             event.ignore()
             return
         event.acceptProposedAction()
-        self.show_page(0)
         # Handle it after the drop returns: the drag source (Finder) is not kept waiting for a dialog.
-        QTimer.singleShot(0, lambda: self.library.add_paths(dropped))
+        QTimer.singleShot(0, lambda: self.add_paths(dropped))
+
+    def add_paths(self, paths: list[Path]) -> None:
+        """Documents dropped on the window or on the Dock icon (or opened with the app from Finder)."""
+        self.show_page(0)
+        self.library.add_paths(paths)
 
     # --- dialogs ---------------------------------------------------------------------------------------
     def show_about(self) -> None:
@@ -522,9 +527,27 @@ def make_app(argv: Sequence[str]) -> QApplication:
     return app
 
 
+class FileOpenForwarder(QObject):
+    """macOS: files dropped on the Dock icon, or opened with the app from Finder, arrive as ``QFileOpenEvent``s
+    on the application; they go to the window's Library like a drop on the window."""
+
+    def __init__(self, window: MainWindow) -> None:
+        super().__init__(window)
+        self.window = window
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.FileOpen and isinstance(event, QFileOpenEvent):
+            path = event.file() or event.url().toLocalFile()
+            if path:
+                self.window.add_paths([Path(path)])
+                return True
+        return False
+
+
 def run_app(argv: Sequence[str]) -> int:
     app = make_app(argv)
     window = MainWindow()
+    app.installEventFilter(FileOpenForwarder(window))
     window.show()
     if marker := os.environ.get(SHOWN_MARKER_ENV):
         from slowtune.gui.bench import report_when_painted
