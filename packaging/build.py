@@ -187,17 +187,40 @@ def notary_credentials(env: Mapping[str, str]) -> tuple[list[str], list[str]] | 
     return None
 
 
+def notary_result(stdout: str) -> dict[str, object]:
+    """notarytool's JSON answer (``--output-format json``), or {} when it printed something else."""
+    for text in (stdout, stdout.strip().splitlines()[-1] if stdout.strip() else ""):
+        try:
+            result = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(result, dict):
+            return result
+    return {}
+
+
 def notarise(path: Path, credentials: tuple[list[str], list[str]]) -> None:
-    """Submit ``path`` (a .zip of the app, or the DMG), wait for Apple's verdict, and fail with its log if refused."""
+    """Submit ``path`` (a .zip of the app, or the DMG), wait for Apple's verdict, and fail with its log if refused.
+
+    ``notarytool submit --wait`` exits 0 whenever Apple gave a verdict, "Invalid" included, so the verdict is read
+    from its JSON answer; a non-zero exit (no verdict: bad credentials, network) fails with what it printed.
+    """
     args, secrets = credentials
-    proc = run(["xcrun", "notarytool", "submit", str(path), "--wait", "--output-format", "json", *args],
-               secrets=secrets, capture=True)
-    result = json.loads(proc.stdout or "{}")
-    if result.get("status") != "Accepted":
-        log = ""
-        if result.get("id"):
-            log = run(["xcrun", "notarytool", "log", result["id"], *args], secrets=secrets, capture=True).stdout
-        raise BuildError(f"notarisation of {path.name} ended {result.get('status')!r}:\n{log}")
+    cmd = ["xcrun", "notarytool", "submit", str(path), "--wait", "--output-format", "json", *args]
+    print(f"  $ {_shown(cmd, secrets)}", flush=True)
+    proc = subprocess.run(cmd, text=True, capture_output=True)
+    result = notary_result(proc.stdout or "")
+    if result.get("status") == "Accepted" and proc.returncode == 0:
+        return
+    log = ""
+    if result.get("id"):  # Apple's reasons, file by file
+        try:
+            log = run(["xcrun", "notarytool", "log", str(result["id"]), *args], secrets=secrets, capture=True).stdout
+        except BuildError as exc:
+            log = f"(its log could not be fetched: {exc})"
+    verdict = f"with the verdict {result['status']!r}" if result.get("status") else "without a verdict"
+    raise BuildError(f"notarisation of {path.name} ended {verdict} (notarytool exit {proc.returncode}):\n"
+                     f"{proc.stdout}{proc.stderr}{log}")
 
 
 def notarise_app(app: Path, credentials: tuple[list[str], list[str]], work: Path) -> None:
@@ -207,6 +230,8 @@ def notarise_app(app: Path, credentials: tuple[list[str], list[str]], work: Path
     notarise(archive, credentials)
     run(["xcrun", "stapler", "staple", str(app)])
     run(["xcrun", "stapler", "validate", str(app)])
+    # What Gatekeeper will say on a user's Mac: "accepted, source=Notarized Developer ID".
+    run(["spctl", "--assess", "--type", "execute", "--verbose=2", str(app)])
 
 
 # --- the disk image (macOS) -----------------------------------------------------------------------------------
@@ -283,6 +308,7 @@ def build(dist: Path, work: Path, *, clean: bool = False, dmg: bool = True, nota
         if credentials:
             notarise(image, credentials)
             run(["xcrun", "stapler", "staple", str(image)])
+            run(["xcrun", "stapler", "validate", str(image)])
             report.step("the DMG is signed, notarised and stapled")
         else:
             report.step("the DMG is signed")

@@ -132,8 +132,24 @@ def document_types() -> list[dict[str, object]]:
     ]
 
 
+# Shown by macOS when the app first reads a protected folder without the user having picked or dropped the file
+# there (re-scanning a library folder later, say). Apple: optional, "but highly recommended".
+FOLDER_USAGE = ("Slowtune reads the documents you add to a project's library from this folder, and reads them "
+                "again when you re-scan the library.")
+
+
+def bundle_version(version: str) -> str:
+    """``version`` as Info.plist needs it: CFBundleShortVersionString is three period-separated integers (Apple's
+    Information Property List reference), so a pre-release or local version cannot be put in a bundle as it is."""
+    if not re.fullmatch(r"\d+\.\d+\.\d+", version):
+        raise ValueError(f"version {version!r} is not MAJOR.MINOR.PATCH (three integers), as macOS needs for "
+                         "CFBundleShortVersionString; set a release version in slowtune/__init__.py and pyproject.toml")
+    return version
+
+
 def info_plist(version: str, minimum_macos: str) -> dict[str, object]:
     """The Info.plist keys slowtune sets (PyInstaller adds the executable and icon names)."""
+    version = bundle_version(version)
     return {
         "CFBundleName": APP_NAME,
         "CFBundleDisplayName": APP_NAME,
@@ -153,6 +169,11 @@ def info_plist(version: str, minimum_macos: str) -> dict[str, object]:
         "NSHumanReadableCopyright": "slowtune, Apache License 2.0",
         "CFBundleDocumentTypes": document_types(),
         "UTImportedTypeDeclarations": IMPORTED_TYPES,
+        "NSDocumentsFolderUsageDescription": FOLDER_USAGE,
+        "NSDesktopFolderUsageDescription": FOLDER_USAGE,
+        "NSDownloadsFolderUsageDescription": FOLDER_USAGE,
+        "NSRemovableVolumesUsageDescription": FOLDER_USAGE,
+        "NSNetworkVolumesUsageDescription": FOLDER_USAGE,
     }
 
 

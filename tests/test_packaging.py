@@ -139,6 +139,21 @@ def test_info_plist_describes_a_high_resolution_arm64_app_with_document_types() 
         assert group["LSHandlerRank"] == "Alternate"  # never takes over as the default app
     imported = {t["UTTypeIdentifier"] for t in plist["UTImportedTypeDeclarations"]}  # type: ignore[union-attr]
     assert imported <= claimed
+    # The prompts macOS shows before a protected folder is read say why.
+    for key in ("NSDocumentsFolderUsageDescription", "NSDesktopFolderUsageDescription",
+                "NSDownloadsFolderUsageDescription"):
+        assert "Slowtune" in str(plist[key]), key
+
+
+def test_the_bundle_version_is_the_package_version_as_three_integers() -> None:
+    from importlib import metadata
+
+    # The version the bundle carries is the one the installed package reports (pyproject.toml), not a stale copy.
+    assert buildinfo.app_version() == metadata.version("slowtune") == __version__
+    assert buildinfo.bundle_version("1.2.3") == "1.2.3"
+    for bad in ("0.2.0rc1", "1.0", "1.2.3.4", "1.2.3+local", "0.2.0.dev0"):
+        with pytest.raises(ValueError, match="three integers"):
+            buildinfo.info_plist(bad, "14.0")
 
 
 def test_the_mlx_floor_matches_the_wheels_uv_lock_pins() -> None:
@@ -288,6 +303,60 @@ def test_notary_credentials_come_from_the_environment_and_the_password_is_masked
     assert secrets == ["abcd-efgh-ijkl-mnop"]
     shown = pbuild._shown(["xcrun", "notarytool", "submit", "x.zip", *args], secrets)
     assert "abcd-efgh-ijkl-mnop" not in shown and "****" in shown and "me@example.com" in shown
+
+
+def _fake_notarytool(monkeypatch: pytest.MonkeyPatch, returncode: int, stdout: str) -> list[list[str]]:
+    calls: list[list[str]] = []
+
+    def fake_subprocess_run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        calls.append(list(cmd))
+        return subprocess.CompletedProcess(cmd, returncode, stdout, "Conducting pre-submission checks...\n")
+
+    def fake_run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        calls.append(list(cmd))
+        return subprocess.CompletedProcess(cmd, 0, '{"issues": [{"path": "Slowtune.app/x.dylib"}]}', "")
+
+    monkeypatch.setattr(pbuild.subprocess, "run", fake_subprocess_run)
+    monkeypatch.setattr(pbuild, "run", fake_run)
+    return calls
+
+
+def test_notarisation_reads_apples_verdict_not_notarytools_exit_code(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    credentials = (["--keychain-profile", "slowtune"], [])
+    accepted = '{"id": "2efe2717-52ef-43a5-96dc-0797e4ca1041", "message": "Processing complete", "status": "Accepted"}'
+    calls = _fake_notarytool(monkeypatch, 0, accepted)
+    pbuild.notarise(tmp_path / "Slowtune.zip", credentials)
+    assert len(calls) == 1 and calls[0][:3] == ["xcrun", "notarytool", "submit"] and "--wait" in calls[0]
+
+    # notarytool exits 0 on an "Invalid" verdict: the build must still fail, with Apple's log in the message.
+    calls = _fake_notarytool(monkeypatch, 0, accepted.replace("Accepted", "Invalid"))
+    with pytest.raises(pbuild.BuildError, match="'Invalid'") as exc:
+        pbuild.notarise(tmp_path / "Slowtune.zip", credentials)
+    assert calls[-1][:3] == ["xcrun", "notarytool", "log"] and "2efe2717" in calls[-1][3]
+    assert "x.dylib" in str(exc.value)
+
+    # No verdict at all (bad credentials): what notarytool printed, not a JSON traceback.
+    _fake_notarytool(monkeypatch, 1, "Error: HTTP status code: 401. Unable to authenticate.\n")
+    with pytest.raises(pbuild.BuildError, match=r"(?s)without a verdict.*401"):
+        pbuild.notarise(tmp_path / "Slowtune.zip", credentials)
+
+
+def test_the_notarised_app_is_stapled_and_assessed_as_gatekeeper_would(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    app = _fake_app(tmp_path)
+    steps: list[list[str]] = []
+    monkeypatch.setattr(pbuild, "run", lambda cmd, **kw: steps.append([str(c) for c in cmd]))
+    monkeypatch.setattr(pbuild, "notarise", lambda path, creds: steps.append(["notarise", str(path)]))
+    pbuild.notarise_app(app, (["--keychain-profile", "slowtune"], []), tmp_path)
+    zipped = str(tmp_path / "Slowtune-notarise.zip")
+    assert steps == [
+        ["ditto", "-c", "-k", "--sequesterRsrc", "--keepParent", str(app), zipped],  # Apple: zip with ditto
+        ["notarise", zipped],
+        ["xcrun", "stapler", "staple", str(app)],
+        ["xcrun", "stapler", "validate", str(app)],
+        ["spctl", "--assess", "--type", "execute", "--verbose=2", str(app)],
+    ]
 
 
 def test_the_dmg_holds_the_app_and_a_link_to_applications(tmp_path: Path) -> None:
