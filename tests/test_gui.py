@@ -100,7 +100,7 @@ def _drop(target: object, paths: list[Path], at: QPoint) -> tuple[bool, bool]:
     """Drag ``paths`` (file URLs, as Finder sends them) over ``target`` at ``at`` and drop them there."""
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
-    enter = QDragEnterEvent(QPointF(at), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+    enter = QDragEnterEvent(at, Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
                             Qt.KeyboardModifier.NoModifier)
     QApplication.sendEvent(target, enter)
     drop = QDropEvent(QPointF(at), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
@@ -313,7 +313,7 @@ def test_a_drop_onto_the_window_itself_and_non_file_drags_are_ignored(qtbot, ope
     # The overlay says where a drag will go while it hovers, and goes away when it leaves.
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(str(docs["guide.md"]))])
-    QApplication.sendEvent(window, QDragEnterEvent(QPointF(50, 50), Qt.DropAction.CopyAction, mime,
+    QApplication.sendEvent(window, QDragEnterEvent(QPoint(50, 50), Qt.DropAction.CopyAction, mime,
                                                    Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier))
     assert window.overlay.isVisible() and window.overlay.message == "Drop to add “guide.md” to “Direct”"
     QApplication.sendEvent(window, QDragLeaveEvent())
@@ -321,7 +321,7 @@ def test_a_drop_onto_the_window_itself_and_non_file_drags_are_ignored(qtbot, ope
 
     mime = QMimeData()
     mime.setText("just text")
-    enter = QDragEnterEvent(QPointF(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+    enter = QDragEnterEvent(QPoint(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
                             Qt.KeyboardModifier.NoModifier)
     QApplication.sendEvent(window, enter)
     assert not enter.isAccepted()

@@ -27,6 +27,7 @@ from PySide6.QtGui import (
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
 MARKER_LIMIT = 200  # markers are drawn on series with at most this many points
+LEGEND_GAP = 18.0  # between legend entries
 
 
 def nice_ticks(low: float, high: float, count: int = 5, *, integer: bool = False) -> list[float]:
@@ -146,7 +147,25 @@ class LineChart(QWidget):
         if self.y_label:
             left += metrics.height() + 4
         bottom = metrics.height() * (2.4 if self.x_label else 1.4) + 6
-        return QRectF(left, 10, max(10.0, self.width() - left - 14), max(10.0, self.height() - bottom - 10))
+        width = max(10.0, self.width() - left - 14)
+        # The legend has a band of its own above the plot, so it never hides a line (losses start high and a
+        # flat validation line runs along the top, where a legend inside the plot would sit).
+        top = 6 + len(self._legend_rows(metrics, width)) * (metrics.height() + 2) + 6
+        return QRectF(left, top, width, max(10.0, self.height() - bottom - top))
+
+    def _legend_rows(self, metrics: QFontMetricsF, width: float) -> list[list[tuple[Series, str, float]]]:
+        """The legend's entries (series, text, width), in rows that fit ``width``."""
+        rows: list[list[tuple[Series, str, float]]] = [[]]
+        used = 0.0
+        for series in self.series.values():
+            text = series.name + (f"  {series.points[-1][1]:.3f}" if series.points else "")
+            entry = metrics.horizontalAdvance(text) + 28
+            if rows[-1] and used + LEGEND_GAP + entry > width:
+                rows.append([])
+                used = 0.0
+            used += (LEGEND_GAP if rows[-1] else 0) + entry
+            rows[-1].append((series, text, entry))
+        return [row for row in rows if row]
 
     # --- painting ------------------------------------------------------------------------------------
     def paintEvent(self, event: QPaintEvent) -> None:
@@ -267,29 +286,20 @@ class LineChart(QWidget):
         return out
 
     def _draw_legend(self, painter: QPainter, plot: QRectF, metrics: QFontMetricsF, text_color: QColor) -> None:
-        entries = []
-        for series in self.series.values():
-            latest = f"  {series.points[-1][1]:.3f}" if series.points else ""
-            entries.append((series, series.name + latest))
-        width = max(metrics.horizontalAdvance(text) for _, text in entries) + 34
-        height = metrics.height() * len(entries) + 8
-        box = QRectF(plot.right() - width - 6, plot.top() + 6, width, height)
-        background = self.palette().color(QPalette.ColorRole.Base)
-        background.setAlphaF(0.85)
-        painter.setPen(Qt.PenStyle.NoPen)
-        painter.setBrush(background)
-        painter.drawRoundedRect(box, 4, 4)
-        painter.setBrush(Qt.BrushStyle.NoBrush)
-        y = box.top() + 4
-        for series, text in entries:
-            painter.setPen(QPen(series.color, 3))
-            middle = y + metrics.height() / 2
-            painter.drawLine(QPointF(box.left() + 8, middle), QPointF(box.left() + 24, middle))
-            painter.setPen(text_color if series.points else QColor(text_color.red(), text_color.green(),
-                                                                   text_color.blue(), 120))
-            painter.drawText(QRectF(box.left() + 30, y, width - 30, metrics.height()),
-                             Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, text)
-            y += metrics.height()
+        """Each series' colour, name and latest value, right-aligned in the band above the plot."""
+        y = 6.0
+        for row in self._legend_rows(metrics, plot.width()):
+            x = plot.right() - sum(entry for _, _, entry in row) - LEGEND_GAP * (len(row) - 1)
+            for series, text, entry in row:
+                painter.setPen(QPen(series.color, 3))
+                middle = y + metrics.height() / 2
+                painter.drawLine(QPointF(x, middle), QPointF(x + 18, middle))
+                painter.setPen(text_color if series.points else QColor(text_color.red(), text_color.green(),
+                                                                       text_color.blue(), 120))
+                painter.drawText(QRectF(x + 26, y, entry - 26, metrics.height()),
+                                 Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, text)
+                x += entry + LEGEND_GAP
+            y += metrics.height() + 2
 
     def _draw_hover(self, painter: QPainter, plot: QRectF, metrics: QFontMetricsF, px: Callable[[float], float],
                     text_color: QColor) -> None:

@@ -455,6 +455,10 @@ class ChatPage(QWidget):
 
         self.sessions_list = QListWidget()
         self.sessions_list.setMinimumWidth(160)
+        # Long titles end in "…" (the tooltip has all of it) rather than scrolling the list sideways.
+        self.sessions_list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.sessions_list.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.sessions_list.setSpacing(2)
         self.sessions_list.itemActivated.connect(self._session_item_chosen)
         self.sessions_list.itemClicked.connect(self._session_item_chosen)
         self.delete_session_button = QPushButton("Delete…")
@@ -1070,7 +1074,7 @@ class ChatPage(QWidget):
                 when = time.strftime("%d %b %H:%M", time.localtime(session.updated_at))
                 item = QListWidgetItem(f"{session.title}\n{session.message_count} messages · {when}")
                 item.setData(Qt.ItemDataRole.UserRole, session.id)
-                item.setToolTip(", ".join(sessions.model_labels(session.models)))
+                item.setToolTip(f"{session.title}\n{', '.join(sessions.model_labels(session.models))}")
                 self.sessions_list.addItem(item)
                 if session.id == self.chat.session_id:
                     self.sessions_list.setCurrentItem(item)

@@ -13,6 +13,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QFont, QKeyEvent, QPalette
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QAbstractScrollArea,
     QFrame,
     QHBoxLayout,
     QHeaderView,
@@ -146,6 +147,7 @@ class TranscriptView(QScrollArea):
         if turn in self.turns:
             self.turns.remove(turn)
         self.column.removeWidget(turn)
+        turn.hide()  # at once: deleteLater waits for the event loop, and until then it would still be drawn
         turn.deleteLater()
         self.placeholder.setVisible(not self.turns and bool(self.placeholder.text()))
 
@@ -248,6 +250,9 @@ class ScoreTable(QTableWidget):
         self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.horizontalHeader().setStretchLastSection(False)
         self.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        # As wide as its columns, not the page: a frame stretched past the last column looks like a missing one.
+        self.setSizeAdjustPolicy(QAbstractScrollArea.SizeAdjustPolicy.AdjustToContents)
+        self.setSizePolicy(QSizePolicy.Policy.Maximum, QSizePolicy.Policy.Preferred)
 
     def show_report(self, report: dict[str, Any] | None) -> None:
         self.clear()

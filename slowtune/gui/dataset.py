@@ -16,6 +16,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import shlex
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -839,11 +840,16 @@ class DatasetPage(QWidget):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.verticalHeader().hide()
+        # Question and Answer share the width the short columns leave, so the table fits the window at any size
+        # instead of scrolling sideways; the short ones can still be resized by hand.
         header = self.table.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-        header.setStretchLastSection(True)
-        self.table.setColumnWidth(0, 320)
-        self.table.setColumnWidth(1, 320)
+        header.setStretchLastSection(False)
+        for column, width in enumerate((0, 0, 96, 64, 86, 170)):
+            if width:
+                header.setSectionResizeMode(column, QHeaderView.ResizeMode.Interactive)
+                self.table.setColumnWidth(column, width)
+            else:
+                header.setSectionResizeMode(column, QHeaderView.ResizeMode.Stretch)
         self.table.action.connect(self._table_action)
         self.table.doubleClicked.connect(lambda _index: self.edit_current())
         self.table.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
@@ -908,7 +914,8 @@ class DatasetPage(QWidget):
     def refresh(self) -> None:
         settings = self._settings()
         ready = self.has_chunks()
-        name = html.escape(self.project.name) if self.project is not None else "PROJECT"
+        # Quoted for a shell: a name with a space ("Garden club") must reach the command as one argument.
+        name = html.escape(shlex.quote(self.project.name)) if self.project is not None else "PROJECT"
         hint = "<p style='color:gray'>" + COMMAND_HINT.format(project=name) + "</p>"
         if self.project is None:
             self.label.setText(NO_PROJECT_TEXT + hint)

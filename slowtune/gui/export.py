@@ -26,7 +26,7 @@ from dataclasses import replace as replace_fields
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Qt, QUrl, Signal
+from PySide6.QtCore import Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QColor, QDesktopServices, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -92,6 +92,7 @@ NO_PROJECT_TEXT = ("<h2>Export</h2><p>No project is open. Open a project (File â
 NO_RUNS_TEXT = ("<h2>Export</h2><p>This project has no training runs yet. Train a model on the <b>Train</b> page "
                 "first; its finished runs appear here, ready to export.</p>")
 NONE_READY_TEXT = "None of the runs can be exported yet: the State column says why."
+RUN_ROWS_SHOWN = 5  # the run list grows to this many rows, then scrolls
 NO_EXPORTS_TEXT = "This run has not been exported yet. Choose what to write above and click <b>Export</b>."
 COMMAND_HINT = "The same from Terminal: <code>{command}</code>"
 
@@ -658,7 +659,6 @@ class ExportPage(QWidget):
         self.run_tree.setRootIsDecorated(False)
         self.run_tree.setUniformRowHeights(True)
         self.run_tree.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.run_tree.setMaximumHeight(150)
         header = self.run_tree.header()
         header.setStretchLastSection(True)
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
@@ -832,9 +832,14 @@ class ExportPage(QWidget):
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
         scroll.setWidget(content)
+        self.scroll = scroll
+        # The banner stays in view above the scrolling page, inset like the page's content and every other page's.
+        banner_row = QVBoxLayout()
+        banner_row.setContentsMargins(24, 8, 24, 0)
+        banner_row.addWidget(self.banner)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.banner)
+        layout.addLayout(banner_row)
         layout.addWidget(scroll, 1)
         self._apply_default_quants()
         self.refresh()
@@ -876,8 +881,19 @@ class ExportPage(QWidget):
         if target is not None:
             self.run_tree.setCurrentItem(self.run_tree.topLevelItem(target))
         self.run_tree.blockSignals(False)
+        self._fit_run_tree()
         self._update_empty_state()
         self._run_changed()
+
+    def _fit_run_tree(self) -> None:
+        """As tall as its runs (up to RUN_ROWS_SHOWN, then it scrolls), its columns as wide as what they say."""
+        tree = self.run_tree
+        for column in range(tree.columnCount() - 1):
+            tree.resizeColumnToContents(column)
+            tree.setColumnWidth(column, max(tree.columnWidth(column) + 16, 70))
+        rows = min(max(len(self.runs), 2), RUN_ROWS_SHOWN)
+        row_height = tree.sizeHintForRow(0) if self.runs else tree.fontMetrics().height() + 6
+        tree.setFixedHeight(tree.header().sizeHint().height() + rows * max(row_height, 1) + 2 * tree.frameWidth() + 2)
 
     def _run_item(self, run: RunInfo) -> QTreeWidgetItem:
         loss = f"{run.loss:.3f}" if run.loss is not None else "â€“"
@@ -1136,6 +1152,12 @@ class ExportPage(QWidget):
             level = "warning"
             message += " " + " ".join(outcome.notes)
         self.banner.show_message(message, level=level)
+        # The files and the verification are what the user waited for: scroll them into view (once laid out).
+        QTimer.singleShot(0, self, self.scroll_to_results)
+
+    def scroll_to_results(self) -> None:
+        if self.results.isVisible():
+            self.scroll.verticalScrollBar().setValue(max(0, self.results.y() - 8))
 
     def _failed(self, message: str, details: str) -> None:
         out = self.request.out_dir if self.request is not None else None

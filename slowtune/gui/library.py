@@ -381,7 +381,7 @@ class LibraryPage(QWidget):
         self.stack.addWidget(splitter)
 
         layout = QVBoxLayout(self)
-        layout.setContentsMargins(16, 12, 16, 8)
+        layout.setContentsMargins(24, 8, 24, 16)  # as every page
         layout.addLayout(header)
         layout.addWidget(self.banner)
         layout.addWidget(self.stack, 1)

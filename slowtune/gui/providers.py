@@ -12,7 +12,7 @@ import html
 from collections.abc import Callable
 from functools import partial
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QColor, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -59,6 +59,22 @@ GGUF_FILTER = "GGUF models (*.gguf);;All files (*)"
 
 
 
+def hint_html(preset: pv.Preset) -> str:
+    """What the dialog says under the fields: where to get a key (a link), where the text goes, where the key goes."""
+    hint = preset.key_hint
+    if hint.startswith(("https://", "http://")):
+        text = f"Get a key at <a href='{html.escape(hint, quote=True)}'>{html.escape(hint)}</a>."
+    elif preset.local:
+        text = html.escape(hint[:1].upper() + hint[1:]) + "."
+    else:
+        text = f"Where to get a key: {html.escape(hint)}."
+    if preset.base_url and not preset.local:
+        text += f" Sends document text to {html.escape(preset.base_url)}."
+    if not preset.local:
+        text += " The key is saved in the keychain and not shown again."
+    return text
+
+
 class ProviderDialog(QDialog):
     """Add or edit one provider. ``save`` is called on OK; the dialog closes only when it returns True, so a
     mistake (a bad URL, an id in use) can be fixed without typing everything again."""
@@ -93,7 +109,9 @@ class ProviderDialog(QDialog):
         self.key.setEchoMode(QLineEdit.EchoMode.Password)  # shoulder-surfing and screen sharing
         self.hint = QLabel()
         self.hint.setWordWrap(True)
-        self.hint.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.hint.setTextFormat(Qt.TextFormat.RichText)
+        self.hint.setOpenExternalLinks(True)
+        self.hint.setTextInteractionFlags(Qt.TextInteractionFlag.TextBrowserInteraction)
 
         self.form = QFormLayout()
         self.form.addRow("Service:", self.preset)
@@ -154,9 +172,14 @@ class ProviderDialog(QDialog):
             self.key.setPlaceholderText("stored in the keychain; leave empty to keep it")
         else:
             self.key.setPlaceholderText("paste the key" if preset.needs_key else "optional")
-        where = f" Sends document text to {preset.base_url}." if preset.base_url and not preset.local else ""
-        self.hint.setText(f"{html.escape(preset.key_hint).capitalize()}.{html.escape(where)}"
-                          + (" The key is saved in the keychain and not shown again." if not preset.local else ""))
+        self.hint.setText(hint_html(preset))
+        if self.isVisible():
+            # Rows appeared or went, and the hint may wrap to more lines: grow (or shrink) to fit, not clip.
+            QTimer.singleShot(0, self, self._fit_height)
+
+    def _fit_height(self) -> None:
+        self.resize(self.width(), max(self.minimumSizeHint().height(), self.heightForWidth(self.width()),
+                                      self.sizeHint().height()))
 
     def choose_gguf(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Choose a GGUF model", "", GGUF_FILTER)

@@ -1279,6 +1279,11 @@ class SettingsWizardPage(QWizardPage):
         self.advanced.hide()
         for widget in (self.rank, self.epochs, self.steps, self.max_seq_len, self.lora_layers, self.batch_size):
             widget.valueChanged.connect(self._edited)
+        # One width for the fields, so they line up and "All blocks" or "1,024 tokens" is not squeezed.
+        for widget in (self.rank, self.learning_rate, self.max_seq_len, self.lora_layers, self.batch_size):
+            widget.setMinimumWidth(130)
+        self.steps.setMinimumWidth(100)
+        self.epochs.setMinimumWidth(100)
         self.learning_rate.textChanged.connect(self._edited)
         self.length_kind.currentIndexChanged.connect(self._edited)
         self.summary = QLabel()
@@ -1612,6 +1617,16 @@ class StartView(QWidget):
         layout.addWidget(self.runs, 1)
         layout.addLayout(runs_buttons)
         layout.addWidget(self.hint)
+        # Without runs the table is hidden; this spacer then takes the spare height, so the text, the button and the
+        # hint stay together at the top instead of spreading over the page.
+        layout.addStretch(0)
+        self._layout = layout
+        self._spacer_index = layout.count() - 1
+
+    def show_runs_table(self, shown: bool) -> None:
+        for widget in (self.runs_label, self.runs, self.open_button, self.resume_button):
+            widget.setVisible(shown)
+        self._layout.setStretch(self._spacer_index, 0 if shown else 1)
 
 
 class RunView(QWidget):
@@ -1770,9 +1785,9 @@ class TrainPage(QWidget):
         view.hint.setText(COMMAND_HINT.format(project=name))
         if project is None:
             view.intro.setText(NO_PROJECT_TEXT)
-            for widget in (view.offer, view.new_button, view.runs_label, view.runs, view.open_button,
-                           view.resume_button):
-                widget.hide()
+            view.offer.hide()
+            view.new_button.hide()
+            view.show_runs_table(False)
             return
         has_data = self.has_data()
         view.intro.setText(INTRO_TEXT + ("" if has_data else NO_DATA_TEXT))
@@ -1780,8 +1795,7 @@ class TrainPage(QWidget):
         view.new_button.setEnabled(has_data and not self.busy())
         runs = list_runs(project)
         self._reconcile(runs)
-        for widget in (view.runs_label, view.runs, view.open_button, view.resume_button):
-            widget.setVisible(bool(runs))
+        view.show_runs_table(bool(runs))
         view.runs.setRowCount(len(runs))
         for i, run in enumerate(runs):
             loss = f"{run.train_loss:.3f}" if isinstance(run.train_loss, int | float) else "—"
