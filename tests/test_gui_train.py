@@ -350,7 +350,7 @@ def test_the_wizard_downloads_a_model_and_trains_it_to_a_finished_run(qtbot, pag
     # The chart has every step the trainer logged, and the validation loss it measured.
     chart = page.run_view.chart
     assert [int(x) for x, _ in chart.points("Training loss")] == metrics_steps(run_dir) == list(range(1, 7))
-    assert chart.points(VALID_SERIES)
+    assert [int(x) for x, _ in chart.points(VALID_SERIES)] == list(range(1, 7))  # validated every step of 6
     assert "Finished" in page.run_view.status.text() and page.run_view.values["Tokens/s"].text() != "—"
     assert train_module.trainer_pid(run_dir) is None
 
@@ -575,3 +575,10 @@ def test_the_window_keeps_answering_while_training(qtbot, page: TrainPage, tiny_
     gaps = [b - a for a, b in itertools.pairwise(ticks)]
     assert len(ticks) > 100  # the run took seconds, and the timer ticked all along
     assert max(gaps) < 0.25, f"the GUI thread stalled for {max(gaps) * 1000:.0f} ms"
+
+
+def test_validation_runs_about_twenty_times_whatever_the_run_length() -> None:
+    assert train_module.validation_interval(6) == 1
+    assert train_module.validation_interval(100) == 5
+    assert train_module.validation_interval(10_000) == 50  # never more often than the CLI's default on long runs
+    assert TrainSettings.from_preset("quick").val_every == -1

@@ -101,6 +101,7 @@ LOG_NAME = "train.log"
 PID_NAME = "trainer.pid"
 METRICS_NAME = "metrics.jsonl"
 RUN_JSON = "run.json"
+VALIDATIONS_PER_RUN = 20
 POLL_S = 0.2  # how often the job looks at the run folder and the child
 ACTIVE_WINDOW_S = 120.0  # a run folder written to this recently, by a trainer no app started, is still training
 # How long a stop waits for the trainer to finish its step and write the checkpoint before killing it. A streamed
@@ -173,7 +174,7 @@ class TrainSettings:
     max_seq_len: int = 1024
     lora_layers: int = -1  # -1: every block
     batch_size: int = 4
-    val_every: int = 50
+    val_every: int = -1  # -1: about VALIDATIONS_PER_RUN times a run, whatever its length (see start_training)
     save_every: int = 100
     seed: int = 0
 
@@ -201,7 +202,8 @@ class TrainSettings:
         args = ["--preset", self.lora_preset, "--rank", str(self.rank), "--alpha", f"{2.0 * self.rank:g}",
                 "--lr", f"{self.learning_rate:g}", "--max-seq-len", str(self.max_seq_len),
                 "--lora-layers", str(self.lora_layers), "--batch-size", str(self.batch_size),
-                "--val-every", str(self.val_every), "--save-every", str(self.save_every), "--seed", str(self.seed)]
+                # -1 ("about 20 times a run") is resolved by start_training, which knows the run's length.
+                "--val-every", str(self.val_every if self.val_every >= 0 else 50), "--save-every", str(self.save_every), "--seed", str(self.seed)]
         return [*args, "--iters", str(self.iters)] if self.iters else [*args, "--epochs", f"{self.epochs:g}"]
 
     def config(self, model_dir: Path, data: Path) -> train_config.TrainConfig:
@@ -796,11 +798,21 @@ def training_job(project_root: Path, run_dir: Path, command: list[str], *, title
     return job
 
 
+def validation_interval(total_steps: int) -> int:
+    """Steps between validation passes: enough points for the chart's validation line on a short run, and no
+    more than one pass every 50 steps on a long one."""
+    return max(1, min(50, math.ceil(total_steps / VALIDATIONS_PER_RUN)))
+
+
 def start_training(runner: JobRunner, project_root: Path, model: str | Path, settings: TrainSettings | None = None,
                    *, run_dir: Path | None = None, queue: bool = False) -> Job | None:
     """Train on the project's accepted rows in a child process; the Job, or None if the runner refused it."""
     root = Path(project_root).expanduser().resolve()
     settings = settings or TrainSettings.from_preset("balanced")
+    if settings.val_every < 0:
+        with Project.open(root) as project:
+            conversations = len(dataset_rows(project, "train"))
+        settings = replace(settings, val_every=validation_interval(settings.total_steps(conversations)))
     run_dir = run_dir or new_run_dir(root)
     command = slowtune_command("train", "--model", str(model), "--data", str(root), "--out", str(run_dir),
                                *settings.cli_args())
