@@ -65,6 +65,12 @@ _MAX_QUOTE = 600
 _BEGIN_RE = re.compile(r"^=====BEGIN DOCUMENT (\S+)=====$", re.MULTILINE)
 _COUNT_RE = re.compile(r"^- (\w+): (\d+) \(", re.MULTILINE)
 _SENTENCE_SPLIT_RE = re.compile(r"(?<=[.!?])\s+")
+# Where a sentence cannot run on: a blank line, a Markdown heading line (dropped, being no sentence) or the start
+# of a list item; and the list item's mark, which is no part of its sentence.
+_BLOCK_SPLIT_RE = re.compile(
+    r"\n[ \t]*\n|^[ \t]{0,3}#{1,6}(?:[ \t].*)?$|\n(?=[ \t]*(?:[-*+]|\d+[.)])[ \t])", re.MULTILINE
+)
+_LIST_MARK_RE = re.compile(r"^(?:[-*+]|\d+[.)])[ \t]+")
 # The JSON payloads of judge, rephrase and grade: data, like the document block, never read for instructions.
 _PAYLOAD_MARKERS = ("Candidates (JSON):", "Questions (JSON):", "Answers (JSON):")
 
@@ -243,7 +249,11 @@ def _parse_json_prefix(text: str) -> Any:
 
 
 def _sentences(document: str) -> list[str]:
-    found = [s.strip() for s in _SENTENCE_SPLIT_RE.split(document)]
+    """The document's sentences of 20 characters or more, as a teacher would quote them: never across a paragraph
+    break, without Markdown heading lines ("## Plots") or a leading list mark ("- "). Each is still a stretch of
+    the document as written, so it passes the evidence-quote check as a verbatim quote."""
+    found = [_LIST_MARK_RE.sub("", s.strip()) for block in _BLOCK_SPLIT_RE.split(document)
+             for s in _SENTENCE_SPLIT_RE.split(block)]
     kept = [s for s in found if len(s) >= 20]
     return kept or [document.strip()]
 
@@ -251,6 +261,11 @@ def _sentences(document: str) -> list[str]:
 def _head(sentence: str) -> str:
     """The first five words, without trailing punctuation: enough to name the subject of a question."""
     return " ".join(sentence.split()[:5]).rstrip(".,;:!?\"')") or "the topic"
+
+
+def _flat(sentence: str) -> str:
+    """``sentence`` on one line, as an answer is written (a quote keeps the document's line breaks)."""
+    return " ".join(sentence.split())
 
 
 def _fact_question(sentence: str) -> str:
@@ -279,17 +294,17 @@ def _generate(prompt: _Prompt, *, refusal_terms: Sequence[str], ungrounded: bool
             nxt = sentences[(offset + i + 1) % len(sentences)]
             item: dict[str, Any] = {"type": qtype, "follow_ups": [], "search_terms": []}
             if qtype == "fact":
-                item.update(question=_fact_question(s), answer=s[:_MAX_ANSWER], quote=quote(s))
+                item.update(question=_fact_question(s), answer=_flat(s)[:_MAX_ANSWER], quote=quote(s))
             elif qtype == "reasoning":
                 question = f"How does {_head(s)} relate to {_head(nxt)}?"[:_MAX_QUESTION]
-                item.update(question=question, answer=f"{s} {nxt}"[:_MAX_ANSWER], quote=quote(s))
+                item.update(question=question, answer=_flat(f"{s} {nxt}")[:_MAX_ANSWER], quote=quote(s))
             elif qtype == "multi_turn":
                 # Worded unlike a fact question: a short chunk has few sentences, so this one may be about
                 # the same sentence as a fact item, and the client drops near-duplicate questions.
                 question = f"What should I know about {_head(s)}?"[:_MAX_QUESTION]
-                item.update(question=question, answer=s[:_MAX_ANSWER], quote=quote(s))
+                item.update(question=question, answer=_flat(s)[:_MAX_ANSWER], quote=quote(s))
                 item["follow_ups"] = [
-                    {"question": _fact_question(nxt), "answer": nxt[:_MAX_ANSWER], "quote": quote(nxt)}
+                    {"question": _fact_question(nxt), "answer": _flat(nxt)[:_MAX_ANSWER], "quote": quote(nxt)}
                 ]
             else:  # refusal
                 term = terms[i % len(terms)]
