@@ -530,3 +530,17 @@ def test_evaluation_can_be_cancelled_and_saves_nothing(qtbot, runner: JobRunner,
         assert not (probes_project / "evals").exists() or not any((probes_project / "evals").iterdir())
         assert page.eval_button.isEnabled() and not page.eval_cancel_button.isVisible()
         page.set_project(None)
+
+
+def test_the_evaluation_follows_the_chat_model_until_one_is_picked_there(qtbot, runner: JobRunner,
+                                                                        project_root: Path) -> None:
+    with Project.open(project_root) as project:
+        page = _page(qtbot, runner, project)
+        assert page.eval_model_combo.currentText() == "Tuned · run 2025-02-02 10:00 · Q4_K_M"
+        _pick(page.model_combo, "Tuned · run 2025-01-01 09:00 · F16")
+        _wait_loaded(qtbot, page)
+        assert page.eval_model_combo.currentText() == "Tuned · run 2025-01-01 09:00 · F16"
+        # Once the user picks the model to evaluate, chatting with another one leaves that choice alone.
+        _pick(page.eval_model_combo, "Tuned · run 2025-02-02 10:00 · Q4_K_M")
+        _pick(page.model_combo, "Tuned · run 2025-01-01 09:00 · F16")
+        assert page.eval_model_combo.currentText() == "Tuned · run 2025-02-02 10:00 · Q4_K_M"

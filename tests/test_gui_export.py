@@ -215,6 +215,8 @@ def test_export_through_the_page(qtbot, page: ExportPage, project_root: Path, as
     assert chat.args[0] == str(out / "field-notes-Q8_0.gguf")
     page.reveal_button.click()
     assert revealed[-1] == out / "field-notes-Q8_0.gguf"
+    page.refresh()  # what coming back to the page does: the picked file stays picked
+    assert page.selected_file() == out / "field-notes-Q8_0.gguf"
 
     # Exporting again asks first; declining leaves the files as they were.
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}

@@ -705,7 +705,7 @@ class ChatPage(QWidget):
         model_none = "Choose a model…" if self._selected[0] is None else None
         _set_combo_items(self.model_combo, self._picker_items(model_none), self._selected[0])
         _set_combo_items(self.compare_combo, self._picker_items("No comparison"), self._selected[1])
-        if self._eval_selected[0] is None and not self._eval_touched:
+        if not self._eval_touched:  # until the user picks there, evaluate the tuned model being chatted with
             self._default_eval_models()
         eval_none = "Choose the tuned model…" if self._eval_selected[0] is None else None
         _set_combo_items(self.eval_model_combo, self._picker_items(eval_none), self._eval_selected[0])

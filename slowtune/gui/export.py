@@ -1215,6 +1215,9 @@ class ExportPage(QWidget):
             self.show_export(self.exports[index])
 
     def show_export(self, export: ExportInfo | None) -> None:
+        # Shown again (the page came back into view): the file the user picked stays picked.
+        same = export is not None and self.shown_export is not None and export.folder == self.shown_export.folder
+        picked = self.selected_file() if same else None
         self.shown_export = export
         self.result_box.setVisible(export is not None)
         self.file_tree.clear()
@@ -1244,7 +1247,7 @@ class ExportPage(QWidget):
             if f.size is None:
                 item.setForeground(2, QColor("#e03131"))
             self.file_tree.addTopLevelItem(item)
-            if chat is not None and f.path == chat.path:
+            if (f.path == picked) if picked is not None else (chat is not None and f.path == chat.path):
                 self.file_tree.setCurrentItem(item)
         self.checks_label.setText("<br>".join(_marked(lv, text) for lv, text in lines))
         self.checks_label.setVisible(bool(lines))
