@@ -293,8 +293,11 @@ def test_lora_only_export_to_a_folder_of_ones_choice(qtbot, page: ExportPage, pr
     kinds = {tree.topLevelItem(i).text(0): tree.topLevelItem(i).text(1) for i in range(tree.topLevelItemCount())}
     assert kinds["field-notes-lora.gguf"].startswith("LoRA adapter") and kinds["base-F16.gguf"].startswith("Base")
     assert "notes.txt" not in kinds
-    # Chat here needs a merged model: the button says how to use the adapter instead.
-    assert not page.chat_button.isEnabled() and "--lora field-notes-lora.gguf" in page.chat_button.toolTip()
+    # Chat with It hands the Chat page the adapter (applied there to its base) and the base to compare with.
+    assert page.chat_button.isEnabled() and "field-notes-lora.gguf on base-F16.gguf" in page.chat_button.toolTip()
+    with qtbot.waitSignal(page.chat_requested, timeout=1000) as chat:
+        page.chat_button.click()
+    assert chat.args == [str(out / "field-notes-lora.gguf"), str(out / "base-F16.gguf")]
     assert "--lora field-notes-lora.gguf" in page.usage_label.text()
 
 

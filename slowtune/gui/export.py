@@ -1303,25 +1303,25 @@ class ExportPage(QWidget):
         export = self.shown_export
         if export is None or not export.finished:
             return None
+        base = export.file("base-F16")
+        if export.lora_only:
+            # The Chat page applies an export's LoRA GGUF to the base it was exported with; the base alone beside it.
+            lora = export.file("LoRA")
+            if lora is None or lora.size is None or base is None or base.size is None:
+                return None
+            return lora.path, base.path
         selected = self.selected_file()
         chosen = next((f for f in export.files if f.path == selected and f.is_model and f.size is not None), None)
         chosen = chosen or export.chat_file()
         if chosen is None:
             return None
-        base = export.file("base-F16")
         return chosen.path, (base.path if base is not None else None)
 
     def _update_result_buttons(self) -> None:
         export = self.shown_export
         self.reveal_button.setEnabled(export is not None)
         target = self.chat_target()
-        if export is not None and export.lora_only:
-            lora, base = export.file("LoRA"), export.file("base-F16")
-            self.chat_button.setEnabled(False)
-            self.chat_button.setToolTip(
-                "Chat here needs a merged model: export again without “LoRA adapter only”. From Terminal: slowtune "
-                f"chat {base.path.name if base else 'base-F16.gguf'} --lora {lora.path.name if lora else 'LORA'}")
-        elif export is not None and not export.passed():
+        if export is not None and not export.passed():
             self.chat_button.setEnabled(False)
             self.chat_button.setToolTip("These files were not verified to behave like the trained model.")
         else:
@@ -1329,7 +1329,8 @@ class ExportPage(QWidget):
             tip = ""
             if target is not None:
                 model, base = target
-                tip = f"Chat with {model.name}" + (f" beside {base.name}, the model before tuning" if base else "")
+                what = f"{model.name} on {base.name}" if export is not None and export.lora_only else model.name
+                tip = f"Chat with {what}" + (f" beside {base.name}, the model before tuning" if base else "")
             self.chat_button.setToolTip(tip)
 
     def reveal_selected(self) -> None:
