@@ -371,6 +371,18 @@ def test_a_saved_chat_reopens_goes_on_and_can_be_deleted(qtbot, page: ChatPage, 
     assert [m.content for m in session.messages if m.role == "user"] == ["First question", "Second question"]
     assert page.sessions_list.count() == 1
 
+    # Export… writes the chat as Markdown, or as JSONL when the chosen name ends in .jsonl.
+    page.sessions_list.setCurrentRow(0)
+    out = Path(project.root) / "exported"
+    out.mkdir()
+    for name in ("chat.md", "chat.jsonl"):
+        monkeypatch.setattr(page_module, "choose_export_path", lambda parent, suggested, n=name: str(out / n))
+        assert page.export_selected_session() == out / name
+    assert "First question" in (out / "chat.md").read_text() and "Second question" in (out / "chat.md").read_text()
+    lines = [json.loads(line) for line in (out / "chat.jsonl").read_text().splitlines()]
+    assert lines and all("messages" in line for line in lines)
+    assert (out / "chat.jsonl").read_text() == sessions.export_jsonl(project, session_id)
+
     asked: list[str] = []
     monkeypatch.setattr(page_module, "ask", lambda parent, title, text, yes: asked.append(text) or True)
     page.sessions_list.setCurrentRow(0)

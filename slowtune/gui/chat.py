@@ -55,6 +55,7 @@ from PySide6.QtWidgets import (
 
 from slowtune.chat import sessions
 from slowtune.chat.model import ChatError, ChatModel, Sampling, stream_side_by_side
+from slowtune.fsutil import atomic_write_text
 from slowtune.gui.chatview import MessageInput, ScoreTable, TranscriptView, TurnView
 from slowtune.gui.widgets import MessageBanner
 from slowtune.gui.widgets import ask_yes as ask  # module-level name: tests answer it
@@ -224,6 +225,18 @@ def choose_gguf_file(parent: QWidget) -> str | None:
     path, _ = QFileDialog.getOpenFileName(parent, "Open a GGUF Model", str(Path.home()),
                                           "GGUF models (*.gguf);;All files (*)")
     return path or None
+
+
+def choose_export_path(parent: QWidget, suggested: str) -> str | None:
+    """Ask where to save a chat (a dialog); the path, or None. Module-level so tests can answer it."""
+    path, _ = QFileDialog.getSaveFileName(parent, "Export Chat", str(Path.home() / suggested),
+                                          "Markdown (*.md);;JSON Lines (*.jsonl)")
+    return path or None
+
+
+def _safe_file_name(title: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in " -_" else " " for c in title)
+    return " ".join(cleaned.split())[:60] or "chat"
 
 
 # --- the work done in jobs ---------------------------------------------------------------------------------------
@@ -463,12 +476,18 @@ class ChatPage(QWidget):
         self.sessions_list.itemClicked.connect(self._session_item_chosen)
         self.delete_session_button = QPushButton("Delete…")
         self.delete_session_button.clicked.connect(self.delete_selected_session)
+        self.export_session_button = QPushButton("Export…")
+        self.export_session_button.setToolTip("Save the selected chat as Markdown (to read or share) or JSONL")
+        self.export_session_button.clicked.connect(lambda: self.export_selected_session())
         side = QWidget()
         side_layout = QVBoxLayout(side)
         side_layout.setContentsMargins(0, 0, 0, 0)
         side_layout.addWidget(QLabel("Saved chats"))
         side_layout.addWidget(self.sessions_list, 1)
-        side_layout.addWidget(self.delete_session_button)
+        session_buttons = QHBoxLayout()
+        session_buttons.addWidget(self.export_session_button)
+        session_buttons.addWidget(self.delete_session_button)
+        side_layout.addLayout(session_buttons)
 
         self.transcript = TranscriptView()
         self.input = MessageInput()
@@ -1160,6 +1179,30 @@ class ChatPage(QWidget):
             self._clear_conversation()
         self.refresh_sessions()
         self._update_status()
+
+    def export_selected_session(self) -> Path | None:
+        """Write the selected saved chat to a file the user names: Markdown, or JSONL when the name ends so."""
+        item = self.sessions_list.currentItem()
+        if self.project is None or item is None:
+            return None
+        session_id = int(item.data(Qt.ItemDataRole.UserRole))
+        title = item.text().split("\n", 1)[0]
+        target = choose_export_path(self, _safe_file_name(title) + ".md")
+        if target is None:
+            return None
+        path = Path(target)
+        try:
+            text = (sessions.export_jsonl if path.suffix.lower() == ".jsonl" else sessions.export_markdown)(
+                self.project, session_id)
+            atomic_write_text(path, text)
+        except (ChatError, sqlite3.Error) as exc:
+            self.banner.show_message(str(exc), level="error")
+            return None
+        except OSError as exc:
+            self.banner.show_message(f"Could not write {path}: {exc.strerror or exc}", level="error")
+            return None
+        self.banner.show_message(f"Saved “{title}” to {path}.", level="info")
+        return path
 
     def new_chat(self) -> None:
         """A new conversation with the same models; the current one stays saved."""
