@@ -225,38 +225,17 @@ def check_keychain(ctx: _Context) -> str:
 
 
 def check_window(ctx: _Context) -> str:
-    from slowtune.gui.app import MainWindow, make_app
+    from slowtune.gui.selfcheck import draw_main_window  # the Qt half lives in slowtune/gui
 
-    if not _qt_app_exists():
-        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    from PySide6.QtGui import QGuiApplication, QIcon  # noqa: TID251  (in a function: the core stays Qt-free)
-
-    from slowtune.resources import resource_path
-
-    app = make_app([sys.argv[0] if sys.argv else "slowtune"])
-    window = MainWindow(open_last_project=False)
-    try:
-        pages = window.pages.count()
-        if pages < 1 or window.sidebar.count() != pages:
-            raise CheckFailed(f"the window has {window.sidebar.count()} sidebar entries for {pages} pages")
-        picture = window.grab()
-        if picture.isNull() or picture.width() < 100:
-            raise CheckFailed("the main window could not be drawn")
-        icon = QIcon(str(resource_path("icons", "slowtune.svg"))).pixmap(64, 64)
-        if icon.isNull():
-            raise CheckFailed("the SVG app icon cannot be drawn (Qt's SVG plugins are missing)")
-        app.processEvents()
-    finally:
-        window.close()
-        window.deleteLater()
-        app.processEvents()
-    return (f"main window with {pages} pages drawn {picture.width()}x{picture.height()} on Qt's "
-            f"{QGuiApplication.platformName()} platform; SVG icon drawn")
-
-
-def _qt_app_exists() -> bool:
-    widgets = sys.modules.get("PySide6.QtWidgets")
-    return widgets is not None and widgets.QApplication.instance() is not None
+    shown = draw_main_window()
+    if shown.pages < 1 or shown.sidebar_entries != shown.pages:
+        raise CheckFailed(f"the window has {shown.sidebar_entries} sidebar entries for {shown.pages} pages")
+    if shown.width < 100:
+        raise CheckFailed("the main window could not be drawn")
+    if not shown.icon_drawn:
+        raise CheckFailed("the SVG app icon cannot be drawn (Qt's SVG plugins are missing)")
+    return (f"main window with {shown.pages} pages drawn {shown.width}x{shown.height} on Qt's {shown.platform} "
+            "platform; SVG icon drawn")
 
 
 CHECKS: dict[str, Callable[[_Context], str]] = {
