@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from slowtune.selfcmd import module_command
+
 OPENBLAS = Path("/usr/lib/x86_64-linux-gnu/libopenblas.so.0")
 
 # The issue's benchmark model: ~1.9 GB of float32 weights.
@@ -137,17 +139,15 @@ def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
         unchanged = sum(f.status == "unchanged" for f in again.files)
 
         # One big PDF in a fresh process, its memory (and its parser workers') sampled throughout.
-        code = ("import sys; from pathlib import Path; from slowtune.store import Project; "
-                "from slowtune.documents.library import ingest; "
-                "p = Project.create(Path(sys.argv[1])); r = ingest(p, [Path(sys.argv[2])]); "
-                "print(r.files[0].status, r.files[0].pages)")
-        proc = subprocess.Popen([sys.executable, "-c", code, str(work / "big"), str(big)], stdout=subprocess.PIPE,
+        spec = {"variant": "ingest_big", "project": str(work / "big"), "file": str(big)}
+        proc = subprocess.Popen(module_command("slowtune.bench", json.dumps(spec)), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         peak: dict[str, int] = {}
         stop = threading.Event()
         sampler = threading.Thread(target=_peak_tree_rss, args=(proc, stop, peak), daemon=True)
         sampler.start()
         out, err = proc.communicate()
+        out = out.strip().splitlines()[-1] if out.strip() else ""
         stop.set()
         sampler.join()
         if proc.returncode != 0:
@@ -205,7 +205,7 @@ def bench_export(args: argparse.Namespace) -> dict[str, Any]:
     out.mkdir(parents=True)
     disk = system.measure_read_speed(model, size_bytes=256 * 2**20)
     spec = {"variant": "export", "model": str(model), "adapter": str(adapter), "out": str(out)}
-    proc = subprocess.run([sys.executable, "-m", "slowtune.bench", json.dumps(spec)], capture_output=True, text=True)
+    proc = subprocess.run(module_command("slowtune.bench", json.dumps(spec)), capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"bench export worker failed:\n{proc.stderr[-3000:]}")
     phase = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -284,7 +284,7 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
         if variant not in only:
             continue
         spec = {"variant": variant, "model": str(model), "steps": args.steps, **shape}
-        proc = subprocess.run([sys.executable, "-m", "slowtune.bench", json.dumps(spec)], env=env,
+        proc = subprocess.run(module_command("slowtune.bench", json.dumps(spec)), env=env,
                               capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"bench worker {variant} failed:\n{proc.stderr[-3000:]}")
@@ -434,6 +434,19 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _ingest_worker(spec: dict[str, Any]) -> str:
+    """One file ingested into a new project in this process (``bench ingest`` samples its memory)."""
+    from slowtune.documents.library import ingest
+    from slowtune.store import Project
+
+    with Project.create(Path(spec["project"])) as project:
+        result = ingest(project, [Path(spec["file"])])
+    return f"{result.files[0].status} {result.files[0].pages}"
+
+
 if __name__ == "__main__":
     _spec = json.loads(sys.argv[1])
-    print(json.dumps(_export_worker(_spec) if _spec["variant"] == "export" else _worker(_spec)))
+    if _spec["variant"] == "ingest_big":
+        print(_ingest_worker(_spec))
+    else:
+        print(json.dumps(_export_worker(_spec) if _spec["variant"] == "export" else _worker(_spec)))

@@ -8,6 +8,8 @@ Each check does real work with one part and fails when that part is missing or b
 - mlx: runs one matrix product (on the Metal GPU on a Mac, which also loads MLX's kernel library);
 - mlx-lm: writes a tiny model, then loads it and its tokenizer the way training does;
 - llama.cpp: loads the llama.cpp library, converts that tiny model to GGUF and evaluates a prompt with it;
+- child processes: the quantiser runs as a child process the way export starts it; in the frozen app, the app
+  refuses ``-c``, a module that is not one of its own children (``-m keyring``) and a child with foreign arguments;
 - keychain: the OS keychain backend is bundled and selected (the macOS Keychain on a Mac); where the machine has
   no keychain it says so and checks what slowtune is configured to use instead;
 - window: builds the main window offscreen and draws it, with the app icon rendered from its SVG.
@@ -174,6 +176,42 @@ def check_llama_cpp(ctx: _Context) -> str:
             f"evaluates {len(tokens)} tokens")
 
 
+# Command lines the frozen app must refuse (packaging/entry.py): code, a foreign module, a known child with arguments
+# slowtune never gives it. Each would otherwise run with the app's identity, and so with its Keychain access.
+REFUSED_COMMANDS = (
+    ("-c", "import keyring"),
+    ("-m", "keyring", "get", "slowtune", "openai"),
+    ("-m", "slowtune.export.quantize", "--foreign", "argument"),
+)
+
+
+def check_child_processes(ctx: _Context) -> str:
+    import subprocess
+
+    from slowtune.export.gguf_writer import write_gguf
+    from slowtune.export.quantize import quantize
+    from slowtune.selfcmd import program_command
+
+    refused = []
+    if is_frozen():
+        for args in REFUSED_COMMANDS:
+            done = subprocess.run(program_command(*args), capture_output=True, text=True, timeout=120,
+                                  stdin=subprocess.DEVNULL)
+            shown = " ".join(args[:2])
+            if done.returncode != 2 or "refused" not in done.stderr or done.stdout:
+                raise CheckFailed(f"the app did not refuse `{shown} ...` (exit {done.returncode}, "
+                                  f"stderr {done.stderr.strip()[-200:]!r})")
+            refused.append(shown)
+    f32 = write_gguf(ctx.tiny_model(), ctx.scratch / "child-F32.gguf", out_type="f32")
+    q8 = quantize(f32, ctx.scratch / "child-Q8_0.gguf", "Q8_0")
+    if q8.read_bytes()[:4] != b"GGUF" or q8.stat().st_size >= f32.stat().st_size:
+        raise CheckFailed("the quantiser child process did not write a smaller GGUF")
+    ran = "the quantiser ran as a child process"
+    if not refused:
+        return f"{ran} (from source: the refusal of other code is the frozen app's, and is checked there)"
+    return f"{ran}; refused: {'; '.join(f'`{r} ...`' for r in refused)}"
+
+
 def _os_keychain_module() -> str | None:
     if sys.platform == "darwin":
         return "keyring.backends.macOS"
@@ -244,6 +282,7 @@ CHECKS: dict[str, Callable[[_Context], str]] = {
     "mlx": check_mlx,
     "mlx-lm": check_mlx_lm,
     "llama.cpp": check_llama_cpp,
+    "child processes": check_child_processes,
     "keychain": check_keychain,
     "window": check_window,
 }

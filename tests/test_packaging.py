@@ -437,6 +437,113 @@ def test_self_test_refuses_a_command() -> None:
     assert exc.value.code == 2
 
 
+# --- the frozen entry runs only slowtune (packaging/entry.py) ----------------------------------------------------
+ENTRY = PROJECT_ROOT / "packaging" / "entry.py"
+
+
+def _load_entry() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("slowtune_frozen_entry", ENTRY)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+entry = _load_entry()
+
+
+def test_the_entry_allows_exactly_the_modules_slowtune_starts() -> None:
+    from slowtune import selfcmd
+
+    assert set(entry.ALLOWED) == set(selfcmd.CHILD_MODULES)
+    with pytest.raises(ValueError, match="keyring is not one of slowtune's child-process modules"):
+        selfcmd.module_command("keyring")
+
+
+def test_the_entry_script_neither_compiles_nor_executes_code() -> None:
+    source = ENTRY.read_text()
+    assert not re.search(r"exec\(|compile\(|eval\(", source)
+
+
+def test_no_child_process_is_started_outside_selfcmd() -> None:
+    """Every child command line comes from slowtune.selfcmd, so the frozen entry's allow-list sees every one."""
+    offenders = []
+    for path in (PROJECT_ROOT / "slowtune").rglob("*.py"):
+        if path.name == "selfcmd.py":
+            continue
+        text = path.read_text()
+        for pattern in (r"sys\.executable,\s*\"-[cm]\"", r"\[\s*sys\.executable\s*,"):
+            offenders += [f"{path.relative_to(PROJECT_ROOT)}: {m.group(0)}" for m in re.finditer(pattern, text)]
+    assert offenders == []
+
+
+@pytest.mark.parametrize("args, named", [
+    (["-c", "import keyring; print(keyring.get_password('slowtune', 'openai'))"], "-c"),
+    (["-cimport os"], "-c"),
+    (["-m", "keyring", "get", "slowtune", "openai"], "-m keyring"),
+    (["-mkeyring"], "-m keyring"),
+    (["-m", "runpy"], "-m runpy"),
+    (["-m"], "-m (no module)"),
+    (["-m", "slowtune.export.quantize", "--foreign"], "-m slowtune.export.quantize with arguments"),
+    (["-m", "slowtune.export.quantize", json.dumps({"source": "a", "dest": "b", "ftype": "x", "threads": 1})],
+     "-m slowtune.export.quantize with arguments"),
+    (["-m", "slowtune.bench", json.dumps({"variant": "anything"})], "-m slowtune.bench with arguments"),
+    (["-m", "slowtune.bench", json.dumps({"variant": "memory", "x": {"nested": 1}})], "-m slowtune.bench with"),
+    (["-m", "slowtune.gui.bench", "latency", "a", "b"], "-m slowtune.gui.bench with arguments"),
+    (["-m", "slowtune.testing.fake_openai", "--api-key", "x"], "-m slowtune.testing.fake_openai with"),
+])
+def test_the_entry_refuses_code_foreign_modules_and_foreign_arguments(args: list[str], named: str) -> None:
+    why = entry.refusal(args)
+    assert why is not None and why.startswith("slowtune: refused: ") and named in why, why
+
+
+def test_the_entry_lets_slowtune_itself_and_its_children_through(monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
+    from slowtune.export import quantize as quantize_module
+    from slowtune.selfcmd import module_command
+
+    # The command line the export really builds for its quantiser child.
+    seen: list[list[str]] = []
+
+    def fake_run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        seen.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1, "", "not run")
+
+    monkeypatch.setattr(quantize_module.subprocess, "run", fake_run)
+    with pytest.raises(quantize_module.QuantizeError):
+        quantize_module.quantize(tmp_path / "a.gguf", tmp_path / "b.gguf", "Q4_K_M")
+    assert seen and seen[0][1:3] == ["-m", "slowtune.export.quantize"]
+    assert entry.refusal(seen[0][1:]) is None
+    for args in ([], ["--self-test"], ["-v", "doctor"], ["train", "--resume", "run"], ["--help"]):
+        assert entry.refusal(args) is None, args
+    for cmd in (module_command("slowtune.bench", json.dumps({"variant": "ingest_big", "project": "p", "file": "f"})),
+                module_command("slowtune.bench", json.dumps({"variant": "streamed_cold", "model": "m", "steps": 3,
+                                                              "hidden_size": 256})),
+                module_command("slowtune.gui.bench", "bare"),
+                module_command("slowtune.gui.bench", "latency", "out.json", "work", "1.5", "40"),
+                module_command("slowtune.testing.fake_openai", "--latency", "0.02", "--no-auth")):
+        assert entry.refusal(cmd[1:]) is None, cmd
+
+
+def test_a_refusal_is_one_line_exit_2_and_imports_nothing_first() -> None:
+    """Run the entry script as the frozen app runs it: the refusal comes before slowtune, keyring or json load."""
+    done = subprocess.run([sys.executable, "-X", "importtime", str(ENTRY), "-m", "keyring", "get", "slowtune", "x"],
+                          capture_output=True, text=True, timeout=60, cwd=PROJECT_ROOT)
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if not line.startswith("import time:")]
+    assert lines == ["slowtune: refused: -m keyring (not one of slowtune's own child processes)"]
+    imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert imported, "python -X importtime printed nothing"
+    for module in ("keyring", "slowtune", "json", "runpy"):
+        assert module not in imported and not any(m.startswith(module + ".") for m in imported), module
+    assert done.stdout == ""
+
+    code = subprocess.run([sys.executable, str(ENTRY), "-c", "print('ran')"], capture_output=True, text=True,
+                          timeout=60, cwd=PROJECT_ROOT)
+    assert code.returncode == 2 and code.stdout == ""
+    assert code.stderr.strip() == "slowtune: refused: -c (this app runs no code it is handed)"
+
+
 # --- the self-test from source, as `uv run slowtune --self-test` runs it ----------------------------------------
 def _slowtune_self_test(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "slowtune", "--self-test"], capture_output=True, text=True,
@@ -512,6 +619,16 @@ def test_the_frozen_linux_bundle_passes_its_self_test(frozen: tuple[Path, str], 
                      "libcudart.so", "keyrings"):
         assert not any(n.startswith(unwanted) for n in names), unwanted
 
+    # The self-test checked the refusals itself; check them here too, in a user's environment.
+    assert re.search(r"^  ok  \s+child processes\s+.*refused: `-c import keyring ...`; `-m keyring ...`; "
+                     r"`-m slowtune.export.quantize ...`", done.stdout, re.MULTILINE), done.stdout
+    for args in (["-c", "import keyring; print(keyring.get_keyring())"], ["-m", "keyring", "diagnose"],
+                 ["-m", "slowtune.export.quantize", "not-a-spec"]):
+        refused = subprocess.run([str(program), *args], capture_output=True, text=True, timeout=120,
+                                 env=_clean_env(tmp_path / "home"))
+        assert refused.returncode == 2 and refused.stdout == "", (args, refused.stdout, refused.stderr)
+        assert refused.stderr.startswith("slowtune: refused: ") and len(refused.stderr.splitlines()) == 1
+
     # A stage run as a child process of the frozen program (`sys.executable -m ...`), as export does to quantise.
     from slowtune.export.gguf_writer import write_gguf
 
@@ -537,6 +654,7 @@ def test_the_frozen_self_test_fails_when_the_bundle_lacks_a_part(frozen: tuple[P
                           env=_clean_env(tmp_path / "home"))
     assert done.returncode == 1, done.stdout + done.stderr
     assert re.search(r"^  FAIL\s+llama\.cpp\s", done.stdout, re.MULTILINE), done.stdout
+    assert re.search(r"^  FAIL\s+child processes\s", done.stdout, re.MULTILINE), done.stdout  # the quantiser
     assert re.search(r"^  FAIL\s+resources\s+.*prices\.json is missing", done.stdout, re.MULTILINE), done.stdout
     assert re.search(r"^  ok  \s+mlx\s", done.stdout, re.MULTILINE), done.stdout
-    assert f"{len(selftest.CHECKS) - 2} of {len(selftest.CHECKS)} checks passed" in done.stdout
+    assert f"{len(selftest.CHECKS) - 3} of {len(selftest.CHECKS)} checks passed" in done.stdout

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from slowtune.progress import Progress, ensure
+from slowtune.selfcmd import module_command
 
 # User-facing names -> llama.cpp's ftype constant names.
 QUANT_TYPES = {
@@ -49,7 +50,7 @@ def quantize(source: Path, dest: Path, qtype: str, *, threads: int | None = None
     tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
     spec = {"source": str(source), "dest": str(tmp), "ftype": QUANT_TYPES[qtype], "threads": threads or os.cpu_count()}
     try:
-        proc = subprocess.run([sys.executable, "-m", "slowtune.export.quantize", json.dumps(spec)],
+        proc = subprocess.run(module_command("slowtune.export.quantize", json.dumps(spec)),
                               capture_output=True, text=True)
         if proc.returncode != 0 or not tmp.exists():
             tail = "\n".join(proc.stderr.strip().splitlines()[-5:])

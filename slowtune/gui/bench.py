@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from slowtune.selfcmd import module_command, slowtune_command
+
 HEAVY = ("mlx", "mlx_lm", "llama_cpp", "openai", "transformers", "numpy")
 TARGET_COLD_START_S = 1.5
 TICK_MS = 10
@@ -224,8 +226,8 @@ def bench_gui(args: argparse.Namespace) -> dict[str, Any]:
         work = Path(tmp)
         home = _prepare_home(work)
         env = _child_env(home)
-        app_cmd = [sys.executable, "-m", "slowtune"]
-        bare_cmd = [sys.executable, "-m", "slowtune.gui.bench", "bare"]
+        app_cmd = slowtune_command()
+        bare_cmd = module_command("slowtune.gui.bench", "bare")
         # One unmeasured start of each, so both sides read their files from a warm page cache.
         _time_start(app_cmd, env, work / "shown.json")
         _time_start(bare_cmd, env, work / "shown.json")
@@ -237,8 +239,8 @@ def bench_gui(args: argparse.Namespace) -> dict[str, Any]:
             bare_runs.append(_time_start(bare_cmd, env, work / "shown.json")["s"])
 
         out = work / "latency.json"
-        done = subprocess.run([sys.executable, "-m", "slowtune.gui.bench", "latency", str(out), str(work / "train"),
-                               str(idle_s), str(steps)], env=env, capture_output=True, text=True, timeout=1800)
+        done = subprocess.run(module_command("slowtune.gui.bench", "latency", out, work / "train", str(idle_s),
+                                             str(steps)), env=env, capture_output=True, text=True, timeout=1800)
         if done.returncode != 0 or not out.exists():
             raise SystemExit(f"slowtune bench gui: the latency run failed ({done.returncode}):\n{done.stderr[-3000:]}")
         latency = json.loads(out.read_text())

@@ -23,12 +23,13 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from slowtune.selfcmd import module_command, slowtune_command
 
 _WORDS = ["amber", "basalt", "cedar", "delta", "ember", "fjord", "garnet", "harbor", "indigo", "juniper", "kestrel", "lantern", "meadow", "nickel", "orchid", "pewter", "quarry", "russet", "saffron", "thistle", "umber", "violet", "willow", "xenon", "yarrow", "zephyr"]
 
@@ -62,7 +63,7 @@ def _control(url: str, path: str, payload: Any = None) -> Any:
 class _Server:
     def __init__(self, latency: float) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "slowtune.testing.fake_openai", "--latency", str(latency), "--no-auth"],
+            module_command("slowtune.testing.fake_openai", "--latency", str(latency), "--no-auth"),
             stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline() if self.proc.stdout else ""
         if not line.startswith("URL "):
@@ -180,7 +181,7 @@ def _one_run(run: int, args: argparse.Namespace, server: _Server, work: Path) ->
     server.reset()
     root = _project(work / f"run{run}-kill", args.chunks)
     env = {**os.environ, "SLOWTUNE_HOME": os.environ["SLOWTUNE_HOME"]}
-    cmd = [sys.executable, "-m", "slowtune.cli", "generate", str(root), "--provider", "bench", "--yes", "--json",
+    cmd = [*slowtune_command("generate", str(root)), "--provider", "bench", "--yes", "--json",
            "--concurrency", str(args.concurrency), "--pairs-per-chunk", "2", "--timeout", "30"]
     killed = subprocess.run(cmd, env={**env, "SLOWTUNE_TEST_KILL": f"teacher-call:{args.kill_at}"},
                             capture_output=True, text=True)
