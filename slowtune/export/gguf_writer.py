@@ -67,19 +67,6 @@ _GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "
 # like Hugging Face. Only the former need the q/k permutation.
 _PERMUTE_QK = {"llama": True, "mistral": True, "qwen2": False, "qwen3": False}
 
-# Published split regexes of byte-level BPE tokenizers (from the models' tokenizer.json), and the name
-# llama.cpp gives the pre-tokenizer that implements each one (`tokenizer.ggml.pre`, see llama-vocab.cpp).
-# Qwen2.5 and Qwen3 share Qwen2's; Llama 3.x keeps runs of up to three digits together.
-_QWEN2_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_LLAMA3_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_PRE_TOKENIZERS = {_QWEN2_REGEX: "qwen2", _LLAMA3_REGEX: "llama-bpe"}
-
 # Tokens that end a chat turn in the common families, tried in this order when the EOS token is not one.
 _END_OF_TURN_TOKENS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>")
 
@@ -391,32 +378,13 @@ def _as_list(node: Mapping[str, Any] | None, key: str) -> list[Mapping[str, Any]
 
 
 def _byte_level_pre(tokenizer_json: Mapping[str, Any], path: Path) -> str:
-    """llama.cpp's name for the pre-tokenizer, detected from the split regex in tokenizer.json."""
-    steps = _as_list(tokenizer_json.get("pre_tokenizer"), "pretokenizers")
-    splits = [s for s in steps if s.get("type") == "Split"]
-    byte_levels = [s for s in steps if s.get("type") == "ByteLevel"]
-    regex = None
-    if len(splits) == 1 and len(byte_levels) == 1 and len(steps) == 2:
-        split, byte_level = splits[0], byte_levels[0]
-        regex = split.get("pattern", {}).get("Regex")
-        ok = (
-            steps[0] is split
-            and split.get("behavior") == "Isolated"
-            and not split.get("invert", False)
-            and not byte_level.get("use_regex", True)
-            and not byte_level.get("add_prefix_space", False)
-        )
-        if ok and regex in _PRE_TOKENIZERS:
-            return _PRE_TOKENIZERS[regex]
-    if regex:
-        described = f"split regex {regex!r}"
-    else:
-        described = f"pre-tokenizer {json.dumps(tokenizer_json.get('pre_tokenizer'))[:300]}"
-    raise ExportError(
-        f"{path}: unsupported byte-level pre-tokenizer ({described}). llama.cpp splits text with a fixed set of "
-        f"built-in pre-tokenizers and could not tokenize this model's text the same way; known: "
-        f"{', '.join(sorted(set(_PRE_TOKENIZERS.values())))}"
-    )
+    """llama.cpp's name for the pre-tokenizer that splits text as this tokenizer's does (compared by behaviour)."""
+    from slowtune.models import pretokenizers
+
+    try:
+        return pretokenizers.identify(tokenizer_json.get("pre_tokenizer")).name
+    except pretokenizers.UnknownPreTokenizer as exc:
+        raise ExportError(f"{path}: unsupported byte-level pre-tokenizer: {exc}") from exc
 
 
 def _spm_space_prefix(tokenizer_json: Mapping[str, Any]) -> bool | None:

@@ -21,7 +21,7 @@ import functools
 import json
 import os
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -323,6 +323,97 @@ def tiny_tokenizer_spec(arch: Arch, vocab_size: int = 1024) -> TokenizerSpec:
             add_bos_token=True,
         )
     raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHS}")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Tokenizer families: each family's own pre-tokenizer, as its tokenizer.json words it
+# --------------------------------------------------------------------------------------------------------
+
+# The pre-tokenizer (and normaliser) each byte-level BPE family publishes in its tokenizer.json. They word the same
+# behaviour in different ways (GPT-2's ByteLevel applies its regex itself; SmolLM and StarCoder split digits with a
+# Digits step; Falcon uses Punctuation and Digits steps), which is why the export identifies them by behaviour.
+def _gpt2_style() -> pre_tokenizers.PreTokenizer:
+    return pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
+
+
+def _digits_then_gpt2() -> pre_tokenizers.PreTokenizer:
+    return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), _gpt2_style()])
+
+
+def _falcon() -> pre_tokenizers.PreTokenizer:
+    # Falcon's pre-tokenizer in the Split form llama.cpp documents for it. Its tokenizer.json could not be read here
+    # (no model hub); a Punctuation + ByteLevel + Digits + Split wording behaves differently (it cuts " 1" and the
+    # byte-level "½"), and the export would refuse that one by name rather than write a GGUF that tokenizes wrongly.
+    from slowtune.models.pretokenizers import BY_NAME
+
+    return _splits_then_bytes(BY_NAME["falcon"].regexes, digits=None)
+
+
+def _splits_then_bytes(regexes: Sequence[str], digits: bool | None) -> pre_tokenizers.PreTokenizer:
+    steps: list[pre_tokenizers.PreTokenizer] = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes]
+    if digits is not None:
+        steps.append(pre_tokenizers.Digits(individual_digits=digits))
+    steps.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False))
+    return pre_tokenizers.Sequence(steps)
+
+
+def _deepseek_llm() -> pre_tokenizers.PreTokenizer:
+    from slowtune.models.pretokenizers import BY_NAME
+
+    regexes = BY_NAME["deepseek-llm"].regexes[:-1]  # DeepSeek's tokenizer.json ends with a Digits step instead
+    return _splits_then_bytes(regexes, digits=False)
+
+
+def _deepseek_coder() -> pre_tokenizers.PreTokenizer:
+    from slowtune.models.pretokenizers import BY_NAME
+
+    return _splits_then_bytes(BY_NAME["deepseek-coder"].regexes[:-1], digits=True)  # its digits: a Digits step
+
+
+BYTE_LEVEL_FAMILIES: dict[str, tuple[Callable[[], pre_tokenizers.PreTokenizer], bool]] = {  # llama.cpp's name -> (the family's pre-tokenizer, NFC)
+    "llama-bpe": (lambda: _byte_level_pre_tokenizer(LLAMA3_SPLIT_REGEX), False),
+    "qwen2": (lambda: _byte_level_pre_tokenizer(QWEN2_SPLIT_REGEX), True),
+    "smollm": (_digits_then_gpt2, False),
+    "starcoder": (_digits_then_gpt2, False),
+    "gpt-2": (_gpt2_style, False),
+    "phi-2": (_gpt2_style, False),
+    "olmo": (_gpt2_style, True),
+    "falcon": (_falcon, False),
+    "deepseek-llm": (_deepseek_llm, False),
+    "deepseek-coder": (_deepseek_coder, False),
+}
+
+
+@functools.cache
+def family_tokenizer_spec(family: str, vocab_size: int = 1024) -> TokenizerSpec:
+    """A tiny byte-level BPE tokenizer with `family`'s own pre-tokenizer (a key of BYTE_LEVEL_FAMILIES), trained on
+    `corpus_text()` with ChatML special tokens (cached: do not mutate)."""
+    make, nfc = BYTE_LEVEL_FAMILIES[family]
+    tokenizer = Tokenizer(models.BPE(ignore_merges=family == "llama-bpe"))
+    if nfc:
+        tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = make()
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = BpeTrainer(vocab_size=vocab_size - len(CHATML_SPECIAL_TOKENS),
+                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator([corpus_text()], trainer=trainer)
+    _add_special_tokens(tokenizer, CHATML_SPECIAL_TOKENS)
+    return TokenizerSpec(tokenizer, CHATML_CHAT_TEMPLATE, bos_token=None, eos_token="<|im_end|>",
+                         pad_token="<|endoftext|>", extra_eos_tokens=("<|endoftext|>",))
+
+
+@functools.cache
+def gemma_style_spm_spec(vocab_size: int = 1024) -> TokenizerSpec:
+    """A SentencePiece-style BPE in Gemma's layout: spaces become "▁" but none is put in front of the text
+    (no dummy prefix), byte fallback, <bos> added in front (cached: do not mutate)."""
+    base = train_spm_tokenizer(vocab_size)
+    data = json.loads(base.to_str())
+    data["normalizer"] = {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}
+    data["decoder"] = {"type": "Sequence", "decoders": [
+        {"type": "Replace", "pattern": {"String": "▁"}, "content": " "}, {"type": "ByteFallback"}, {"type": "Fuse"}]}
+    tokenizer = Tokenizer.from_str(json.dumps(data))
+    return TokenizerSpec(tokenizer, INST_CHAT_TEMPLATE, bos_token="<s>", eos_token="</s>", pad_token="<unk>",
+                         unk_token="<unk>", add_bos_token=True)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -1,0 +1,97 @@
+"""Every common tokenizer family survives the GGUF export: llama.cpp, loading the written file, tokenizes exactly as
+the Hugging Face tokenizer does.
+
+Each byte-level family's tiny tokenizer carries that family's own pre-tokenizer, worded as its tokenizer.json words
+it (slowtune.testing.tiny_models.BYTE_LEVEL_FAMILIES); the export must recognise it by behaviour and name the
+llama.cpp pre-tokenizer that splits the same way. SentencePiece is checked in Llama's layout (a "▁" put in front)
+and Gemma's (none).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from slowtune.chat.engine import load_gguf
+from slowtune.export.gguf_writer import ExportError, write_gguf
+from slowtune.models import gguf_import, pretokenizers
+from slowtune.testing import tiny_models
+
+
+def _test_strings() -> list[str]:
+    strings = [*gguf_import.TOKENIZER_PROBES, *pretokenizers.PROBE.split("\n"), pretokenizers.PROBE,
+               "<|im_start|>user\nWhat is 1234+5678?<|im_end|>\n<|im_start|>assistant\n"]
+    folder = tiny_models.shared_vocab_dir()
+    if folder is not None:  # llama.cpp's own tokenizer test strings, when the shared fixtures are here
+        for inp in sorted(folder.glob("*.inp")):
+            strings += inp.read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
+    return list(dict.fromkeys(strings))
+
+
+STRINGS = _test_strings()
+
+
+def _tiny(dest: Path, spec: tiny_models.TokenizerSpec) -> Path:
+    return tiny_models.build_tiny_model(dest, "llama", hidden_size=64, num_layers=1, num_heads=2, num_kv_heads=1,
+                                        intermediate_size=128, tokenizer=spec, max_position_embeddings=512)
+
+
+def _mismatches(gguf: Path, spec: tiny_models.TokenizerSpec) -> list[str]:
+    llm = load_gguf(gguf, n_ctx=64, vocab_only=True)
+    try:
+        return [text for text in STRINGS
+                if llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+                != spec.tokenizer.encode(text, add_special_tokens=False).ids]
+    finally:
+        llm.close()
+
+
+@pytest.mark.parametrize("family", list(tiny_models.BYTE_LEVEL_FAMILIES))
+def test_llama_cpp_tokenizes_each_byte_level_family_as_hugging_face(family: str, tmp_path: Path) -> None:
+    spec = tiny_models.family_tokenizer_spec(family)
+    gguf = write_gguf(_tiny(tmp_path / "m", spec), tmp_path / "m.gguf", out_type="f32")
+    written = tiny_models.read_gguf_metadata(gguf)["tokenizer.ggml.pre"]
+    # The name written splits text exactly as the family's own pre-tokenizer (two names can share a behaviour).
+    assert pretokenizers.lookup(written).regexes == pretokenizers.BY_NAME[family].regexes
+    assert len(STRINGS) > 20
+    assert _mismatches(gguf, spec) == []
+
+
+@pytest.mark.parametrize("layout", ["llama", "gemma"])
+def test_llama_cpp_tokenizes_sentencepiece_as_hugging_face(layout: str, tmp_path: Path) -> None:
+    spec = tiny_models.tiny_tokenizer_spec("mistral") if layout == "llama" else tiny_models.gemma_style_spm_spec()
+    gguf = write_gguf(_tiny(tmp_path / "m", spec), tmp_path / "m.gguf", out_type="f32")
+    meta = tiny_models.read_gguf_metadata(gguf)
+    assert meta["tokenizer.ggml.model"] == "llama"
+    assert meta["tokenizer.ggml.add_space_prefix"] is (layout == "llama")
+    assert _mismatches(gguf, spec) == []
+
+
+def test_the_identification_can_tell_the_families_apart() -> None:
+    """Types with different behaviour must be told apart on the probe, or identify() could name the wrong one."""
+    pieces = {}
+    for pre in pretokenizers.PRE_TOKENIZERS:
+        built = pretokenizers._build(pre.hf_pre_tokenizer())
+        pieces.setdefault(pre.regexes, [p for p, _ in built.pre_tokenize_str(pretokenizers.PROBE)])
+    seen = list(pieces.values())
+    assert len(seen) == len({json.dumps(p) for p in seen}) == 7  # seven distinct behaviours among the ten names
+
+
+def test_an_unknown_pre_tokenizer_is_refused_by_name_before_anything_is_written(tmp_path: Path) -> None:
+    model = _tiny(tmp_path / "m", tiny_models.family_tokenizer_spec("gpt-2"))
+    tokenizer = json.loads((model / "tokenizer.json").read_text())
+    # Whitespace-then-bytes: a byte-level BPE no llama.cpp pre-tokenizer splits like.
+    tokenizer["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "WhitespaceSplit"}, {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                                      "use_regex": False}]}
+    (model / "tokenizer.json").write_text(json.dumps(tokenizer))
+    with pytest.raises(ExportError) as exc:
+        write_gguf(model, tmp_path / "m.gguf", out_type="f32")
+    message = str(exc.value)
+    assert "tokenizer.json: unsupported byte-level pre-tokenizer" in message
+    for name in ("gpt-2", "smollm", "starcoder", "falcon", "deepseek-llm", "deepseek-coder", "phi-2", "olmo",
+                 "llama-bpe", "qwen2"):
+        assert name in message
+    assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*partial*"))
