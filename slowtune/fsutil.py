@@ -90,3 +90,24 @@ def set_aside(path: Path, *, move: bool = False) -> Path:
     else:
         shutil.copy2(path, aside)
     return aside
+
+
+@contextlib.contextmanager
+def staged_folder(dest: Path) -> Iterator[Path]:
+    """A new, empty ``.<name>.partial-<pid>`` folder beside ``dest`` to fill; when the block ends normally it
+    replaces ``dest`` (an earlier one is removed), and when it raises it is removed, so ``dest`` is never half made.
+    """
+    import shutil
+
+    tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+        fsync_dir(dest.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -20,12 +20,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     info = sub.add_parser("info", help="describe a model folder or a downloaded repo")
     info.add_argument("model", help="a folder or a downloaded repo id")
     info.add_argument("--json", action="store_true")
+    imp = sub.add_parser("import", help="import a GGUF file or an Ollama model as a trainable base",
+                         description="Dequantise a GGUF (LM Studio, llama.cpp, or an Ollama model as ollama:NAME[:TAG]) "
+                         "into a folder slowtune trains, then check its tokenizer and logits against llama.cpp.")
+    imp.add_argument("source", help="FILE.gguf, or ollama:NAME[:TAG] for a model Ollama has installed")
+    imp.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
+                     help="weights of the imported folder (default: float16 on a Mac, float32 elsewhere)")
+    imp.add_argument("--chat-template", metavar="chatml|FILE",
+                     help="the chat template, when the GGUF has none (or to replace its own)")
+    imp.add_argument("--name", help="folder name under the imported models (default: from the file)")
+    imp.add_argument("--replace", action="store_true", help="write over an earlier import of the same name")
+    imp.add_argument("--json", action="store_true")
     tok = sub.add_parser("hf-token", help="save the Hugging Face token (for gated models) in the keychain")
     tok.add_argument("--delete", action="store_true", help="remove the saved token")
 
 
 def run(args: argparse.Namespace) -> int:
-    return {"list": _list, "download": _download, "info": _info, "hf-token": _hf_token}[args.models_command](args)
+    return {"list": _list, "download": _download, "info": _info, "import": _import,
+            "hf-token": _hf_token}[args.models_command](args)
 
 
 def _fail(message: str) -> int:
@@ -35,7 +47,9 @@ def _fail(message: str) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     from slowtune.models.catalog import CATALOG
+    from slowtune.models.gguf_import import imported_models
 
+    imported = imported_models()
     if args.json:
         print(json.dumps([dataclasses.asdict(m) for m in CATALOG], indent=2))
         return 0
@@ -53,6 +67,57 @@ def _list(args: argparse.Namespace) -> int:
     if not console.is_terminal:
         console = Console(width=180)  # piped: no terminal width to respect; keep rows whole
     console.print(table)
+    if imported:
+        mine = Table(Column("name", no_wrap=True), "architecture", "dtype", "top-1 vs llama.cpp",
+                     Column("folder", overflow="fold"), Column("imported from", overflow="fold"))
+        for m in imported:
+            source = (m.origin.get("ollama") and f"ollama:{m.origin['ollama']}") or m.source
+            mine.add_row(m.folder.name, m.architecture, m.dtype,
+                         "-" if m.top1_agreement is None else f"{m.top1_agreement:.1%}", str(m.folder), source)
+        console.print("Imported models (train with --model FOLDER):")
+        console.print(mine)
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from slowtune.models import gguf_import as gi
+    from slowtune.progress import Cancelled, Progress, RichProgressBar
+
+    origin: dict[str, str] = {}
+    try:
+        if args.source.startswith("ollama:"):
+            found = gi.resolve_ollama(args.source.removeprefix("ollama:"))
+            source, origin = found.gguf, {"ollama": found.name}
+            name = args.name or found.name.replace(":", "-").replace("/", "-")
+        else:
+            source, name = Path(args.source), args.name
+        progress = Progress()
+        previous = signal.signal(signal.SIGINT, lambda *_: progress.cancel())
+        try:
+            with RichProgressBar() as bar:
+                progress.add_listener(bar)
+                result = gi.import_gguf(source, dtype=args.dtype, chat_template=args.chat_template, name=name,
+                                        replace=args.replace, progress=progress, origin=origin)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    except Cancelled:
+        print("Import stopped; nothing was written.", file=sys.stderr)
+        return 130
+    except gi.ImportError_ as exc:
+        return _fail(str(exc))
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    print(f"Imported {result.source}\n  into {result.folder} ({result.architecture}, {result.dtype}, "
+          f"{result.parameters / 1e6:.0f}M parameters, {result.seconds:.1f} s)")
+    print(f"  tokenizer: {result.tokenizer_strings} test strings, "
+          f"{'all tokenized as llama.cpp does' if result.tokens_equal else 'MISMATCHES'}")
+    print(f"  logits: the same next token as llama.cpp at {result.top1_agreement:.1%} of {result.positions} positions "
+          f"({result.top1_agreement_confident:.1%} of the {result.positions - result.set_aside} that are not near-ties; "
+          f"largest difference {result.max_logit_error:.2%} of the logit scale)")
+    print(f"Train it: slowtune train --model {result.folder} --data PROJECT")
     return 0
 
 
