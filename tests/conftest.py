@@ -30,6 +30,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 def slowtune_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "slowtune-home"
     monkeypatch.setenv("SLOWTUNE_HOME", str(home))
+    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "no-ollama-models"))  # never this machine's Ollama models
     return home
 
 

@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -582,3 +583,96 @@ def test_validation_runs_about_twenty_times_whatever_the_run_length() -> None:
     assert train_module.validation_interval(100) == 5
     assert train_module.validation_interval(10_000) == 50  # never more often than the CLI's default on long runs
     assert TrainSettings.from_preset("quick").val_every == -1
+
+
+# --- real models: import a GGUF or an Ollama model, and the export check -----------------------------------------
+def test_import_a_gguf_in_the_wizard_then_it_is_listed_and_can_be_trained(qtbot, page: TrainPage, tiny_llama: Path,
+                                                                          tmp_path: Path, slowtune_home: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from slowtune.export.gguf_writer import write_gguf
+
+    gguf = write_gguf(tiny_llama, tmp_path / "shop-model-F32.gguf", out_type="f32")
+    monkeypatch.setattr(train_module, "choose_gguf", lambda parent: gguf)
+    page.new_run()
+    model_page = page.wizard.model_page
+    job = model_page.gguf_button.click() or model_page.import_job
+    assert job is not None
+    qtbot.waitUntil(lambda: job.is_over, timeout=120_000)
+    row = model_page.current_row()
+    assert row is not None and row.path == slowtune_home / "data" / "models" / "shop-model-F32"
+    assert row.export_problem is None and model_page.isComplete()
+    text = model_page.banner.text.text()
+    assert "Imported as shop-model-F32" in text and "as llama.cpp does" in text and "100.0%" in text
+    # A new wizard lists the import without being told (it is recorded in the models folder).
+    page.wizard.reject()
+    page.new_run()
+    rows = {r.name: r for r in page.wizard.model_page.rows}
+    assert rows["shop-model-F32"].where == "Imported"
+
+
+def test_a_model_that_could_not_be_exported_is_refused_when_chosen(qtbot, page: TrainPage, tiny_llama: Path,
+                                                                   tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "odd-model"
+    shutil.copytree(tiny_llama, folder)
+    tokenizer = json.loads((folder / "tokenizer.json").read_text())
+    tokenizer["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "WhitespaceSplit"}, {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                                      "use_regex": False}]}
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
+    monkeypatch.setattr(train_module, "choose_folder", lambda parent: folder)
+    page.new_run()
+    model_page = page.wizard.model_page
+    model_page.folder_button.click()
+    row = model_page.current_row()
+    assert row is not None and row.path == folder.resolve()
+    assert row.export_problem and "unsupported byte-level pre-tokenizer" in row.export_problem
+    assert not model_page.isComplete()
+    detail = model_page.detail.text()
+    assert "Not exportable" in detail and "SmolLM2 135M Instruct" in detail
+    assert model_page.table.item(0, 4).text() == "not exportable"
+
+    # The command line refuses it too, unless told to train anyway.
+    from slowtune.train.command import export_problem
+
+    assert export_problem(folder) == row.export_problem
+    done = subprocess.run([*slowtune_command("train", "--model", folder, "--data", page.project.root,
+                                             "--dry-run")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "could not be exported to GGUF" in done.stderr
+    assert "--no-export-check" in done.stderr
+    anyway = subprocess.run([*slowtune_command("train", "--model", folder, "--data", page.project.root,
+                                               "--dry-run", "--no-export-check")], capture_output=True, text=True,
+                            timeout=120)
+    assert anyway.returncode == 0, anyway.stderr
+
+
+def test_ollama_models_are_offered_and_imported_from_the_wizard(qtbot, page: TrainPage, tiny_qwen2: Path,
+                                                                tmp_path: Path, slowtune_home: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    from slowtune.export.gguf_writer import write_gguf
+
+    data = write_gguf(tiny_qwen2, tmp_path / "m.gguf", out_type="f32").read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    store = tmp_path / "ollama"
+    (store / "blobs").mkdir(parents=True)
+    (store / "blobs" / f"sha256-{digest}").write_bytes(data)
+    manifest = store / "manifests" / "registry.ollama.ai" / "library" / "tinyqwen" / "latest"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"layers": [{"mediaType": "application/vnd.ollama.image.model",
+                                                "digest": f"sha256:{digest}", "size": len(data)}]}))
+    monkeypatch.setenv("OLLAMA_MODELS", str(store))
+    page.new_run()
+    model_page = page.wizard.model_page
+    assert model_page.select("ollama:tinyqwen:latest")
+    row = model_page.current_row()
+    assert row.where == "Ollama" and not model_page.isComplete() and model_page.ollama_button.isVisibleTo(model_page)
+    model_page.ollama_button.click()
+    job = model_page.import_job
+    assert job is not None
+    qtbot.waitUntil(lambda: job.is_over, timeout=120_000)
+    row = model_page.current_row()
+    assert row.path == slowtune_home / "data" / "models" / "tinyqwen-latest" and model_page.isComplete()
+    # Once imported, the Ollama entry is not offered again beside its import.
+    assert "ollama:tinyqwen:latest" not in {r.key for r in model_page.rows}

@@ -914,6 +914,30 @@ def finish_gguf_writer(writer: Any, tmp: Path, out_path: Path) -> None:
     fsync_dir(out_path.parent)
 
 
+EXPORT_HINT = ("Pick a model of a family the export writes ({families}), for example Qwen2.5 0.5B Instruct or "
+               "SmolLM2 135M Instruct from the catalog, or import a GGUF of one.")
+
+
+def check_exportable(model_dir: Path) -> list[str]:
+    """Raise ExportError when the GGUF export could not write this model (its architecture, RoPE scaling or
+    tokenizer), reading only its small files; otherwise return the notes the export would log.
+
+    The same checks ``write_gguf`` makes before it writes anything, so a model that passes here is refused later
+    only for its weights (a missing or torn file). Run it when a model is chosen, before training.
+    """
+    model_dir = Path(model_dir)
+    config_path = model_dir / "config.json"
+    try:
+        config = dict(_read_json(config_path, "the model configuration"))
+        config.pop("quantization", None)  # an MLX-quantised base: the fuse step dequantises it before the export
+        hp = _hparams(config, config_path)
+        _check_rope_scaling(hp, config_path)
+        vocab = read_vocab(model_dir, hp.vocab_size)
+    except ExportError as exc:
+        raise ExportError(f"{exc}. {EXPORT_HINT.format(families=', '.join(SUPPORTED_ARCHITECTURES))}") from exc
+    return list(vocab.notes)
+
+
 def write_gguf(
     model_dir: Path,
     out_path: Path,

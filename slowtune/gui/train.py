@@ -900,6 +900,28 @@ def choose_folder(parent: QWidget) -> Path | None:
     return Path(folder) if folder else None
 
 
+def choose_gguf(parent: QWidget) -> Path | None:
+    """A GGUF file picked by the user, or None. Module-level so tests can answer it."""
+    file, _ = QFileDialog.getOpenFileName(parent, "Import a GGUF Model", str(Path.home()), "GGUF models (*.gguf)")
+    return Path(file) if file else None
+
+
+def import_function(source: Path, *, name: str | None = None,
+                    origin: dict[str, str] | None = None) -> Callable[[Progress], Any]:
+    def run(progress: Progress) -> Any:
+        from slowtune.models.gguf_import import import_gguf
+
+        return import_gguf(source, name=name, origin=origin, replace=True, progress=progress)
+
+    return run
+
+
+def export_problem(path: Path) -> str | None:
+    from slowtune.train.command import export_problem as problem
+
+    return problem(path)
+
+
 def _item(text: str, *, tooltip: str = "", color: str | None = None, data: object = None) -> QTableWidgetItem:
     item = QTableWidgetItem(text)
     item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsEditable)
@@ -939,6 +961,8 @@ class ModelRow:
     licence: str = ""
     entry: CatalogModel | None = None
     notes: list[str] = field(default_factory=list)
+    export_problem: str | None = None  # why the trained model could not be exported to GGUF
+    ollama: Any = None  # an Ollama model (slowtune.models.gguf_import.OllamaModel) not imported yet
 
 
 class ModelWizardPage(QWizardPage):
@@ -968,15 +992,24 @@ class ModelWizardPage(QWizardPage):
         self.folder_button = QPushButton("Choose a Folder…")
         self.folder_button.setToolTip("A model folder on this Mac (Hugging Face or MLX layout, safetensors weights)")
         self.folder_button.clicked.connect(self.choose_folder)
+        self.gguf_button = QPushButton("Import a GGUF…")
+        self.gguf_button.setToolTip("A GGUF file (from LM Studio, llama.cpp or elsewhere): it is converted into a "
+                                    "model folder slowtune trains, and checked against llama.cpp")
+        self.gguf_button.clicked.connect(self.import_gguf)
+        self.ollama_button = QPushButton("Import from Ollama")
+        self.ollama_button.clicked.connect(self.import_ollama)
+        self.import_job: Job | None = None
         self.download_bar = QProgressBar()
         self.download_bar.setTextVisible(False)
         self.download_label = QLabel()
         buttons = QHBoxLayout()
         buttons.addWidget(self.download_button)
+        buttons.addWidget(self.ollama_button)
         buttons.addWidget(self.cancel_download_button)
         buttons.addWidget(self.download_bar, 1)
         buttons.addWidget(self.download_label)
         buttons.addStretch(0)
+        buttons.addWidget(self.gguf_button)
         buttons.addWidget(self.folder_button)
         layout = QVBoxLayout(self)
         layout.addWidget(self.banner)
@@ -997,26 +1030,44 @@ class ModelWizardPage(QWizardPage):
                                    "available now.")
         current = self.current_row()
         selected = current.key if current else None
+        from slowtune.models.gguf_import import imported_models, ollama_models
+
         folders, downloaded, others = [], [], []
         for path in self.folders:
             folders.append(self._folder_row(path, memory))
+        shown = set(self.folders)
+        imported_sources = set()
+        for model in imported_models():
+            imported_sources.add(model.source)
+            if model.folder not in shown:
+                row = self._folder_row(model.folder, memory)
+                row.where = "Imported"
+                came_from = f"Ollama ({model.origin['ollama']})" if model.origin.get("ollama") else model.source
+                row.notes.insert(0, f"Imported from {came_from}.")
+                folders.append(row)
+        for model in ollama_models():
+            if str(model.gguf.resolve()) not in imported_sources:
+                folders.append(ModelRow(f"ollama:{model.name}", model.name, "—", gb(model.size), "Ollama", None,
+                                        Fit("unknown", "Import it first: slowtune reads its GGUF and checks it."),
+                                        ollama=model))
         for entry in CATALOG:
             folder = downloaded_folder(entry.repo_id)
             row = ModelRow(entry.repo_id, entry.name, f"{entry.params_b:g} B", f"{entry.download_gb:g} GB",
                            "Downloaded" if folder else "", folder,
                            folder_fit(folder, memory) if folder else catalog_fit(entry, memory), entry.licence, entry,
-                           [entry.note] if entry.note else [])
+                           [entry.note] if entry.note else [], export_problem(folder) if folder else None)
             (downloaded if folder else others).append(row)
         self.rows = [*folders, *downloaded, *others]
         self.table.blockSignals(True)
         self.table.setRowCount(len(self.rows))
         for i, row in enumerate(self.rows):
-            values = (row.name, row.params, row.size, row.where or "—", row.fit.label, row.licence)
+            fits = "not exportable" if row.export_problem else row.fit.label
+            values = (row.name, row.params, row.size, row.where or "—", fits, row.licence)
             for column, text in enumerate(values):
                 item = _item(text, data=row.key if column == 0 else None)
                 if column == 4:
-                    item.setForeground(QColor(FIT_COLORS[row.fit.kind]))
-                    item.setToolTip(row.fit.reason)
+                    item.setForeground(QColor(FIT_COLORS["too_large" if row.export_problem else row.fit.kind]))
+                    item.setToolTip(row.export_problem or row.fit.reason)
                 elif column == 3 and row.where:
                     item.setForeground(QColor(FIT_COLORS["memory"]))
                     item.setToolTip(str(row.path))
@@ -1047,7 +1098,7 @@ class ModelWizardPage(QWizardPage):
         quant = f", {info.quantization.bits}-bit" if info.quantization and info.quantization.bits else ""
         params = f"{info.architecture}{quant}"
         return ModelRow(str(path), path.name, params, gb(info.weight_bytes), "Folder", info.path,
-                        folder_fit(info.path, memory), notes=notes)
+                        folder_fit(info.path, memory), notes=notes, export_problem=export_problem(info.path))
 
     def current_row(self) -> ModelRow | None:
         selected = self.table.selectionModel().selectedRows() if self.table.selectionModel() else []
@@ -1068,6 +1119,10 @@ class ModelWizardPage(QWizardPage):
         downloading = self.download_job is not None and not self.download_job.is_over
         self.download_button.setVisible(row is not None and row.path is None and row.entry is not None)
         self.download_button.setEnabled(not downloading)
+        importing = self.import_job is not None and not self.import_job.is_over
+        self.ollama_button.setVisible(row is not None and row.ollama is not None)
+        self.ollama_button.setEnabled(not importing)
+        self.gguf_button.setEnabled(not importing)
         self.detail.setText(self._describe(row) if row else "Choose a model, or a model folder on this Mac.")
         emit(self.completeChanged)
 
@@ -1084,14 +1139,21 @@ class ModelWizardPage(QWizardPage):
                              "Hugging Face cache, shared with other tools); after that it works offline.")
         if row.path is not None:
             parts.append(f"In <code>{html.escape(str(row.path))}</code>")
+        if row.ollama is not None:
+            parts.append(f"An Ollama model ({html.escape(str(row.ollama.gguf))}). Import from Ollama converts it "
+                         "into a model folder slowtune trains (Ollama's copy is not changed).")
         parts.extend(html.escape(n) for n in row.notes)
+        if row.export_problem:
+            parts.append(f"<span style='color:{FIT_COLORS['too_large']}'>Not exportable</span>: after training, this model "
+                         f"could not be written as a GGUF for llama.cpp, Ollama or LM Studio. "
+                         f"{html.escape(row.export_problem)}")
         parts.append(f"<span style='color:{FIT_COLORS[row.fit.kind]}'>{html.escape(row.fit.label.capitalize())}"
                      f"</span>: {html.escape(row.fit.reason)}")
         return "<br>".join(parts)
 
     def isComplete(self) -> bool:
         row = self.current_row()
-        return row is not None and row.path is not None
+        return row is not None and row.path is not None and row.export_problem is None
 
     def model_path(self) -> Path | None:
         row = self.current_row()
@@ -1113,6 +1175,63 @@ class ModelWizardPage(QWizardPage):
             self.folders.insert(0, folder)
         self.fill()
         self.select(str(folder))
+
+    # --- importing a GGUF file or an Ollama model ----------------------------------------------------------
+    def import_gguf(self) -> Job | None:
+        file = choose_gguf(self)
+        if file is None:
+            return None
+        return self._start_import(file.expanduser().resolve(), file.stem, None)
+
+    def import_ollama(self) -> Job | None:
+        row = self.current_row()
+        if row is None or row.ollama is None:
+            return None
+        name = row.ollama.name.replace(":", "-").replace("/", "-")
+        return self._start_import(row.ollama.gguf, name, {"ollama": row.ollama.name})
+
+    def _start_import(self, source: Path, name: str, origin: dict[str, str] | None) -> Job | None:
+        if self.import_job is not None and not self.import_job.is_over:
+            return None
+        self.banner.clear()
+        job = Job(f"Importing {source.name}", import_function(source, name=name, origin=origin), key=DOWNLOAD_KEY,
+                  stage_names={"import": "converting", "check": "checking against llama.cpp"}, min_interval=0.25)
+        job.progress.connect(self._import_progress)
+        job.finished.connect(self._imported)
+        job.failed.connect(self._download_failed)
+        job.cancelled.connect(lambda: self.banner.show_message("The import was stopped; nothing was written."))
+        job.done.connect(self._download_done)
+        self.import_job = job
+        if not self.owner.runner.submit(job):
+            self.import_job = None
+            self.banner.show_message("A download or import is running; wait for it to finish.", level="warning")
+            return None
+        self.download_bar.setRange(0, 0)
+        self.download_label.setText(f"Reading {source.name}…")
+        self._show_download(True)
+        self._selection_changed()
+        return job
+
+    def _import_progress(self, stage: str, done: float, total: object, metrics: object, status: str) -> None:
+        if isinstance(total, int | float) and total > 0:
+            self.download_bar.setRange(0, 1000)
+            self.download_bar.setValue(round(1000 * min(1.0, done / total)))
+        what = "Checking against llama.cpp" if stage == "check" else "Converting"
+        self.download_label.setText(f"{what}… {status}" if status else f"{what}…")
+
+    def _imported(self, result: object) -> None:
+        folder = Path(getattr(result, "folder", ""))
+        self.fill()  # imported models are listed from the models folder, as "Imported"
+        self.select(str(folder))
+        r = result
+        self.banner.show_message(
+            f"Imported as {folder.name}: its tokenizer splits all {r.tokenizer_strings} test texts as llama.cpp "
+            f"does, and it picks llama.cpp's next token at {r.top1_agreement:.1%} of {r.positions} positions "
+            f"({r.top1_agreement_confident:.1%} of those that are not near-ties).")
+
+    def import_cancel(self) -> None:
+        if self.import_job is not None and not self.import_job.is_over:
+            self.import_job.cancel()
 
     # --- downloading -------------------------------------------------------------------------------------
     def _show_download(self, shown: bool) -> None:
@@ -1173,6 +1292,7 @@ class ModelWizardPage(QWizardPage):
     def cancel_download(self) -> None:
         if self.download_job is not None and not self.download_job.is_over:
             self.download_job.cancel()
+        self.import_cancel()
 
 
 class DataWizardPage(QWizardPage):

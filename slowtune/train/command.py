@@ -43,6 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cold", action="store_true", help="streamed: drop weights from the page cache after use")
     p.add_argument("--no-prefetch", action="store_true", help="streamed: do not read ahead")
     p.add_argument("--dry-run", action="store_true", help="print the fit preflight and stop")
+    p.add_argument("--no-export-check", action="store_true",
+                   help="train even when the model could not be exported to GGUF afterwards")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -82,6 +84,21 @@ def _check(args: argparse.Namespace) -> str | None:
         return "--lora-layers must be -1 (all blocks) or a number of top blocks above 0"
     if args.val_every < 0 or args.save_every < 0:
         return "--val-every and --save-every must be 0 (never) or more"
+    return None
+
+
+def export_problem(model_dir: Path) -> str | None:
+    """Why the trained model could not be exported to GGUF (architecture, RoPE scaling, tokenizer), or None.
+
+    Asked when the model is chosen, so that nobody trains for an hour and is refused at the export. (It asks the
+    export stage's own checks, the ones it makes before writing a GGUF.)
+    """
+    from slowtune.export.gguf_writer import ExportError, check_exportable
+
+    try:
+        check_exportable(model_dir)
+    except ExportError as exc:
+        return str(exc)
     return None
 
 
@@ -139,6 +156,9 @@ def run(args: argparse.Namespace) -> int:
                 return fail(f"the data {data} does not exist (give a folder, a .jsonl file or a project).")
             data = named
             args.data = str(named)
+        if not args.no_export_check and (problem := export_problem(model_dir)):
+            return fail(f"this model could not be exported to GGUF after training: {problem} "
+                        "(--no-export-check trains it anyway)")
         cfg = config_from_args(args, model_dir)
         run_dir, project_root = _default_run_dir(data.resolve())
         if args.out:
