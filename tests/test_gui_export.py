@@ -395,30 +395,33 @@ def test_a_failed_verification_is_shown_in_plain_words(qtbot, page: ExportPage, 
 
 
 @pytest.mark.slow
-def test_cancel_during_the_check_says_the_export_finished(qtbot, page: ExportPage, project_root: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    # The check (MLX and llama.cpp answering the same prompts) has no point to stop at: Cancel waits for it.
-    from slowtune.export import verify
+def test_cancel_during_the_check_stops_at_the_next_block_and_leaves_no_unchecked_file(
+        qtbot, page: ExportPage, project_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The check runs the trained model block by block: a cancel stops it at the next block.
+    from slowtune.train import engines
 
     reached, proceed = threading.Event(), threading.Event()
-    real = verify.mlx_reference
+    real = engines.StreamedEngine.logits
 
-    def mlx_reference(*args: object, **kwargs: object) -> object:
+    def logits(self: object, *args: object, **kwargs: object) -> object:
         reached.set()
         proceed.wait(60)
-        return real(*args, **kwargs)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(verify, "mlx_reference", mlx_reference)
+    monkeypatch.setattr(engines.StreamedEngine, "logits", logits)
     page.quant_boxes["Q4_K_M"].setChecked(False)
     page.export_button.click()
     try:
         qtbot.waitUntil(reached.is_set, timeout=TIMEOUT_MS)
         qtbot.waitUntil(lambda: "verifying" in page.progress_label.text(), timeout=TIMEOUT_MS)
         page.cancel_button.click()
-        assert "cannot be interrupted" in page.progress_label.text()
+        assert page.progress_label.text() == "Stopping…"
     finally:
         proceed.set()
     qtbot.waitUntil(lambda: not page.busy() and not page.runner.active_jobs(), timeout=TIMEOUT_MS)
-    assert page.job is not None and page.job.state == "finished"
-    assert "already finished when Cancel arrived" in page.banner.text.text()
-    assert (project_root / "runs" / FINISHED / "export" / "export.json").exists() and page.summary.text()
+    assert page.job is not None and page.job.state == "cancelled"
+    out = project_root / "runs" / FINISHED / "export"
+    assert not list(out.glob("*.gguf")), "an unchecked file is under a final name"
+    unchecked = sorted(p.name for p in out.glob("*.gguf.unverified"))
+    assert unchecked and all(name in page.banner.text.text() for name in unchecked)
+    assert "stopped during the check" in page.banner.text.text()

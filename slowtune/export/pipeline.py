@@ -7,15 +7,18 @@ the verification results. Work files live in a hidden folder that is removed at 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from slowtune.fsutil import atomic_write_text
-from slowtune.progress import Progress, ensure
+from slowtune.progress import Cancelled, Progress, ensure
 
 
 class ExportFailed(RuntimeError):
@@ -80,6 +83,25 @@ def verification_prompts(base: Path, adapter: Path, limit: int = 4) -> list[list
     return prompts
 
 
+UNVERIFIED_SUFFIX = ".unverified"
+
+
+@contextlib.contextmanager
+def _unverified_on_cancel(files: dict[str, Path]) -> Iterator[None]:
+    """A cancel during the check leaves no unchecked file under a final name: each file this export wrote is renamed
+    to ``NAME.gguf.unverified`` (complete, but not checked), and the Cancelled exception says which."""
+    try:
+        yield
+    except Cancelled:
+        moved = []
+        for path in files.values():
+            if path.exists():
+                os.replace(path, path.with_name(path.name + UNVERIFIED_SUFFIX))
+                moved.append(path.name)
+        raise Cancelled(f"Stopped while checking the files. Complete but not checked: {', '.join(moved)} (kept as "
+                        f"NAME{UNVERIFIED_SUFFIX}; export again to check them).") from None
+
+
 def export_run(adapter_or_run: Path, out_dir: Path, *, model: Path | None = None, quants: list[str] | None = None,
                name: str = "model", with_base: bool = True, ollama: bool = True,
                progress: Progress | None = None) -> ExportResult:
@@ -91,7 +113,8 @@ def export_run(adapter_or_run: Path, out_dir: Path, *, model: Path | None = None
         adapter_changed_model,
         compare,
         llama_reference,
-        mlx_reference,
+        streamed_reference,
+        teacher_forced_references,
     )
 
     started = time.perf_counter()
@@ -118,11 +141,20 @@ def export_run(adapter_or_run: Path, out_dir: Path, *, model: Path | None = None
 
         progress.report("export", 3, 5, status="verifying")
         prompts = verification_prompts(base, adapter)
-        reference = mlx_reference(base, adapter, prompts)
-        plain = mlx_reference(base, None, prompts)
-        effect = adapter_changed_model(plain, reference)
-        results = [compare(reference, llama_reference(path, prompts), file=path.name, quant=q)
-                   for q, path in files.items() if not q.startswith("base")]
+        # llama.cpp on each file in turn (memory-mapped, closed before the next), then the trained model block by
+        # block (as the streamed trainer runs forward): the export never holds the whole model in memory.
+        checked = [(q, path) for q, path in files.items() if not q.startswith("base")]
+        with _unverified_on_cancel(files):
+            runs = []
+            for _quant, path in checked:
+                progress.check()
+                progress.report("verify", len(runs), len(checked), status=path.name)
+                runs.append(llama_reference(path, prompts))
+            references = teacher_forced_references(base, adapter, prompts, runs, progress=progress)
+            plain = streamed_reference(base, None, prompts, progress=progress)
+        effect = adapter_changed_model(plain, references[0][0])
+        results = [compare(ref, run, file=path.name, quant=q)
+                   for (q, path), ref, run in zip(checked, references, runs, strict=True)]
         notes = [n for r in results for n in r.notes]
         if effect < 1e-4:
             notes.append("The adapter does not change the model's output (largest logit change "
@@ -171,7 +203,8 @@ def export_lora_only(adapter_or_run: Path, out_dir: Path, *, model: Path | None 
         adapter_changed_model,
         compare,
         llama_reference,
-        mlx_reference,
+        streamed_reference,
+        teacher_forced_references,
     )
 
     started = time.perf_counter()
@@ -194,12 +227,13 @@ def export_lora_only(adapter_or_run: Path, out_dir: Path, *, model: Path | None 
 
         progress.report("export", 2, 3, status="verifying")
         prompts = verification_prompts(base, adapter)
-        reference = mlx_reference(base, adapter, prompts)
-        plain = mlx_reference(base, None, prompts)
-        effect = adapter_changed_model(plain, reference)
-        # Judged like an F16 export (required, same margin rule), labelled as what it is.
-        checked = compare(reference, llama_reference(files["base-F16"], prompts, lora=lora), file=lora.name,
-                          quant="F16")
+        with _unverified_on_cancel(files):
+            run = llama_reference(files["base-F16"], prompts, lora=lora)
+            (reference,) = teacher_forced_references(base, adapter, prompts, [run], progress=progress)
+            plain = streamed_reference(base, None, prompts, progress=progress)
+        effect = adapter_changed_model(plain, reference[0])
+        # Judged like an F16 export (required, same rules), labelled as what it is.
+        checked = compare(reference, run, file=lora.name, quant="F16")
         label = f"LoRA on {files['base-F16'].name}"
         result = dataclasses.replace(checked, quant="LoRA",
                                      notes=[n.replace("F16:", f"{label}:", 1) for n in checked.notes])

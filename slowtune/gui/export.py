@@ -406,7 +406,7 @@ def exports_of(run: RunInfo, project: Project | None, extra_folders: Sequence[Pa
 
 def describe_check(check: dict[str, Any]) -> tuple[str, str]:
     """("pass" | "warn" | "fail", a sentence) for one file's verification (a ``Verification.to_dict()``)."""
-    from slowtune.export.verify import F16_MIN_AGREEMENT, F32_LOGIT_TOLERANCE
+    from slowtune.export.verify import F16_MAX_LOGIT_ERROR, F16_MIN_AGREEMENT, F32_LOGIT_TOLERANCE
 
     quant = str(check.get("quant", "?"))
     file = str(check.get("file", "?"))
@@ -428,11 +428,26 @@ def describe_check(check: dict[str, Any]) -> tuple[str, str]:
         return ("fail" if check.get("required") else "warn"), \
             f"{subject} could not be compared: on the test prompts the trained model never clearly preferred one " \
             "next token."
+    total = int(check.get("total_positions") or 0)
+    error = check.get("max_logit_error")
+    figures = ""
+    if total:
+        figures = (f" Over all {total} positions, {percent(float(check.get('top1_all') or 0.0))} agree "
+                   f"({int(check.get('excluded') or 0)} near-ties, where either choice is right, are left out of the "
+                   "first figure)")
+        if error is not None:
+            figures += f"; its scores differ from the trained model's by at most {float(error):.1e} of their range"
+        figures += "."
     if not check.get("passed"):
+        if check.get("required") and error is not None and float(error) > F16_MAX_LOGIT_ERROR \
+                and agreement >= F16_MIN_AGREEMENT:
+            return "fail", f"{subject} does not compute what the trained model computes: its scores differ by " \
+                           f"{float(error):.1e} of their range (at most {F16_MAX_LOGIT_ERROR:g} allowed), though " \
+                           f"{agree}.{figures} Do not use it."
         return "fail", f"{subject} does not behave like the trained model: only {agree} " \
-                       f"({F16_MIN_AGREEMENT:.0%} needed){same}. Do not use it."
+                       f"({F16_MIN_AGREEMENT:.0%} needed){same}.{figures} Do not use it."
     if check.get("required") or agreement >= QUANT_GOOD_AGREEMENT:
-        return "pass", f"{subject} answers like the trained model: {agree}{same}."
+        return "pass", f"{subject} answers like the trained model: {agree}{same}.{figures}"
     return "warn", f"{subject} answers noticeably differently from the trained model: {agree}{same}. Small " \
                    "models lose more to quantisation; if quality matters more than size, use Q6_K or Q8_0."
 
@@ -1092,11 +1107,7 @@ class ExportPage(QWidget):
         if self.busy() and self.job is not None:
             self.job.cancel()
             self.cancel_button.setEnabled(False)
-            step = self._step[2]
-            if step == "verifying":
-                self.progress_label.setText("Stopping after the check that is running (it cannot be interrupted)…")
-            else:
-                self.progress_label.setText("Stopping…")
+            self.progress_label.setText("Stopping…")
 
     def _update_busy(self) -> None:
         busy = self.busy()
@@ -1169,13 +1180,18 @@ class ExportPage(QWidget):
 
     def _cancelled(self) -> None:
         out = self.request.out_dir if self.request is not None else None
-        kept = []
+        kept, unchecked = [], []
         if out is not None and out.is_dir():
             kept = sorted(p.name for p in out.glob("*.gguf") if p.stat().st_mtime >= self._job_started - 1)
+            unchecked = sorted(p.name for p in out.glob("*.gguf.unverified")
+                               if p.stat().st_mtime >= self._job_started - 1)
         message = "The export was cancelled. No file was left half-written."
         if kept:
             message += (f" Finished before the cancel and kept, but not checked: {', '.join(kept)}. Export again to "
                         "replace them.")
+        if unchecked:
+            message += (f" It stopped during the check: these files were complete but are not checked, so they are "
+                        f"kept under names no app will pick up: {', '.join(unchecked)}. Export again to check them.")
         self.refresh_exports(show=out if kept else None)
         self.banner.show_message(message, level="warning")
 

@@ -280,6 +280,48 @@ class StreamedEngine:
             tm.model.train()
         return total, n_total
 
+    # --- logits: forward only, block by block (export verification) ----------------------------------------
+    def logits(self, sequences: list[list[int]], progress: Any = None) -> list[Any]:
+        """Next-token logits (float32 numpy, [len, vocab]) at every position of each token sequence, computed the
+        way training runs forward: one block resident at a time, every sequence through it while it is loaded.
+
+        Memory is one or two blocks, the boundary activations and the logits; the model is never whole in memory.
+        ``progress`` (a slowtune Progress) is checked between blocks, so a cancel stops at the next block.
+        """
+        import mlx.core as mx
+        import numpy as np
+
+        tm = self.tm
+        tm.model.eval()
+        try:
+            self._acquire("embed")
+            self._request(0)
+            hs = [_embed(tm, mx.array([seq])) for seq in sequences]
+            mx.eval(hs)
+            self._free("embed")
+            masks = [_masks(tm, h) for h in hs]
+            for i in range(tm.num_layers):
+                if progress is not None:
+                    progress.check()
+                    progress.report("reference", i, tm.num_layers)
+                self._acquire(i)
+                self._request(i + 1 if i + 1 < tm.num_layers else "head")
+                hs = [_block_call(tm.layers[i], h, m) for h, m in zip(hs, masks, strict=True)]
+                mx.eval(hs)
+                self._free(i)
+            self._acquire("head")
+            inner = tm.model.model
+            tied = not hasattr(tm.model, "lm_head")
+            out = []
+            for h in hs:
+                x = inner.norm(h)
+                logits = (inner.embed_tokens.as_linear(x) if tied else tm.model.lm_head(x)).astype(mx.float32)
+                out.append(np.array(logits[0]))
+        finally:
+            self._free_all()
+            tm.model.train()
+        return out
+
     # --- one step -------------------------------------------------------------------------------------
     def loss_and_grads(self, batches: list[MicroBatch], step: int = 0) -> StepResult:
         import mlx.core as mx
