@@ -10,6 +10,7 @@ cannot cache the model), and the weight loader alone (cold) for its raw read thr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -41,8 +42,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     i = sub.add_parser("ingest", help="document ingest: 1,000 PDF pages, re-ingest, peak memory on 2,000 pages")
     i.add_argument("--quick", action="store_true", help="a small corpus: a smoke test of the benchmark itself")
-    e = sub.add_parser("export", help="fuse + GGUF: time, peak memory, throughput; F16 and Q4_K_M agreement")
+    e = sub.add_parser("export", help="the whole `slowtune export` (fuse, F16, Q4_K_M, verification) as a process "
+                       "tree: peak memory against the model's size, time, the F16 gate's figures, and a run under a "
+                       "memory cap of 0.35 x the model")
     e.add_argument("--quick", action="store_true", help="a small model: a smoke test of the benchmark itself")
+    e.add_argument("--repeats", type=int, default=3, help="whole-export runs (min, median and max are reported)")
+    e.add_argument("--no-cap", action="store_true", help="skip the run under a cgroup memory cap")
+    e.add_argument("--json", action="store_true", help="print JSON (it always does; accepted for scripts)")
     from slowtune.chat import bench as chat_bench
     from slowtune.teacher import bench as teacher_bench
 
@@ -188,55 +194,184 @@ def _bench_adapter(model: Path) -> Path:
     return folder
 
 
+CAP_FRACTION = 0.35
+CGROUP_MEMORY = Path("/sys/fs/cgroup/memory")
+
+
+def _tree_memory(pid: int) -> tuple[int, int]:
+    """(anonymous, file-backed) resident bytes summed over the process ``pid`` and all its children.
+
+    Anonymous memory (RssAnon) is what the export really holds; memory-mapped GGUF and safetensors pages are
+    file-backed (RssFile) and the kernel can drop them under pressure, so they are reported apart.
+    """
+    import psutil
+
+    try:
+        top = psutil.Process(pid)
+        members = [top, *top.children(recursive=True)]
+    except psutil.Error:
+        return 0, 0
+    anon = file = 0
+    for member in members:
+        try:
+            with open(f"/proc/{member.pid}/status") as status:
+                fields = dict(line.split(":", 1) for line in status if line.startswith(("RssAnon", "RssFile")))
+            anon += int(fields["RssAnon"].split()[0]) * 1024
+            file += int(fields["RssFile"].split()[0]) * 1024
+        except (OSError, KeyError, ValueError):
+            with contextlib.suppress(psutil.Error):
+                anon += member.memory_info().rss  # no /proc (a Mac): resident memory, all of it counted
+    return anon, file
+
+
+def _drop_page_cache() -> bool:
+    """Empty the page cache (root on Linux), so a run reads the model cold, as a Mac that cannot hold it does."""
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def _run_export_tree(cmd: list[str], *, cgroup: Path | None = None) -> dict[str, Any]:
+    """Run ``cmd`` (one whole `slowtune export`), sampling its process tree's memory every 20 ms."""
+    import threading
+
+    def join_cgroup() -> None:  # in the child, before it runs anything: all its memory is charged to the cap
+        if cgroup is not None:
+            (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=join_cgroup if cgroup is not None else None)
+    peak = {"anon": 0, "file": 0}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            anon, file = _tree_memory(proc.pid)
+            peak["anon"], peak["file"] = max(peak["anon"], anon), max(peak["file"], file)
+            stop.wait(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = proc.communicate()
+    stop.set()
+    sampler.join()
+    seconds = time.perf_counter() - start
+    result: dict[str, Any] = {"returncode": proc.returncode, "seconds": seconds, "peak_anon": peak["anon"],
+                              "peak_file": peak["file"], "stderr_tail": err.strip().splitlines()[-3:]}
+    if proc.returncode == 0:
+        result["summary"] = json.loads(out[out.index("{"):])
+    return result
+
+
+def _capped(weight_bytes: int, cmd: list[str]) -> dict[str, Any]:
+    """The same export under a cgroup v1 memory cap of CAP_FRACTION x the model, page cache dropped first."""
+    limit = int(CAP_FRACTION * weight_bytes)
+    if not (CGROUP_MEMORY / "memory.limit_in_bytes").exists():
+        return {"capped_export_ok": None, "cap_note": f"no cgroup v1 memory controller at {CGROUP_MEMORY}"}
+    if os.geteuid() != 0:
+        return {"capped_export_ok": None, "cap_note": "not root: a cgroup memory cap needs root"}
+    group = CGROUP_MEMORY / f"slowtune-bench-export-{os.getpid()}"
+    group.mkdir(exist_ok=True)
+    try:
+        (group / "memory.limit_in_bytes").write_text(str(limit))
+        cold = _drop_page_cache()
+        run = _run_export_tree(cmd, cgroup=group)
+        max_usage = int((group / "memory.max_usage_in_bytes").read_text())
+        failcnt = int((group / "memory.failcnt").read_text())
+    finally:
+        with contextlib.suppress(OSError):
+            group.rmdir()
+    verified = run["returncode"] == 0 and all(v["passed"] for v in run["summary"]["verification"] if v["required"])
+    return {"capped_export_ok": int(verified), "cap_bytes": limit, "cap_fraction": CAP_FRACTION,
+            "capped_cold_cache": cold, "capped_export_s": round(run["seconds"], 2),
+            "capped_max_usage_fraction": round(max_usage / weight_bytes, 3), "capped_limit_hits": failcnt,
+            "capped_returncode": run["returncode"],
+            **({} if run["returncode"] == 0 else {"capped_stderr": run["stderr_tail"]})}
+
+
+def _spread(values: list[float], digits: int = 3) -> dict[str, float]:
+    import statistics
+
+    return {"min": round(min(values), digits), "median": round(statistics.median(values), digits),
+            "max": round(max(values), digits)}
+
+
 def bench_export(args: argparse.Namespace) -> dict[str, Any]:
-    import numpy as np
+    import shutil
 
     from slowtune import paths, system
-    from slowtune.export.quantize import quantize
-    from slowtune.export.verify import compare, llama_reference, mlx_reference
+    from slowtune.selfcmd import slowtune_command
 
+    if args.repeats < 1:
+        raise SystemExit("slowtune bench export: --repeats must be at least 1")
     shape = QUICK if args.quick else FULL
     model = _bench_model(shape)
     adapter = _bench_adapter(model)
     out = paths.cache_dir() / "bench-export"
-    import shutil
-
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     disk = system.measure_read_speed(model, size_bytes=256 * 2**20)
-    spec = {"variant": "export", "model": str(model), "adapter": str(adapter), "out": str(out)}
+
+    # Fuse + F16 write alone, in a fresh process (the figure other checks read: peak_rss_fraction).
+    spec = {"variant": "export", "model": str(model), "adapter": str(adapter), "out": str(out / "fuse-write")}
     proc = subprocess.run(module_command("slowtune.bench", json.dumps(spec)), capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"bench export worker failed:\n{proc.stderr[-3000:]}")
     phase = json.loads(proc.stdout.strip().splitlines()[-1])
-    f16 = out / "model-F16.gguf"
-
-    start = time.perf_counter()
-    q4 = quantize(f16, out / "model-Q4_K_M.gguf", "Q4_K_M")
-    quantize_s = time.perf_counter() - start
-
-    rng = np.random.default_rng(0)
-    prompts = [list(map(int, rng.integers(0, shape["vocab"], size=48))) for _ in range(4)]
-    start = time.perf_counter()
-    reference = mlx_reference(model, adapter, prompts)
-    checks = {q: compare(reference, llama_reference(path, prompts), file=path.name, quant=q)
-              for q, path in (("F16", f16), ("Q4_K_M", q4))}
-    verify_s = time.perf_counter() - start
     weight_bytes = phase["weight_bytes"]
-    return {
+    shutil.rmtree(out / "fuse-write", ignore_errors=True)
+
+    # The whole `slowtune export`, as the user runs it, measured over its process tree (the quantiser is a child).
+    def export_cmd(dest: Path) -> list[str]:
+        return slowtune_command("export", adapter, "--model", model, "--quant", "Q4_K_M", "--out", dest, "--no-base",
+                                "--no-ollama", "--json")
+
+    runs = []
+    cold = False
+    for n in range(args.repeats):
+        shutil.rmtree(out / "whole", ignore_errors=True)
+        cold = _drop_page_cache()
+        run = _run_export_tree(export_cmd(out / "whole"))
+        if run["returncode"] != 0:
+            raise SystemExit(f"bench export: `slowtune export` failed (run {n + 1}):\n" + "\n".join(run["stderr_tail"]))
+        runs.append(run)
+    last = runs[-1]["summary"]
+    checks = {v["quant"]: v for v in last["verification"]}
+    f16, q4 = checks["F16"], checks["Q4_K_M"]
+    anon = [r["peak_anon"] / weight_bytes for r in runs]
+    file = [r["peak_file"] / weight_bytes for r in runs]
+    seconds = [r["seconds"] for r in runs]
+    steps = {k: _spread([r["summary"]["step_seconds"][k] for r in runs], 2) for k in last.get("step_seconds", {})}
+    result: dict[str, Any] = {
         "model": {**shape, "weight_bytes": weight_bytes, "path": str(model)},
+        "whole_peak_anon_fraction": round(max(anon), 3),
+        "whole_peak_anon_fraction_runs": _spread(anon),
+        "whole_peak_file_fraction": round(max(file), 3),
+        "whole_export_s": round(sorted(seconds)[len(seconds) // 2], 2),
+        "whole_export_s_runs": _spread(seconds, 2),
+        "step_seconds": steps,
+        "repeats": args.repeats, "cold_cache": cold,
+        "f16_top1_agreement": round(f16["top1_agreement"], 4), "f16_top1_all": round(f16["top1_all"], 4),
+        "f16_set_aside": f16["excluded"], "f16_positions": f16["total_positions"],
+        "f16_max_logit_error": float(f"{f16['max_logit_error']:.3g}"),
+        "q4_k_m_top1_agreement": round(q4["top1_agreement"], 4), "q4_k_m_top1_all": round(q4["top1_all"], 4),
+        "greedy_matches": {q: f"{c['greedy_matches']}/{c['greedy_prompts']}" for q, c in checks.items()},
         "export_s": round(phase["seconds"], 2),
         "peak_rss_fraction": round(phase["rss_peak_above_baseline"] / weight_bytes, 3),
         "mlx_peak_fraction": round(phase["mlx_peak"] / weight_bytes, 3),
         "mb_per_s": round(weight_bytes / phase["seconds"] / 1e6, 1),
         "disk_gbps": round(disk.gb_per_second, 3),
-        "f16_top1_agreement": round(checks["F16"].top1_agreement, 4),
-        "f16_positions": checks["F16"].positions, "f16_excluded": checks["F16"].excluded,
-        "q4_k_m_top1_agreement": round(checks["Q4_K_M"].top1_agreement, 4),
-        "greedy_matches": {q: f"{c.greedy_matches}/{c.greedy_prompts}" for q, c in checks.items()},
-        "quantize_q4_k_m_s": round(quantize_s, 2), "verify_s": round(verify_s, 2),
-        "sizes_mb": {p.name: round(p.stat().st_size / 1e6, 1) for p in (f16, q4)},
+        "sizes_mb": {Path(p).name: round(Path(p).stat().st_size / 1e6, 1) for p in last["files"].values()},
     }
+    if not args.no_cap:
+        shutil.rmtree(out / "whole", ignore_errors=True)
+        result.update(_capped(weight_bytes, export_cmd(out / "capped")))
+    shutil.rmtree(out, ignore_errors=True)
+    return result
 
 
 def _bench_model(shape: dict[str, int]) -> Path:

@@ -30,12 +30,18 @@ def test_bench_train_quick_prints_its_figures() -> None:
 
 @pytest.mark.slow
 def test_bench_export_quick_prints_its_figures() -> None:
-    out = _bench("export", "--quick")
+    out = _bench("export", "--quick", "--repeats", "1", "--no-cap", "--json")
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    for key in ("export_s", "peak_rss_fraction", "mb_per_s", "f16_top1_agreement", "q4_k_m_top1_agreement"):
+    for key in ("export_s", "peak_rss_fraction", "mb_per_s", "f16_top1_agreement", "q4_k_m_top1_agreement",
+                "whole_peak_anon_fraction", "whole_peak_file_fraction", "whole_export_s", "f16_top1_all",
+                "f16_set_aside", "f16_max_logit_error"):
         assert result[key] is not None, key
-    assert result["f16_top1_agreement"] >= 0.99
+    assert result["f16_top1_agreement"] >= 0.99 and result["f16_max_logit_error"] <= 1e-2
+    # The whole export's memory covers the process tree, the quantiser child included, and every step is timed.
+    assert result["whole_peak_anon_fraction"] > 0 and set(result["step_seconds"]) == {"fuse", "write", "quantise",
+                                                                                         "verify"}
+    assert "capped_export_ok" not in result  # --no-cap
 
 
 def test_bench_refuses_bad_arguments() -> None:

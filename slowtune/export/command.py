@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         record_export(Path(project), run_dir.name, result)
     summary = {"out_dir": str(result.out_dir), "files": {k: str(v) for k, v in result.files.items()},
                "verification": [v.to_dict() for v in result.verifications], "adapter_effect": result.adapter_effect,
-               "notes": result.notes, "seconds": round(result.seconds, 1)}
+               "notes": result.notes, "seconds": round(result.seconds, 1), "step_seconds": result.step_seconds}
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

@@ -33,6 +33,22 @@ class ExportResult:
     adapter_effect: float | None
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    step_seconds: dict[str, float] = field(default_factory=dict)  # fuse, write, quantise, verify
+
+
+class _Steps:
+    """Seconds spent in each named step of an export."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._name: str | None = None
+        self._since = time.perf_counter()
+
+    def start(self, name: str | None) -> None:
+        now = time.perf_counter()
+        if self._name is not None:
+            self.seconds[self._name] = round(self.seconds.get(self._name, 0.0) + now - self._since, 2)
+        self._name, self._since = name, now
 
 
 def find_adapter(path: Path) -> Path:
@@ -118,6 +134,7 @@ def export_run(adapter_or_run: Path, out_dir: Path, *, model: Path | None = None
     )
 
     started = time.perf_counter()
+    steps = _Steps()
     progress = ensure(progress)
     quants = parse_quant_types(",".join(quants or ["Q4_K_M"]))
     adapter, base = _adapter_and_base(Path(adapter_or_run), model)
@@ -127,8 +144,10 @@ def export_run(adapter_or_run: Path, out_dir: Path, *, model: Path | None = None
     files: dict[str, Path] = {}
     try:
         progress.report("export", 0, 5, status="fusing the adapter")
+        steps.start("fuse")
         fused = fuse(base, adapter, work / "fused", progress=progress)
         progress.report("export", 1, 5, status="writing GGUF")
+        steps.start("write")
         files["F16"] = write_gguf(fused, out_dir / f"{name}-F16.gguf", out_type="f16", name=name, progress=progress)
         if with_base:
             base_plain = fuse(base, None, work / "base", progress=progress)
@@ -136,10 +155,12 @@ def export_run(adapter_or_run: Path, out_dir: Path, *, model: Path | None = None
                                            name=f"{name}-base", progress=progress)
             shutil.rmtree(base_plain, ignore_errors=True)
         progress.report("export", 2, 5, status="quantising")
+        steps.start("quantise")
         others = [q for q in quants if q != "F16"]
         files.update(quantize_many(files["F16"], out_dir, name, others, progress=progress))
 
         progress.report("export", 3, 5, status="verifying")
+        steps.start("verify")
         prompts = verification_prompts(base, adapter)
         # llama.cpp on each file in turn (memory-mapped, closed before the next), then the trained model block by
         # block (as the streamed trainer runs forward): the export never holds the whole model in memory.
@@ -160,6 +181,7 @@ def export_run(adapter_or_run: Path, out_dir: Path, *, model: Path | None = None
             notes.append("The adapter does not change the model's output (largest logit change "
                          f"{effect:.1e}): was it trained?")
 
+        steps.start(None)
         modelfile_notes: list[str] = []
         if ollama:
             from slowtune.export.modelfile import export_readme, render_modelfile
@@ -175,7 +197,8 @@ def export_run(adapter_or_run: Path, out_dir: Path, *, model: Path | None = None
                 family=detect_family(chat_template or ""), system=None))
         report = {"adapter": str(adapter), "base": str(base), "files": {k: str(v) for k, v in files.items()},
                   "sizes": {k: v.stat().st_size for k, v in files.items()}, "adapter_effect": effect,
-                  "verification": [r.to_dict() for r in results], "notes": notes + modelfile_notes}
+                  "verification": [r.to_dict() for r in results], "notes": notes + modelfile_notes,
+                  "step_seconds": steps.seconds}
         atomic_write_text(out_dir / "export.json", json.dumps(report, indent=2))
         progress.report("export", 5, 5, status="done")
         failed = [r for r in results if r.required and not r.passed]
@@ -183,7 +206,8 @@ def export_run(adapter_or_run: Path, out_dir: Path, *, model: Path | None = None
             raise VerificationError(
                 "The export does not behave like the trained model: " + "; ".join(n for r in failed for n in r.notes)
                 + f". Details in {out_dir / 'export.json'}.")
-        return ExportResult(out_dir, files, results, effect, notes + modelfile_notes, time.perf_counter() - started)
+        return ExportResult(out_dir, files, results, effect, notes + modelfile_notes, time.perf_counter() - started,
+                            steps.seconds)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
