@@ -99,3 +99,20 @@ def test_the_app_says_all_four_figures_in_plain_words() -> None:
     verdict, text = describe_check(bad)
     assert verdict == "fail" and "does not compute what the trained model computes" in text
     assert "(at most 0.01 allowed)" in text and "Do not use it" in text
+
+
+def test_a_base_model_that_moved_is_named_and_model_is_taken(tiny_llama: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from slowtune.export.pipeline import ExportFailed, _adapter_and_base
+
+    moved_from = tmp_path / "Models" / "tiny"
+    shutil.copytree(tiny_llama, moved_from)
+    adapter, _ = make_adapter(tmp_path / "adapter", moved_from, rank=2)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["base_model"] == str(moved_from)
+    shutil.move(moved_from, tmp_path / "elsewhere")
+    with pytest.raises(ExportFailed, match=rf"was expected at {moved_from}, and it is not there .*--model"):
+        _adapter_and_base(adapter, None)
+    assert _adapter_and_base(adapter, tmp_path / "elsewhere") == (adapter, tmp_path / "elsewhere")

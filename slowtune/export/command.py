@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from slowtune.export.pipeline import ExportFailed, export_lora_only, export_run, record_export
     from slowtune.export.quantize import QuantizeError
     from slowtune.export.verify import VerificationError
-    from slowtune.progress import Progress, RichProgressBar
+    from slowtune.progress import Cancelled, Progress, RichProgressBar
 
     def fail(message: str) -> int:
         print(f"slowtune export: {message}", file=sys.stderr)
@@ -52,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
                                     with_base=not args.no_base, ollama=not args.no_ollama, progress=progress)
     except (ExportFailed, ExportError, FuseError, QuantizeError, VerificationError) as exc:
         return fail(str(exc))
+    except Cancelled as exc:
+        print(f"slowtune export: stopped. {exc}".rstrip(), file=sys.stderr)
+        return 130
     run_json = run_dir / "run.json"
     if run_json.exists() and (project := json.loads(run_json.read_text()).get("project")):
         record_export(Path(project), run_dir.name, result)

@@ -66,7 +66,8 @@ def _adapter_and_base(adapter_or_run: Path, model: Path | None) -> tuple[Path, P
     adapter_config = json.loads((adapter / "adapter_config.json").read_text())
     base = Path(model) if model else Path(adapter_config.get("base_model", ""))
     if not (base / "config.json").exists():
-        raise ExportFailed(f"The base model {base or '(unknown)'} of {adapter} is not available; pass --model.")
+        raise ExportFailed(f"The base model of {adapter} was expected at {base or '(not recorded)'}, and it is not "
+                           "there (moved or deleted?). Pass its folder with --model.")
     return adapter, base
 
 
@@ -108,7 +109,7 @@ def _unverified_on_cancel(files: dict[str, Path]) -> Iterator[None]:
     to ``NAME.gguf.unverified`` (complete, but not checked), and the Cancelled exception says which."""
     try:
         yield
-    except Cancelled:
+    except (Cancelled, KeyboardInterrupt):  # the app's Cancel, or Ctrl-C in a terminal
         moved = []
         for path in files.values():
             if path.exists():
