@@ -448,8 +448,8 @@ def describe_check(check: dict[str, Any]) -> tuple[str, str]:
                        f"({F16_MIN_AGREEMENT:.0%} needed){same}.{figures} Do not use it."
     if check.get("required") or agreement >= QUANT_GOOD_AGREEMENT:
         return "pass", f"{subject} answers like the trained model: {agree}{same}.{figures}"
-    return "warn", f"{subject} answers noticeably differently from the trained model: {agree}{same}. Small " \
-                   "models lose more to quantisation; if quality matters more than size, use Q6_K or Q8_0."
+    return "warn", f"{subject} answers noticeably differently from the trained model: {agree}{same}.{figures} " \
+                   "Small models lose more to quantisation; if quality matters more than size, use Q6_K or Q8_0."
 
 
 def describe_export(export: ExportInfo) -> tuple[str, str, list[tuple[str, str]]]:
