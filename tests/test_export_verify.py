@@ -38,6 +38,12 @@ def test_the_block_by_block_reference_equals_mlx_lm_with_the_whole_model(fixture
         assert a.shape == b.shape
         np.testing.assert_allclose(b, a, atol=1e-5, rtol=0)
         assert np.abs(c - a).max() > 1e-3  # the adapter really changes the model, so the check above means something
+    # The base model from the same pass (the adapter switched off block by block) is the base model.
+    base_whole, _ = mlx_reference(base, None, prompts)
+    tuned, base_same_pass = streamed_reference(base, adapter, prompts, plain=prompts)
+    for a, b, c, d in zip(whole, tuned, base_whole, base_same_pass, strict=True):
+        np.testing.assert_allclose(b, a, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(d, c, atol=1e-5, rtol=0)
 
 
 def _perturbed_copy(gguf: Path, dest: Path, tensor: str, factor: float) -> Path:

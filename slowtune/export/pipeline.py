@@ -130,7 +130,6 @@ def export_run(adapter_or_run: Path, out_dir: Path, *, model: Path | None = None
         adapter_changed_model,
         compare,
         llama_reference,
-        streamed_reference,
         teacher_forced_references,
     )
 
@@ -172,8 +171,9 @@ def export_run(adapter_or_run: Path, out_dir: Path, *, model: Path | None = None
                 progress.check()
                 progress.report("verify", len(runs), len(checked), status=path.name)
                 runs.append(llama_reference(path, prompts))
-            references = teacher_forced_references(base, adapter, prompts, runs, progress=progress)
-            plain = streamed_reference(base, None, prompts, progress=progress)
+            # The base model's logits come from the same pass, with the adapter switched off block by block.
+            references, plain = teacher_forced_references(base, adapter, prompts, runs, progress=progress,
+                                                          base_too=True)
         effect = adapter_changed_model(plain, references[0][0])
         results = [compare(ref, run, file=path.name, quant=q)
                    for (q, path), ref, run in zip(checked, references, runs, strict=True)]
@@ -228,7 +228,6 @@ def export_lora_only(adapter_or_run: Path, out_dir: Path, *, model: Path | None 
         adapter_changed_model,
         compare,
         llama_reference,
-        streamed_reference,
         teacher_forced_references,
     )
 
@@ -254,8 +253,8 @@ def export_lora_only(adapter_or_run: Path, out_dir: Path, *, model: Path | None 
         prompts = verification_prompts(base, adapter)
         with _unverified_on_cancel(files):
             run = llama_reference(files["base-F16"], prompts, lora=lora)
-            (reference,) = teacher_forced_references(base, adapter, prompts, [run], progress=progress)
-            plain = streamed_reference(base, None, prompts, progress=progress)
+            (reference,), plain = teacher_forced_references(base, adapter, prompts, [run], progress=progress,
+                                                            base_too=True)
         effect = adapter_changed_model(plain, reference[0])
         # Judged like an F16 export (required, same rules), labelled as what it is.
         checked = compare(reference, run, file=lora.name, quant="F16")

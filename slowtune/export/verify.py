@@ -101,9 +101,12 @@ def _lora_config(adapter_dir: Path | None) -> Any:
 
 
 def streamed_reference(model_dir: Path, adapter_dir: Path | None, sequences: list[list[int]],
-                       progress: Any = None) -> list[np.ndarray]:
+                       progress: Any = None, plain: list[list[int]] | None = None) -> Any:
     """The trained model's logits at every position of each sequence, block by block from the base model's files
-    with the adapter applied (as the streamed engine runs forward), in float32."""
+    with the adapter applied (as the streamed engine runs forward), in float32.
+
+    ``plain``: sequences to run through the same loaded blocks without the adapter (the base model); then the
+    result is (adapted logits, plain logits), from one read of the model."""
     import mlx.core as mx
 
     from slowtune.train.engines import StreamedEngine
@@ -118,7 +121,7 @@ def streamed_reference(model_dir: Path, adapter_dir: Path | None, sequences: lis
             raise VerificationError(f"{adapter_dir}: the adapter lacks {missing[0]} (and {len(missing) - 1} more), "
                                     "which the model it was trained on has")
         tm.set_lora_parameters({k: weights[k].astype(mx.float32) for k in trainable})
-    return StreamedEngine(tm).logits(sequences, progress=progress)
+    return StreamedEngine(tm).logits(sequences, progress=progress, plain=plain)
 
 
 def llama_reference(gguf: Path, prompts: list[list[int]], lora: Path | None = None) -> Reference:
@@ -146,17 +149,25 @@ def llama_reference(gguf: Path, prompts: list[list[int]], lora: Path | None = No
 
 
 def teacher_forced_references(model_dir: Path, adapter_dir: Path | None, prompts: list[list[int]],
-                              runs: list[Reference], progress: Any = None) -> list[Reference]:
+                              runs: list[Reference], progress: Any = None,
+                              base_too: bool = False) -> Any:
     """For each llama.cpp run (one per file): the trained model's logits at the prompt positions, and its next-token
-    choice at each step of that run's greedy continuation. One block-by-block pass serves every file."""
+    choice at each step of that run's greedy continuation. One block-by-block pass serves every file.
+
+    ``base_too``: the base model's logits at the prompt positions come from the same pass (the adapter switched off
+    block by block); the result is then (references, base logits)."""
     sequences = [p + run[1][i][:-1] for run in runs for i, p in enumerate(prompts)] or [list(p) for p in prompts]
-    logits = streamed_reference(model_dir, adapter_dir, sequences, progress=progress)
+    logits = streamed_reference(model_dir, adapter_dir, sequences, progress=progress,
+                                plain=[list(p) for p in prompts] if base_too else None)
+    base = None
+    if base_too:
+        logits, base = logits
     out = []
     for r in range(len(runs)):
         chunk = logits[r * len(prompts):(r + 1) * len(prompts)]
         out.append(([x[: len(p)] for x, p in zip(chunk, prompts, strict=True)],
                     [x[len(p) - 1:].argmax(-1).tolist() for x, p in zip(chunk, prompts, strict=True)]))
-    return out
+    return (out, base) if base_too else out
 
 
 def compare(reference: Reference, got: Reference, *, file: str, quant: str) -> Verification:

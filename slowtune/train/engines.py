@@ -16,7 +16,9 @@ block's tensors are read on a separate stream while the current one computes.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -281,12 +283,15 @@ class StreamedEngine:
         return total, n_total
 
     # --- logits: forward only, block by block (export verification) ----------------------------------------
-    def logits(self, sequences: list[list[int]], progress: Any = None) -> list[Any]:
+    def logits(self, sequences: list[list[int]], progress: Any = None,
+               plain: list[list[int]] | None = None) -> list[Any] | tuple[list[Any], list[Any]]:
         """Next-token logits (float32 numpy, [len, vocab]) at every position of each token sequence, computed the
         way training runs forward: one block resident at a time, every sequence through it while it is loaded.
 
         Memory is one or two blocks, the boundary activations and the logits; the model is never whole in memory.
         ``progress`` (a slowtune Progress) is checked between blocks, so a cancel stops at the next block.
+        ``plain``: more sequences to run through the same loaded blocks with the LoRA layers switched off (the base
+        model as it was); then the return value is (logits with LoRA, logits of ``plain`` without).
         """
         import mlx.core as mx
         import numpy as np
@@ -297,9 +302,11 @@ class StreamedEngine:
             self._acquire("embed")
             self._request(0)
             hs = [_embed(tm, mx.array([seq])) for seq in sequences]
-            mx.eval(hs)
+            hp = [_embed(tm, mx.array([seq])) for seq in plain or []]
+            mx.eval(hs + hp)
             self._free("embed")
             masks = [_masks(tm, h) for h in hs]
+            plain_masks = [_masks(tm, h) for h in hp]
             for i in range(tm.num_layers):
                 if progress is not None:
                     progress.check()
@@ -307,20 +314,27 @@ class StreamedEngine:
                 self._acquire(i)
                 self._request(i + 1 if i + 1 < tm.num_layers else "head")
                 hs = [_block_call(tm.layers[i], h, m) for h, m in zip(hs, masks, strict=True)]
+                if hp:
+                    with _lora_off(tm.layers[i]):
+                        hp = [_block_call(tm.layers[i], h, m) for h, m in zip(hp, plain_masks, strict=True)]
+                        mx.eval(hp)
                 mx.eval(hs)
                 self._free(i)
             self._acquire("head")
             inner = tm.model.model
             tied = not hasattr(tm.model, "lm_head")
-            out = []
-            for h in hs:
+
+            def head(h: Any) -> Any:
                 x = inner.norm(h)
                 logits = (inner.embed_tokens.as_linear(x) if tied else tm.model.lm_head(x)).astype(mx.float32)
-                out.append(np.array(logits[0]))
+                return np.array(logits[0])
+
+            out = [head(h) for h in hs]
+            plain_out = [head(h) for h in hp]
         finally:
             self._free_all()
             tm.model.train()
-        return out
+        return (out, plain_out) if plain is not None else out
 
     # --- one step -------------------------------------------------------------------------------------
     def loss_and_grads(self, batches: list[MicroBatch], step: int = 0) -> StepResult:
@@ -410,6 +424,19 @@ class StreamedEngine:
         finally:
             self._free_all()
         return StepResult(loss_total, n_total, grads, self.io_blocked_s, self.bytes_read)
+
+
+@contextlib.contextmanager
+def _lora_off(block: Any) -> Iterator[None]:
+    """The block's LoRA layers add nothing inside the ``with`` (their scale is 0), as the base model computes."""
+    saved = [(m, m.scale) for _, m in block.named_modules() if hasattr(m, "lora_a") and hasattr(m, "scale")]
+    try:
+        for module, _scale in saved:
+            module.scale = 0.0
+        yield
+    finally:
+        for module, scale in saved:
+            module.scale = scale
 
 
 def _tree_add(a: Any, b: Any) -> Any:
