@@ -20,10 +20,14 @@ __all__ = [
     "real_vocab_llama_bpe",
     "real_vocab_llama_spm",
     "real_vocab_qwen2",
+    "tiny_gemma2",
+    "tiny_gemma3_text",
     "tiny_llama",
     "tiny_mistral",
+    "tiny_phi3",
     "tiny_qwen2",
     "tiny_qwen3",
+    "tiny_smollm3",
 ]
 
 
@@ -76,6 +80,30 @@ def tiny_qwen3(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_mistral(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Mistral v0.1 layout: SentencePiece-style BPE with byte fallback, <s>/</s>, an [INST] template."""
     return _tiny(tmp_path_factory, "mistral")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Gemma 2 layout: soft-capping, sliding-window layers (window 16), pre/post norms, tied; SentencePiece-style."""
+    return _tiny(tmp_path_factory, "gemma2")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3_text(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Gemma 3 text-only layout: q/k norms, sliding layers with their own rope base, a full layer every 2nd."""
+    return _tiny(tmp_path_factory, "gemma3_text")
+
+
+@pytest.fixture(scope="session")
+def tiny_phi3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Phi-4-mini layout: fused qkv and gate-up, partial rotary (0.75), LongRoPE, tied; Phi-3.5's turn tokens."""
+    return _tiny(tmp_path_factory, "phi3")
+
+
+@pytest.fixture(scope="session")
+def tiny_smollm3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM3 layout: a Llama with no rotary embedding in every 4th layer; Llama 3's BPE with ChatML turns."""
+    return _tiny(tmp_path_factory, "smollm3")
 
 
 @pytest.fixture(scope="session")

@@ -38,18 +38,32 @@ CHAT_FORMAT = {
     "qwen2": ("<|im_start|>system\n", "<|im_start|>user\n", "month.<|im_end|>\n", "<|im_start|>assistant\n"),
     "qwen3": ("<|im_start|>system\n", "<|im_start|>user\n", "month.<|im_end|>\n", "<|im_start|>assistant\n"),
     "mistral": ("<s>[INST] ", "[INST] Answer briefly.\n\n", " month.</s>", "meet? [/INST]"),
+    "gemma2": ("<s><start_of_turn>user\n", "<start_of_turn>user\nAnswer briefly.\n\n", "month.<end_of_turn>\n",
+               "<start_of_turn>model\n"),
+    "gemma3_text": ("<s><start_of_turn>user\n", "<start_of_turn>user\nAnswer briefly.\n\n",
+                    "month.<end_of_turn>\n", "<start_of_turn>model\n"),
+    "phi3": ("<|system|>\n", "<|user|>\n", "month.<|end|>\n", "<|assistant|>\n"),
+    "smollm3": ("<|im_start|>system\n", "<|im_start|>user\n", "month.<|im_end|>\n", "<|im_start|>assistant\n"),
 }
 SPECIAL_TOKENS = {
     "llama": tm.LLAMA3_SPECIAL_TOKENS,
     "qwen2": tm.CHATML_SPECIAL_TOKENS,
     "qwen3": tm.CHATML_SPECIAL_TOKENS,
     "mistral": ("<s>", "</s>"),
+    "gemma2": ("<s>", *tm.GEMMA_SPECIAL_TOKENS),
+    "gemma3_text": ("<s>", *tm.GEMMA_SPECIAL_TOKENS),
+    "phi3": tm.PHI3_SPECIAL_TOKENS,
+    "smollm3": tm.CHATML_SPECIAL_TOKENS,
 }
 ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
     "mistral": "MistralForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
+    "phi3": "Phi3ForCausalLM",
+    "smollm3": "SmolLM3ForCausalLM",
 }
 REAL_VOCABS = tuple(tm.REAL_VOCABS)
 
@@ -143,7 +157,7 @@ def test_tiny_model_chat_template(request: pytest.FixtureRequest, arch: str) -> 
     for token in SPECIAL_TOKENS[arch]:
         if token in rendered:
             assert tokenizer.convert_tokens_to_ids(token) in ids, token
-    if tokenizer.bos_token:
+    if tokenizer.bos_token and arch != "phi3":  # Phi-3's turns start the text; it has no BOS
         assert ids.count(tokenizer.bos_token_id) == 1
 
 
@@ -158,7 +172,7 @@ def test_tiny_model_tokenizer_round_trips(request: pytest.FixtureRequest, arch: 
         assert tokenizer.decode(ids) == text
     # BOS is added by the Llama-family tokenizers only, through transformers as through tokenizers.
     with_bos = tokenizer.encode("hello")
-    adds_bos = arch in ("llama", "mistral")
+    adds_bos = arch in ("llama", "mistral", "gemma2", "gemma3_text")
     assert (with_bos[0] == tokenizer.bos_token_id) is adds_bos
     assert raw.encode("hello").ids == with_bos
 
@@ -231,7 +245,7 @@ def test_tiny_tokenizers_have_the_requested_size_and_special_tokens_last() -> No
     assert "<0xF0>" in spm.encode("🦙").tokens
 
 
-@pytest.mark.parametrize("arch", tm.ARCHS)
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "mistral"])
 def test_tiny_model_files_and_tensor_names(request: pytest.FixtureRequest, arch: str) -> None:
     path = _tiny(request, arch)
     config = _config(path)
@@ -271,6 +285,33 @@ def test_tiny_model_files_and_tensor_names(request: pytest.FixtureRequest, arch:
     assert abs(weights["model.embed_tokens.weight"].std() - hidden**-0.5) < 0.002
     assert abs(weights["model.layers.0.mlp.down_proj.weight"].std() - 512**-0.5) < 0.002
     assert abs(weights["model.norm.weight"].mean() - 1) < 0.02
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "gemma3_text", "phi3", "smollm3"])
+def test_tiny_model_layouts_of_the_newer_families(request: pytest.FixtureRequest, arch: str) -> None:
+    path = _tiny(request, arch)
+    config = _config(path)
+    weights = load_file(path / "model.safetensors")
+    layer0 = {name.removeprefix("model.layers.0.") for name in weights if name.startswith("model.layers.0.")}
+    assert "lm_head.weight" not in weights and config["tie_word_embeddings"] is True
+    if arch == "phi3":
+        assert "head_dim" not in config  # Phi-3 derives it: 256 / 4
+        assert layer0 == {"input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.qkv_proj.weight",
+                          "self_attn.o_proj.weight", "mlp.gate_up_proj.weight", "mlp.down_proj.weight"}
+        assert weights["model.layers.0.self_attn.qkv_proj.weight"].shape == ((4 + 2 + 2) * 64, 256)
+        assert weights["model.layers.0.mlp.gate_up_proj.weight"].shape == (2 * 512, 256)
+        scaling = config["rope_scaling"]
+        assert scaling["type"] == "longrope" and len(scaling["short_factor"]) == len(scaling["long_factor"]) == 24
+        return
+    if arch == "smollm3":
+        assert config["no_rope_layers"] == [1, 1, 1, 0]
+        assert abs(weights["model.norm.weight"].mean() - 1) < 0.02
+        return
+    # Gemma: the norms before and after attention and the MLP, stored as offsets around 0 (scale 1 + weight).
+    assert {"pre_feedforward_layernorm.weight", "post_feedforward_layernorm.weight"} <= layer0
+    assert ("self_attn.q_norm.weight" in layer0) is (arch == "gemma3_text")
+    assert abs(weights["model.norm.weight"].mean()) < 0.02
+    assert config["query_pre_attn_scalar"] == 64 and config["sliding_window"] == 16
 
 
 def _small(dest: Path, **kwargs: Any) -> Path:

@@ -150,17 +150,33 @@ def test_blocks_below_the_lora_blocks_are_read_once(tiny_llama: Path, keep: int)
     assert result.bytes_read == blocks + outer + (0 if keep else top)
 
 
-def test_streamed_engine_names_unsupported_architectures(tmp_path: Path, tiny_llama: Path) -> None:
+@pytest.mark.parametrize("streamed", [False, True])
+def test_engines_name_unsupported_architectures(tmp_path: Path, tiny_llama: Path, streamed: bool) -> None:
     import json
     import shutil
 
-    folder = tmp_path / "gemma"
+    folder = tmp_path / "falcon"
     shutil.copytree(tiny_llama, folder)
     config = json.loads((folder / "config.json").read_text())
-    config["model_type"] = "gemma2"
+    config["model_type"] = "falcon"
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelError, match="streamed engine supports llama, mistral, qwen2, qwen3"):
-        TrainModel(folder, LoraConfig(), streamed=True)
+    with pytest.raises(ModelError, match=r"config.json: architecture 'falcon' is not one slowtune trains") as info:
+        TrainModel(folder, LoraConfig(), streamed=streamed)
+    assert "gemma3_text" in str(info.value) and "phi3" in str(info.value)
+
+
+def test_multimodal_checkpoint_is_refused(tmp_path: Path, tiny_llama: Path) -> None:
+    import json
+    import shutil
+
+    folder = tmp_path / "gemma3-4b"
+    shutil.copytree(tiny_llama, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="gemma3", architectures=["Gemma3ForConditionalGeneration"],
+                  vision_config={"model_type": "siglip_vision_model"})
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match=r"multimodal checkpoint .*vision_config.*text-only"):
+        TrainModel(folder, LoraConfig())
 
 
 def test_streamed_equals_memory_bfloat16_base(tmp_path: Path) -> None:

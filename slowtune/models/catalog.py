@@ -27,11 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Architectures (config.json ``model_type``) that the layer-streamed trainer can run.
-STREAMED_ARCHITECTURES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+from slowtune.models.architectures import SUPPORTED_ARCHITECTURES
 
-# Every architecture in the catalog, known to mlx-lm.
-KNOWN_ARCHITECTURES = STREAMED_ARCHITECTURES | {"gemma2", "smollm3"}
+# Architectures (config.json ``model_type``) that both engines run and the export writes: every supported family.
+STREAMED_ARCHITECTURES = frozenset(SUPPORTED_ARCHITECTURES)
+
+# Every architecture the catalog may offer.
+KNOWN_ARCHITECTURES = STREAMED_ARCHITECTURES
 
 
 class ModelError(ValueError):

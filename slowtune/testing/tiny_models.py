@@ -35,10 +35,14 @@ __all__ = [
     "ARCHS",
     "CHATML_CHAT_TEMPLATE",
     "CHATML_SPECIAL_TOKENS",
+    "GEMMA_CHAT_TEMPLATE",
+    "GEMMA_SPECIAL_TOKENS",
     "INST_CHAT_TEMPLATE",
     "LLAMA3_CHAT_TEMPLATE",
     "LLAMA3_SPECIAL_TOKENS",
     "LLAMA3_SPLIT_REGEX",
+    "PHI3_CHAT_TEMPLATE",
+    "PHI3_SPECIAL_TOKENS",
     "QWEN2_SPLIT_REGEX",
     "REAL_VOCABS",
     "SPM_SPECIAL_TOKENS",
@@ -55,11 +59,11 @@ __all__ = [
     "write_safetensors",
 ]
 
-Arch = Literal["llama", "qwen2", "qwen3", "mistral"]
+Arch = Literal["llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3_text", "phi3", "smollm3"]
 DType = Literal["float32", "float16", "bfloat16"]
 RealVocab = Literal["qwen2", "llama-bpe", "llama-spm"]
 
-ARCHS: tuple[Arch, ...] = ("llama", "qwen2", "qwen3", "mistral")
+ARCHS: tuple[Arch, ...] = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3_text", "phi3", "smollm3")
 
 # Published split regexes, from the real models' tokenizer.json. Llama 3 keeps runs of up to three digits
 # together; Qwen2 splits every digit. llama.cpp calls these pre-tokenizers "qwen2" and "llama-bpe".
@@ -119,6 +123,36 @@ INST_CHAT_TEMPLATE = (
     "{%- endif %}"
     "{%- endfor %}"
 )
+
+# Gemma 2 and 3: no system role on the wire. Gemma 3's own template puts a system message in front of the first
+# user message, followed by a blank line; Gemma 2's refuses one (slowtune folds it the same way).
+GEMMA_CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- set ns = namespace(system='') %}"
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'system' %}"
+    "{%- set ns.system = message['content'] + '\\n\\n' %}"
+    "{%- else %}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{- '<start_of_turn>' + role + '\\n' + ns.system + message['content'] | trim + '<end_of_turn>\\n' }}"
+    "{%- set ns.system = '' %}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<start_of_turn>model\\n' }}"
+    "{%- endif %}"
+)
+GEMMA_SPECIAL_TOKENS = ("<start_of_turn>", "<end_of_turn>")
+# Phi-3.5-mini's wire format: a role tag and a newline, the content, then <|end|> and a newline.
+PHI3_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|assistant|>\\n' }}"
+    "{%- endif %}"
+)
+PHI3_SPECIAL_TOKENS = ("<|endoftext|>", "<|assistant|>", "<|end|>", "<|system|>", "<|user|>")
 
 # llama.cpp token types (gguf.TokenType), as stored in tokenizer.ggml.token_type.
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
@@ -322,7 +356,40 @@ def tiny_tokenizer_spec(arch: Arch, vocab_size: int = 1024) -> TokenizerSpec:
             unk_token="<unk>",
             add_bos_token=True,
         )
+    if arch in ("gemma2", "gemma3_text"):
+        return _with_turn_tokens(gemma_style_spm_spec(vocab_size - len(GEMMA_SPECIAL_TOKENS)), GEMMA_SPECIAL_TOKENS, GEMMA_CHAT_TEMPLATE,
+                                 eos_token="<end_of_turn>", extra_eos_tokens=("</s>",))
+    if arch == "phi3":
+        return _with_turn_tokens(_spm_spec(vocab_size - len(PHI3_SPECIAL_TOKENS)), PHI3_SPECIAL_TOKENS, PHI3_CHAT_TEMPLATE,
+                                 eos_token="<|end|>", extra_eos_tokens=("<|endoftext|>",), add_bos_token=False,
+                                 pad_token="<|endoftext|>")
+    if arch == "smollm3":
+        # SmolLM3: Llama 3's byte-level BPE with ChatML turns.
+        tokenizer = train_bpe_tokenizer(vocab_size, LLAMA3_SPLIT_REGEX, CHATML_SPECIAL_TOKENS)
+        return TokenizerSpec(tokenizer, CHATML_CHAT_TEMPLATE, bos_token=None, eos_token="<|im_end|>",
+                             pad_token="<|endoftext|>", extra_eos_tokens=("<|endoftext|>",))
     raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHS}")
+
+
+def _spm_spec(vocab_size: int) -> TokenizerSpec:
+    """Llama 2's SentencePiece layout without the BOS that Llama adds (Phi-3.5 adds none: its template starts
+    with the first turn)."""
+    data = json.loads(train_spm_tokenizer(vocab_size).to_str())
+    data["post_processor"] = None
+    return TokenizerSpec(Tokenizer.from_str(json.dumps(data)), INST_CHAT_TEMPLATE, bos_token="<s>", eos_token="</s>",
+                         pad_token="<unk>", unk_token="<unk>", add_bos_token=False)
+
+
+def _with_turn_tokens(base: TokenizerSpec, tokens: Sequence[str], template: str, *, eos_token: str,
+                      extra_eos_tokens: tuple[str, ...] = (), add_bos_token: bool | None = None,
+                      pad_token: str | None = None) -> TokenizerSpec:
+    """A copy of ``base`` with the family's turn tokens added as special tokens and its chat template."""
+    tokenizer = Tokenizer.from_str(base.tokenizer.to_str())
+    _add_special_tokens(tokenizer, tokens)
+    return TokenizerSpec(tokenizer, template, bos_token=base.bos_token, eos_token=eos_token,
+                         pad_token=pad_token or base.pad_token, unk_token=base.unk_token,
+                         add_bos_token=base.add_bos_token if add_bos_token is None else add_bos_token,
+                         extra_eos_tokens=extra_eos_tokens)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -627,7 +694,58 @@ _ARCH_CONFIG: dict[Arch, dict[str, Any]] = {
         "rms_norm_eps": 1e-5,
         "sliding_window": None,
     },
+    # Gemma 2: logit soft-capping, alternate sliding-window layers (a short window here, so that short test
+    # sequences cross it), the query scale 1/sqrt(query_pre_attn_scalar) (= head_dim, set in _model_config).
+    "gemma2": {
+        "architectures": ["Gemma2ForCausalLM"],
+        "rope_theta": 10000.0,
+        "rms_norm_eps": 1e-6,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "attn_logit_softcapping": 50.0,
+        "final_logit_softcapping": 30.0,
+        "sliding_window": 16,
+        "attention_bias": False,
+    },
+    # Gemma 3 (text-only: 270M, 1B): q/k norms, sliding-window layers with their own rope base, a full-attention
+    # layer every `sliding_window_pattern` layers (6 in the real models, 2 here so that 4 layers have both kinds).
+    "gemma3_text": {
+        "architectures": ["Gemma3ForCausalLM"],
+        "rope_theta": 1000000.0,
+        "rope_local_base_freq": 10000.0,
+        "rms_norm_eps": 1e-6,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "sliding_window": 16,
+        "sliding_window_pattern": 2,
+        "final_logit_softcapping": None,
+        "attn_logit_softcapping": None,
+        "attention_bias": False,
+    },
+    # Phi-4-mini's layout: fused qkv and gate-up projections, partial rotary embeddings, LongRoPE factors.
+    "phi3": {
+        "architectures": ["Phi3ForCausalLM"],
+        "rope_theta": 10000.0,
+        "rms_norm_eps": 1e-5,
+        "partial_rotary_factor": 0.75,
+        "original_max_position_embeddings": 4096,
+        "sliding_window": 262144,
+        "attention_bias": False,
+    },
+    # SmolLM3: a Llama with no rotary embedding in every 4th layer.
+    "smollm3": {
+        "architectures": ["SmolLM3ForCausalLM"],
+        "rope_theta": 5000000.0,
+        "rms_norm_eps": 1e-6,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "no_rope_layer_interval": 4,
+    },
 }
+
+# Families whose published small models tie the output matrix to the embedding (Phi-4-mini, SmolLM3).
+_TIED_BY_DEFAULT = ("phi3", "smollm3")
+
+# Families whose RMSNorm multiplies by (1 + weight): their stored norm weights are offsets around 0.
+_OFFSET_NORM_ARCHS = ("gemma2", "gemma3_text")
 
 
 def _model_config(
@@ -667,18 +785,43 @@ def _model_config(
     }
     if spec.pad_token is not None:
         config["pad_token_id"] = spec.token_id(spec.pad_token)
+    if arch in _OFFSET_NORM_ARCHS:
+        config["query_pre_attn_scalar"] = head_dim
+    if arch == "phi3":
+        # Phi-3 derives the head size from hidden / heads; LongRoPE has one factor per rotated pair.
+        config.pop("head_dim")
+        pairs = int(head_dim * config["partial_rotary_factor"]) // 2
+        config["max_position_embeddings"] = max(max_position_embeddings, 131072)
+        config["rope_scaling"] = {
+            "type": "longrope",
+            "short_factor": [round(1.0 + 0.05 * i, 4) for i in range(pairs)],
+            "long_factor": [round(1.0 + 0.5 * i, 4) for i in range(pairs)],
+        }
+    if arch == "smollm3":
+        config["no_rope_layers"] = [int((i + 1) % 4 != 0) for i in range(num_layers)]
     return config
 
 
 def _weight_layout(config: Mapping[str, Any]) -> list[tuple[str, tuple[int, ...], str]]:
     """(Hugging Face tensor name, shape, kind) in file order; kind is "matrix", "bias" or "norm"."""
-    hidden, head_dim = config["hidden_size"], config["head_dim"]
+    hidden = config["hidden_size"]
+    head_dim = config.get("head_dim") or hidden // config["num_attention_heads"]
     q_dim = config["num_attention_heads"] * head_dim
     kv_dim = config["num_key_value_heads"] * head_dim
     inter, arch = config["intermediate_size"], config["model_type"]
     layout = [("model.embed_tokens.weight", (config["vocab_size"], hidden), "matrix")]
     for n in range(config["num_hidden_layers"]):
         p = f"model.layers.{n}."
+        if arch == "phi3":
+            layout += [
+                (p + "input_layernorm.weight", (hidden,), "norm"),
+                (p + "self_attn.qkv_proj.weight", (q_dim + 2 * kv_dim, hidden), "matrix"),
+                (p + "self_attn.o_proj.weight", (hidden, q_dim), "matrix"),
+                (p + "post_attention_layernorm.weight", (hidden,), "norm"),
+                (p + "mlp.gate_up_proj.weight", (2 * inter, hidden), "matrix"),
+                (p + "mlp.down_proj.weight", (hidden, inter), "matrix"),
+            ]
+            continue
         layout += [
             (p + "input_layernorm.weight", (hidden,), "norm"),
             (p + "self_attn.q_proj.weight", (q_dim, hidden), "matrix"),
@@ -691,7 +834,7 @@ def _weight_layout(config: Mapping[str, Any]) -> list[tuple[str, tuple[int, ...]
                 (p + "self_attn.k_proj.bias", (kv_dim,), "bias"),
                 (p + "self_attn.v_proj.bias", (kv_dim,), "bias"),
             ]
-        if arch == "qwen3":
+        if arch in ("qwen3", "gemma3_text"):
             layout += [
                 (p + "self_attn.q_norm.weight", (head_dim,), "norm"),
                 (p + "self_attn.k_norm.weight", (head_dim,), "norm"),
@@ -699,6 +842,13 @@ def _weight_layout(config: Mapping[str, Any]) -> list[tuple[str, tuple[int, ...]
         layout += [
             (p + "self_attn.o_proj.weight", (hidden, q_dim), "matrix"),
             (p + "post_attention_layernorm.weight", (hidden,), "norm"),
+        ]
+        if arch in _OFFSET_NORM_ARCHS:
+            layout += [
+                (p + "pre_feedforward_layernorm.weight", (hidden,), "norm"),
+                (p + "post_feedforward_layernorm.weight", (hidden,), "norm"),
+            ]
+        layout += [
             (p + "mlp.gate_proj.weight", (inter, hidden), "matrix"),
             (p + "mlp.up_proj.weight", (inter, hidden), "matrix"),
             (p + "mlp.down_proj.weight", (hidden, inter), "matrix"),
@@ -722,6 +872,7 @@ def _random_weights(config: Mapping[str, Any], seed: int) -> dict[str, np.ndarra
     gives the same bytes.
     """
     rng = np.random.default_rng(seed)
+    offset_norms = config["model_type"] in _OFFSET_NORM_ARCHS
     weights = {}
     for name, shape, kind in _weight_layout(config):
         values = rng.standard_normal(shape, dtype=np.float32)
@@ -729,8 +880,8 @@ def _random_weights(config: Mapping[str, Any], seed: int) -> dict[str, np.ndarra
             values *= 1.0 / np.sqrt(shape[1])
         else:
             values *= 0.05 if kind == "norm" else 0.02
-        if kind == "norm":
-            values += 1.0
+        if kind == "norm" and not offset_norms:
+            values += 1.0  # (Gemma stores norm weights as offsets: its RMSNorm multiplies by 1 + weight)
         weights[name] = values
     return weights
 
@@ -808,7 +959,7 @@ def build_tiny_model(
     num_kv_heads: int = 2,
     intermediate_size: int = 512,
     head_dim: int | None = None,
-    tie_embeddings: bool = False,
+    tie_embeddings: bool | None = None,
     dtype: DType = "float32",
     seed: int = 0,
     tokenizer: TokenizerSpec | Path | None = None,
@@ -830,6 +981,12 @@ def build_tiny_model(
         raise ValueError(f"unsupported dtype {dtype!r}; expected one of {_DTYPES}")
     if num_heads % num_kv_heads:
         raise ValueError("num_heads must be a multiple of num_kv_heads")
+    if arch in _OFFSET_NORM_ARCHS:
+        tie_embeddings = True  # Gemma has no separate output matrix
+    elif tie_embeddings is None:
+        tie_embeddings = arch in _TIED_BY_DEFAULT
+    if arch == "phi3" and head_dim not in (None, hidden_size // num_heads):
+        raise ValueError("phi3's head size is hidden_size / num_heads")
     if tokenizer is None:
         spec = tiny_tokenizer_spec(arch, vocab_size)
     elif isinstance(tokenizer, TokenizerSpec):

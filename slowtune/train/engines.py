@@ -22,7 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from slowtune.train.config import STREAMED_ARCHITECTURES, StreamConfig
+from slowtune.train import arch
+from slowtune.train.config import StreamConfig
 from slowtune.train.model import TrainModel
 
 
@@ -50,23 +51,11 @@ def _arrays(batch: MicroBatch) -> tuple[Any, Any, Any]:
 
 
 def _masks(tm: TrainModel, h: Any) -> dict[bool, Any]:
-    """Attention masks as the model builds them, for full and (if any) sliding-window layers."""
-    from mlx_lm.models.base import create_attention_mask
-
-    masks = {False: create_attention_mask(h, None)}
-    inner = getattr(tm.model, "model", None)
-    window = getattr(inner, "sliding_window", None)
-    if any(getattr(layer, "use_sliding", False) for layer in tm.layers):
-        masks[True] = create_attention_mask(h, None, window_size=window)
-    return masks
-
-
-def _block_call(layer: Any, h: Any, masks: dict[bool, Any]) -> Any:
-    return layer(h, masks[bool(getattr(layer, "use_sliding", False))], cache=None)
+    return arch.masks(tm, h)
 
 
 def _embed(tm: TrainModel, inputs: Any) -> Any:
-    return tm.model.model.embed_tokens(inputs)
+    return arch.embed(tm, inputs)
 
 
 def head_loss_sum(tm: TrainModel, h: Any, targets: Any, mask: Any, chunk: int) -> Any:
@@ -77,14 +66,9 @@ def head_loss_sum(tm: TrainModel, h: Any, targets: Any, mask: Any, chunk: int) -
     """
     import mlx.core as mx
 
-    inner = tm.model.model
-    tied = not hasattr(tm.model, "lm_head")
-
     def piece(hc: Any, tc: Any, mc: Any) -> Any:
         # Targets and mask are constants: only hc is an input of the checkpointed function.
-        x = inner.norm(hc)
-        logits = inner.embed_tokens.as_linear(x) if tied else tm.model.lm_head(x)
-        logits = logits.astype(mx.float32)
+        logits = arch.head_logits(tm, hc).astype(mx.float32)
         ce = mx.logsumexp(logits, axis=-1) - mx.take_along_axis(logits, tc[..., None], axis=-1)[..., 0]
         return (ce * mc).sum()
 
@@ -107,14 +91,8 @@ class MemoryEngine:
 
     def _forward_loss(self, inputs: Any, targets: Any, mask: Any, n_total: int, seed: int = 0) -> Any:
         import mlx.core as mx
-        import mlx.nn as nn
 
         tm = self.tm
-        if tm.model_type not in STREAMED_ARCHITECTURES:
-            # Other families (gemma2's embedding scale and logit soft-cap, ...) go through mlx-lm's own
-            # forward pass, whole: block-level checkpointing is only for the families we drive ourselves.
-            logits = tm.model(inputs).astype(mx.float32)
-            return (nn.losses.cross_entropy(logits, targets, reduction="none") * mask).sum() / n_total
         h = _embed(tm, inputs)
         masks = _masks(tm, h)
         for i, layer in enumerate(tm.layers):
@@ -123,14 +101,14 @@ class MemoryEngine:
                     # The recomputation in the backward pass must draw the same dropout masks.
                     mx.random.seed(seed + i + 1)
                     layer.update(params)
-                    return _block_call(layer, x, masks)
+                    return arch.block_call(tm, i, x, masks)
 
                 mx.random.seed(seed + i + 1)
 
                 h = mx.checkpoint(run)(layer.trainable_parameters(), h)
             else:
                 mx.random.seed(seed + i + 1)  # per block, as the other paths do: the same dropout masks
-                h = _block_call(layer, h, masks)
+                h = arch.block_call(tm, i, h, masks)
             if i < tm.first_lora_block:
                 # Nothing below the lowest LoRA block needs a gradient.
                 h = mx.stop_gradient(h)
@@ -268,7 +246,7 @@ class StreamedEngine:
             for i in range(tm.num_layers):
                 self._acquire(i)
                 self._request(i + 1 if i + 1 < tm.num_layers else "head")
-                hs = [_block_call(tm.layers[i], h, masks) for h in hs]
+                hs = [arch.block_call(tm, i, h, masks) for h in hs]
                 mx.eval(hs)
                 self._free(i)
             self._acquire("head")
@@ -313,21 +291,17 @@ class StreamedEngine:
                     progress.report("reference", i, tm.num_layers)
                 self._acquire(i)
                 self._request(i + 1 if i + 1 < tm.num_layers else "head")
-                hs = [_block_call(tm.layers[i], h, m) for h, m in zip(hs, masks, strict=True)]
+                hs = [arch.block_call(tm, i, h, m) for h, m in zip(hs, masks, strict=True)]
                 if hp:
                     with _lora_off(tm.layers[i]):
-                        hp = [_block_call(tm.layers[i], h, m) for h, m in zip(hp, plain_masks, strict=True)]
+                        hp = [arch.block_call(tm, i, h, m) for h, m in zip(hp, plain_masks, strict=True)]
                         mx.eval(hp)
                 mx.eval(hs)
                 self._free(i)
             self._acquire("head")
-            inner = tm.model.model
-            tied = not hasattr(tm.model, "lm_head")
 
             def head(h: Any) -> Any:
-                x = inner.norm(h)
-                logits = (inner.embed_tokens.as_linear(x) if tied else tm.model.lm_head(x)).astype(mx.float32)
-                return np.array(logits[0])
+                return np.array(arch.head_logits(tm, h).astype(mx.float32)[0])
 
             out = [head(h) for h in hs]
             plain_out = [head(h) for h in hp]
@@ -363,7 +337,7 @@ class StreamedEngine:
                 outs = []
                 for m, h in enumerate(hs):
                     mx.random.seed(_dropout_seed(step, m, i))
-                    outs.append(_block_call(tm.layers[i], h, masks))
+                    outs.append(arch.block_call(tm, i, h, masks))
                 mx.eval(outs)
                 hs = outs
                 if i < L - keep:
@@ -395,9 +369,9 @@ class StreamedEngine:
                 layer = tm.layers[i]
                 params = layer.trainable_parameters()
 
-                def block_dot(p: Any, x: Any, g: Any, layer: Any = layer) -> Any:
+                def block_dot(p: Any, x: Any, g: Any, layer: Any = layer, i: int = i) -> Any:
                     layer.update(p)
-                    return (_block_call(layer, x, masks) * g).sum()
+                    return (arch.block_call(tm, i, x, masks) * g).sum()
 
                 grad_fn = mx.grad(block_dot, argnums=(0, 1))
                 block_grads = None

@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from slowtune.fsutil import atomic_writer
+from slowtune.models.architectures import ArchitectureError, check_config, lora_keys
 from slowtune.models.catalog import ModelError, read_safetensors_header
-from slowtune.train.config import STREAMED_ARCHITECTURES, LoraConfig
+from slowtune.train import arch
+from slowtune.train.config import LoraConfig
 
 LORA_LEAVES = ("lora_a", "lora_b")
 
@@ -135,11 +137,10 @@ class TrainModel:
         self.config = read_config(self.model_dir)
         self.model_type = self.config.get("model_type", "?")
         self.streamed = streamed
-        if streamed and self.model_type not in STREAMED_ARCHITECTURES:
-            raise ModelError(
-                f"The streamed engine supports {', '.join(sorted(STREAMED_ARCHITECTURES))}; {self.model_dir} is "
-                f"'{self.model_type}'. Use the in-memory engine (--engine memory) if it fits."
-            )
+        try:
+            check_config(self.config, self.model_dir / "config.json")
+        except ArchitectureError as exc:
+            raise ModelError(str(exc)) from None
         self.compute_dtype = getattr(mx, compute_dtype)
         self.source = WeightSource(self.model_dir)
         try:
@@ -147,9 +148,11 @@ class TrainModel:
             model, _ = load_model(self.model_dir, lazy=True)
         except (ValueError, FileNotFoundError, KeyError) as exc:
             raise ModelError(f"mlx-lm cannot build the model in {self.model_dir}: {exc}") from None
+        arch.prepare(model, self.config)
         self.model = model
         self.layers = model.layers
         self.num_layers = len(self.layers)
+        self.sliding = arch.sliding_layers(self)
         self.quantized = "quantization" in self.config
         if not streamed:
             # mlx-lm's own loading (with its per-architecture renames), in the compute dtype; packed
@@ -163,12 +166,14 @@ class TrainModel:
         self.lora_config = lora
         self.lora_num_layers = n
         self.first_lora_block = self.num_layers - n
+        # Fused families (Phi-3) adapt their fused q/k/v and gate/up matrices where others adapt each one.
+        self.lora_keys = lora_keys(self.model_type, lora.keys)
         linear_to_lora_layers(
-            model, n, {"rank": lora.rank, "scale": lora.scale, "dropout": lora.dropout, "keys": list(lora.keys)}
+            model, n, {"rank": lora.rank, "scale": lora.scale, "dropout": lora.dropout, "keys": list(self.lora_keys)}
         )
         trainable = dict(tree_flatten(model.trainable_parameters()))
         if not trainable:
-            raise ModelError(f"None of the LoRA target layers {list(lora.keys)} exist in {self.model_dir}.")
+            raise ModelError(f"None of the LoRA target layers {list(self.lora_keys)} exist in {self.model_dir}.")
         mx.eval(list(trainable.values()))
 
         self.block_names = [self.source.names(f"model.layers.{i}.") for i in range(self.num_layers)]
@@ -224,7 +229,7 @@ class TrainModel:
             "fine_tune_type": "lora",
             "num_layers": self.lora_num_layers,
             "lora_parameters": {"rank": lora.rank, "scale": lora.scale, "dropout": lora.dropout,
-                                "keys": list(lora.keys)},
+                                "keys": list(self.lora_keys)},
             "base_model": str(self.model_dir),
             "model_type": self.model_type,
         }
