@@ -158,9 +158,25 @@ def test_fit_badges_follow_this_macs_memory(tiny_llama: Path) -> None:
     assert catalog_fit(catalog.QWEN25_7B, roomy).kind == "memory"
     seven_b = catalog_fit(catalog.QWEN25_7B, small)
     assert seven_b.kind == "streamed" and "layer by layer" in seven_b.reason and "12.0 GB" in seven_b.reason
-    gemma = catalog_fit(catalog.GEMMA2_2B, system.Memory(8 * 10**9, 6 * 10**9))
-    assert gemma.kind == "too_large" and "gemma2" in gemma.reason
+    assert "more than half of this Mac's memory" in seven_b.reason  # 15.2 GB on a 16 GB Mac
+    # Every family streams now: Gemma 2 too.
+    assert catalog_fit(catalog.GEMMA2_2B, system.Memory(8 * 10**9, 7 * 10**9)).kind == "streamed"
     assert catalog_fit(catalog.QWEN3_8B, starved).kind == "too_large"
+    from slowtune.train.preflight import MARGIN
+
+    assert catalog.MEMORY_MARGIN == MARGIN
+    # The list's rule: never "fits in memory" on a Mac with less than twice the model's size, however much is free;
+    # and the badge agrees with `slowtune models list` on a Mac with all its memory free.
+    for gigabytes in (8, 16, 24, 32, 64, 128, 192):
+        mac = system.Memory(gigabytes * 10**9, gigabytes * 10**9)
+        for model in catalog.CATALOG:
+            fit = catalog_fit(model, mac)
+            assert {"in memory": "memory", "streamed": "streamed", "too large": "too_large"}[
+                catalog.placement(model, mac.total_bytes)] == fit.kind, (model.repo_id, gigabytes)
+            if catalog.needs_streaming(model, mac.total_bytes):
+                assert fit.kind != "memory", (model.repo_id, gigabytes)
+    big = catalog_fit(catalog.find("mlx-community/Qwen2.5-72B-Instruct-4bit"), system.Memory(16 * 10**9, 14 * 10**9))
+    assert big.kind == "streamed", big.reason
     # A folder on disk: the preflight itself, from the model's files.
     assert folder_fit(tiny_llama, small).kind == "memory"
     refused = folder_fit(tiny_llama, system.Memory(8 * 10**9, 1000))
@@ -280,7 +296,7 @@ def fake_hub(tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     hub = FakeHub()
     hub.add_folder(REPO, tiny_llama)
     entry = catalog.CatalogModel(REPO, "Tiny Llama (test)", 0.004, 0.012, "Apache-2.0", "llama", 2048,
-                                 chat_template=True, quantization_bits=None, gated=False, streamed=True)
+                                 chat_template=True, quantization_bits=None, gated=False)
     monkeypatch.setattr(train_module, "CATALOG", (entry, *catalog.CATALOG))
     with hub:
         point_huggingface_hub_at(monkeypatch, hub_environment(hub.endpoint, tmp_path / "hf-home"))
@@ -608,6 +624,63 @@ def test_import_a_gguf_in_the_wizard_then_it_is_listed_and_can_be_trained(qtbot,
     page.new_run()
     rows = {r.name: r for r in page.wizard.model_page.rows}
     assert rows["shop-model-F32"].where == "Imported"
+
+
+def _unsupported_copy(tiny: Path, dest: Path, how: str) -> Path:
+    shutil.copytree(tiny, dest)
+    config = json.loads((dest / "config.json").read_text())
+    if how == "falcon":
+        config["model_type"] = "falcon"
+    else:  # a vision-language checkpoint, as Gemma 3 4B and larger are
+        config = {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+                  "text_config": {**config, "model_type": "gemma3_text"},
+                  "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 1152}}
+    (dest / "config.json").write_text(json.dumps(config))
+    return dest
+
+
+@pytest.mark.parametrize("how", ["falcon", "multimodal"])
+def test_a_model_slowtune_does_not_train_is_refused_when_chosen(qtbot, page: TrainPage, tiny_llama: Path,
+                                                                tmp_path: Path, how: str,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from slowtune.models.architectures import SUPPORTED_ARCHITECTURES
+
+    folder = _unsupported_copy(tiny_llama, tmp_path / f"{how}-model", how)
+    monkeypatch.setattr(train_module, "choose_folder", lambda parent: folder)
+    page.new_run()
+    model_page = page.wizard.model_page
+    rows_before = [r.key for r in model_page.rows]
+    model_page.folder_button.click()
+    # One message, in the banner; the folder is not added to the list.
+    assert model_page.banner.level == "error" and model_page.banner.isVisibleTo(model_page)
+    text = model_page.banner.text.text()
+    assert str(folder / "config.json") in text and "Traceback" not in text
+    if how == "falcon":
+        assert "'falcon'" in text and all(family in text for family in SUPPORTED_ARCHITECTURES)
+    else:
+        assert "multimodal" in text and "vision_config" in text and "270M or 1B" in text
+    assert [r.key for r in model_page.rows] == rows_before
+
+    # A folder listed anyway (an earlier import, a downloaded snapshot) is marked and cannot be chosen.
+    model_page.folders.insert(0, folder.resolve())
+    model_page.fill()
+    assert model_page.select(str(folder.resolve()))
+    row = model_page.current_row()
+    assert row is not None and row.fit.kind == "unsupported" and row.fit.label == "not supported"
+    assert not model_page.isComplete()
+    assert model_page.table.item(0, 4).text() == "not supported"
+    assert "Not supported" in model_page.detail.text()
+
+
+def test_the_wizard_offers_only_supported_families(qtbot, page: TrainPage, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    stray = dataclasses.replace(catalog.QWEN25_05B, repo_id="tiiuae/falcon-7b-instruct", name="Falcon 7B",
+                                architecture="falcon")
+    monkeypatch.setattr(train_module, "CATALOG", (stray, *catalog.CATALOG))
+    page.new_run()
+    keys = [r.key for r in page.wizard.model_page.rows if r.entry is not None]
+    assert keys == [m.repo_id for m in catalog.CATALOG]
 
 
 def test_a_model_that_could_not_be_exported_is_refused_when_chosen(qtbot, page: TrainPage, tiny_llama: Path,

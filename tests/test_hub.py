@@ -7,6 +7,7 @@ download in a subprocess with only the environment set).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -23,6 +24,7 @@ from fakehub import FakeHub, free_port, hub_environment, iter_cache_files, point
 
 from slowtune import secrets
 from slowtune.models import catalog, hub
+from slowtune.models.architectures import SUPPORTED_ARCHITECTURES
 from slowtune.models.catalog import CATALOG, ModelError, Quantization, describe_local
 from slowtune.models.hub import HubError
 from slowtune.progress import Cancelled, Progress, ProgressEvent
@@ -117,7 +119,9 @@ def test_catalog_entries_are_well_formed() -> None:
         assert model.name and model.licence, model.repo_id
         assert model.params_b > 0 and model.download_gb > 0, model.repo_id
         assert model.architecture in catalog.KNOWN_ARCHITECTURES, model.repo_id
-        assert model.context_length >= 4096, model.repo_id
+        # Every entry's card or config states at least 8,192 tokens (SmolLM2 and Gemma 2 have the least).
+        assert model.context_length >= 8192, model.repo_id
+        assert model.shape is not None and model.shape.layers > 0 and model.shape.vocab > 0, model.repo_id
         assert model.quantization_bits in (None, 4, 8), model.repo_id
         assert model.chat_template, f"{model.repo_id}: the catalog lists instruct models only"
         assert model.url == f"https://huggingface.co/{model.repo_id}"
@@ -126,14 +130,57 @@ def test_catalog_entries_are_well_formed() -> None:
             base = catalog.find(model.base_repo or "")
             assert base is not None and base.architecture == model.architecture, model.repo_id
             assert base.licence == model.licence and base.params_b == model.params_b
+            assert base.shape == model.shape
 
 
-def test_streamed_flags_follow_the_engine_rule() -> None:
-    # written out: the rule, not the module's constant
+def test_every_catalog_architecture_is_one_slowtune_trains_and_exports() -> None:
+    # The lead's end-to-end test trains, exports and verifies a tiny model of each supported family: an entry of any
+    # other architecture would be offered without that proof.
+    outside = {m.repo_id: m.architecture for m in CATALOG if m.architecture not in SUPPORTED_ARCHITECTURES}
+    assert outside == {}, f"catalog entries of architectures slowtune does not support: {outside}"
+    assert catalog.offered() == list(CATALOG)
+    # Written out: the families both engines run (the rule, not the module's constant).
     supported = {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "smollm3"}
-    assert supported == catalog.STREAMED_ARCHITECTURES
+    assert supported == set(SUPPORTED_ARCHITECTURES) == catalog.STREAMED_ARCHITECTURES
+    assert supported == {m.architecture for m in CATALOG}, "every family has a model in the catalog"
+    stray = dataclasses.replace(catalog.QWEN25_05B, repo_id="tiiuae/falcon-7b-instruct", architecture="falcon")
+    assert catalog.offered([stray, catalog.QWEN25_05B]) == [catalog.QWEN25_05B]
+
+
+def test_streaming_is_marked_by_the_macs_memory() -> None:
+    gb = 10**9
     for model in CATALOG:
-        assert model.streamed == (model.architecture in supported), model.repo_id
+        size = model.download_gb * gb
+        # The rule: a Mac with less than twice the model's size in memory trains it streamed.
+        assert catalog.needs_streaming(model, 2 * size - 1) and not catalog.needs_streaming(model, 2 * size)
+        for memory in (8 * gb, 16 * gb, 24 * gb, 32 * gb, 64 * gb, 128 * gb, 192 * gb, 512 * gb):
+            where = catalog.placement(model, memory)
+            assert where in ("in memory", "streamed", "too large")
+            if catalog.needs_streaming(model, memory):
+                assert where != "in memory", (model.repo_id, memory)
+            in_memory, streamed = catalog.training_bytes(model)
+            assert streamed < in_memory, model.repo_id
+            if where == "too large":
+                assert streamed > 0.8 * memory, (model.repo_id, memory)
+        assert catalog.placement(model, 512 * gb) != "too large", model.repo_id
+    # The large models: streamed on every Mac with less than twice their size that has room for the streamed pass,
+    # in memory only on one with at least twice their size.
+    for repo in ("mlx-community/Qwen2.5-14B-Instruct-4bit", "mlx-community/Qwen2.5-32B-Instruct-4bit",
+                 "mlx-community/Qwen2.5-72B-Instruct-4bit", "mlx-community/Llama-3.3-70B-Instruct-4bit"):
+        model = catalog.find(repo)
+        assert model is not None
+        assert catalog.placement(model, 16 * gb) == "streamed", repo
+        assert catalog.placement(model, 2.2 * model.download_gb * gb) == "in memory", repo
+    for repo in ("Qwen/Qwen2.5-14B-Instruct", "Qwen/Qwen2.5-32B-Instruct"):
+        assert catalog.placement(catalog.find(repo), 16 * gb) == "streamed", repo  # type: ignore[arg-type]
+    for repo in ("Qwen/Qwen2.5-72B-Instruct", "meta-llama/Llama-3.3-70B-Instruct"):
+        model = catalog.find(repo)
+        assert model is not None
+        assert [catalog.placement(model, m * gb) for m in (32, 64, 128, 192)] == ["streamed"] * 4, repo
+        # float32 training of 70B parameters: three 3.5 GB blocks and a 5 GB embedding do not fit in 16 GB
+        assert catalog.placement(model, 16 * gb) == "too large", repo
+    small = catalog.find("HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert small is not None and catalog.placement(small, 8 * gb) == "in memory"
 
 
 def test_catalog_has_the_recommended_models() -> None:
@@ -141,13 +188,27 @@ def test_catalog_has_the_recommended_models() -> None:
         "Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen3-0.6B", "Qwen/Qwen3-8B",
         "meta-llama/Llama-3.2-1B-Instruct", "meta-llama/Llama-3.2-3B-Instruct", "meta-llama/Llama-3.1-8B-Instruct",
         "mistralai/Mistral-7B-Instruct-v0.3", "HuggingFaceTB/SmolLM3-3B", "google/gemma-2-2b-it",
+        "HuggingFaceTB/SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-360M-Instruct",
+        "HuggingFaceTB/SmolLM2-1.7B-Instruct", "google/gemma-3-270m-it", "google/gemma-3-1b-it",
+        "microsoft/Phi-4-mini-instruct", "microsoft/Phi-3.5-mini-instruct",
+        "Qwen/Qwen2.5-14B-Instruct", "Qwen/Qwen2.5-32B-Instruct", "Qwen/Qwen2.5-72B-Instruct",
+        "mlx-community/Qwen2.5-14B-Instruct-4bit", "mlx-community/Qwen2.5-32B-Instruct-4bit",
+        "mlx-community/Qwen2.5-72B-Instruct-4bit", "meta-llama/Llama-3.3-70B-Instruct",
+        "mlx-community/Llama-3.3-70B-Instruct-4bit",
     ):
         assert catalog.find(repo_id) is not None, repo_id
     assert catalog.find("qwen/qwen3-8b") is catalog.find("Qwen/Qwen3-8B")  # the hub ignores case
     assert catalog.find("nobody/nothing") is None
-    for gated in ("meta-llama/Llama-3.2-1B-Instruct", "meta-llama/Llama-3.1-8B-Instruct", "google/gemma-2-2b-it"):
+    for gated in ("meta-llama/Llama-3.2-1B-Instruct", "meta-llama/Llama-3.1-8B-Instruct", "google/gemma-2-2b-it",
+                  "google/gemma-3-270m-it", "google/gemma-3-1b-it", "meta-llama/Llama-3.3-70B-Instruct"):
         assert catalog.find(gated).gated  # type: ignore[union-attr]
-    assert not catalog.find("Qwen/Qwen2.5-7B-Instruct").gated  # type: ignore[union-attr]
+    for open_repo in ("Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-72B-Instruct", "microsoft/Phi-4-mini-instruct",
+                      "HuggingFaceTB/SmolLM2-135M-Instruct"):
+        assert not catalog.find(open_repo).gated  # type: ignore[union-attr]
+    assert catalog.find("google/gemma-3-1b-it").architecture == "gemma3_text"  # type: ignore[union-attr]
+    assert catalog.find("microsoft/Phi-4-mini-instruct").architecture == "phi3"  # type: ignore[union-attr]
+    assert catalog.find("Qwen/Qwen2.5-72B-Instruct").licence == "Qwen License"  # type: ignore[union-attr]
+    assert catalog.find("Qwen/Qwen2.5-32B-Instruct").licence == "Apache-2.0"  # type: ignore[union-attr]
     assert sum(1 for m in CATALOG if m.quantization_bits == 4) >= 5
 
 
@@ -239,9 +300,36 @@ def test_describe_local_finds_the_chat_template_file(tiny_llama: Path, tmp_path:
 
 
 def test_describe_local_unsupported_architecture(tiny_llama: Path, tmp_path: Path) -> None:
+    assert describe_local(tiny_llama).problem is None
     folder = _copy(tiny_llama, tmp_path / "falcon")
     _edit_json(folder / "config.json", model_type="falcon")
-    assert not describe_local(folder).streamed_supported
+    model = describe_local(folder)  # described all the same: the caller refuses it with the one message
+    assert not model.streamed_supported
+    problem = model.problem or ""
+    assert str(folder / "config.json") in problem and "'falcon'" in problem
+    for family in SUPPORTED_ARCHITECTURES:
+        assert family in problem, family
+
+
+def make_multimodal(folder: Path) -> Path:
+    """A Gemma 3 4B-style vision-language config.json over a tiny model's files."""
+    config = json.loads((folder / "config.json").read_text())
+    text = {k: config[k] for k in ("hidden_size", "num_hidden_layers", "vocab_size") if k in config}
+    (folder / "config.json").write_text(json.dumps({
+        "architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+        "text_config": {"model_type": "gemma3_text", **text},
+        "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 1152, "image_size": 896},
+        "mm_tokens_per_image": 256,
+    }))
+    return folder
+
+
+def test_describe_local_multimodal_checkpoint(tiny_llama: Path, tmp_path: Path) -> None:
+    model = describe_local(make_multimodal(_copy(tiny_llama, tmp_path / "gemma-3-4b-it")))
+    assert model.architecture == "gemma3" and model.num_layers == 4  # the text model's sizes, from text_config
+    problem = model.problem or ""
+    assert "multimodal" in problem and "vision_config" in problem and "Gemma3ForConditionalGeneration" in problem
+    assert "270M or 1B" in problem and not model.streamed_supported
 
 
 def _no_config(f: Path) -> None:

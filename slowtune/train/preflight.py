@@ -3,6 +3,10 @@
 The numbers come from the model's own files (tensor shapes and dtypes), the run's settings (sequence length,
 batch, LoRA rank and blocks), the memory available now, the disk's measured read speed and a short matmul
 probe. They are estimates with a margin, made to decide between engines and to explain a refusal.
+
+A model outside the supported families (``slowtune.models.architectures``), or a multimodal checkpoint, is refused
+first, with one message naming its config.json and the families: ``architecture_problem`` says it without reading
+any weights. Every supported family runs on both engines.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from slowtune import system
+from slowtune.models.architectures import ArchitectureError, check_config
 from slowtune.train.checkpoint import KEEP
-from slowtune.train.config import STREAMED_ARCHITECTURES, TrainConfig
-from slowtune.train.model import WeightSource, read_config
+from slowtune.train.config import TrainConfig
+from slowtune.train.model import ModelError, WeightSource, read_config
 
 GB = 1e9
 _FLOAT_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -90,9 +95,29 @@ def measure_disk_gbps(folder: Path) -> float:
     return _disk_cache[device]
 
 
+def architecture_problem(model_dir: Path) -> str | None:
+    """Why slowtune cannot train the model in ``model_dir`` (its architecture, or a vision tower), or None.
+
+    Reads config.json only; raises ModelError when it is missing or unreadable.
+    """
+    config = read_config(model_dir)
+    if not isinstance(config, dict):
+        raise ModelError(f"{model_dir / 'config.json'} is not valid: expected a JSON object.")
+    try:
+        check_config(config, model_dir / "config.json")
+    except ArchitectureError as exc:
+        return str(exc)
+    except (TypeError, ValueError) as exc:
+        return f"{model_dir / 'config.json'}: cannot check this model's configuration: {exc}"
+    return None
+
+
 def preflight(model_dir: Path, cfg: TrainConfig, *, available_bytes: int | None = None,
               disk_gbps: float | None = None, compute_gflops: float | None = None,
               output_dir: Path | None = None, free_disk_bytes: int | None = None) -> PreflightReport:
+    """The estimates and the engine choice; ModelError for a folder slowtune cannot train (architecture_problem)."""
+    if problem := architecture_problem(model_dir):
+        raise ModelError(problem)
     config = read_config(model_dir)
     source = WeightSource(model_dir)
     arch = config.get("model_type", "?")
@@ -169,8 +194,6 @@ def preflight(model_dir: Path, cfg: TrainConfig, *, available_bytes: int | None 
         if engine == "streamed":
             seconds = max(seconds, io_seconds)  # reads overlap compute: the slower of the two sets the pace
         fits = peak <= MARGIN * available_bytes
-        if engine == "streamed" and arch not in STREAMED_ARCHITECTURES:
-            fits = False
         out[engine] = EngineEstimate(engine, int(peak), seconds, fits,
                                      {"io_seconds": io_seconds} if engine == "streamed" else {})
 
@@ -190,9 +213,6 @@ def preflight(model_dir: Path, cfg: TrainConfig, *, available_bytes: int | None 
         choice = cfg.engine
         ckpt_flag = cfg.grad_checkpoint
         reason = f"{choice} engine, as asked"
-        if choice == "streamed" and arch not in STREAMED_ARCHITECTURES:
-            choice, reason = None, (f"the streamed engine supports {', '.join(sorted(STREAMED_ARCHITECTURES))}, "
-                                    f"not '{arch}'")
     elif out["memory"].fits:
         choice, reason = "memory", "the model fits in memory with margin: in-memory engine"
     elif out["memory+ckpt"].fits:
@@ -201,13 +221,8 @@ def preflight(model_dir: Path, cfg: TrainConfig, *, available_bytes: int | None 
         choice, reason = "streamed", (f"the model needs ~{out['memory+ckpt'].peak_bytes / GB:.1f} GB in memory, "
                                       f"more than the {available_bytes / GB:.1f} GB available: streamed engine")
     else:
-        why = []
-        if arch not in STREAMED_ARCHITECTURES:
-            why.append(f"the streamed engine does not support '{arch}'")
-        else:
-            why.append(f"even streamed it needs ~{out['streamed'].peak_bytes / GB:.1f} GB "
-                       f"(activations for batch {B} x {T} tokens)")
-        reason = (f"Too large for this Mac: {'; '.join(why)}, and {available_bytes / GB:.1f} GB is available. "
+        reason = (f"Too large for this Mac: even streamed it needs ~{out['streamed'].peak_bytes / GB:.1f} GB "
+                  f"(activations for batch {B} x {T} tokens), and {available_bytes / GB:.1f} GB is available. "
                   "Try a shorter --max-seq-len, a smaller --batch-size, or a quantised (4-bit) model.")
     spare = int((MARGIN * available_bytes - out["streamed"].peak_bytes) // max(max(blocks), 1))
     return PreflightReport(str(model_dir), arch, source.total_bytes, weights, available_bytes, disk_gbps,
