@@ -122,3 +122,21 @@ def real_vocab_llama_bpe(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def real_vocab_llama_spm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny llama model (2 layers, tied embeddings) with Llama 2's real 32,000-token SentencePiece tokenizer."""
     return _real_vocab(tmp_path_factory, "llama-spm")
+
+
+def unsupported_copy(tiny: Path, dest: Path, how: str) -> Path:
+    """A copy of a tiny model that slowtune must refuse: ``how`` "falcon" (an architecture outside the list) or
+    "multimodal" (a vision-language checkpoint, as Gemma 3 4B and larger are)."""
+    import json
+    import shutil
+
+    shutil.copytree(tiny, dest)
+    config = json.loads((dest / "config.json").read_text())
+    if how == "falcon":
+        config["model_type"] = "falcon"
+    else:
+        config = {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+                  "text_config": {**config, "model_type": "gemma3_text"},
+                  "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 1152}}
+    (dest / "config.json").write_text(json.dumps(config))
+    return dest

@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 from fakehub import FakeHub, hub_environment, point_huggingface_hub_at
+from model_fixtures import unsupported_copy
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QLineEdit, QPushButton, QWizard
 
@@ -626,26 +627,13 @@ def test_import_a_gguf_in_the_wizard_then_it_is_listed_and_can_be_trained(qtbot,
     assert rows["shop-model-F32"].where == "Imported"
 
 
-def _unsupported_copy(tiny: Path, dest: Path, how: str) -> Path:
-    shutil.copytree(tiny, dest)
-    config = json.loads((dest / "config.json").read_text())
-    if how == "falcon":
-        config["model_type"] = "falcon"
-    else:  # a vision-language checkpoint, as Gemma 3 4B and larger are
-        config = {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
-                  "text_config": {**config, "model_type": "gemma3_text"},
-                  "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 1152}}
-    (dest / "config.json").write_text(json.dumps(config))
-    return dest
-
-
 @pytest.mark.parametrize("how", ["falcon", "multimodal"])
 def test_a_model_slowtune_does_not_train_is_refused_when_chosen(qtbot, page: TrainPage, tiny_llama: Path,
                                                                 tmp_path: Path, how: str,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     from slowtune.models.architectures import SUPPORTED_ARCHITECTURES
 
-    folder = _unsupported_copy(tiny_llama, tmp_path / f"{how}-model", how)
+    folder = unsupported_copy(tiny_llama, tmp_path / f"{how}-model", how)
     monkeypatch.setattr(train_module, "choose_folder", lambda parent: folder)
     page.new_run()
     model_page = page.wizard.model_page

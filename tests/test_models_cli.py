@@ -2,12 +2,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from model_fixtures import unsupported_copy
 
 from slowtune import secrets, system
 from slowtune.models import catalog
@@ -66,22 +66,9 @@ def test_list_marks_large_models_streamed_on_a_smaller_mac() -> None:
     assert bad.returncode == 1 and "--memory" in bad.stderr
 
 
-def _unsupported(tiny: Path, dest: Path, how: str) -> Path:
-    shutil.copytree(tiny, dest)
-    config = json.loads((dest / "config.json").read_text())
-    if how == "falcon":
-        config["model_type"] = "falcon"
-    else:  # a vision-language checkpoint, as Gemma 3 4B and larger are
-        config = {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
-                  "text_config": {**config, "model_type": "gemma3_text"},
-                  "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 1152}}
-    (dest / "config.json").write_text(json.dumps(config))
-    return dest
-
-
 @pytest.mark.parametrize("how", ["falcon", "multimodal"])
 def test_a_model_slowtune_does_not_train_is_refused_when_chosen(tiny_llama: Path, tmp_path: Path, how: str) -> None:
-    folder = _unsupported(tiny_llama, tmp_path / how, how)
+    folder = unsupported_copy(tiny_llama, tmp_path / how, how)
     data = tmp_path / "data"
     data.mkdir()
     (data / "train.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"},
