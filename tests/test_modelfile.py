@@ -3,15 +3,23 @@
 
 The central check: a conversation rendered with the Modelfile's TEMPLATE, the way Ollama renders it, is
 exactly the text the model's real Jinja chat template gives (what training showed the model). The real
-templates come from ../shared/fixtures/llama.cpp-vocab/templates (those tests skip without it); the tiny
-models' templates and a few written here run everywhere.
+templates come from ../shared/fixtures/llama.cpp-vocab/templates (those tests skip without it) and from
+tests/templates (Gemma 3, Phi-3.5-mini, Phi-4-mini; their sources are in its README); the tiny models' templates
+and a few written here run everywhere.
+
+And the round trip (test_training_llama_cpp_and_ollama_render_alike): for each family slowtune trains, a tiny
+model carrying the real template is exported to GGUF, and the prompt training renders, the prompt the app's chat
+renders from the GGUF with llama.cpp, and the prompt Ollama renders with the Modelfile's TEMPLATE are one text,
+and one list of token ids.
 
 Known differences a Go template cannot express are tested as differences, so that they stay documented:
 - Qwen3 drops the <think> block of assistant turns before the last user message, and opens a prefilled
   assistant turn with an empty one (test_qwen3_think_handling_is_the_documented_difference).
 - Llama 3.x, Gemma and SmolLM3 strip whitespace around message text (test_whitespace_stripping_...).
-- Gemma has no system role: training folds the system prompt into the first user turn, and so does the
-  TEMPLATE; the reference rendering is of the folded conversation.
+- Gemma 2 has no system role: training folds the system prompt into the first user turn, and so does the
+  TEMPLATE; the reference rendering is of the folded conversation. Gemma 3's template folds it there itself.
+- SmolLM3 switches its reasoning mode on "/think" or "/no_think" in the system prompt; the TEMPLATE keeps the
+  default mode, the one training renders (test_smollm3_think_switches_are_the_documented_difference).
 - Llama 3.2 prints today's date: training pins it, and the TEMPLATE carries the pinned date, so here it
   matches exactly (test_llama_date_is_pinned_as_in_training).
 - Templates print BOS; the TEMPLATE does not (llama.cpp adds it when tokenising), so it is cut from the
@@ -29,7 +37,7 @@ import re
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +57,10 @@ from slowtune.export.modelfile import (
 )
 from slowtune.testing.tiny_models import (
     CHATML_CHAT_TEMPLATE,
+    GEMMA_CHAT_TEMPLATE,
     INST_CHAT_TEMPLATE,
     LLAMA3_CHAT_TEMPLATE,
+    PHI3_CHAT_TEMPLATE,
     shared_vocab_dir,
 )
 
@@ -97,8 +107,9 @@ class Spec:
     end_of_turn: str  # what closes an assistant turn in the template's output
     system_role: bool = True  # False: training folds the system prompt into the first user turn
     strips: bool = False  # strips whitespace around message text (a documented difference)
-    file: str | None = None  # in the shared templates folder; None: `text` holds the template
+    file: str | None = None  # in the shared templates folder (or in tests/templates); None: `text` holds it
     text: str | None = None
+    here: bool = False  # `file` is in tests/templates
 
 
 # Mistral 7B Instruct v0.3's layout, written here from the format: "[INST] " with a space, no space before
@@ -125,19 +136,32 @@ CASES: dict[str, Spec] = {
     "mistral-nemo": Spec("mistral", "<s>", "</s>", "</s>", file="mistralai-Mistral-Nemo-Instruct-2407.jinja"),
     "gemma2": Spec("gemma", "<bos>", "<eos>", "<end_of_turn>\n", system_role=False, strips=True,
                    file="google-gemma-2-2b-it.jinja"),
+    # Gemma 3 puts a system message at the start of the first user message itself (and trims only the user's text).
+    "gemma3": Spec("gemma", "<bos>", "<eos>", "<end_of_turn>\n", strips=True, file="google-gemma-3-it.jinja",
+                   here=True),
+    # Phi-3's templates end a conversation that is not waiting for an answer with EOS.
+    "phi3.5": Spec("phi3", "", "<|endoftext|>", "<|end|>\n<|endoftext|>",
+                   file="microsoft-Phi-3.5-mini-instruct.jinja", here=True),
+    "phi4-mini": Spec("phi3", "", "<|endoftext|>", "<|end|><|endoftext|>", file="microsoft-Phi-4-mini-instruct.jinja",
+                      here=True),
     "tiny-chatml": Spec("chatml", "", "<|im_end|>", "<|im_end|>\n", text=CHATML_CHAT_TEMPLATE),
     "tiny-llama3": Spec("llama3", "<|begin_of_text|>", "<|eot_id|>", "<|eot_id|>", strips=True,
                         text=LLAMA3_CHAT_TEMPLATE),
     "tiny-inst": Spec("mistral", "<s>", "</s>", "</s>", text=INST_CHAT_TEMPLATE),
+    "tiny-gemma": Spec("gemma", "<bos>", "<eos>", "<end_of_turn>\n", strips=True, text=GEMMA_CHAT_TEMPLATE),
+    "tiny-phi3": Spec("phi3", "", "<|endoftext|>", "<|end|>\n", text=PHI3_CHAT_TEMPLATE),
     "mistral-v0.3-style": Spec("mistral", "<s>", "</s>", "</s>", text=MISTRAL_V03_STYLE),
 }
 REAL = [name for name, spec in CASES.items() if spec.file]
+TEMPLATES_HERE = Path(__file__).parent / "templates"
 
 
 def load(name: str) -> str:
     spec = CASES[name]
     if spec.text is not None:
         return spec.text
+    if spec.here:
+        return (TEMPLATES_HERE / str(spec.file)).read_text(encoding="utf-8")
     folder = shared_vocab_dir()
     if folder is None or not (folder / "templates" / str(spec.file)).is_file():
         pytest.skip("the real chat templates (../shared/fixtures/llama.cpp-vocab/templates) are not here; "
@@ -255,7 +279,8 @@ def test_template_renders_exactly_like_the_chat_template(name: str, system_in: s
     expected = reference(name, CONVERSATION if system_in != "none" else CONVERSATION[1:])
     assert got == expected
     assert got.endswith({"chatml": "<|im_start|>assistant\n", "llama3": "<|start_header_id|>assistant<|end_header_id|>\n\n",
-                         "mistral": "[/INST]", "gemma": "<start_of_turn>model\n"}[CASES[name].family])
+                         "mistral": "[/INST]", "gemma": "<start_of_turn>model\n",
+                         "phi3": ("<|end|>\n<|assistant|>\n", "<|end|><|assistant|>")}[CASES[name].family])
 
 
 @pytest.mark.parametrize("name", [n for n in CASES if n != "qwen3"])
@@ -350,6 +375,113 @@ def test_reference_rendering_matches_transformers() -> None:
     assert checked >= 4
 
 
+def test_smollm3_think_switches_are_the_documented_difference() -> None:
+    """SmolLM3's template reads "/think" and "/no_think" in the system prompt: it takes them out, and "/no_think"
+    switches the metadata to "Reasoning Mode: /no_think" and gives every assistant turn, and the generation prompt,
+    an empty <think> block. A Go template cannot look inside the system prompt: the TEMPLATE renders the default
+    mode ("/think"), which is what training renders (it keeps every template option at its default), and a note
+    says so. A system prompt with neither switch renders the same (the central test)."""
+    template = load("smollm3")
+    go_template, notes = ollama_template(template)
+    assert go_template is not None
+    assert any('"/no_think"' in n for n in notes)
+    no_think = [{"role": "system", "content": f"{SYSTEM} /no_think"}, *CONVERSATION[1:]]
+    expected = reference("smollm3", no_think)
+    assert "Reasoning Mode: /no_think" in expected and f"## Custom Instructions\n\n{SYSTEM}\n\n<|im_end|>" in expected
+    assert expected.endswith("<|im_start|>assistant\n<think>\n\n</think>\n")
+    got = ollama_render(go_template, no_think)
+    assert "Reasoning Mode: /think" in got and f"{SYSTEM} /no_think\n\n" in got
+    assert got.endswith("<|im_start|>user\nAnd `range`?<|im_end|>\n<|im_start|>assistant\n")
+    # "/think" (the default mode) is only taken out of the text: the same prompt as without it, less the switch.
+    think = [{"role": "system", "content": f"{SYSTEM} /think"}, *CONVERSATION[1:]]
+    assert reference("smollm3", think) == ollama_render(go_template, CONVERSATION)
+    assert ollama_render(go_template, think) == ollama_render(go_template, CONVERSATION).replace(SYSTEM, SYSTEM + " /think")
+    # Templates that do not read the switches (Qwen3's model reads them, its template does not) get no such note.
+    for name in [n for n in CASES if n != "smollm3" and (CASES[n].here or not CASES[n].file)]:
+        assert not any('"/no_think"' in n for n in ollama_template(load(name))[1]), name
+
+
+# --- the round trip: training, the GGUF in llama.cpp and the Modelfile in Ollama give one prompt ----------------
+# The families slowtune trains whose templates are not Llama 3, ChatML-only or [INST] (those are covered by
+# tests/test_gguf_writer.py and the central test above), each with the architecture of its tiny model.
+ROUND_TRIP = {"gemma2": "gemma2", "gemma3": "gemma3_text", "tiny-gemma": "gemma3_text", "phi3.5": "phi3",
+              "phi4-mini": "phi3", "tiny-phi3": "phi3", "smollm3": "smollm3"}
+
+
+def _tokenizer_for(name: str, arch: str, template: str) -> Any:
+    from slowtune.models import pretokenizers
+    from slowtune.testing import tiny_models
+
+    if name == "phi4-mini":  # Phi-4-mini's tokenizer is byte-level BPE with GPT-4o's split ("gpt-4o" in llama.cpp)
+        tokenizer = tiny_models.train_bpe_tokenizer(1024, pretokenizers.O200K_SPLIT_REGEX,
+                                                    tiny_models.PHI3_SPECIAL_TOKENS)
+        return tiny_models.TokenizerSpec(tokenizer, template, bos_token=None, eos_token="<|end|>",
+                                         pad_token="<|endoftext|>", extra_eos_tokens=("<|endoftext|>",))
+    return replace(tiny_models.tiny_tokenizer_spec(arch), chat_template=template)
+
+
+@pytest.mark.parametrize("name", list(ROUND_TRIP))
+def test_training_llama_cpp_and_ollama_render_alike(name: str, tmp_path: Path) -> None:
+    """The rendering in training (slowtune.train.data.ChatRenderer, the base model's tokenizer), llama.cpp's
+    rendering of the exported GGUF's template (slowtune.chat.model.ChatModel, as the app's chat renders it) and
+    Ollama's rendering of the Modelfile's TEMPLATE: the same text (less the BOS that llama.cpp adds for Ollama)
+    and the same token ids, with the system prompt in the conversation, from the Modelfile, or none. Templates
+    without a system role (Gemma 2) get the system prompt folded into the first user message on all three."""
+    from transformers import AutoTokenizer
+
+    from slowtune.chat.model import ChatModel
+    from slowtune.export.gguf_writer import write_gguf
+    from slowtune.testing.tiny_models import build_tiny_model, read_gguf_metadata
+    from slowtune.train.data import ChatRenderer
+
+    template = load(name)
+    arch = ROUND_TRIP[name]
+    model = build_tiny_model(tmp_path / "m", arch, hidden_size=64, num_layers=1, num_heads=2, num_kv_heads=1,
+                             intermediate_size=128, max_position_embeddings=512,
+                             tokenizer=_tokenizer_for(name, arch, template))
+    gguf = write_gguf(model, tmp_path / "m.gguf", out_type="f32")
+    meta = read_gguf_metadata(gguf)
+    assert meta["tokenizer.chat_template"] == template
+    assert name != "phi4-mini" or meta["tokenizer.ggml.pre"] == "gpt-4o"
+    training = ChatRenderer(AutoTokenizer.from_pretrained(model))
+    hf = training.tokenizer
+    read, notes = modelfile(template, system=SYSTEM)
+    assert mismatch_notes(notes) == []
+    [go_template] = read["template"]
+    chat = ChatModel(gguf, n_ctx=512, n_gpu_layers=0)
+    try:
+        assert chat.template_source == "gguf"
+        bos = hf.bos_token or ""
+
+        def training_ids(text: str) -> list[int]:  # as ChatRenderer.encode tokenizes
+            ids = hf(text, add_special_tokens=False)["input_ids"]
+            return [training.bos_id, *ids] if training.adds_bos and ids[:1] != [training.bos_id] else ids
+
+        cases = [  # (conversation for training and llama.cpp, for Ollama, the Modelfile's SYSTEM)
+            (CONVERSATION, CONVERSATION, None),
+            (CONVERSATION[1:], CONVERSATION[1:], None),
+            (CONVERSATION, CONVERSATION[1:], read["system"][0]),
+        ]
+        for conversation, sent, system in cases:
+            text = training.render_prompt(conversation)
+            assert chat._render(conversation) == text
+            ollama = ollama_render(go_template, sent, system=system)
+            assert ollama == (text[len(bos):] if bos and text.startswith(bos) else text)
+            ids = training_ids(text)
+            assert chat.tokens(text) == ids
+            assert chat.llm.tokenize(ollama.encode("utf-8"), add_bos=True, special=True) == ids
+        # A whole conversation, as training renders it to learn from (the template's end of turn, and EOS where
+        # it writes one): llama.cpp renders it alike.
+        whole = [*CONVERSATION, {"role": "assistant", "content": "Repeats a list."}]
+        text = training.render_text(whole)
+        assert chat._render(whole, add_generation_prompt=False) == text
+        example = training.encode(whole, 4096)
+        assert chat.tokens(text) == example.tokens.tolist()
+        assert (example.assistant_turns, example.turns_without_end) == (2, 0)  # each answer ends with its end of turn
+    finally:
+        chat.close()
+
+
 # --- families, detection, learned layouts --------------------------------------------------------------
 @pytest.mark.parametrize("name", list(CASES))
 def test_detect_family(name: str) -> None:
@@ -372,6 +504,9 @@ def test_learned_layouts() -> None:
         "mistral-v0.3-style": ["[INST] {{ if and $last $.System }}", '[/INST]{{ else if eq .Role "assistant" }} {{ .Content }}'],
         "tiny-inst": ["[INST] {{ if $system }}", " [/INST]"],
         "gemma2": ["<start_of_turn>user\n{{ if $system }}{{ $system }}\n\n"],
+        "gemma3": ["<start_of_turn>user\n{{ if $system }}{{ $system }}\n\n"],
+        "phi3.5": ["{{ if .System }}<|system|>\n{{ .System }}<|end|>\n{{ end }}", "<|user|>\n{{ .Content }}<|end|>\n"],
+        "phi4-mini": ["{{ if .System }}<|system|>{{ .System }}<|end|>{{ end }}", "<|user|>{{ .Content }}<|end|>{{"],
     }
     for name, parts in expect.items():
         if CASES[name].file and shared_vocab_dir() is None:
@@ -397,7 +532,7 @@ def test_each_family_template_parses_and_renders(family: str) -> None:
     text = ollama_render(template, CONVERSATION)
     assert CONVERSATION[1]["content"] in text and CONVERSATION[3]["content"] in text
     marker = {"chatml": "<|im_start|>user\n", "llama3": "<|start_header_id|>user<|end_header_id|>\n\n",
-              "mistral": "[INST]", "gemma": "<start_of_turn>user\n"}[family]
+              "mistral": "[INST]", "gemma": "<start_of_turn>user\n", "phi3": "<|user|>\n"}[family]
     assert text.count(marker) == 2
 
 
@@ -425,7 +560,7 @@ def test_stop_strings(name: str) -> None:
     stops = read["stop"]
     family = CASES[name].family
     must = {"chatml": ["<|im_end|>"], "llama3": ["<|eot_id|>"], "mistral": ["[INST]", "</s>"],
-            "gemma": ["<end_of_turn>"]}[family]
+            "gemma": ["<end_of_turn>"], "phi3": ["<|end|>", "<|user|>"]}[family]
     assert set(must) <= set(stops)
     own = list(FAMILIES[family].stop)
     assert stops == own + [t for t in extra if t not in own]

@@ -5,6 +5,10 @@ Each byte-level family's tiny tokenizer carries that family's own pre-tokenizer,
 it (slowtune.testing.tiny_models.BYTE_LEVEL_FAMILIES); the export must recognise it by behaviour and name the
 llama.cpp pre-tokenizer that splits the same way. SentencePiece is checked in Llama's layout (a "▁" put in front)
 and Gemma's (none).
+
+GPT-4o's o200k split (Phi-4-mini's tokenizer) is built here from its published regex. llama.cpp applies a rewording
+of it that splits a few kinds of word differently (slowtune.models.pretokenizers); that difference is tested as
+llama.cpp's, so that it stays documented.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import json
 from pathlib import Path
 
 import pytest
+from tokenizers import Tokenizer
 
 from slowtune.chat.engine import load_gguf
 from slowtune.export.gguf_writer import ExportError, write_gguf
@@ -69,6 +74,55 @@ def test_llama_cpp_tokenizes_sentencepiece_as_hugging_face(layout: str, tmp_path
     assert _mismatches(gguf, spec) == []
 
 
+def _gpt_4o_spec() -> tiny_models.TokenizerSpec:
+    """A tiny byte-level BPE with GPT-4o's o200k split, as Phi-4-mini's tokenizer.json words it, and Phi-3's turn
+    tokens."""
+    tokenizer = tiny_models.train_bpe_tokenizer(1024, pretokenizers.O200K_SPLIT_REGEX, tiny_models.PHI3_SPECIAL_TOKENS)
+    return tiny_models.TokenizerSpec(tokenizer, tiny_models.PHI3_CHAT_TEMPLATE, bos_token=None, eos_token="<|end|>",
+                                     pad_token="<|endoftext|>", extra_eos_tokens=("<|endoftext|>",))
+
+
+# Words the o200k regex and llama.cpp's rewording of it split differently: a capital after a small letter, when one
+# of them is not ASCII; an accent written as a combining mark.
+GPT_4O_DIFFERENCES = ["aÉb", "camelÉcole", "naïveÉtat", "ÉcoleÀpart", "cafe\u0301 resume\u0301", "हिन्दी"]
+
+
+def test_llama_cpp_tokenizes_gpt_4o_as_hugging_face(tmp_path: Path) -> None:
+    spec = _gpt_4o_spec()
+    gguf = write_gguf(_tiny(tmp_path / "m", spec), tmp_path / "m.gguf", out_type="f32")
+    assert tiny_models.read_gguf_metadata(gguf)["tokenizer.ggml.pre"] == "gpt-4o"
+    assert _mismatches(gguf, spec) == []
+    # Phi-3's turn tokens stay one token each.
+    llm = load_gguf(gguf, n_ctx=64, vocab_only=True)
+    try:
+        text = "<|system|>S<|end|><|user|>Hi<|end|><|assistant|>"
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == spec.tokenizer.encode(text).ids
+    finally:
+        llm.close()
+
+
+def test_gpt_4o_in_llama_cpp_splits_by_its_rewording(tmp_path: Path) -> None:
+    """Where llama.cpp's "gpt-4o" differs from the o200k regex, it splits as the regex in the table says (the one
+    the GGUF import rebuilds), not as the model's own tokenizer: a llama.cpp limitation every such GGUF shares."""
+    spec = _gpt_4o_spec()
+    gguf = write_gguf(_tiny(tmp_path / "m", spec), tmp_path / "m.gguf", out_type="f32")
+    data = json.loads(spec.tokenizer.to_str())
+    data["pre_tokenizer"] = pretokenizers.BY_NAME["gpt-4o"].hf_pre_tokenizer()
+    as_the_table_says = Tokenizer.from_str(json.dumps(data))
+    words = [" ".join(GPT_4O_DIFFERENCES), *GPT_4O_DIFFERENCES]
+    llm = load_gguf(gguf, n_ctx=64, vocab_only=True)
+    try:
+        theirs = [llm.tokenize(w.encode(), add_bos=False, special=True) for w in words]
+    finally:
+        llm.close()
+    assert theirs == [as_the_table_says.encode(w, add_special_tokens=False).ids for w in words]
+    own = [spec.tokenizer.encode(w, add_special_tokens=False).ids for w in words]
+    # The difference is real: in one piece, "a" merges with the first byte of "É" (the tiny vocabulary has "aÃ").
+    assert own != theirs
+    pieces = pretokenizers._build(pretokenizers.BY_NAME["gpt-4o"].hf_pre_tokenizer()).pre_tokenize_str("aÉb")
+    assert [p for p, _ in spec.tokenizer.pre_tokenizer.pre_tokenize_str("aÉb")] != [p for p, _ in pieces]
+
+
 def test_the_identification_can_tell_the_families_apart() -> None:
     """Types with different behaviour must be told apart on the probe, or identify() could name the wrong one."""
     pieces = {}
@@ -76,7 +130,7 @@ def test_the_identification_can_tell_the_families_apart() -> None:
         built = pretokenizers._build(pre.hf_pre_tokenizer())
         pieces.setdefault(pre.regexes, [p for p, _ in built.pre_tokenize_str(pretokenizers.PROBE)])
     seen = list(pieces.values())
-    assert len(seen) == len({json.dumps(p) for p in seen}) == 7  # seven distinct behaviours among the ten names
+    assert len(seen) == len({json.dumps(p) for p in seen}) == 8  # eight distinct behaviours among the eleven names
 
 
 def test_an_unknown_pre_tokenizer_is_refused_by_name_before_anything_is_written(tmp_path: Path) -> None:
@@ -92,6 +146,6 @@ def test_an_unknown_pre_tokenizer_is_refused_by_name_before_anything_is_written(
     message = str(exc.value)
     assert "tokenizer.json: unsupported byte-level pre-tokenizer" in message
     for name in ("gpt-2", "smollm", "starcoder", "falcon", "deepseek-llm", "deepseek-coder", "phi-2", "olmo",
-                 "llama-bpe", "qwen2"):
+                 "llama-bpe", "qwen2", "gpt-4o"):
         assert name in message
     assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*partial*"))

@@ -12,16 +12,20 @@ Why write a TEMPLATE at all: without one, Ollama guesses a template from the Jin
 the GGUF (the nearest of its built-in ones, by edit distance). The tuned model has only ever seen prompts
 rendered by its own chat template, so slowtune writes a Go template that renders the same text.
 
-How: each known family (ChatML, Llama 3, Mistral [INST], Gemma) has a Go template written for its format.
-The parts that vary between models of one family are learned from the model's own chat template, by
+How: each known family (ChatML, Llama 3, Mistral [INST], Gemma, Phi-3) has a Go template written for its
+format. The parts that vary between models of one family are learned from the model's own chat template, by
 rendering a few probe conversations with jinja2: the text around the system prompt (Llama 3.1+'s
 "Cutting Knowledge Date ... Today Date ..." header, SmolLM3's metadata block), the default system prompt a
-template inserts when there is none (Qwen2.5), the [INST] spacing of Mistral versions, and where a template
-puts the system prompt when it has no system turn. The date is pinned as in training
-(``slowtune.train.data.ChatRenderer``). Finally the Go template is rendered (``slowtune.export.gotemplate``,
-the way Ollama does) for the same probes and compared with the chat template; any difference becomes a
-note. Behaviour a Go template cannot express (Qwen3 rewriting <think> blocks of earlier turns, stripping
-whitespace around messages, tool calling) is reported as notes too.
+template inserts when there is none (Qwen2.5, SmolLM3), the [INST] spacing of Mistral versions, the newline
+after Phi-3's role tags (Phi-3.5-mini has one, Phi-4-mini none), and where a template puts the system prompt
+when it has no system turn (Gemma 3 opens the first user message with it; Gemma 2 refuses one, and training
+folds it there the same way). The date is pinned as in training (``slowtune.train.data.ChatRenderer``), and
+every other template option keeps its default, as in training (SmolLM3 renders in its "/think" mode).
+Finally the Go template is rendered (``slowtune.export.gotemplate``, the way Ollama does) for the same probes
+and compared with the chat template; any difference becomes a note. Behaviour a Go template cannot express
+(Qwen3 rewriting <think> blocks of earlier turns, SmolLM3 switching its reasoning mode on "/think" or
+"/no_think" in the system prompt, stripping whitespace around messages, tool calling) is reported as notes
+too: a Go template has no string functions.
 
 The BOS token is never written: llama.cpp (and so Ollama) adds it when tokenising the prompt, as the GGUF's
 ``tokenizer.ggml.add_bos_token`` says.
@@ -84,6 +88,7 @@ class Scaffold:
     inst_open: str = "[INST]"  # Mistral: what opens a user turn
     inst_close: str = "[/INST]"  # and closes it
     answer_prefix: str = ""  # Mistral: text between [/INST] and the answer
+    tag_newline: str = "\n"  # Phi-3: what follows each role tag and each <|end|> (Phi-4-mini: nothing)
 
 
 @dataclass(frozen=True)
@@ -97,7 +102,8 @@ class Family:
     bos_token: str  # what the family's templates print first (the runtime adds it instead)
     eos_token: str
     scaffold: Scaffold  # the standard layout, used when nothing can be learned from the chat template
-    system_turn: tuple[str, str] | None  # the text that opens and closes a system turn, if the format has one
+    # the text that opens and closes a system turn in a layout, if the format has one
+    system_turn: Callable[[Scaffold], tuple[str, str]] | None = field(repr=False)
     build: Callable[[Scaffold], str] = field(repr=False)
 
     @property
@@ -130,13 +136,13 @@ def _fold(s: Scaffold, var: str) -> str:
     return ""
 
 
-def _head(s: Scaffold, family_turn: tuple[str, str] | None) -> str:
+def _head(s: Scaffold, family_turn: Callable[[Scaffold], tuple[str, str]] | None) -> str:
     """What comes before the loop: the system turn, or the variable the first user turn takes it from."""
     if s.system_placement == "first-user":
         return "{{ $system := .System }}"
     if s.system_placement != "turn" or family_turn is None:
         return ""
-    open_, close = (_text(t) for t in family_turn)
+    open_, close = (_text(t) for t in family_turn(s))
     prefix, suffix = _text(s.system_prefix), _text(s.system_suffix)
     if s.default_system is None:
         return f"{{{{ if .System }}}}{open_}{prefix}{{{{ .System }}}}{suffix}{close}{{{{ end }}}}"
@@ -148,7 +154,7 @@ def _head(s: Scaffold, family_turn: tuple[str, str] | None) -> str:
 
 def _chatml(s: Scaffold) -> str:
     return (
-        _head(s, _CHATML_TURN) + _LOOP
+        _head(s, _chatml_turn) + _LOOP
         + '{{- if eq .Role "user" }}<|im_start|>user\n'
         + _fold(s, "$system") + "{{ .Content }}<|im_end|>\n"
         + '{{ else if eq .Role "assistant" }}<|im_start|>assistant\n'
@@ -161,7 +167,7 @@ def _chatml(s: Scaffold) -> str:
 
 def _llama3(s: Scaffold) -> str:
     return (
-        _head(s, _LLAMA3_TURN) + _LOOP
+        _head(s, _llama3_turn) + _LOOP
         + '{{- if eq .Role "user" }}<|start_header_id|>user<|end_header_id|>\n\n'
         + _fold(s, "$system") + "{{ .Content }}<|eot_id|>\n"
         + '{{- else if eq .Role "assistant" }}<|start_header_id|>assistant<|end_header_id|>\n\n'
@@ -196,17 +202,40 @@ def _gemma(s: Scaffold) -> str:
     )
 
 
-_CHATML_TURN = ("<|im_start|>system\n", "<|im_end|>\n")
-_LLAMA3_TURN = ("<|start_header_id|>system<|end_header_id|>\n\n", "<|eot_id|>")
+def _phi3(s: Scaffold) -> str:
+    nl = _text(s.tag_newline)
+    return (
+        _head(s, _phi3_turn) + _LOOP
+        + '{{- if eq .Role "user" }}<|user|>' + nl
+        + _fold(s, "$system") + "{{ .Content }}<|end|>" + nl
+        + '{{ else if eq .Role "assistant" }}<|assistant|>' + nl
+        + "{{ .Content }}{{ if not $last }}<|end|>" + nl + "{{ end }}\n"
+        + "{{- end }}\n"
+        + '{{- if and $last (ne .Role "assistant") }}<|assistant|>' + nl + "{{ end }}\n"
+        + "{{- end }}"
+    )
+
+
+def _chatml_turn(s: Scaffold) -> tuple[str, str]:
+    return "<|im_start|>system\n", "<|im_end|>\n"
+
+
+def _llama3_turn(s: Scaffold) -> tuple[str, str]:
+    return "<|start_header_id|>system<|end_header_id|>\n\n", "<|eot_id|>"
+
+
+def _phi3_turn(s: Scaffold) -> tuple[str, str]:
+    return "<|system|>" + s.tag_newline, "<|end|>" + s.tag_newline
+
 
 FAMILIES: dict[str, Family] = {
     "chatml": Family(
         "chatml", "ChatML (Qwen2, Qwen2.5, Qwen3, SmolLM)", ("<|im_start|>",), ("<|im_end|>", "<|im_start|>"),
-        "", "<|im_end|>", Scaffold(), _CHATML_TURN, _chatml,
+        "", "<|im_end|>", Scaffold(), _chatml_turn, _chatml,
     ),
     "llama3": Family(
         "llama3", "Llama 3", ("<|start_header_id|>",), ("<|eot_id|>", "<|start_header_id|>"),
-        "<|begin_of_text|>", "<|eot_id|>", Scaffold(), _LLAMA3_TURN, _llama3,
+        "<|begin_of_text|>", "<|eot_id|>", Scaffold(), _llama3_turn, _llama3,
     ),
     "mistral": Family(
         "mistral", "Mistral [INST]", ("[INST]",), ("[INST]", "</s>"),
@@ -216,9 +245,14 @@ FAMILIES: dict[str, Family] = {
         "gemma", "Gemma", ("<start_of_turn>",), ("<end_of_turn>", "<start_of_turn>"),
         "<bos>", "<eos>", Scaffold(system_placement="first-user"), None, _gemma,
     ),
+    # Phi-3.5-mini: "<|user|>\n...<|end|>\n"; Phi-4-mini: the same tags with no newlines. Neither prints BOS.
+    "phi3": Family(
+        "phi3", "Phi-3 (Phi-3.5-mini, Phi-4-mini)", ("<|end|>",), ("<|end|>", "<|user|>", "<|assistant|>"),
+        "", "<|endoftext|>", Scaffold(), _phi3_turn, _phi3,
+    ),
 }
 # The order markers are tried in: the most specific first.
-_DETECT_ORDER = ("llama3", "gemma", "chatml", "mistral")
+_DETECT_ORDER = ("llama3", "gemma", "phi3", "chatml", "mistral")
 
 
 def detect_family(chat_template: str) -> str | None:
@@ -313,7 +347,8 @@ def _jinja_renderer(chat_template: str, family: Family, date_string: str) -> Ren
 
 def _probe(system: bool, variant: str = "plain") -> list[dict[str, str]]:
     """system?, user, assistant, user. Variants: "padded" puts spaces and newlines around every text;
-    "think" gives the answer a <think> block, as a reasoning model's earlier turn may have."""
+    "think" gives the answer a <think> block, as a reasoning model's earlier turn may have; "no_think" ends the
+    system prompt with the "/no_think" switch that reasoning models (SmolLM3, Qwen3) document."""
     chat = [("user", _P_USER0), ("assistant", _P_ANSWER1), ("user", _P_USER2)]
     if system:
         chat.insert(0, ("system", _P_SYSTEM))
@@ -323,6 +358,8 @@ def _probe(system: bool, variant: str = "plain") -> list[dict[str, str]]:
             text = f" \n{text}\n "
         elif variant == "think" and role == "assistant":
             text = f"<think>\nreasoning\n</think>\n\n{text}"
+        elif variant == "no_think" and role == "system":
+            text = f"{text} /no_think"
         out.append({"role": role, "content": text})
     return out
 
@@ -334,6 +371,8 @@ def _learn(family: Family, render: Render) -> tuple[Scaffold, bool]:
     plain = render(_probe(False), True)
     if family.name == "mistral":
         scaffold = _learn_inst(scaffold, family, render(_probe(False), False))
+    if family.name == "phi3":
+        scaffold = _learn_phi3(scaffold, plain)
     try:
         with_system = render(_probe(True), True)
     except Exception:  # the template rejects a system message (Gemma: "System role not supported")
@@ -341,8 +380,8 @@ def _learn(family: Family, render: Render) -> tuple[Scaffold, bool]:
     if _P_SYSTEM not in with_system:
         # No system role: slowtune's training folds the prompt into the first user turn.
         return replace(scaffold, system_placement="first-user", fold_separator=_FOLD_SEPARATOR), False
-    if family.system_turn is not None and with_system.startswith(family.system_turn[0]):
-        open_, close = family.system_turn
+    if family.system_turn is not None and with_system.startswith(family.system_turn(scaffold)[0]):
+        open_, close = family.system_turn(scaffold)
         end = with_system.find(close, len(open_))
         turn = with_system[len(open_):end] if end >= 0 else ""
         if _P_SYSTEM in turn:
@@ -377,6 +416,16 @@ def _learn_inst(scaffold: Scaffold, family: Family, text: str) -> Scaffold:
     if between != family.eos_token + open_:
         raise _CannotLearn(f"an answer is not closed by {family.eos_token} alone: {between!r}")
     return replace(scaffold, inst_open=open_, inst_close=close, answer_prefix=middle[len(close):])
+
+
+def _learn_phi3(scaffold: Scaffold, text: str) -> Scaffold:
+    """Whether Phi-3's role tags and <|end|> are followed by a newline, from a rendering of user, assistant, user
+    for generation."""
+    for nl in ("\n", ""):
+        turns = (("user", _P_USER0), ("assistant", _P_ANSWER1), ("user", _P_USER2))
+        if text == "".join(f"<|{role}|>{nl}{content}<|end|>{nl}" for role, content in turns) + f"<|assistant|>{nl}":
+            return replace(scaffold, tag_newline=nl)
+    raise _CannotLearn(f"unexpected Phi-3 layout: {text!r}")
 
 
 def _first_difference(a: str, b: str) -> str:
@@ -424,9 +473,16 @@ def _notes(template: str, render: Render, scaffold: Scaffold, has_system_role: b
     elif scaffold.system_placement == "last-user":
         notes.append("As in the chat template, the system prompt goes into the last user message, and is left out "
                      "when the conversation ends with an assistant message.")
+    elif scaffold.system_placement == "first-user":
+        notes.append("As in the chat template, the system prompt opens the first user message.")
     if _compare(template, render, has_system_role, "padded"):
         notes.append("The chat template strips spaces or newlines around message text; the TEMPLATE keeps the "
                      "text as sent (the same for text without them).")
+    if has_system_role and _compare(template, render, has_system_role, "no_think"):
+        notes.append('The chat template switches its reasoning mode when the system prompt says "/think" or '
+                     '"/no_think" (and leaves the switch out of the prompt); the TEMPLATE keeps the template\'s '
+                     "default mode, which training used unless its own system prompts switched it, and passes the "
+                     "system prompt as it is. The prompts are the same for a system prompt with neither switch.")
     if _compare(template, render, has_system_role, "think"):
         notes.append("The chat template rewrites <think>...</think> reasoning in earlier assistant messages; the "
                      "TEMPLATE passes messages as they are. Ollama sends a model's reasoning separately, so this "

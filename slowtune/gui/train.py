@@ -280,7 +280,8 @@ def catalog_fit(model: CatalogModel, memory: system.Memory) -> Fit:
     if streamed <= budget:
         return Fit("streamed", f"{why}, so it is trained layer by layer from disk, which is slower: about "
                                f"{gb(streamed)} with batch size 1 (Settings › Advanced); {have}.{note}")
-    return Fit("too_large", f"Even streamed from disk it needs about {gb(streamed)}; {have}. A 4-bit version or a "
+    return Fit("too_large", f"Even streamed from disk it needs about {gb(streamed)}, more than the {gb(budget)} "
+                            f"training may use ({MARGIN:.0%} of what is free; {have}). A 4-bit version or a "
                             f"smaller model may fit.{note}")
 
 

@@ -39,6 +39,25 @@ _DEEPSEEK_LLM_LETTERS = (
     "\uff21-\uff3a\uff41-\uff5a\U00010400-\U0001044f\U000104b0-\U000104d3\U000104d8-\U000104fb"
     "\U00010c80-\U00010cb2\U00010cc0-\U00010cf2\U000118a0-\U000118df\U0001e900-\U0001e943]+"
 )
+# GPT-4o's o200k split, as tiktoken's o200k_base words it and llama.cpp quotes it as "the original regex from
+# tokenizer.json" of GPT-4o (Xenova/gpt-4o); Phi-4-mini's byte-level BPE is of this kind. It cases words: an optional
+# run of upper-case letters then lower-case ones, or the reverse, each with an optional contraction. For tokenizers
+# made to test with.
+O200K_SPLIT_REGEX = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+# What llama.cpp applies for "gpt-4o" instead: its regex engine has no \p{Lu}/\p{Ll} classes, so "upper" becomes a
+# letter other than a-z and "lower" a letter other than A-Z. That is the same split for ASCII words and for words whose
+# letters are all of one case, but a non-ASCII letter counts as both cases (o200k splits "aÉb" as "a", "Éb"; llama.cpp
+# keeps one piece) and combining marks are not letters (o200k keeps a decomposed "é" in its word; llama.cpp splits the
+# accent off). There a GGUF named "gpt-4o" tokenizes differently from Hugging Face, in llama.cpp, Ollama and LM Studio
+# alike, whoever wrote the GGUF. identify() still names it: the probe text has no such words.
+_GPT4O_CONTRACTIONS = "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?"
+_GPT4O = (r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+" + _GPT4O_CONTRACTIONS
+          + r"|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*" + _GPT4O_CONTRACTIONS
+          + r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _DEEPSEEK_LLM_PUNCT = "\\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+"
 _CJK = "[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+"
 
@@ -76,10 +95,11 @@ PRE_TOKENIZERS: tuple[PreTokenizer, ...] = (
     PreTokenizer("deepseek-llm", ("[\r\n]", _DEEPSEEK_LLM_LETTERS, _DEEPSEEK_LLM_PUNCT, r"\s+$", _CJK,
                                   r"\p{N}+"), "DeepSeek LLM"),
     PreTokenizer("deepseek-coder", ("[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", _CJK, r"\p{N}"), "DeepSeek Coder"),
+    PreTokenizer("gpt-4o", (_GPT4O,), "GPT-4o (o200k), Phi-4-mini"),
 )
 BY_NAME = {p.name: p for p in PRE_TOKENIZERS}
 # Other names llama.cpp gives the same behaviour (what a GGUF made elsewhere may say).
-ALIASES = {"gpt2": "gpt-2", "llama3": "llama-bpe", "llama-v3": "llama-bpe"}
+ALIASES = {"gpt2": "gpt-2", "llama3": "llama-bpe", "llama-v3": "llama-bpe", "llama4": "gpt-4o"}
 
 # Text that tells the types apart: contractions in both cases, digit runs of every length, runs of spaces, tabs
 # and newlines, punctuation runs and symbols, accents, Greek, Cyrillic, CJK, Hangul and emoji.

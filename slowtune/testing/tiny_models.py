@@ -448,7 +448,14 @@ BYTE_LEVEL_FAMILIES: dict[str, tuple[Callable[[], pre_tokenizers.PreTokenizer], 
     "falcon": (_falcon, False),
     "deepseek-llm": (_deepseek_llm, False),
     "deepseek-coder": (_deepseek_coder, False),
+    "gpt-4o": (lambda: _byte_level_pre_tokenizer(_o200k_regex()), False),  # Phi-4-mini, GPT-4o (o200k)
 }
+
+
+def _o200k_regex() -> str:
+    from slowtune.models.pretokenizers import O200K_SPLIT_REGEX
+
+    return O200K_SPLIT_REGEX
 
 
 @functools.cache
