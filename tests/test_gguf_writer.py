@@ -30,6 +30,8 @@ from slowtune.progress import Cancelled, Progress
 from slowtune.testing import tiny_models
 
 TINY = ["tiny_llama", "tiny_qwen2", "tiny_qwen3", "tiny_mistral"]
+# Their logits are compared in test_gguf_families.py (against slowtune's own forward pass); their tokenizers here.
+NEW_FAMILIES = ["tiny_gemma2", "tiny_gemma3_text", "tiny_phi3", "tiny_smollm3"]
 REAL = ["real_vocab_llama_spm", "real_vocab_llama_bpe", "real_vocab_qwen2"]
 REAL_VOCAB_NAME = {
     "real_vocab_qwen2": "qwen2",
@@ -314,7 +316,7 @@ def test_bf16_export_keeps_bf16_weights_bit_for_bit(tmp_path: Path) -> None:
 # Tokenizer, special tokens, chat template
 # --------------------------------------------------------------------------------------------------------
 
-ALL_VOCABS = [*TINY, *(pytest.param(f, marks=pytest.mark.slow) for f in REAL)]
+ALL_VOCABS = [*TINY, *NEW_FAMILIES, *(pytest.param(f, marks=pytest.mark.slow) for f in REAL)]
 
 
 def tokenizer_strings(request: pytest.FixtureRequest, fixture: str) -> list[str]:
@@ -430,11 +432,15 @@ def test_progress_reports_reach_the_total(tiny_qwen3: Path, tmp_path: Path) -> N
 
 
 def test_unsupported_architecture_names_the_supported_ones(tiny_llama: Path, tmp_path: Path) -> None:
-    model_dir = copy_model(tiny_llama, tmp_path / "gemma")
-    edit_json(model_dir / "config.json", lambda c: c.update(model_type="gemma2"))
-    with pytest.raises(ExportError, match="gemma2") as info:
+    from slowtune.models import architectures
+
+    assert SUPPORTED_ARCHITECTURES is architectures.SUPPORTED_ARCHITECTURES  # one table for every stage
+    model_dir = copy_model(tiny_llama, tmp_path / "neox")
+    edit_json(model_dir / "config.json", lambda c: c.update(model_type="gpt_neox"))
+    with pytest.raises(ExportError, match=r"config\.json: model_type 'gpt_neox'") as info:
         write_gguf(model_dir, tmp_path / "out.gguf")
     assert all(arch in str(info.value) for arch in SUPPORTED_ARCHITECTURES)
+    assert {"gemma2", "gemma3_text", "phi3", "smollm3"} <= set(SUPPORTED_ARCHITECTURES)
     assert not (tmp_path / "out.gguf").exists()
 
 

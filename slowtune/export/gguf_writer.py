@@ -1,17 +1,23 @@
 """Convert a Hugging Face model folder into a GGUF file that llama.cpp loads, with our own code on `gguf`.
 
 Why our own writer: the export must be verifiable and must fail with messages a user can act on, and it
-must handle exactly what slowtune trains (llama, mistral, qwen2, qwen3 folders written by the fuse step).
+must handle exactly what slowtune trains (the families of ``slowtune.models.architectures``, in folders
+written by the fuse step).
 The facts it relies on are llama.cpp's (key names, tensor names, tokenizer types); the `gguf` package
 supplies the constants and the file format, so no name is spelled by hand where the library has it.
 
 What has to survive the trip, and why each piece is here:
 - **Weights**, streamed one tensor at a time (a model may be larger than memory), with the q/k rows of
-  llama-family models permuted: Hugging Face (and MLX) rotate the two halves of each head ("rotate half"),
-  llama.cpp's llama graph rotates adjacent pairs. Qwen2/Qwen3 use the half layout in llama.cpp too
-  (NEOX rope), so they are written as they are.
-- **Hyperparameters** llama.cpp reads for the architecture, including explicit head sizes (Qwen3) and
-  rope scaling (linear, yarn, and llama3 as a `rope_freqs` tensor of per-frequency factors).
+  llama-family models (Llama, Mistral, SmolLM3) permuted: Hugging Face (and MLX) rotate the two halves of
+  each head ("rotate half"), llama.cpp's llama graph rotates adjacent pairs. Qwen2/Qwen3, Gemma and Phi-3
+  use the half layout in llama.cpp too (NEOX rope), so they are written as they are. Gemma's RMSNorm
+  multiplies by (1 + weight), llama.cpp's by the weight: Gemma's norm weights are written plus one.
+  Phi-3's fused matrices keep their layout: ``attn_qkv`` (q, k, v rows) and ``ffn_up`` (gate rows, then
+  up rows, the halves llama.cpp's SwiGLU takes in that order).
+- **Hyperparameters** llama.cpp reads for the architecture, including explicit head sizes (Qwen3, Gemma),
+  rope scaling (linear, yarn, and llama3 as a `rope_freqs` tensor of per-frequency factors), Gemma's
+  sliding windows, soft-caps and local rope base, and Phi-3's partial rotation and LongRoPE factors
+  (`rope_factors_short` / `rope_factors_long` tensors).
 - **The tokenizer**, so llama.cpp splits text into the same ids as the tokenizer used in training:
   byte-level BPE with the right pre-tokenizer name, or SentencePiece-style BPE with scores that reproduce
   the merge order; special tokens, BOS/EOS behaviour and the chat template.
@@ -30,6 +36,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -40,6 +47,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from slowtune.fsutil import default_file_mode, fsync_dir
+from slowtune.models.architectures import (
+    GEMMA_FAMILIES,
+    SUPPORTED_ARCHITECTURES,
+    ArchitectureError,
+    check_config,
+    gemma3_sliding_layers,
+)
 from slowtune.progress import ensure
 
 if TYPE_CHECKING:
@@ -56,16 +70,37 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
 OUT_TYPES = ("f32", "f16", "bf16")
 
 # model_type -> the llama.cpp architecture it is written as. Mistral (v0.1-v0.3, dense) is a Llama with
 # another name; llama.cpp's own converter writes it as "llama" too.
-_GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+_GGUF_ARCH = {
+    "llama": "llama",
+    "mistral": "llama",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "gemma2": "gemma2",
+    "gemma3_text": "gemma3",
+    "phi3": "phi3",
+    "smollm3": "smollm3",
+}
 
-# llama.cpp's llama graph rotates adjacent pairs (rope "normal"); Qwen2/Qwen3 rotate halves ("neox"),
-# like Hugging Face. Only the former need the q/k permutation.
-_PERMUTE_QK = {"llama": True, "mistral": True, "qwen2": False, "qwen3": False}
+# llama.cpp's llama and smollm3 graphs rotate adjacent pairs (rope "normal"); the others rotate halves
+# ("neox"), like Hugging Face. Only the former need the q/k permutation.
+_PERMUTE_QK = {
+    "llama": True,
+    "mistral": True,
+    "smollm3": True,
+    "qwen2": False,
+    "qwen3": False,
+    "gemma2": False,
+    "gemma3_text": False,
+    "phi3": False,
+}
+
+# Layer counts for which llama.cpp scales Gemma's queries by 1/sqrt(hidden / heads) instead of
+# 1/sqrt(head_dim) (its "27B" models).
+_GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3_text": 62}
 
 # Tokens that end a chat turn in the common families, tried in this order when the EOS token is not one.
 _END_OF_TURN_TOKENS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>")
@@ -210,6 +245,14 @@ class _Hparams:
     vocab_size: int
     permute_qk: bool
     rope_scaling: dict[str, Any] | None
+    rope_dims: int  # dimensions of each head that are rotated (Phi-4-mini: 3/4 of them)
+    norm_offset: float = 0.0  # added to every norm weight (Gemma: 1, for its (1 + weight) RMSNorm)
+    sliding_window: int | None = None
+    sliding_pattern: int | None = None  # Gemma: a full-attention layer every N layers, the others slide
+    rope_theta_swa: float | None = None  # Gemma: rope base of the sliding-window layers
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    original_context: int | None = None  # Phi-3: the context LongRoPE's short factors are for
 
 
 def _require(config: Mapping[str, Any], key: str, config_path: Path) -> Any:
@@ -234,11 +277,14 @@ def _rope_settings(config: Mapping[str, Any]) -> tuple[float | None, dict[str, A
     """rope theta and the rope scaling dict, from either config layout.
 
     transformers 4 writes `rope_theta` and `rope_scaling`; transformers 5 writes `rope_parameters`
-    (with `rope_type: "default"` when there is no scaling).
+    (with `rope_type: "default"` when there is no scaling), per layer kind for Gemma 3 (the
+    full-attention layers' settings are the model's; see `_swa_rope_theta` for the others).
     """
     theta = config.get("rope_theta")
     scaling = config.get("rope_scaling")
     params = config.get("rope_parameters")
+    if isinstance(params, Mapping) and isinstance(params.get("full_attention"), Mapping):
+        params = params["full_attention"]
     if isinstance(params, Mapping):
         theta = theta if theta is not None else params.get("rope_theta")
         if scaling is None and (params.get("rope_type") or params.get("type") or "default") != "default":
@@ -251,6 +297,15 @@ def _rope_settings(config: Mapping[str, Any]) -> tuple[float | None, dict[str, A
     return theta, scaling
 
 
+def _swa_rope_theta(config: Mapping[str, Any]) -> float:
+    """Gemma 3's rope base for the sliding-window layers (10000 in every released model)."""
+    value = config.get("rope_local_base_freq")
+    params = config.get("rope_parameters")
+    if value is None and isinstance(params, Mapping) and isinstance(params.get("sliding_attention"), Mapping):
+        value = params["sliding_attention"].get("rope_theta")
+    return float(value if value is not None else 10000.0)
+
+
 def _hparams(config: Mapping[str, Any], config_path: Path) -> _Hparams:
     model_type = config.get("model_type")
     if model_type not in SUPPORTED_ARCHITECTURES:
@@ -258,6 +313,12 @@ def _hparams(config: Mapping[str, Any], config_path: Path) -> _Hparams:
             f"{config_path}: model_type {model_type!r} cannot be exported to GGUF by slowtune; supported "
             f"architectures: {', '.join(SUPPORTED_ARCHITECTURES)}"
         )
+    try:
+        # The family's own limits (a multimodal checkpoint, SmolLM3's rope-less layers elsewhere than every
+        # 4th, Gemma 3 layer kinds off the pattern): the same refusals as when the model is chosen.
+        check_config(config, config_path)
+    except ArchitectureError as exc:
+        raise ExportError(str(exc)) from None
     _check_not_quantised(config, config_path)
     hidden = int(_require(config, "hidden_size", config_path))
     n_heads = int(_require(config, "num_attention_heads", config_path))
@@ -271,12 +332,36 @@ def _hparams(config: Mapping[str, Any], config_path: Path) -> _Hparams:
     rms_eps = config.get("rms_norm_eps")
     if rms_eps is None:
         raise ExportError(f"{config_path}: the setting 'rms_norm_eps' is missing")
-    if config.get("partial_rotary_factor", 1.0) not in (1, 1.0):
+    n_layers = int(_require(config, "num_hidden_layers", config_path))
+    rotary = float(config.get("partial_rotary_factor", 1.0))
+    rope_dims = head_dim
+    extra: dict[str, Any] = {}
+    if model_type == "phi3":
+        if head_dim * n_heads != hidden:
+            # llama.cpp's phi3 graph sizes the attention by the hidden size.
+            raise ExportError(
+                f"{config_path}: head_dim {head_dim} x {n_heads} heads is not hidden_size {hidden}; llama.cpp's "
+                "Phi-3 needs hidden_size = heads x head size"
+            )
+        rope_dims = int(head_dim * rotary)
+        if rope_dims <= 0 or rope_dims % 2:
+            raise ExportError(
+                f"{config_path}: partial_rotary_factor {rotary} rotates {rope_dims} of {head_dim} dimensions a "
+                "head; rotary embeddings need an even, positive number"
+            )
+        original = config.get("original_max_position_embeddings") or (scaling or {}).get(
+            "original_max_position_embeddings"
+        )
+        extra["original_context"] = int(original) if original else None
+        extra["sliding_window"] = int(config.get("sliding_window") or 0)
+    elif rotary != 1.0:
         raise ExportError(f"{config_path}: partial_rotary_factor is not supported for {model_type}")
+    if model_type in GEMMA_FAMILIES:
+        extra.update(_gemma_settings(config, config_path, model_type, n_layers, hidden, n_heads, head_dim))
     return _Hparams(
         model_type=model_type,
         gguf_arch=_GGUF_ARCH[model_type],
-        n_layers=int(_require(config, "num_hidden_layers", config_path)),
+        n_layers=n_layers,
         hidden=hidden,
         intermediate=int(_require(config, "intermediate_size", config_path)),
         n_heads=n_heads,
@@ -289,7 +374,51 @@ def _hparams(config: Mapping[str, Any], config_path: Path) -> _Hparams:
         # mlx-lm honours `rope_traditional: true` (adjacent pairs, llama.cpp's layout already).
         permute_qk=_PERMUTE_QK[model_type] and not config.get("rope_traditional", False),
         rope_scaling=scaling,
+        rope_dims=rope_dims,
+        **extra,
     )
+
+
+def _gemma_settings(
+    config: Mapping[str, Any], config_path: Path, model_type: str, n_layers: int, hidden: int, n_heads: int,
+    head_dim: int,
+) -> dict[str, Any]:
+    """Gemma 2 / Gemma 3 settings llama.cpp reads, refusing those its graphs would compute differently."""
+    # llama.cpp scales the queries by 1/sqrt(head_dim) (by 1/sqrt(hidden / heads) at the 27B layer count);
+    # Hugging Face by 1/sqrt(query_pre_attn_scalar).
+    scalar = config.get("query_pre_attn_scalar")
+    llama_cpp_scalar = hidden // n_heads if n_layers == _GEMMA_27B_LAYERS[model_type] else head_dim
+    if scalar is None or float(scalar) != float(llama_cpp_scalar):
+        what = "is missing" if scalar is None else f"is {scalar}"
+        raise ExportError(
+            f"{config_path}: query_pre_attn_scalar {what}; llama.cpp scales a {model_type} model's queries by "
+            f"1/sqrt({llama_cpp_scalar}) (head_dim), so this model cannot be exported faithfully"
+        )
+    window = config.get("sliding_window")
+    out: dict[str, Any] = {"norm_offset": 1.0, "sliding_window": int(window) if window else None}
+    attn_cap, final_cap = config.get("attn_logit_softcapping"), config.get("final_logit_softcapping")
+    if model_type == "gemma2":
+        # llama.cpp's Gemma 2 always soft-caps both (50 and 30 when the file does not say) and always has
+        # sliding-window layers (0, 2, 4, ...).
+        for key, value in (("attn_logit_softcapping", attn_cap), ("final_logit_softcapping", final_cap),
+                           ("sliding_window", window)):
+            if not value:
+                raise ExportError(
+                    f"{config_path}: {key} is {value!r}; llama.cpp's Gemma 2 always applies it, so this "
+                    "model cannot be exported faithfully"
+                )
+        out.update(attn_softcap=float(attn_cap), final_softcap=float(final_cap), sliding_pattern=2)
+    else:
+        if attn_cap:
+            raise ExportError(
+                f"{config_path}: attn_logit_softcapping is {attn_cap}; llama.cpp's Gemma 3 does not soft-cap "
+                "attention scores, so this model cannot be exported faithfully"
+            )
+        sliding = gemma3_sliding_layers(config)
+        pattern = next((i + 1 for i, s in enumerate(sliding) if not s), len(sliding) + 1)
+        out.update(final_softcap=float(final_cap) if final_cap else None, sliding_pattern=pattern,
+                   rope_theta_swa=_swa_rope_theta(config))
+    return out
 
 
 def _llama3_rope_factors(hp: _Hparams, scaling: Mapping[str, Any]) -> np.ndarray:
@@ -344,6 +473,9 @@ class GGUFVocab:
     eot_id: int | None = None
     add_bos: bool = False
     add_eos: bool = False
+    # Whether llama.cpp must drop the whitespace after special tokens the way Phi-3's tokenizer does, which
+    # it decides by the model's name (see `_general_name`).
+    phi3_rstrip: bool = False
     notes: list[str] = field(default_factory=list)
 
 
@@ -551,6 +683,13 @@ def read_vocab(model_dir: Path, n_vocab: int | None = None) -> GGUFVocab:
             (ids[t] for t in _END_OF_TURN_TOKENS if t in ids and types[ids[t]] == _CONTROL), None
         )
 
+    # transformers takes the added tokens' flags from tokenizer_config.json where it lists them.
+    rstrip = {i: bool(entry.get("rstrip")) for i, entry in added.items()}
+    for key, entry in (tc.get("added_tokens_decoder") or {}).items():
+        if isinstance(entry, Mapping) and str(key).isdigit():
+            rstrip[int(key)] = bool(entry.get("rstrip"))
+    vocab.phi3_rstrip = _phi3_rstrip(tokens, types, {i for i, on in rstrip.items() if on}, vocab.notes)
+
     template = _template_processing(tj)
     if template is not None:
         single = template.get("single", [])
@@ -569,6 +708,50 @@ def read_vocab(model_dir: Path, n_vocab: int | None = None) -> GGUFVocab:
                     "llama.cpp can only append EOS"
                 )
     return vocab
+
+
+# llama.cpp (llama-vocab.cpp) sets per-token attributes by the model's name: in a model whose general.name
+# contains one of these, every special token strips the whitespace after it while text is tokenized,
+# except these three (Phi-3's tokenizer.json marks its added tokens "rstrip" that way).
+_PHI3_NAMES = re.compile(r"(phi)-?(3)", re.IGNORECASE)
+_PHI3_NO_RSTRIP = ("<unk>", "<s>", "<|endoftext|>")
+
+
+def _phi3_rstrip(tokens: list[str], types: list[int], rstrip: set[int], notes: list[str]) -> bool:
+    """Whether llama.cpp's Phi-3 rule (chosen by the model's name) gives this tokenizer's rstrip behaviour.
+
+    Hugging Face drops the whitespace after an added token marked ``rstrip`` (the ids in `rstrip`);
+    llama.cpp has no such setting in a GGUF, only the name rule. Returns whether to apply it, and notes
+    where neither choice is exact.
+    """
+    special = {i for i, kind in enumerate(types) if kind in (_CONTROL, _USER_DEFINED, _UNKNOWN)}
+    hf = {tokens[i] for i in special & rstrip}
+    if not hf:
+        return False
+    ids = set(tokens)
+    feasible = all(t in ids for t in (*_PHI3_NO_RSTRIP, "</s>"))  # llama.cpp fails to load the model otherwise
+    rule = ({tokens[i] for i in special} | {"</s>"}) - set(_PHI3_NO_RSTRIP)
+    use_rule = feasible and len(hf ^ rule) < len(hf)
+    wrong = sorted(hf ^ rule) if use_rule else sorted(hf)
+    if wrong:
+        notes.append(
+            "llama.cpp cannot strip the whitespace after special tokens the way tokenizer.json does (its "
+            f"'rstrip' setting) for {', '.join(wrong[:5])}{' and more' if len(wrong) > 5 else ''}"
+        )
+    return use_rule
+
+
+def _general_name(name: str, vocab: GGUFVocab) -> str:
+    """`name` as the GGUF's general.name, changed where llama.cpp's name rule for Phi-3 tokenizers (see
+    `_PHI3_NAMES`) would otherwise tokenize differently from the tokenizer: " (Phi-3)" is added for a
+    tokenizer that needs the rule, and "phi3"/"phi-3" in the name of one that must not have it (where it
+    could also stop llama.cpp from loading the file) is written "phi 3"."""
+    named = _PHI3_NAMES.search(name) is not None
+    if vocab.phi3_rstrip and not named:
+        return f"{name} (Phi-3)"
+    if named and not vocab.phi3_rstrip:
+        return _PHI3_NAMES.sub(r"\1 \2", name)
+    return name
 
 
 def _spm_scores(tokens: list[str], merges: list[str]) -> list[float]:
@@ -621,7 +804,8 @@ class _PlannedTensor:
     nbytes: int
     source: _StoredTensor | None = None
     row_order: np.ndarray | None = None  # q/k permutation: rows (elements, for 1-D) taken in this order
-    values: np.ndarray | None = None  # computed tensors (rope_freqs)
+    values: np.ndarray | None = None  # computed tensors (rope_freqs, rope factors)
+    offset: float = 0.0  # added to every value (Gemma's norm weights: llama.cpp multiplies by w, Gemma by 1 + w)
 
 
 def _rope_permutation(rows: int, n_heads: int, name: str) -> np.ndarray:
@@ -653,7 +837,11 @@ def _plan_tensors(
     }[out_type]
 
     tie = config.get("tie_word_embeddings")
-    if tie is None:
+    if hp.model_type == "gemma2":
+        tie = True  # Gemma 2's output is its embedding, in mlx-lm and llama.cpp alike (an lm_head is unused)
+    elif hp.model_type == "gemma3_text":
+        tie = "lm_head.weight" not in stored  # as mlx-lm decides; llama.cpp takes an output.weight if there is one
+    elif tie is None:
         # Hugging Face's Llama/Qwen default is untied; an absent lm_head can only mean tied.
         tie = "lm_head.weight" not in stored
     if not tie and "lm_head.weight" not in stored:
@@ -661,18 +849,7 @@ def _plan_tensors(
             f"{model_dir}: config.json says tie_word_embeddings is false but there is no lm_head.weight"
         )
 
-    q_dim, kv_dim = hp.n_heads * hp.head_dim, hp.n_kv_heads * hp.head_dim
-    expected_shapes = {
-        "token_embd": (hp.vocab_size, hp.hidden),
-        "output": (hp.vocab_size, hp.hidden),
-        "attn_q": (q_dim, hp.hidden),
-        "attn_k": (kv_dim, hp.hidden),
-        "attn_v": (kv_dim, hp.hidden),
-        "attn_output": (hp.hidden, q_dim),
-        "ffn_gate": (hp.intermediate, hp.hidden),
-        "ffn_up": (hp.intermediate, hp.hidden),
-        "ffn_down": (hp.hidden, hp.intermediate),
-    }
+    expected_shapes = _matrix_shapes(hp)
 
     plan: list[_PlannedTensor] = []
     unknown = []
@@ -696,10 +873,12 @@ def _plan_tensors(
         if hp.permute_qk and kind in (gguf.MODEL_TENSOR.ATTN_Q, gguf.MODEL_TENSOR.ATTN_K):
             heads = hp.n_heads if kind == gguf.MODEL_TENSOR.ATTN_Q else hp.n_kv_heads
             row_order = _rope_permutation(tensor.shape[0], heads, hf_name)
+        # Every RMSNorm weight of a Gemma model (the block norms, the final norm, Gemma 3's q/k norms).
+        offset = hp.norm_offset if hf_name.endswith("norm.weight") else 0.0
         ggml_type = matrix_type if len(tensor.shape) == 2 else gguf.GGMLQuantizationType.F32
         itemsize = 4 if ggml_type == gguf.GGMLQuantizationType.F32 else 2
         nbytes = math.prod(tensor.shape) * itemsize
-        plan.append(_PlannedTensor(gguf_name, tensor.shape, ggml_type, nbytes, tensor, row_order))
+        plan.append(_PlannedTensor(gguf_name, tensor.shape, ggml_type, nbytes, tensor, row_order, offset=offset))
     if unknown:
         listed = ", ".join(unknown[:8]) + (f" and {len(unknown) - 8} more" if len(unknown) > 8 else "")
         raise ExportError(
@@ -708,18 +887,14 @@ def _plan_tensors(
         )
     required = [gguf.MODEL_TENSOR.TOKEN_EMBD, gguf.MODEL_TENSOR.OUTPUT_NORM]
     t = gguf.MODEL_TENSOR
-    per_block = [
-        t.ATTN_NORM,
-        t.ATTN_Q,
-        t.ATTN_K,
-        t.ATTN_V,
-        t.ATTN_OUT,
-        t.FFN_NORM,
-        t.FFN_GATE,
-        t.FFN_UP,
-        t.FFN_DOWN,
-    ]
-    if hp.model_type == "qwen3":
+    if hp.model_type == "phi3":
+        per_block = [t.ATTN_NORM, t.ATTN_QKV, t.ATTN_OUT, t.FFN_NORM, t.FFN_UP, t.FFN_DOWN]
+    else:
+        per_block = [t.ATTN_NORM, t.ATTN_Q, t.ATTN_K, t.ATTN_V, t.ATTN_OUT, t.FFN_NORM, t.FFN_GATE, t.FFN_UP,
+                     t.FFN_DOWN]
+    if hp.model_type in GEMMA_FAMILIES:
+        per_block += [t.ATTN_POST_NORM, t.FFN_POST_NORM]
+    if hp.model_type in ("qwen3", "gemma3_text"):
         per_block += [t.ATTN_Q_NORM, t.ATTN_K_NORM]
     names = {p.name for p in plan}
     wanted = [gguf.TENSOR_NAMES[k] + ".weight" for k in required]
@@ -739,7 +914,37 @@ def _plan_tensors(
                 values=factors,
             )
         )
+    if hp.model_type == "phi3" and hp.rope_scaling is not None:
+        for kind, key in ((t.ROPE_FACTORS_LONG, "long_factor"), (t.ROPE_FACTORS_SHORT, "short_factor")):
+            factors = np.asarray(hp.rope_scaling[key], dtype=np.float32)
+            plan.append(
+                _PlannedTensor(
+                    gguf.TENSOR_NAMES[kind] + ".weight",
+                    factors.shape,
+                    gguf.GGMLQuantizationType.F32,
+                    factors.nbytes,
+                    values=factors,
+                )
+            )
     return plan
+
+
+def _matrix_shapes(hp: _Hparams) -> dict[str, tuple[int, int]]:
+    """(out, in) of each matrix, by the short GGUF name (attn_q, ffn_up, ...), as the config implies."""
+    q_dim, kv_dim = hp.n_heads * hp.head_dim, hp.n_kv_heads * hp.head_dim
+    fused = hp.model_type == "phi3"  # gate and up in one matrix: gate rows, then up rows
+    return {
+        "token_embd": (hp.vocab_size, hp.hidden),
+        "output": (hp.vocab_size, hp.hidden),
+        "attn_q": (q_dim, hp.hidden),
+        "attn_k": (kv_dim, hp.hidden),
+        "attn_v": (kv_dim, hp.hidden),
+        "attn_qkv": (q_dim + 2 * kv_dim, hp.hidden),
+        "attn_output": (hp.hidden, q_dim),
+        "ffn_gate": (hp.intermediate, hp.hidden),
+        "ffn_up": ((2 if fused else 1) * hp.intermediate, hp.hidden),
+        "ffn_down": (hp.hidden, hp.intermediate),
+    }
 
 
 def _convert(planned: _PlannedTensor) -> np.ndarray:
@@ -761,13 +966,15 @@ def _convert(planned: _PlannedTensor) -> np.ndarray:
         stop = min(rows, start + step)
         index = planned.row_order[start:stop] if planned.row_order is not None else slice(start, stop)
         raw = np.asarray(source[index])
-        if src_is_bf16 and planned.ggml_type == bf16:
+        if src_is_bf16 and planned.ggml_type == bf16 and not planned.offset:
             out[start:stop] = raw  # already bfloat16: copy the bits
             continue
         if src_is_bf16:
             values = (raw.astype(np.uint32) << 16).view(np.float32)
         else:
             values = raw.astype(np.float32, copy=False)
+        if planned.offset:
+            values = values + np.float32(planned.offset)
         if planned.ggml_type == bf16:
             out[start:stop] = gguf.quants.quantize(np.ascontiguousarray(values), bf16).view(np.uint16)
         elif planned.ggml_type == f16:
@@ -807,7 +1014,7 @@ def _add_hparams(writer: Any, hp: _Hparams, out_type: str) -> None:
     # llama.cpp's default when these keys are absent.
     writer.add_key_length(hp.head_dim)
     writer.add_value_length(hp.head_dim)
-    writer.add_rope_dimension_count(hp.head_dim)
+    writer.add_rope_dimension_count(hp.rope_dims)
     writer.add_rope_freq_base(hp.rope_theta)
     writer.add_layer_norm_rms_eps(hp.rms_eps)
     writer.add_vocab_size(hp.vocab_size)
@@ -818,7 +1025,25 @@ def _add_hparams(writer: Any, hp: _Hparams, out_type: str) -> None:
             "bf16": gguf.LlamaFileType.MOSTLY_BF16,
         }[out_type]
     )
+    if hp.sliding_window is not None:
+        writer.add_sliding_window(hp.sliding_window)
+    if hp.sliding_pattern is not None:
+        writer.add_sliding_window_pattern(hp.sliding_pattern)
+    if hp.rope_theta_swa is not None:
+        writer.add_rope_freq_base_swa(hp.rope_theta_swa)
+    if hp.attn_softcap is not None:
+        writer.add_attn_logit_softcapping(hp.attn_softcap)
+    if hp.final_softcap is not None:
+        writer.add_final_logit_softcapping(hp.final_softcap)
     scaling = hp.rope_scaling
+    if hp.model_type == "phi3":
+        if hp.original_context:
+            writer.add_rope_scaling_orig_ctx_len(hp.original_context)
+        if scaling is not None:
+            # LongRoPE: the factors are tensors (see _plan_tensors); llama.cpp takes the short ones up to
+            # the original context and the long ones beyond.
+            writer.add_rope_scaling_attn_factors(_long_rope_attn_factor(hp))
+        return
     if scaling is None:
         return
     kind = scaling["rope_type"]
@@ -843,6 +1068,15 @@ def _check_rope_scaling(hp: _Hparams, config_path: Path) -> None:
     if scaling is None:
         return
     kind = scaling["rope_type"]
+    if hp.model_type == "phi3":
+        _check_long_rope(hp, scaling, config_path)
+        return
+    if hp.model_type in GEMMA_FAMILIES and (kind != "linear" or hp.model_type == "gemma2"):
+        # Gemma 3 (4B and up) scales its full-attention layers linearly; mlx-lm's Gemma 2 never scales.
+        raise ExportError(
+            f"{config_path}: rope scaling {kind!r} is not supported for {hp.model_type} by the GGUF export"
+            + (" (supported: linear)" if hp.model_type == "gemma3_text" else "")
+        )
     if kind in ("linear", "yarn") or (kind == "llama3" and hp.gguf_arch == "llama"):
         if "factor" not in scaling:
             raise ExportError(f"{config_path}: rope_scaling of type {kind!r} has no 'factor'")
@@ -857,6 +1091,35 @@ def _check_rope_scaling(hp: _Hparams, config_path: Path) -> None:
         f"{config_path}: rope scaling {kind!r} is not supported for {hp.model_type} by the GGUF export "
         "(supported: linear, yarn, and llama3 for llama-family models)"
     )
+
+
+def _check_long_rope(hp: _Hparams, scaling: Mapping[str, Any], config_path: Path) -> None:
+    """Phi-3's LongRoPE: short and long factors, one per rotated pair, and the original context."""
+    kind = scaling["rope_type"]
+    if kind not in ("longrope", "su"):
+        raise ExportError(
+            f"{config_path}: rope scaling {kind!r} is not supported for phi3 by the GGUF export (supported: "
+            "longrope)"
+        )
+    if not hp.original_context:
+        raise ExportError(f"{config_path}: LongRoPE needs original_max_position_embeddings")
+    for key in ("short_factor", "long_factor"):
+        factors = scaling.get(key)
+        if not isinstance(factors, Sequence) or len(factors) != hp.rope_dims // 2:
+            count = len(factors) if isinstance(factors, Sequence) else factors
+            raise ExportError(
+                f"{config_path}: rope_scaling.{key} has {count} values; the {hp.rope_dims} rotated dimensions "
+                f"of a head need {hp.rope_dims // 2}"
+            )
+        if not all(isinstance(f, (int, float)) and math.isfinite(f) and f > 0 for f in factors):
+            raise ExportError(f"{config_path}: rope_scaling.{key} holds values that are not positive numbers")
+
+
+def _long_rope_attn_factor(hp: _Hparams) -> float:
+    """How much LongRoPE scales the rotated dimensions: sqrt(1 + ln(context / original) / ln(original))."""
+    assert hp.original_context
+    factor = hp.context_length / hp.original_context
+    return math.sqrt(1 + math.log(factor) / math.log(hp.original_context)) if factor > 1.0 else 1.0
 
 
 def _add_vocab(writer: Any, vocab: GGUFVocab) -> None:
@@ -1001,7 +1264,7 @@ def write_gguf(
     with _temporary_sibling(out_path) as tmp:
         writer = gguf.GGUFWriter(tmp, hp.gguf_arch, use_temp_file=False)
         try:
-            writer.add_name(name or model_dir.name)
+            writer.add_name(_general_name(name or model_dir.name, vocab))
             writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
             _add_hparams(writer, hp, out_type)
             _add_vocab(writer, vocab)

@@ -15,7 +15,10 @@ mlx-lm computes ``y = x W^T + scale * (x @ lora_a) @ lora_b`` with lora_a of sha
 shape (r, out). So the GGUF gets ``lora_a.T`` and ``lora_b.T``, and ``alpha = scale * r`` so that alpha / r is
 the training scale. For llama-family models the base GGUF's q/k rows are permuted (see
 ``gguf_writer._rope_permutation``): the adapter's update to those rows must be permuted the same way, which is
-a permutation of lora_b's rows (the output dimension); lora_a is untouched.
+a permutation of lora_b's rows (the output dimension); lora_a is untouched. Phi-3 adapts its fused matrices
+(``qkv_proj`` -> ``attn_qkv``, ``gate_up_proj`` -> ``ffn_up``), whose layout the base GGUF keeps as it is. Only
+linear layers are adapted, so nothing else the base GGUF changes (Gemma's norm weights plus one) concerns the
+adapter.
 
 Only the base model's config.json is read (the same settings the base GGUF was written from), so the base
 folder may also be an MLX 4-bit one; the base GGUF itself must be written from the dequantised base.
@@ -38,6 +41,7 @@ from slowtune.export.gguf_writer import (
     SUPPORTED_ARCHITECTURES,
     ExportError,
     _hparams,
+    _matrix_shapes,
     _read_json,
     _read_safetensors_header,
     _rope_permutation,
@@ -133,16 +137,14 @@ def plan_lora_gguf(adapter_dir: Path, base_model_dir: Path) -> LoraPlan:
     arch_enum = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == hp.gguf_arch)
     name_map = gguf.get_tensor_name_map(arch_enum, hp.n_layers)
     t = gguf.MODEL_TENSOR
-    q_dim, kv_dim = hp.n_heads * hp.head_dim, hp.n_kv_heads * hp.head_dim
-    expected = {  # (out, in) of each linear the adapter may touch
-        t.ATTN_Q: (q_dim, hp.hidden),
-        t.ATTN_K: (kv_dim, hp.hidden),
-        t.ATTN_V: (kv_dim, hp.hidden),
-        t.ATTN_OUT: (hp.hidden, q_dim),
-        t.FFN_GATE: (hp.intermediate, hp.hidden),
-        t.FFN_UP: (hp.intermediate, hp.hidden),
-        t.FFN_DOWN: (hp.hidden, hp.intermediate),
-    }
+    shapes = _matrix_shapes(hp)
+    linears = (
+        [t.ATTN_QKV, t.ATTN_OUT, t.FFN_UP, t.FFN_DOWN]  # Phi-3's fused q/k/v and gate/up
+        if hp.model_type == "phi3"
+        else [t.ATTN_Q, t.ATTN_K, t.ATTN_V, t.ATTN_OUT, t.FFN_GATE, t.FFN_UP, t.FFN_DOWN]
+    )
+    # (out, in) of each linear the adapter may touch
+    expected = {kind: shapes[gguf.TENSOR_NAMES[kind].split(".")[-1]] for kind in linears}
 
     stored = _read_safetensors_header(adapter_dir / "adapters.safetensors")
     pairs: dict[str, dict[str, Any]] = {}
