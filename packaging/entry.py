@@ -6,7 +6,8 @@ only:
 
 - ``slowtune [SUBCOMMAND ...]``: slowtune's own command line;
 - ``slowtune -m MODULE ARGS``: one of the few modules slowtune itself starts as a child process
-  (``slowtune.selfcmd.CHILD_MODULES``), each only with arguments of the shape slowtune gives it;
+  (``slowtune.selfcmd.CHILD_MODULES``), each only with arguments of the shape slowtune gives it (the development
+  tools of ``slowtune.selfcmd.SOURCE_ONLY_MODULES`` are not among them);
 - the spawned worker processes of ``multiprocessing`` (reader workers), through ``freeze_support``.
 
 ``-c CODE``, any other module and a known module with foreign arguments are refused with one line on stderr and exit
@@ -44,11 +45,12 @@ def _quantize_args(args: list[str]) -> bool:
             and isinstance(spec["threads"], int))
 
 
+# The variants of slowtune.bench.worker (a test compares them).
 BENCH_VARIANTS = ("memory_ckpt", "memory", "streamed_warm", "streamed_cold", "loader_cold", "export", "ingest_big")
 
 
 def _bench_args(args: list[str]) -> bool:
-    """``slowtune.bench SPEC``: one measured worker of ``slowtune bench`` (slowtune/bench.py)."""
+    """``slowtune.bench.worker SPEC``: one measured worker of ``slowtune bench`` (slowtune/bench/worker.py)."""
     spec = _json_object(args[0]) if len(args) == 1 else None
     return spec is not None and spec.get("variant") in BENCH_VARIANTS and _scalars(spec)
 
@@ -62,33 +64,17 @@ def _number(text: str) -> bool:
 
 
 def _gui_bench_args(args: list[str]) -> bool:
-    """``slowtune.gui.bench bare | latency OUT WORK IDLE_S STEPS`` (slowtune/gui/bench.py)."""
+    """``slowtune.bench.gui bare | latency OUT WORK IDLE_S STEPS`` (slowtune/bench/gui.py)."""
     if args == ["bare"]:
         return True
     return len(args) == 5 and args[0] == "latency" and _number(args[3]) and args[4].isdigit()
 
 
-def _test_teacher_args(args: list[str]) -> bool:
-    """``slowtune.testing.fake_openai [--latency S] [--no-auth] [--port N]``: the local test teacher of
-    ``slowtune bench teacher`` (it listens on 127.0.0.1 and reads nothing of the user's)."""
-    rest = list(args)
-    while rest:
-        flag = rest.pop(0)
-        if flag == "--no-auth":
-            continue
-        if flag in ("--latency", "--port") and rest and _number(rest[0]):
-            rest.pop(0)
-            continue
-        return False
-    return True
-
-
 # module -> the check of its arguments. Keep in step with slowtune.selfcmd.CHILD_MODULES (a test compares them).
 ALLOWED = {
     "slowtune.export.quantize": _quantize_args,
-    "slowtune.bench": _bench_args,
-    "slowtune.gui.bench": _gui_bench_args,
-    "slowtune.testing.fake_openai": _test_teacher_args,
+    "slowtune.bench.worker": _bench_args,
+    "slowtune.bench.gui": _gui_bench_args,
 }
 
 

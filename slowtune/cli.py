@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     dataset.set_defaults(func=teacher_command.run_dataset)
 
     from slowtune.chat import command as chat_command
-    from slowtune.chat import eval_command
+    from slowtune.eval import command as eval_command
 
     chat = sub.add_parser("chat", help="Chat offline with a GGUF model through llama.cpp (side by side with --compare)",
                           description="Chat with a GGUF model, fully offline, with the chat template from the file. "
@@ -150,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_names() -> list[str]:
+    """The subcommands of ``slowtune``, from a freshly built parser (which imports every stage's command module)."""
+    parser = build_parser()
+    return list(next(a.choices for a in parser._actions if isinstance(getattr(a, "choices", None), dict)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -161,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--self-test takes no command")
         from slowtune import selftest
 
-        return selftest.main(verbose=args.verbose)
+        return selftest.main(verbose=args.verbose, commands=command_names)
     if args.command is None:
         return _gui(args)
     log.debug("slowtune %s: %s", __version__, args.command)

@@ -212,6 +212,17 @@ def rows(project: Project, split: str | None = None, status: str | None = "accep
     return [_row_from_db(r) for r in project.conn.execute(query + " ORDER BY id", args)]
 
 
+def count_rows(project: Project) -> int:
+    """Every row of the project, whatever its split and status, stale ones included."""
+    return project.conn.execute("SELECT count(*) FROM dataset_rows").fetchone()[0]
+
+
+def question_types(project: Project) -> list[str]:
+    """The question types the rows have (fact, reasoning, ...), sorted."""
+    return [r[0] for r in project.conn.execute(
+        "SELECT DISTINCT qtype FROM dataset_rows WHERE qtype IS NOT NULL ORDER BY 1")]
+
+
 def export_jsonl(project: Project, out_dir: str | Path, *, provenance: bool = False) -> dict[str, int]:
     """Write the accepted rows as ``train.jsonl``, ``valid.jsonl`` and ``test.jsonl`` (probes).
 

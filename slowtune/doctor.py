@@ -55,15 +55,15 @@ def _llama_info() -> dict[str, Any]:
 
 
 def _chat_info(backend: str) -> str:
-    """How `slowtune chat` runs a model here (chat/model.py and chat/engine.py make these choices)."""
-    from slowtune.chat.engine import _repacking_is_safe
+    """How `slowtune chat` runs a model here (chat/model.py and llama.py make these choices)."""
+    from slowtune.llama import repacking_is_safe
 
     if backend != "CPU":
         return f"on {backend} with all layers offloaded"
     # llama-cpp-python's default thread count, which the chat engine keeps.
     threads = max((os.cpu_count() or 2) // 2, 1)
     text = f"on the CPU with {threads} thread{'s' if threads > 1 else ''}"
-    if not _repacking_is_safe():
+    if not repacking_is_safe():
         text += "; weight repacking off (this CPU has AMX, where repacked quantised weights crash llama.cpp)"
     return text
 

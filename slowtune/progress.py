@@ -3,11 +3,12 @@
 A long function takes a ``Progress`` (or ``None``, meaning "nobody is watching"), calls
 ``progress.report(stage, done, total, **metrics)`` as it goes and ``progress.check()`` at safe points, where
 a cancel request raises ``Cancelled``. The CLI renders reports with rich; the GUI's workers turn them into
-Qt signals. Nothing here knows about either.
+Qt signals. Nothing here knows about either. ``format_duration`` writes an estimate or a measured time for people.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -151,3 +152,21 @@ class RichProgressBar:
             task = self._rich.add_task(event.stage, total=event.total, info=info)
             self._tasks[event.stage] = task
         self._rich.update(task, completed=event.done, total=event.total, info=info)
+
+
+def format_duration(seconds: float, *, exact: bool = False) -> str:
+    """A duration for people: an estimate rounded to what matters ("45 s", "12 min", "2 h 05 min"; "—" for none),
+    or with ``exact`` a time measured ("45 s", "2 min 5 s", "1 h 3 min")."""
+    if exact:
+        if seconds < 60:
+            return f"{seconds:.0f} s"
+        minutes, secs = divmod(round(seconds), 60)
+        return f"{minutes} min {secs} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
+    if not math.isfinite(seconds) or seconds < 0:
+        return "—"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = seconds / 60
+    if minutes < 90:
+        return f"{minutes:.0f} min"
+    return f"{int(minutes // 60)} h {int(minutes % 60):02d} min"

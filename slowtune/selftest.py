@@ -2,8 +2,9 @@
 
 Each check does real work with one part and fails when that part is missing or broken:
 
-- documents: builds the command line (which imports every stage), creates a project in SQLite and ingests a
-  Markdown and an HTML file through the spawned reader processes, as the Library page does;
+- documents: builds the command line (which imports every stage; the command line hands the self-test the function
+  that builds it, so this module does not import the CLI), creates a project in SQLite and ingests a Markdown and an
+  HTML file through the spawned reader processes, as the Library page does;
 - resources: reads the bundled price list and icon through ``importlib.resources``;
 - mlx: runs one matrix product (on the Metal GPU on a Mac, which also loads MLX's kernel library);
 - mlx-lm: writes a tiny model, then loads it and its tokenizer the way training does;
@@ -29,7 +30,7 @@ import tempfile
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -61,11 +62,17 @@ class CheckResult:
     trace: str = ""
 
 
-class _Context:
-    """What the checks share: a scratch folder and the tiny model, built once when a check first needs it."""
+# Builds slowtune's command line and returns its subcommands (given by slowtune.cli, which imports every stage).
+CommandLine = Callable[[], Sequence[str]]
 
-    def __init__(self, scratch: Path) -> None:
+
+class _Context:
+    """What the checks share: a scratch folder, the command line's builder (when given) and the tiny model, built
+    once when a check first needs it."""
+
+    def __init__(self, scratch: Path, commands: CommandLine | None = None) -> None:
         self.scratch = scratch
+        self.commands = commands
         self._model: Path | None = None
 
     def tiny_model(self) -> Path:
@@ -82,12 +89,10 @@ class _Context:
 
 # --- the checks ----------------------------------------------------------------------------------------------
 def check_documents(ctx: _Context) -> str:
-    from slowtune.cli import build_parser
     from slowtune.documents.library import ingest
     from slowtune.store import Project
 
-    parser = build_parser()
-    commands = next(a.choices for a in parser._actions if isinstance(getattr(a, "choices", None), dict))
+    commands = ctx.commands() if ctx.commands is not None else None
     folder = ctx.scratch / "documents"
     folder.mkdir()
     (folder / "ferry.md").write_text(MARKDOWN_DOC, encoding="utf-8")
@@ -100,7 +105,8 @@ def check_documents(ctx: _Context) -> str:
         raise CheckFailed("the documents were not read: " + ("; ".join(bad) or f"{len(report.files)} files seen"))
     if chunks < 2:
         raise CheckFailed(f"the documents were read but gave {chunks} chunk(s)")
-    return f"{len(commands)} commands; a project in SQLite; 2 documents read in a worker process, {chunks} chunks"
+    done = f"a project in SQLite; 2 documents read in a worker process, {chunks} chunks"
+    return done if commands is None else f"{len(commands)} commands; {done}"
 
 
 def check_resources(ctx: _Context) -> str:
@@ -156,8 +162,8 @@ def check_llama_cpp(ctx: _Context) -> str:
     import llama_cpp
     import numpy as np
 
-    from slowtune.chat.engine import load_gguf
     from slowtune.export.gguf_writer import write_gguf
+    from slowtune.llama import load_gguf
 
     gpu = bool(llama_cpp.llama_supports_gpu_offload())
     backend = ("Metal" if sys.platform == "darwin" else "GPU") if gpu else "CPU"
@@ -332,15 +338,17 @@ def _scratch_home() -> Iterator[Path]:
                 os.environ[HOME_ENV] = previous
 
 
-def run_checks(names: list[str] | None = None) -> list[CheckResult]:
-    """Run the named checks (all of them by default), in order; one failing does not stop the others."""
+def run_checks(names: list[str] | None = None, *, commands: CommandLine | None = None) -> list[CheckResult]:
+    """Run the named checks (all of them by default), in order; one failing does not stop the others.
+
+    ``commands`` builds the command line and returns its subcommands (``slowtune --self-test`` passes it)."""
     chosen = list(CHECKS) if names is None else names
     unknown = [n for n in chosen if n not in CHECKS]
     if unknown:
         raise ValueError(f"unknown self-test check(s): {', '.join(unknown)}; known: {', '.join(CHECKS)}")
     results = []
     with _scratch_home() as scratch:
-        ctx = _Context(scratch)
+        ctx = _Context(scratch, commands)
         for name in chosen:
             start = time.perf_counter()
             try:
@@ -371,8 +379,9 @@ def render(results: list[CheckResult], verbose: bool = False) -> str:
     return "\n".join(lines)
 
 
-def main(names: list[str] | None = None, *, verbose: bool = False, out: TextIO | None = None) -> int:
+def main(names: list[str] | None = None, *, verbose: bool = False, out: TextIO | None = None,
+         commands: CommandLine | None = None) -> int:
     """Run the self-test, print its report, and return the exit code: 0 only when every check passed."""
-    results = run_checks(names)
+    results = run_checks(names, commands=commands)
     print(render(results, verbose=verbose), file=out or sys.stdout, flush=True)
     return 0 if results and all(r.ok for r in results) else 1

@@ -65,6 +65,23 @@ def test_bench_teacher_small_run_prints_its_figures() -> None:
     assert run["kill_resume"]["inflight_paid_again"] <= 4  # at most the concurrency
 
 
+def test_bench_teacher_in_the_frozen_app_says_it_needs_a_source_checkout(monkeypatch: pytest.MonkeyPatch,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from slowtune import cli
+
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    with pytest.raises(SystemExit, match="slowtune bench teacher needs a source checkout"):
+        cli.main(["bench", "teacher", "--runs", "1"])
+    assert capsys.readouterr().out == ""  # refused before any server or project was made
+
+
+def test_the_bench_worker_refuses_an_unknown_variant() -> None:
+    from slowtune.bench import worker
+
+    with pytest.raises(ValueError, match="unknown bench worker variant 'warp_drive'"):
+        worker.run({"variant": "warp_drive"})
+
+
 def _bench_chat(*args: str) -> subprocess.CompletedProcess[str]:
     return _bench("chat", *args)
 

@@ -12,27 +12,22 @@ from typing import Any
 
 import pytest
 
-from slowtune.chat import eval_command
-from slowtune.chat.evaluate import (
+from slowtune.dataset import DatasetRow, Provenance, add_rows
+from slowtune.eval import command as eval_command
+from slowtune.eval.metrics import (
     CorpusVocabulary,
-    EvalError,
-    Probe,
     ProbeResult,
-    build_report,
     corpus_vocabulary,
-    evaluate,
     is_refusal,
     key_fact_recall,
     key_facts,
-    list_reports,
-    load_probes,
     normalise,
     normalised_exact_match,
-    open_book_messages,
-    save_report,
     token_f1,
 )
-from slowtune.dataset import DatasetRow, Provenance, add_rows
+from slowtune.eval.pipeline import evaluate
+from slowtune.eval.probes import EvalError, Probe, load_probes, open_book_messages
+from slowtune.eval.report import build_report, list_reports, save_report
 from slowtune.progress import Cancelled, Progress, ProgressEvent
 from slowtune.store import Project
 from slowtune.testing.fake_openai import FakeTeacher, Fault

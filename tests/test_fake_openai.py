@@ -35,6 +35,16 @@ DOC = (
 COUNTS = {"fact": 2, "reasoning": 1, "multi_turn": 1, "refusal": 1}
 
 
+def test_the_fake_mirrors_the_prompts_question_types_and_limits() -> None:
+    """The fake imports nothing of slowtune's (it runs as the bench's stand-alone server), so what it copies from
+    slowtune.teacher.prompts is checked here."""
+    from slowtune.testing import fake_openai
+
+    assert fake_openai.QTYPES == prompts.QTYPES
+    assert (fake_openai._MAX_QUESTION, fake_openai._MAX_ANSWER, fake_openai._MAX_QUOTE) == (
+        prompts.MAX_QUESTION_CHARS, prompts.MAX_ANSWER_CHARS, prompts.MAX_QUOTE_CHARS)
+
+
 @pytest.fixture
 def teacher() -> Iterator[FakeTeacher]:
     with FakeTeacher() as t:
@@ -613,7 +623,7 @@ def test_main_prints_the_url_serves_and_stops_on_sigterm() -> None:
 
 
 def test_grade_scores_answers_by_their_overlap_with_the_reference(teacher: FakeTeacher, client: openai.OpenAI) -> None:
-    from slowtune.chat.evaluate import grade_request, grade_schema
+    from slowtune.eval.judge import grade_request, grade_schema
 
     reference = "The old stone bridge was built in 1820 by the masons' guild."
     items = [

@@ -62,7 +62,7 @@ def reference(model_dir: Path, ids: list[int], adapter: Path | None = None) -> n
 
 
 def llama_cpp_logits(gguf_path: Path, ids: list[int], lora: Path | None = None) -> np.ndarray:
-    from slowtune.chat.engine import load_gguf
+    from slowtune.llama import load_gguf
 
     llm = load_gguf(gguf_path, n_ctx=256, logits_all=True, lora_path=lora, exact=True)
     try:
@@ -364,7 +364,7 @@ def test_the_name_keeps_llama_cpp_tokenizing_like_the_tokenizer(tiny_phi3: Path,
     tokenizer marks its tokens "rstrip"); the name written must give the tokenizer's behaviour."""
     from transformers import AutoTokenizer
 
-    from slowtune.chat.engine import load_gguf
+    from slowtune.llama import load_gguf
 
     conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there!\n"}]
 

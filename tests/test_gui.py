@@ -7,6 +7,7 @@ saved state start empty.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -164,6 +165,18 @@ def test_the_window_opens_without_loading_heavy_libraries(tmp_path: Path) -> Non
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     heavy = out.stdout.strip().splitlines()[-1].split("]")[0] + "]"
     assert heavy == "[]", out.stdout
+
+
+def test_the_app_notes_its_first_paint_for_the_benchmark(tmp_path: Path) -> None:
+    # `slowtune bench gui` times the app's start to the first paint of its window: the app notes it (with the heavy
+    # libraries loaded by then) in the file the benchmark names, then quits.
+    marker = tmp_path / "shown.json"
+    env = {**os.environ, "SLOWTUNE_BENCH_SHOWN_FILE": str(marker), "QT_QPA_PLATFORM": "offscreen"}
+    started = time.time()
+    done = subprocess.run([sys.executable, "-m", "slowtune"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    shown = json.loads(marker.read_text())
+    assert started < shown["painted_at"] < time.time() and shown["heavy_loaded"] == []
 
 
 # --- projects -----------------------------------------------------------------------------------------------

@@ -19,12 +19,13 @@ from slowtune.dataset import DatasetRow, Provenance, add_rows
 from slowtune.documents.library import ingest
 from slowtune.gui import dataset as page_module
 from slowtune.gui.app import MainWindow, make_app
-from slowtune.gui.dataset import DatasetPage, GenerateOptions, OptionsDialog, load_options, save_options
+from slowtune.gui.dataset import DatasetPage, OptionsDialog
 from slowtune.gui.qtcompat import emit
 from slowtune.settings import load_settings, save_settings
 from slowtune.store import Project
 from slowtune.teacher import cost, review
 from slowtune.teacher import providers as pv
+from slowtune.teacher.options import GenerateOptions, load_options, save_options
 from slowtune.testing.fake_openai import FakeTeacher
 
 KEY = "fake-teacher-credential-d4t4s3t"

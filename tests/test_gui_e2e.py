@@ -31,7 +31,7 @@ from slowtune.chat import sessions
 from slowtune.gui import app as app_module
 from slowtune.gui import dataset as dataset_module
 from slowtune.gui import export as export_module
-from slowtune.gui import train as train_module
+from slowtune.gui import trainwizard as wizard_module
 from slowtune.gui.app import PAGES, MainWindow, make_app, window_state
 from slowtune.gui.dataset import OptionsDialog
 from slowtune.gui.providers import ProviderDialog
@@ -245,7 +245,7 @@ def test_from_an_empty_app_to_a_chat_with_the_tuned_model(qtbot, window: MainWin
 
     # --- 5. Train: New Training Run… → a model folder, Quick with a few steps, the check, Start Training -----------
     base = tiny_model(tmp_path / "base")  # the smallest chat model: two blocks, hidden size 64
-    monkeypatch.setattr(train_module, "choose_folder", lambda parent: base)
+    monkeypatch.setattr(wizard_module, "choose_folder", lambda parent: base)
     show(window, "Train")
     train = window.train
     assert train.start_view.new_button.isEnabled(), train.start_view.intro.text()
@@ -299,7 +299,7 @@ def test_from_an_empty_app_to_a_chat_with_the_tuned_model(qtbot, window: MainWin
     export = window.export
     assert window.pages.currentWidget() is export and window.sidebar.currentRow() == list(PAGES).index("Export")
     run = export.current_run()
-    assert run is not None and run.path == run_dir.resolve()
+    assert run is not None and run.run_dir == run_dir.resolve()
     for quant, box in export.quant_boxes.items():
         box.setChecked(quant == "Q8_0")
     assert export.selected_quants() == ["Q8_0"]

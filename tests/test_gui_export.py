@@ -20,8 +20,8 @@ from slowtune.gui.workers import JobRunner
 from slowtune.progress import Progress
 from slowtune.settings import Settings
 from slowtune.store import Project
-from slowtune.train.command import _record_run
 from slowtune.train.config import LoraConfig, TrainConfig
+from slowtune.train.runs import record_run
 from slowtune.train.trainer import run_training
 
 TIMEOUT_MS = 120_000
@@ -49,7 +49,7 @@ def trained_project(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) 
                                       and e.done >= n else None)
             result = run_training(cfg, project_root / "runs" / run_id, engine="memory", project=project_root,
                                   progress=progress)
-            _record_run(project, project_root / "runs" / run_id, cfg, "memory", result)
+            record_run(project, project_root / "runs" / run_id, result.status, config=cfg.to_dict(), engine="memory")
     return project_root
 
 
@@ -123,7 +123,7 @@ def test_runs_are_listed_newest_first_and_unfinished_ones_say_why(page: ExportPa
     run_json = json.loads((project_root / "runs" / FINISHED / "run.json").read_text())
     assert finished.text(3).startswith(f"{run_json['train_loss']:.3f}")
     assert finished.text(1) == Path(run_json["config"]["model"]).name
-    assert page.current_run() is not None and page.current_run().path == project_root / "runs" / FINISHED
+    assert page.current_run() is not None and page.current_run().run_dir == project_root / "runs" / FINISHED
     # Defaults: RUN/export, a name from the project, the quantisations of the settings, the command it amounts to.
     assert page.destination.text() == str(project_root / "runs" / FINISHED / "export")
     assert page.name_edit.text() == "field-notes"
@@ -149,7 +149,7 @@ def test_empty_states_say_what_to_do(qtbot, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_export_through_the_page(qtbot, page: ExportPage, project_root: Path, asked: list,
                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from slowtune.chat.engine import load_gguf
+    from slowtune.llama import load_gguf
 
     run_dir = project_root / "runs" / FINISHED
     out = run_dir / "export"
@@ -263,7 +263,7 @@ def test_replacing_an_export_removes_the_old_files(qtbot, page: ExportPage, proj
 @pytest.mark.slow
 def test_lora_only_export_to_a_folder_of_ones_choice(qtbot, page: ExportPage, project_root: Path, asked: list,
                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from slowtune.chat.engine import load_gguf
+    from slowtune.llama import load_gguf
 
     out = tmp_path / "My models"
     out.mkdir()

@@ -28,24 +28,17 @@ from slowtune import system
 from slowtune.dataset import DatasetRow, add_rows
 from slowtune.gui import app as app_module
 from slowtune.gui import train as train_module
+from slowtune.gui import trainwizard as wizard_module
 from slowtune.gui.chart import LineChart, nice_ticks
-from slowtune.gui.train import (
-    VALID_SERIES,
-    MetricsTail,
-    TrainPage,
-    TrainSettings,
-    catalog_fit,
-    folder_fit,
-    list_runs,
-    read_run,
-)
+from slowtune.gui.train import VALID_SERIES, TrainPage
 from slowtune.gui.workers import Job, JobRunner
 from slowtune.models import catalog
 from slowtune.selfcmd import slowtune_command
 from slowtune.settings import Settings
 from slowtune.store import Project
-from slowtune.train import config as train_config
 from slowtune.train.checkpoint import latest_checkpoint
+from slowtune.train.runs import list_runs, read_run, trainer_pid
+from slowtune.train.settings import TrainSettings
 
 TRAIN_TIMEOUT_MS = 180_000  # a run is ~10 s here; the machine is shared and slow
 REPO = "slowtune-test/tiny-llama"
@@ -129,62 +122,6 @@ def test_slowtune_command_from_source_and_when_frozen(monkeypatch: pytest.Monkey
     assert slowtune_command("train", "--resume", tmp_path) == [sys.executable, "train", "--resume", str(tmp_path)]
 
 
-def test_presets_map_onto_the_cli_and_advanced_values_override(tiny_llama: Path, tmp_path: Path) -> None:
-    for key, preset in train_module.PRESETS.items():
-        settings = TrainSettings.from_preset(key)
-        assert settings.matching_preset() == key
-        cfg = settings.config(tiny_llama, tmp_path)  # what `slowtune train` builds from these options
-        lora = train_config.PRESETS[preset.lora]
-        assert (cfg.lora.rank, cfg.lora.keys, cfg.lora.num_layers) == (lora.rank, lora.keys, lora.num_layers)
-        assert cfg.epochs == preset.epochs and cfg.learning_rate == preset.learning_rate and cfg.iters == 0
-        assert cfg.lora.scale == 2.0
-    quick, thorough = TrainSettings.from_preset("quick"), TrainSettings.from_preset("thorough")
-    assert quick.config(tiny_llama, tmp_path).lora.keys == ("self_attn.q_proj", "self_attn.v_proj")
-    assert thorough.rank > TrainSettings.from_preset("balanced").rank > quick.rank
-    assert thorough.epochs > quick.epochs
-    custom = TrainSettings.from_preset("balanced", rank=48, iters=7, max_seq_len=256, lora_layers=2,
-                                       learning_rate=3e-5)
-    assert custom.matching_preset() is None
-    cfg = custom.config(tiny_llama, tmp_path)
-    assert (cfg.lora.rank, cfg.lora.scale, cfg.iters, cfg.max_seq_len, cfg.lora.num_layers, cfg.learning_rate) == \
-        (48, 2.0, 7, 256, 2, 3e-5)
-    assert custom.total_steps(1000) == 7
-    assert TrainSettings.from_preset("balanced", batch_size=4).total_steps(10) == 9  # 3 epochs x 3 batches
-
-
-def test_fit_badges_follow_this_macs_memory(tiny_llama: Path) -> None:
-    roomy, small, starved = (system.Memory(64 * 10**9, 48 * 10**9), system.Memory(16 * 10**9, 12 * 10**9),
-                             system.Memory(8 * 10**9, 2 * 10**9))
-    assert catalog_fit(catalog.QWEN25_05B, small).kind == "memory"
-    assert catalog_fit(catalog.QWEN25_7B, roomy).kind == "memory"
-    seven_b = catalog_fit(catalog.QWEN25_7B, small)
-    assert seven_b.kind == "streamed" and "layer by layer" in seven_b.reason and "12.0 GB" in seven_b.reason
-    assert "more than half of this Mac's memory" in seven_b.reason  # 15.2 GB on a 16 GB Mac
-    # Every family streams now: Gemma 2 too.
-    assert catalog_fit(catalog.GEMMA2_2B, system.Memory(8 * 10**9, 7 * 10**9)).kind == "streamed"
-    assert catalog_fit(catalog.QWEN3_8B, starved).kind == "too_large"
-    from slowtune.train.preflight import MARGIN
-
-    assert catalog.MEMORY_MARGIN == MARGIN
-    # The list's rule: never "fits in memory" on a Mac with less than twice the model's size, however much is free;
-    # and the badge agrees with `slowtune models list` on a Mac with all its memory free.
-    for gigabytes in (8, 16, 24, 32, 64, 128, 192):
-        mac = system.Memory(gigabytes * 10**9, gigabytes * 10**9)
-        for model in catalog.CATALOG:
-            fit = catalog_fit(model, mac)
-            assert {"in memory": "memory", "streamed": "streamed", "too large": "too_large"}[
-                catalog.placement(model, mac.total_bytes)] == fit.kind, (model.repo_id, gigabytes)
-            if catalog.needs_streaming(model, mac.total_bytes):
-                assert fit.kind != "memory", (model.repo_id, gigabytes)
-    big = catalog_fit(catalog.find("mlx-community/Qwen2.5-72B-Instruct-4bit"), system.Memory(16 * 10**9, 14 * 10**9))
-    assert big.kind == "streamed", big.reason
-    # A folder on disk: the preflight itself, from the model's files.
-    assert folder_fit(tiny_llama, small).kind == "memory"
-    refused = folder_fit(tiny_llama, system.Memory(8 * 10**9, 1000))
-    assert refused.kind == "too_large" and "Too large for this Mac" in refused.reason
-    assert "--max-seq-len" not in refused.reason and "sequence length" in refused.reason
-
-
 def test_chart_nice_ticks_and_many_points(qtbot) -> None:
     ticks = nice_ticks(6.26, 7.31)
     assert ticks[0] >= 6.26 and ticks[-1] <= 7.31 and len(ticks) >= 4
@@ -206,24 +143,6 @@ def test_chart_nice_ticks_and_many_points(qtbot) -> None:
     assert image.width() == 400
     chart.clear()
     assert not chart.has_points()
-
-
-def test_metrics_tail_follows_appends_and_rewrites(tmp_path: Path) -> None:
-    path = tmp_path / "metrics.jsonl"
-    tail = MetricsTail(path)
-    assert tail.read() == (False, [])
-    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')
-    reset, records = tail.read()
-    assert not reset and [r["step"] for r in records] == [1]  # the half-written line waits
-    with path.open("a") as handle:
-        handle.write('ss": 1.5}\n')
-    assert [r["step"] for r in tail.read()[1]] == [2]
-    # A resume rewrites the file under the same name, keeping the lines up to its checkpoint.
-    replacement = tmp_path / "new"
-    replacement.write_text('{"step": 1, "loss": 2.0}\n')
-    replacement.replace(path)
-    reset, records = tail.read()
-    assert reset and [r["step"] for r in records] == [1]
 
 
 def test_a_run_a_terminal_is_training_is_not_offered_for_resume(qtbot, runner: JobRunner, project_root: Path,
@@ -298,7 +217,7 @@ def fake_hub(tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     hub.add_folder(REPO, tiny_llama)
     entry = catalog.CatalogModel(REPO, "Tiny Llama (test)", 0.004, 0.012, "Apache-2.0", "llama", 2048,
                                  chat_template=True, quantization_bits=None, gated=False)
-    monkeypatch.setattr(train_module, "CATALOG", (entry, *catalog.CATALOG))
+    monkeypatch.setattr(wizard_module, "CATALOG", (entry, *catalog.CATALOG))
     with hub:
         point_huggingface_hub_at(monkeypatch, hub_environment(hub.endpoint, tmp_path / "hf-home"))
         yield hub
@@ -370,7 +289,7 @@ def test_the_wizard_downloads_a_model_and_trains_it_to_a_finished_run(qtbot, pag
     assert [int(x) for x, _ in chart.points("Training loss")] == metrics_steps(run_dir) == list(range(1, 7))
     assert [int(x) for x, _ in chart.points(VALID_SERIES)] == list(range(1, 7))  # validated every step of 6
     assert "Finished" in page.run_view.status.text() and page.run_view.values["Tokens/s"].text() != "—"
-    assert train_module.trainer_pid(run_dir) is None
+    assert trainer_pid(run_dir) is None
 
     assert page.run_view.export_button.isVisibleTo(page)
     page.run_view.export_button.click()
@@ -519,7 +438,7 @@ def test_a_run_training_in_another_process_is_watched_and_can_be_stopped(qtbot, 
 def test_a_preflight_refusal_is_a_readable_message(qtbot, page: TrainPage, tiny_llama: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(system, "memory", lambda: system.Memory(8 * 10**9, 1000))  # a Mac with no memory free
-    monkeypatch.setattr(train_module, "choose_folder", lambda parent: tiny_llama)
+    monkeypatch.setattr(wizard_module, "choose_folder", lambda parent: tiny_llama)
     page.new_run()
     wizard = page.wizard
     assert wizard is not None
@@ -595,13 +514,6 @@ def test_the_window_keeps_answering_while_training(qtbot, page: TrainPage, tiny_
     assert max(gaps) < 0.25, f"the GUI thread stalled for {max(gaps) * 1000:.0f} ms"
 
 
-def test_validation_runs_about_twenty_times_whatever_the_run_length() -> None:
-    assert train_module.validation_interval(6) == 1
-    assert train_module.validation_interval(100) == 5
-    assert train_module.validation_interval(10_000) == 50  # never more often than the CLI's default on long runs
-    assert TrainSettings.from_preset("quick").val_every == -1
-
-
 # --- real models: import a GGUF or an Ollama model, and the export check -----------------------------------------
 def test_import_a_gguf_in_the_wizard_then_it_is_listed_and_can_be_trained(qtbot, page: TrainPage, tiny_llama: Path,
                                                                           tmp_path: Path, slowtune_home: Path,
@@ -609,7 +521,7 @@ def test_import_a_gguf_in_the_wizard_then_it_is_listed_and_can_be_trained(qtbot,
     from slowtune.export.gguf_writer import write_gguf
 
     gguf = write_gguf(tiny_llama, tmp_path / "shop-model-F32.gguf", out_type="f32")
-    monkeypatch.setattr(train_module, "choose_gguf", lambda parent: gguf)
+    monkeypatch.setattr(wizard_module, "choose_gguf", lambda parent: gguf)
     page.new_run()
     model_page = page.wizard.model_page
     job = model_page.gguf_button.click() or model_page.import_job
@@ -634,7 +546,7 @@ def test_a_model_slowtune_does_not_train_is_refused_when_chosen(qtbot, page: Tra
     from slowtune.models.architectures import SUPPORTED_ARCHITECTURES
 
     folder = unsupported_copy(tiny_llama, tmp_path / f"{how}-model", how)
-    monkeypatch.setattr(train_module, "choose_folder", lambda parent: folder)
+    monkeypatch.setattr(wizard_module, "choose_folder", lambda parent: folder)
     page.new_run()
     model_page = page.wizard.model_page
     rows_before = [r.key for r in model_page.rows]
@@ -665,7 +577,7 @@ def test_the_wizard_offers_only_supported_families(qtbot, page: TrainPage, monke
 
     stray = dataclasses.replace(catalog.QWEN25_05B, repo_id="tiiuae/falcon-7b-instruct", name="Falcon 7B",
                                 architecture="falcon")
-    monkeypatch.setattr(train_module, "CATALOG", (stray, *catalog.CATALOG))
+    monkeypatch.setattr(wizard_module, "CATALOG", (stray, *catalog.CATALOG))
     page.new_run()
     keys = [r.key for r in page.wizard.model_page.rows if r.entry is not None]
     assert keys == [m.repo_id for m in catalog.CATALOG]
@@ -681,7 +593,7 @@ def test_a_model_that_could_not_be_exported_is_refused_when_chosen(qtbot, page: 
         {"type": "WhitespaceSplit"}, {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
                                       "use_regex": False}]}
     (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
-    monkeypatch.setattr(train_module, "choose_folder", lambda parent: folder)
+    monkeypatch.setattr(wizard_module, "choose_folder", lambda parent: folder)
     page.new_run()
     model_page = page.wizard.model_page
     model_page.folder_button.click()

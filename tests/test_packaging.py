@@ -437,6 +437,23 @@ def test_self_test_refuses_a_command() -> None:
     assert exc.value.code == 2
 
 
+def test_the_command_line_hands_the_self_test_its_builder(monkeypatch: pytest.MonkeyPatch) -> None:
+    from slowtune import cli
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(selftest, "main", lambda **kwargs: seen.update(kwargs) or 0)
+    assert cli.main(["--self-test"]) == 0
+    assert seen["commands"] is cli.command_names
+    assert {"ingest", "generate", "train", "export", "chat", "bench", "doctor"} <= set(cli.command_names())
+
+
+def test_the_documents_check_counts_the_commands_it_builds() -> None:
+    built: list[int] = []
+    results = selftest.run_checks(["documents"], commands=lambda: built.append(1) or ["ingest", "train"])
+    assert results[0].ok, selftest.render(results, verbose=True)
+    assert built == [1] and results[0].detail.startswith("2 commands; a project in SQLite")
+
+
 # --- the frozen entry runs only slowtune (packaging/entry.py) ----------------------------------------------------
 ENTRY = PROJECT_ROOT / "packaging" / "entry.py"
 
@@ -454,10 +471,23 @@ entry = _load_entry()
 
 def test_the_entry_allows_exactly_the_modules_slowtune_starts() -> None:
     from slowtune import selfcmd
+    from slowtune.bench import worker
 
     assert set(entry.ALLOWED) == set(selfcmd.CHILD_MODULES)
+    assert not set(entry.ALLOWED) & set(selfcmd.SOURCE_ONLY_MODULES)
+    assert entry.BENCH_VARIANTS == worker.VARIANTS
     with pytest.raises(ValueError, match="keyring is not one of slowtune's child-process modules"):
         selfcmd.module_command("keyring")
+
+
+def test_the_test_teacher_is_started_only_from_a_source_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+    from slowtune import selfcmd
+
+    assert selfcmd.module_command("slowtune.testing.fake_openai", "--no-auth")[1:3] == [
+        "-m", "slowtune.testing.fake_openai"]
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    with pytest.raises(ValueError, match="fake_openai is started only from a source checkout"):
+        selfcmd.module_command("slowtune.testing.fake_openai", "--no-auth")
 
 
 def test_the_entry_script_neither_compiles_nor_executes_code() -> None:
@@ -487,10 +517,12 @@ def test_no_child_process_is_started_outside_selfcmd() -> None:
     (["-m", "slowtune.export.quantize", "--foreign"], "-m slowtune.export.quantize with arguments"),
     (["-m", "slowtune.export.quantize", json.dumps({"source": "a", "dest": "b", "ftype": "x", "threads": 1})],
      "-m slowtune.export.quantize with arguments"),
-    (["-m", "slowtune.bench", json.dumps({"variant": "anything"})], "-m slowtune.bench with arguments"),
-    (["-m", "slowtune.bench", json.dumps({"variant": "memory", "x": {"nested": 1}})], "-m slowtune.bench with"),
-    (["-m", "slowtune.gui.bench", "latency", "a", "b"], "-m slowtune.gui.bench with arguments"),
-    (["-m", "slowtune.testing.fake_openai", "--api-key", "x"], "-m slowtune.testing.fake_openai with"),
+    (["-m", "slowtune.bench.worker", json.dumps({"variant": "anything"})], "-m slowtune.bench.worker with arguments"),
+    (["-m", "slowtune.bench.worker", json.dumps({"variant": "memory", "x": {"nested": 1}})],
+     "-m slowtune.bench.worker with"),
+    (["-m", "slowtune.bench.gui", "latency", "a", "b"], "-m slowtune.bench.gui with arguments"),
+    (["-m", "slowtune.bench", json.dumps({"variant": "memory"})], "-m slowtune.bench (not one of"),
+    (["-m", "slowtune.testing.fake_openai", "--no-auth"], "-m slowtune.testing.fake_openai (not one of"),
 ])
 def test_the_entry_refuses_code_foreign_modules_and_foreign_arguments(args: list[str], named: str) -> None:
     why = entry.refusal(args)
@@ -516,12 +548,12 @@ def test_the_entry_lets_slowtune_itself_and_its_children_through(monkeypatch: py
     assert entry.refusal(seen[0][1:]) is None
     for args in ([], ["--self-test"], ["-v", "doctor"], ["train", "--resume", "run"], ["--help"]):
         assert entry.refusal(args) is None, args
-    for cmd in (module_command("slowtune.bench", json.dumps({"variant": "ingest_big", "project": "p", "file": "f"})),
-                module_command("slowtune.bench", json.dumps({"variant": "streamed_cold", "model": "m", "steps": 3,
-                                                              "hidden_size": 256})),
-                module_command("slowtune.gui.bench", "bare"),
-                module_command("slowtune.gui.bench", "latency", "out.json", "work", "1.5", "40"),
-                module_command("slowtune.testing.fake_openai", "--latency", "0.02", "--no-auth")):
+    for cmd in (module_command("slowtune.bench.worker", json.dumps({"variant": "ingest_big", "project": "p",
+                                                                     "file": "f"})),
+                module_command("slowtune.bench.worker", json.dumps({"variant": "streamed_cold", "model": "m",
+                                                                     "steps": 3, "hidden_size": 256})),
+                module_command("slowtune.bench.gui", "bare"),
+                module_command("slowtune.bench.gui", "latency", "out.json", "work", "1.5", "40")):
         assert entry.refusal(cmd[1:]) is None, cmd
 
 

@@ -1,10 +1,8 @@
-"""Teacher cost: the bundled list prices, the user's own prices, lookups, the running meter and estimates."""
+"""Teacher cost: the bundled list prices, the user's own prices, lookups and estimates."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,6 @@ from slowtune.resources import resource_path
 from slowtune.teacher import cost
 from slowtune.teacher.cost import (
     CostError,
-    CostMeter,
     Price,
     cost_usd,
     estimate,
@@ -283,85 +280,6 @@ def test_free_teachers_cost_nothing() -> None:
 def test_negative_token_counts_are_refused() -> None:
     with pytest.raises(ValueError, match="negative"):
         cost_usd("gpt-4o-mini", -1, 0)
-
-
-# --------------------------------------------------------------------------------------------------------
-# CostMeter
-
-
-def test_meter_totals() -> None:
-    meter = CostMeter()
-    assert meter.add("gpt-4o-mini", 1_000_000, 0) == pytest.approx(0.15)
-    assert meter.add("gpt-4o-mini", 0, 1_000_000) == pytest.approx(0.6)
-    assert meter.add("local", 500, 500, free=True) == 0.0
-    assert (meter.calls, meter.prompt_tokens, meter.completion_tokens) == (3, 1_000_500, 1_000_500)
-    assert meter.cost_usd == pytest.approx(0.75)
-    assert not meter.unknown_price
-
-
-def test_meter_flags_unknown_prices() -> None:
-    meter = CostMeter()
-    meter.add("gpt-4o-mini", 1_000_000, 0)
-    assert meter.add("mystery-model", 1000, 1000) is None
-    meter.add("mystery-model", 1000, 1000)
-    totals = meter.totals()
-    assert totals.unknown_price and totals.unknown_models == ("mystery-model",)
-    assert totals.calls == 3 and totals.cost_usd == pytest.approx(0.15)
-
-
-def test_meter_reports_a_broken_price_file_at_the_first_call() -> None:
-    _write_user("{")
-    with pytest.raises(CostError, match="not valid JSON"):
-        CostMeter().add("gpt-4o-mini", 1, 1)
-
-
-def test_meter_is_thread_safe() -> None:
-    meter = CostMeter()
-
-    def work() -> None:
-        for _ in range(2000):
-            meter.add("gpt-4o-mini", 1000, 100)
-
-    threads = [threading.Thread(target=work) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert (meter.calls, meter.prompt_tokens, meter.completion_tokens) == (16_000, 16_000_000, 1_600_000)
-    assert meter.cost_usd == pytest.approx(16_000 * (1000 * 0.15 + 100 * 0.6) / 1e6)
-
-
-def test_meter_from_asyncio_tasks() -> None:
-    meter = CostMeter()
-
-    async def call() -> None:
-        await asyncio.sleep(0)
-        meter.add("gpt-4o-mini", 10, 10)
-
-    async def main() -> None:
-        await asyncio.gather(*(call() for _ in range(500)))
-
-    asyncio.run(main())
-    assert meter.calls == 500 and meter.prompt_tokens == 5000
-
-
-def test_over_budget() -> None:
-    meter = CostMeter()
-    assert not meter.over_budget(None)
-    assert not meter.over_budget(0.0)  # nothing spent yet
-    meter.add("gpt-4o-mini", 1_000_000, 0)  # $0.15
-    assert not meter.over_budget(None)
-    assert not meter.over_budget(0.15)
-    assert meter.over_budget(0.1499)
-    assert meter.over_budget(0.0)
-    with pytest.raises(ValueError, match="budget"):
-        meter.over_budget(-1)
-
-
-def test_free_calls_never_exceed_a_budget() -> None:
-    meter = CostMeter()
-    meter.add("llama3.1:8b", 10**9, 10**9, free=True)
-    assert not meter.over_budget(0.0)
 
 
 # --------------------------------------------------------------------------------------------------------

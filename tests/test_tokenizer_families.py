@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
-from slowtune.chat.engine import load_gguf
 from slowtune.export.gguf_writer import ExportError, write_gguf
+from slowtune.llama import load_gguf
 from slowtune.models import gguf_import, pretokenizers
 from slowtune.testing import tiny_models
 

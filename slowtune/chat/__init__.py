@@ -1,1 +1,1 @@
-"""Chat: talking to GGUF models offline (llama.cpp), saved sessions, and evaluation on the held-out probes."""
+"""Chat: talking to GGUF models offline (llama.cpp) and saved sessions (evaluation is :mod:`slowtune.eval`)."""

@@ -1,6 +1,6 @@
 """A GGUF model to chat with: its own chat template, streaming, stop, context fitting and speed figures.
 
-Built on :func:`slowtune.chat.engine.load_gguf` (the one place llama.cpp models are opened). The prompt is
+Built on :func:`slowtune.llama.load_gguf` (the one place llama.cpp models are opened). The prompt is
 rendered here from the chat template in the GGUF's metadata, the same template training used, and token ids
 go to llama.cpp's ``create_completion``: so the prompt that is counted (to fit the context window) is exactly
 the prompt that is decoded, and nothing is re-guessed by llama-cpp-python's format detection, which maps
@@ -156,7 +156,7 @@ class ChatModel:
     def __post_init__(self) -> None:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        from slowtune.chat.engine import load_gguf
+        from slowtune.llama import load_gguf
 
         self.path = Path(self.path).expanduser().resolve()
         if not self.path.is_file():

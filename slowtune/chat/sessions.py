@@ -4,7 +4,8 @@ A session is one conversation with one model, or with two side by side. System a
 once, under slot 0, and belong to every model of the session; each assistant message carries the slot of the
 model that wrote it (0: the model being tested, 1: the one beside it). So the conversation as one model saw
 it is the shared messages plus that model's own answers, which is what :func:`export_jsonl` writes: one
-line per model in the dataset's chat format (DESIGN.md §3), ready to be read back as training or test data.
+line per model in the dataset's chat format (``{"messages": [{"role": ..., "content": ...}, ...]}``, mlx-lm's
+chat format), ready to be read back as training or test data.
 """
 
 from __future__ import annotations
@@ -214,7 +215,7 @@ def export_markdown(project: Project, session_id: int) -> str:
 
 
 def export_jsonl(project: Project, session_id: int) -> str:
-    """One ``{"messages": [...]}`` line per model: the conversation as that model saw it (DESIGN.md §3)."""
+    """One ``{"messages": [...]}`` line per model (the dataset's chat format): the conversation as that model saw it."""
     session = get_session(project, session_id)
     lines = []
     for slot in range(len(session.models)):

@@ -218,3 +218,16 @@ def summary(project: Project) -> dict[str, Any]:
     chunks = conn.execute("SELECT count(*) FROM chunks c JOIN documents d ON d.id = c.document_id "
                           "WHERE d.status = 'ok'").fetchone()[0]
     return {"documents": by_status, "tokens": totals["t"], "pages": totals["p"], "chunks": chunks}
+
+
+def has_chunks(project: Project) -> bool:
+    """Whether a document in the library (read, not removed) has chunks: something the teacher can write from."""
+    return project.conn.execute(
+        "SELECT 1 FROM chunks c JOIN documents d ON d.id = c.document_id WHERE d.status = 'ok' LIMIT 1"
+    ).fetchone() is not None
+
+
+def document_titles(project: Project) -> list[tuple[int, str]]:
+    """(id, title) of every document the project has known, by id; one without a title is named by its file."""
+    return [(r["id"], r["title"] or Path(r["path"]).name)
+            for r in project.conn.execute("SELECT id, title, path FROM documents ORDER BY id")]

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from slowtune import safetensors
 from slowtune.fsutil import default_file_mode, fsync_dir
 from slowtune.models.architectures import (
     GEMMA_FAMILIES,
@@ -167,38 +168,30 @@ class _StoredTensor:
 
 
 def _read_safetensors_header(path: Path) -> dict[str, _StoredTensor]:
-    """The tensors of one safetensors file, from its header.
+    """The tensors of one safetensors file, from its header (:func:`slowtune.safetensors.read_header`).
 
-    The format is an 8-byte little-endian header length, a JSON header naming each tensor's dtype, shape
-    and byte range, then the data. Reading it ourselves (rather than with the safetensors library) gives
-    memory-mapped access to every dtype, bfloat16 included, which the library's numpy backend refuses.
+    Each tensor's absolute byte range gives memory-mapped access to every dtype, bfloat16 included, which the
+    safetensors library's numpy backend refuses.
     """
     try:
-        with path.open("rb") as handle:
-            size = int.from_bytes(handle.read(8), "little")
-            if size <= 0 or size > 100 * 1024 * 1024:
-                raise ExportError(f"{path}: not a safetensors file (bad header length)")
-            header = json.loads(handle.read(size))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        header = safetensors.read_header(path)
+        entries = header.tensors()
+    except safetensors.HeaderError as exc:
+        raise ExportError(f"{path}: not a safetensors file ({exc.reason})") from exc
+    except OSError as exc:
         raise ExportError(f"{path}: cannot read the safetensors header ({exc})") from exc
-    base = 8 + size
-    file_size = path.stat().st_size
     tensors = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        dtype = entry["dtype"]
-        if dtype not in _SAFETENSORS_DTYPES:
+    for name, entry in entries.items():
+        if entry.dtype not in _SAFETENSORS_DTYPES:
             raise ExportError(
-                f"{path}: tensor {name} is stored as {dtype}; only float tensors (F32, F16, BF16) can be "
+                f"{path}: tensor {name} is stored as {entry.dtype}; only float tensors (F32, F16, BF16) can be "
                 "exported. Is this a quantised checkpoint?"
             )
-        start, end = entry["data_offsets"]
-        if base + end > file_size:
+        if entry.end > header.file_size:
             raise ExportError(
                 f"{path}: the file is truncated (tensor {name} ends past its end); download it again"
             )
-        tensors[name] = _StoredTensor(name, path, dtype, tuple(entry["shape"]), base + start)
+        tensors[name] = _StoredTensor(name, path, entry.dtype, entry.shape, entry.start)
     return tensors
 
 

@@ -30,7 +30,8 @@ too: a Go template has no string functions.
 The BOS token is never written: llama.cpp (and so Ollama) adds it when tokenising the prompt, as the GGUF's
 ``tokenizer.ggml.add_bos_token`` says.
 
-Only the standard library is imported at module level; jinja2 is imported when a chat template is rendered.
+Only the standard library and slowtune's own light modules are imported at module level; jinja2 is imported when
+a chat template is rendered.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import Any
 
+from slowtune.export.folder import parse_export_file_name
 from slowtune.export.gotemplate import GoTemplate
 
 __all__ = [
@@ -602,13 +604,11 @@ def render_modelfile(
 
 
 # --- README.md -----------------------------------------------------------------------------------------
-_QUANT_RE = re.compile(r"[-._]((?:I?Q\d[A-Z0-9_]*)|F16|BF16|F32)\.gguf$", re.IGNORECASE)
-
-
 def _describe(name: str) -> str:
     if name.lower().endswith(".gguf"):
-        quant = _QUANT_RE.search(name)
-        return "the model, in GGUF format" + (f" ({quant.group(1).upper()})" if quant else "")
+        parsed = parse_export_file_name(name)
+        quant = parsed.quant if parsed is not None else None
+        return "the model, in GGUF format" + (f" ({quant})" if quant else "")
     if name == "Modelfile":
         return "for Ollama (`ollama create`): the GGUF to use, the chat template and stop strings"
     if name == "README.md":
@@ -623,7 +623,8 @@ def export_readme(files: list[str], *, family: str | None, system: str | None) -
     if not ggufs:
         raise ValueError("no .gguf file among the exported files")
     gguf = shlex.quote(ggufs[0])
-    stem = _QUANT_RE.sub("", ggufs[0]).removesuffix(".gguf").removesuffix(".GGUF")
+    parsed = parse_export_file_name(ggufs[0])
+    stem = parsed.name if parsed is not None else ggufs[0].removesuffix(".gguf").removesuffix(".GGUF")
     name = re.sub(r"[^a-z0-9]+", "-", PurePosixPath(stem).name.lower()).strip("-") or "my-model"
     out = ["# Your tuned model", "", "Exported by slowtune. Files:", ""]
     out += [f"- `{f}`" + (f": {_describe(f)}" if _describe(f) else "") for f in files]

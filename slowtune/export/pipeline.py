@@ -2,7 +2,8 @@
 
 The export folder gets ``<name>-F16.gguf`` and one file per quantisation, ``base-F16.gguf`` (the unmodified
 base, for side-by-side chat and evaluation), a ``Modelfile`` for Ollama, a README and ``export.json`` with
-the verification results. Work files live in a hidden folder that is removed at the end, also on failure.
+the verification results; ``slowtune.export.folder`` names the files and reads the folder back. Work files live
+in a hidden folder that is removed at the end, also on failure.
 """
 
 from __future__ import annotations
@@ -122,6 +123,7 @@ def _unverified_on_cancel(files: dict[str, Path]) -> Iterator[None]:
 def export_run(adapter_or_run: Path, out_dir: Path, *, model: Path | None = None, quants: list[str] | None = None,
                name: str = "model", with_base: bool = True, ollama: bool = True,
                progress: Progress | None = None) -> ExportResult:
+    from slowtune.export.folder import BASE_KIND, export_file_name
     from slowtune.export.fuse import fuse
     from slowtune.export.gguf_writer import write_gguf
     from slowtune.export.quantize import parse_quant_types, quantize_many
@@ -148,11 +150,12 @@ def export_run(adapter_or_run: Path, out_dir: Path, *, model: Path | None = None
         fused = fuse(base, adapter, work / "fused", progress=progress)
         progress.report("export", 1, 5, status="writing GGUF")
         steps.start("write")
-        files["F16"] = write_gguf(fused, out_dir / f"{name}-F16.gguf", out_type="f16", name=name, progress=progress)
+        files["F16"] = write_gguf(fused, out_dir / export_file_name(name, "F16"), out_type="f16", name=name,
+                                  progress=progress)
         if with_base:
             base_plain = fuse(base, None, work / "base", progress=progress)
-            files["base-F16"] = write_gguf(base_plain, out_dir / "base-F16.gguf", out_type="f16",
-                                           name=f"{name}-base", progress=progress)
+            files[BASE_KIND] = write_gguf(base_plain, out_dir / export_file_name(name, BASE_KIND), out_type="f16",
+                                          name=f"{name}-base", progress=progress)
             shutil.rmtree(base_plain, ignore_errors=True)
         progress.report("export", 2, 5, status="quantising")
         steps.start("quantise")
@@ -220,6 +223,7 @@ def export_lora_only(adapter_or_run: Path, out_dir: Path, *, model: Path | None 
     margin rule an F16 export must pass; a Modelfile with an ``ADAPTER`` line and a README."""
     import dataclasses
 
+    from slowtune.export.folder import BASE_KIND, LORA_KIND, export_file_name
     from slowtune.export.fuse import fuse
     from slowtune.export.gguf_writer import write_gguf
     from slowtune.export.lora_gguf import lora_readme_section, write_lora_gguf
@@ -241,43 +245,43 @@ def export_lora_only(adapter_or_run: Path, out_dir: Path, *, model: Path | None 
     try:
         progress.report("export", 0, 3, status="writing the LoRA GGUF")
         # First: it checks the adapter against the base, before the (long) base export.
-        lora = write_lora_gguf(adapter, base, out_dir / f"{name}-lora.gguf", progress=progress)
+        lora = write_lora_gguf(adapter, base, out_dir / export_file_name(name, LORA_KIND), progress=progress)
         progress.report("export", 1, 3, status="writing the base GGUF")
         base_plain = fuse(base, None, work / "base", progress=progress)
-        files["base-F16"] = write_gguf(base_plain, out_dir / "base-F16.gguf", out_type="f16",
-                                       name=f"{name}-base", progress=progress)
-        files["LoRA"] = lora
+        files[BASE_KIND] = write_gguf(base_plain, out_dir / export_file_name(name, BASE_KIND), out_type="f16",
+                                      name=f"{name}-base", progress=progress)
+        files[LORA_KIND] = lora
         shutil.rmtree(base_plain, ignore_errors=True)
 
         progress.report("export", 2, 3, status="verifying")
         prompts = verification_prompts(base, adapter)
         with _unverified_on_cancel(files):
-            run = llama_reference(files["base-F16"], prompts, lora=lora)
+            run = llama_reference(files[BASE_KIND], prompts, lora=lora)
             (reference,), plain = teacher_forced_references(base, adapter, prompts, [run], progress=progress,
                                                             base_too=True)
         effect = adapter_changed_model(plain, reference[0])
         # Judged like an F16 export (required, same rules), labelled as what it is.
         checked = compare(reference, run, file=lora.name, quant="F16")
-        label = f"LoRA on {files['base-F16'].name}"
+        label = f"LoRA on {files[BASE_KIND].name}"
         result = dataclasses.replace(checked, quant="LoRA",
                                      notes=[n.replace("F16:", f"{label}:", 1) for n in checked.notes])
         notes = list(result.notes)
         if effect < 1e-4:
             notes.append("The adapter does not change the model's output (largest logit change "
                          f"{effect:.1e}): was it trained?")
-        notes.append(f"Use: llama-cli -m {files['base-F16'].name} --lora {lora.name}; Ollama: the Modelfile's "
+        notes.append(f"Use: llama-cli -m {files[BASE_KIND].name} --lora {lora.name}; Ollama: the Modelfile's "
                      f"ADAPTER ./{lora.name} line.")
 
         modelfile_notes: list[str] = []
         if ollama:
             from slowtune.export.modelfile import render_modelfile
 
-            text, modelfile_notes = render_modelfile(files["base-F16"].name, _chat_template(base) or "")
+            text, modelfile_notes = render_modelfile(files[BASE_KIND].name, _chat_template(base) or "")
             lines = text.splitlines()
             at = next(i for i, line in enumerate(lines) if line.startswith("FROM ")) + 1
             lines.insert(at, f"ADAPTER ./{lora.name}")
             atomic_write_text(out_dir / "Modelfile", "\n".join(lines) + "\n")
-            atomic_write_text(out_dir / "README.md", lora_readme_section(files["base-F16"].name, lora.name, name))
+            atomic_write_text(out_dir / "README.md", lora_readme_section(files[BASE_KIND].name, lora.name, name))
         report = {"adapter": str(adapter), "base": str(base), "lora_only": True,
                   "files": {k: str(v) for k, v in files.items()},
                   "sizes": {k: v.stat().st_size for k, v in files.items()}, "adapter_effect": effect,

@@ -64,13 +64,16 @@ def quantize(source: Path, dest: Path, qtype: str, *, threads: int | None = None
 
 def quantize_many(source: Path, out_dir: Path, stem: str, qtypes: list[str],
                   progress: Progress | None = None) -> dict[str, Path]:
-    """Every type in ``qtypes`` from one (F16 or F32) GGUF; files are named ``<stem>-<TYPE>.gguf``."""
+    """Every type in ``qtypes`` from one (F16 or F32) GGUF; files are named ``<stem>-<TYPE>.gguf``, as exports name
+    them (``slowtune.export.folder``)."""
+    from slowtune.export.folder import export_file_name  # it reads QUANT_TYPES from here
+
     progress = ensure(progress)
     results = {}
     for done, qtype in enumerate(qtypes):
         progress.report("quantise", done, len(qtypes), status=qtype)
         progress.check()
-        results[qtype] = quantize(source, out_dir / f"{stem}-{qtype}.gguf", qtype)
+        results[qtype] = quantize(source, out_dir / export_file_name(stem, qtype), qtype)
     progress.report("quantise", len(qtypes), len(qtypes))
     return results
 

@@ -127,7 +127,7 @@ def streamed_reference(model_dir: Path, adapter_dir: Path | None, sequences: lis
 def llama_reference(gguf: Path, prompts: list[list[int]], lora: Path | None = None) -> Reference:
     """Logits at every prompt position and a 32-token greedy continuation, from llama.cpp (optionally with a LoRA
     GGUF on top). The file is memory-mapped and closed before this returns."""
-    from slowtune.chat.engine import load_gguf
+    from slowtune.llama import load_gguf
 
     n_ctx = max(len(p) for p in prompts) + GREEDY_TOKENS + 8
     llm = load_gguf(gguf, n_ctx=n_ctx, logits_all=True, lora_path=lora, exact=True, seed=0)

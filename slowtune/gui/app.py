@@ -49,6 +49,7 @@ from slowtune.gui.chat import ChatPage
 from slowtune.gui.dataset import DatasetPage
 from slowtune.gui.export import ExportPage
 from slowtune.gui.library import LibraryPage
+from slowtune.gui.measure import SHOWN_MARKER_ENV, report_when_painted
 from slowtune.gui.preferences import PreferencesDialog
 from slowtune.gui.projects import (
     NewProjectDialog,
@@ -81,11 +82,6 @@ PAGES = {
 }
 STOP_WAIT_S = 10.0  # how long quitting waits for a cancelled job to reach a safe point
 DEFAULT_SIZE = (1180, 760)
-
-
-
-
-SHOWN_MARKER_ENV = "SLOWTUNE_BENCH_SHOWN_FILE"  # `slowtune bench gui`: note the first paint there, then quit
 
 
 def window_state() -> QSettings:
@@ -550,8 +546,6 @@ def run_app(argv: Sequence[str]) -> int:
     app.installEventFilter(FileOpenForwarder(window))
     window.show()
     if marker := os.environ.get(SHOWN_MARKER_ENV):
-        from slowtune.gui.bench import report_when_painted
-
         report_when_painted(window, Path(marker))
     code = app.exec()
     if window.jobs_still_running():

@@ -2,7 +2,8 @@
 base on the project's held-out probes.
 
 - The model picker lists the project's exported GGUFs (newest run first, by run and quantisation), the base GGUF
-  written beside each export, and any GGUF file the user opens. Loading a model is a ``Job``; the loaded models
+  written beside each export (both from :func:`slowtune.export.folder.list_models`), and any GGUF file the user
+  opens. Loading a model is a ``Job``; the loaded models
   stay loaded between messages and are unloaded when the project changes.
 - An answer is a ``Job`` too. The tokens come from :mod:`slowtune.chat.model` in the job's thread; the growing
   text reaches the GUI as the job's progress reports (throttled to about 20 a second per model, coalesced when the
@@ -11,15 +12,14 @@ base on the project's held-out probes.
   because training or generation is running in the same project.
 - Every answered turn is saved through :mod:`slowtune.chat.sessions` on the window's connection (a few small
   transactions, in the GUI thread); saved chats are listed and can be reopened and continued.
-- The Evaluation tab runs :func:`slowtune.chat.evaluate.evaluate` in a ``Job`` (its own connection and its own
-  model instances), saves the report under the project's ``evals/`` folder and shows the scores side by side.
+- The Evaluation tab runs :func:`slowtune.eval.pipeline.run` in a ``Job`` (its own connection and its own
+  model instances), which saves the report under the project's ``evals/`` folder; the page shows the scores side
+  by side.
 """
 
 from __future__ import annotations
 
 import html
-import json
-import re
 import shlex
 import sqlite3
 import time
@@ -55,6 +55,8 @@ from PySide6.QtWidgets import (
 
 from slowtune.chat import sessions
 from slowtune.chat.model import ChatError, ChatModel, Sampling, stream_side_by_side
+from slowtune.eval.report import latest_report
+from slowtune.export.folder import ModelChoice, list_models
 from slowtune.fsutil import atomic_write_text
 from slowtune.gui.chatview import MessageInput, ScoreTable, TranscriptView, TurnView
 from slowtune.gui.widgets import MessageBanner
@@ -67,10 +69,8 @@ from slowtune.store import Project
 CHAT_CTX = 4096  # tokens of context for chat models (the CLI's default); long chats drop their oldest turns
 EVAL_CTX = 4096
 STREAM_INTERVAL_S = 0.05  # the growing answer is re-rendered at most ~20 times a second per model
-QUANT_ORDER = ("Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "F16", "BF16", "F32", "LoRA")
 OPEN_FILE = "open-file"  # the "Open GGUF file…" item of the pickers
 TITLE_CHARS = 60
-RUN_ID = re.compile(r"^(\d{4})(\d{2})(\d{2})-(\d{2})(\d{2})(\d{2})(?:-\w+)?$")
 
 ANSWER_STAGES = {"answer-0": "writing", "answer-1": "writing"}
 EVAL_STAGES = {"Loading models": "loading the models", "Answering probes": "answering probes"}
@@ -97,127 +97,8 @@ EVAL_ABOUT = ("<h3>Evaluation</h3>Each held-out probe (a question kept out of tr
 
 # --- what can be chatted with ----------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class ModelChoice:
-    """One entry of the model pickers: a GGUF file (and a LoRA GGUF applied to it)."""
-
-    path: str
-    label: str
-    kind: str = "file"  # tuned (an export), base (the base written beside an export), file (opened by the user)
-    lora: str | None = None
-    base: str | None = None  # a tuned export's unmodified base GGUF, for comparing and evaluating
-    run: str | None = None
-
-    @property
-    def key(self) -> tuple[str, str | None]:
-        return (self.path, self.lora)
-
-    @property
-    def name(self) -> str:
-        if self.lora:
-            return f"{Path(self.lora).name} on {Path(self.path).name}"
-        return Path(self.path).name
-
-
 def _resolved(path: str | Path) -> str:
     return str(Path(path).expanduser().resolve())
-
-
-def run_label(run_id: str | None, folder: Path) -> str:
-    """'run 2025-03-04 14:05' for a training run id, else the export folder's name."""
-    if run_id:
-        found = RUN_ID.match(run_id)
-        if found:
-            y, mo, d, h, mi, _s = found.groups()
-            return f"run {y}-{mo}-{d} {h}:{mi}"
-        return f"run {run_id}"
-    return folder.name
-
-
-def _quant_of(file: Path) -> str:
-    stem = file.stem
-    if stem.startswith("base-"):
-        return "base"
-    if stem.endswith("-lora"):
-        return "LoRA"
-    return stem.rsplit("-", 1)[-1] if "-" in stem else stem
-
-
-def _base_model_name(folder: Path, fallback: str | None) -> str | None:
-    """The base model an export was made from: export.json's ``base`` (a model folder), else the run's record."""
-    try:
-        base = json.loads((folder / "export.json").read_text(encoding="utf-8")).get("base")
-    except (OSError, ValueError, AttributeError):
-        base = None
-    name = base or fallback
-    return Path(str(name)).name if name else None
-
-
-def list_models(project: Project) -> list[ModelChoice]:
-    """The project's exported GGUFs, newest run first (each run's quantisations in QUANT_ORDER), then the base GGUF
-    of each export. Read from the exports table and from the export folders on disk (a file exported before the
-    table knew of it, or recorded in a folder since moved, still shows; a recorded file that is gone does not)."""
-    folders: dict[Path, dict[str, Any]] = {}
-
-    unverified: set[Path] = set()
-
-    def note(file: Path, quant: str, run: str | None, when: float, base_model: str | None) -> None:
-        info = folders.setdefault(file.parent, {"files": {}, "time": 0.0, "run": None, "base_model": None})
-        info["files"].setdefault(file, quant)
-        info["time"] = max(info["time"], when)
-        info["run"] = info["run"] or run
-        info["base_model"] = info["base_model"] or base_model
-
-    try:
-        rows = project.conn.execute(
-            "SELECT e.path, e.quant, e.run_id, e.created_at, e.verified, r.base_model FROM exports e "
-            "LEFT JOIN runs r ON r.id = e.run_id WHERE e.kind LIKE 'gguf%' ORDER BY e.created_at").fetchall()
-    except sqlite3.Error:
-        rows = []
-    for row in rows:
-        file = Path(row["path"])
-        if file.suffix.lower() == ".gguf" and file.is_file():
-            quant = str(row["quant"] or _quant_of(file))
-            quant = "base" if quant.startswith("base") else quant
-            note(file.resolve(), quant, row["run_id"], float(row["created_at"] or 0), row["base_model"])
-            if quant != "base" and not row["verified"]:
-                unverified.add(file.resolve())  # the export's check found it does not behave like the trained model
-    known = {f for info in folders.values() for f in info["files"]}
-    for pattern in ("runs/*/export/*.gguf", "exports/*/*.gguf"):
-        for file in sorted(project.root.glob(pattern)):
-            file = file.resolve()
-            if file in known or not file.is_file():
-                continue
-            run = file.parent.parent.name if pattern.startswith("runs") else None
-            note(file, _quant_of(file), run, file.stat().st_mtime, None)
-
-    tuned: list[ModelChoice] = []
-    bases: list[ModelChoice] = []
-    order = {q: i for i, q in enumerate(QUANT_ORDER)}
-    for folder, info in sorted(folders.items(), key=lambda kv: (-kv[1]["time"], str(kv[0]))):
-        where = run_label(info["run"], folder)
-        files: dict[Path, str] = info["files"]
-        base_file = next((f for f, q in files.items() if q == "base"), None)
-        if base_file is None and (folder / "base-F16.gguf").is_file():
-            base_file = (folder / "base-F16.gguf").resolve()
-        base = str(base_file) if base_file else None
-        for file, quant in sorted(files.items(), key=lambda fq: (order.get(fq[1], len(order)), fq[0].name)):
-            if quant == "base":
-                continue
-            flag = " · not verified" if file in unverified else ""
-            if quant == "LoRA":
-                if base is None:
-                    continue  # an adapter is loaded on top of its base; without the base it cannot run
-                tuned.append(ModelChoice(base, f"Tuned · {where} · LoRA on the base{flag}", "tuned", lora=str(file),
-                                         base=base, run=info["run"]))
-            else:
-                tuned.append(ModelChoice(str(file), f"Tuned · {where} · {quant}{flag}", "tuned", base=base,
-                                         run=info["run"]))
-        if base is not None:
-            model_name = _base_model_name(folder, info["base_model"])
-            bases.append(ModelChoice(base, f"Base · {where}" + (f" · {model_name}" if model_name else ""), "base",
-                                     run=info["run"]))
-    return tuned + bases
 
 
 def choose_gguf_file(parent: QWidget) -> str | None:
@@ -308,46 +189,22 @@ class EvalOutcome:
 
 def eval_function(root: Path, tuned: ModelChoice, base: ModelChoice | None, *, max_probes: int | None,
                   max_tokens: int, open_book: bool, n_ctx: int = EVAL_CTX) -> Callable[[Progress], EvalOutcome]:
-    """``slowtune eval`` in a job: its own connection and its own model instances (llama.cpp maps the weights,
-    so a model that is also loaded for chatting is not read into memory twice)."""
+    """``slowtune eval`` in a job (:func:`slowtune.eval.pipeline.run`): its own connection and its own model
+    instances (llama.cpp maps the weights, so a model that is also loaded for chatting is not read into memory
+    twice)."""
+    from slowtune.eval.pipeline import EvalOptions, ModelFile
+    from slowtune.eval.pipeline import run as run_eval
+
+    def model_file(choice: ModelChoice) -> ModelFile:
+        return ModelFile(Path(choice.path), Path(choice.lora) if choice.lora else None)
+
+    options = EvalOptions(root, model_file(tuned), model_file(base) if base is not None else None,
+                          open_book=open_book, max_probes=max_probes, max_tokens=max_tokens, n_ctx=n_ctx)
+
     def run(progress: Progress) -> EvalOutcome:
-        from slowtune.chat.evaluate import evaluate, load_probes, save_report
-
-        with Project.open(root) as project:
-            probes = load_probes(project, max_probes)  # no probes: a readable EvalError, before any model loads
-            wanted = [tuned] + ([base] if base is not None else [])
-            models: list[ChatModel] = []
-            try:
-                for i, choice in enumerate(wanted):
-                    progress.report("Loading models", i, len(wanted), status=choice.name, force=True)
-                    models.append(ChatModel(Path(choice.path), n_ctx=n_ctx,
-                                            lora_path=Path(choice.lora) if choice.lora else None))
-                    progress.check()
-                report = evaluate(project, models[0], base=models[1] if base is not None else None,
-                                  open_book=open_book, max_tokens=max_tokens, progress=progress, probes=probes)
-            finally:
-                for model in models:
-                    model.close()
-            folder = save_report(project, report)
-        return EvalOutcome(report.to_json(), report.to_markdown(), folder)
+        result = run_eval(options, progress)
+        return EvalOutcome(result.report.to_json(), result.report.to_markdown(), result.folder)
     return run
-
-
-def latest_report(project: Project) -> tuple[dict[str, Any], str, Path] | None:
-    """The newest saved evaluation report of ``project``: (its JSON, its Markdown, its folder), or None."""
-    from slowtune.chat.evaluate import list_reports
-
-    for saved in list_reports(project):
-        try:
-            data = json.loads((saved.path / "report.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        try:
-            markdown = (saved.path / "report.md").read_text(encoding="utf-8")
-        except OSError:
-            markdown = ""
-        return data, markdown, saved.path
-    return None
 
 
 # --- the conversation on screen ------------------------------------------------------------------------------

@@ -1,24 +1,20 @@
 """The Dataset page: have the teacher write questions and answers from the chunks, then review them.
 
 Preparing a run (probing the teacher, estimating calls and cost) and the run itself happen in ``Job``s on their
-own database connections, through the Qt-free core (``slowtune.teacher.session``, ``pipeline``, ``cost``); before
-anything is sent, the user confirms a statement of where the document text goes and what it will cost. Review
-(accept, reject, edit) goes through ``slowtune.teacher.review`` on the window's connection: each change is one
-small transaction. Regenerating a chunk is a job too: it asks the teacher afresh for one chunk and keeps the rows
-the user edited.
+own database connections, through the Qt-free core (``slowtune.teacher.options``); before anything is sent, the
+user confirms a statement of where the document text goes and what it will cost. Review (accept, reject, edit)
+goes through ``slowtune.teacher.review`` on the window's connection: each change is one small transaction.
+Regenerating a chunk is a job too: it asks the teacher afresh for one chunk and keeps the rows the user edited.
 
 The generation options (budget, questions per chunk, question mix, system prompt, answer style, judge, parallel
-calls) are kept per project in the project database's ``meta`` table, so they come back with the project.
+calls) are ``slowtune.teacher.options.GenerateOptions``, kept with the project; the Options… dialog edits them.
 """
 
 from __future__ import annotations
 
 import html
-import json
-import math
 import shlex
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +42,29 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from slowtune.dataset import DatasetError, DatasetRow
+from slowtune.dataset import DatasetError, DatasetRow, count_rows, question_types
+from slowtune.documents import library
 from slowtune.gui.qtcompat import emit
 from slowtune.gui.widgets import MessageBanner, RowsTableModel
 from slowtune.gui.widgets import ask_yes as ask  # module-level name: tests answer it
 from slowtune.gui.workers import Job, JobRunner
 from slowtune.progress import Progress
 from slowtune.settings import Settings
-from slowtune.store import Project, dumps
+from slowtune.store import Project
+from slowtune.teacher import options as generation
 from slowtune.teacher import prompts, review
+from slowtune.teacher.options import (
+    MAX_CONCURRENCY,
+    MAX_PAIRS_PER_CHUNK,
+    QTYPE_LABELS,
+    GenerateOptions,
+    OptionError,
+    Prepared,
+    load_options,
+    money,
+    parse_budget,
+    save_options,
+)
 
 GENERATE_STAGES = {"generate": "writing questions"}
 REGENERATE_STAGES = {"prepare": "preparing", "generate": "writing questions"}
@@ -73,317 +83,32 @@ COMMAND_HINT = "The same from Terminal: <code>slowtune generate {project}</code>
                "{project}</code>."
 
 
-# --- generation options ----------------------------------------------------------------------------------------
-
-OPTIONS_META_KEY = "generate_options"  # the project's meta table: the options come back with the project
-MAX_PAIRS_PER_CHUNK = 20  # GenerateConfig.validate's bound
-MAX_CONCURRENCY = 64
-DEFAULT_CONCURRENCY = 8  # as `slowtune generate --concurrency`
-QTYPE_LABELS = {"fact": "Facts", "reasoning": "Reasoning", "multi_turn": "Multi-turn",
-                "refusal": "Not in the documents"}
-FIELD_LABELS = {
-    "budget_usd": "Budget", "pairs_per_chunk": "Questions per chunk", "mix": "Question mix",
-    "system_prompt": "Student system prompt", "style": "Answer style", "judge": "Judge",
-    "judge_provider": "Judge provider", "judge_model": "Judge model", "concurrency": "Parallel calls",
-}
-
-
-class OptionError(ValueError):
-    """A generation option the run cannot take; the message starts with the field's name as the user sees it."""
-
-    def __init__(self, field_name: str, problem: str) -> None:
-        self.field = field_name
-        super().__init__(f"{FIELD_LABELS[field_name]}: {problem}")
-
-
-def default_mix() -> dict[str, float]:
-    """The pipeline's default mix, as percentages."""
-    from slowtune.teacher.pipeline import DEFAULT_MIX
-
-    return {t: float(round(100 * DEFAULT_MIX.get(t, 0.0))) for t in prompts.QTYPES}
-
-
-def parse_budget(text: str) -> float | None:
-    """A budget as typed ("2", "$2.50", "1,000"); None when empty (no budget). Checked by ``validate``."""
-    cleaned = text.strip().removeprefix("$").replace(",", "").strip()
-    if not cleaned:
-        return None
-    try:
-        value = float(cleaned)
-    except ValueError:
-        raise OptionError("budget_usd", f"“{text.strip()}” is not an amount in US dollars (such as 2.50); "
-                                        "leave it empty for no budget") from None
-    if not math.isfinite(value) or value <= 0:
-        raise OptionError("budget_usd", f"“{text.strip()}” is not a positive amount in US dollars; leave it "
-                                        "empty for no budget")
-    return value
-
-
-def _money(amount: float) -> str:
-    return f"${amount:,.2f}" if amount >= 0.01 else f"${amount:.4f}"
-
-
-@dataclass
-class GenerateOptions:
-    """What the user sets before a run; ``to_config`` turns it into the pipeline's ``GenerateConfig``."""
-
-    budget_usd: float | None = None  # per run; None: no budget
-    pairs_per_chunk: int | None = None  # None: scaled with the chunk's length (about 4 per 500 tokens)
-    mix: dict[str, float] = field(default_factory=default_mix)  # weights, shown as percentages
-    system_prompt: str = ""
-    style: str = ""  # empty: the pipeline's default style
-    judge: bool = True
-    judge_provider: str | None = None  # None: the teacher's provider
-    judge_model: str | None = None  # None: the teacher's model (or the judge provider's default model)
-    concurrency: int = DEFAULT_CONCURRENCY
-
-    def validate(self) -> None:
-        """Raise ``OptionError`` naming the first field a run cannot take."""
-        budget = self.budget_usd
-        if budget is not None and not (math.isfinite(budget) and budget > 0):
-            raise OptionError("budget_usd", f"{budget:g} is not a positive amount in US dollars; leave it empty "
-                                            "for no budget")
-        if self.pairs_per_chunk is not None and not 1 <= self.pairs_per_chunk <= MAX_PAIRS_PER_CHUNK:
-            raise OptionError("pairs_per_chunk", f"{self.pairs_per_chunk} is not between 1 and "
-                                                 f"{MAX_PAIRS_PER_CHUNK}; choose Automatic to scale it with the "
-                                                 "chunk's length")
-        unknown = sorted(set(self.mix) - set(prompts.QTYPES))
-        if unknown:
-            raise OptionError("mix", f"unknown question type {', '.join(unknown)}")
-        if any(not math.isfinite(v) or v < 0 for v in self.mix.values()):
-            raise OptionError("mix", "a share cannot be negative")
-        if sum(self.mix.values()) <= 0:
-            raise OptionError("mix", "the shares add up to 0%; give at least one question type a share")
-        if not 1 <= self.concurrency <= MAX_CONCURRENCY:
-            raise OptionError("concurrency", f"{self.concurrency} is not between 1 and {MAX_CONCURRENCY}")
-
-    def to_config(self) -> Any:
-        """The pipeline's ``GenerateConfig`` (``OptionError`` first when a value is bad)."""
-        from slowtune.teacher.pipeline import GenerateConfig
-
-        self.validate()
-        total = sum(self.mix.values())
-        return GenerateConfig(
-            pairs_per_chunk=self.pairs_per_chunk,
-            mix={t: v / total for t, v in self.mix.items() if v > 0},
-            system_prompt=self.system_prompt.strip() or None,
-            style=self.style.strip() or prompts.DEFAULT_STYLE,
-            judge=self.judge,
-            budget_usd=self.budget_usd,
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: Any) -> GenerateOptions:
-        """Options as stored. A value of the wrong type falls back to its default; a value of the right type is
-        kept as it is, so a bad one (a negative budget) is named by ``validate`` rather than silently changed."""
-        options = cls()
-        if not isinstance(data, dict):
-            return options
-
-        def number(value: Any) -> bool:
-            return isinstance(value, int | float) and not isinstance(value, bool)
-
-        def text(value: Any) -> bool:
-            return isinstance(value, str)
-
-        checks: dict[str, Callable[[Any], bool]] = {
-            "budget_usd": lambda v: v is None or number(v),
-            "pairs_per_chunk": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
-            "system_prompt": text, "style": text,
-            "judge": lambda v: isinstance(v, bool),
-            "judge_provider": lambda v: v is None or text(v), "judge_model": lambda v: v is None or text(v),
-            "concurrency": lambda v: isinstance(v, int) and not isinstance(v, bool),
-        }
-        for name, ok in checks.items():
-            if name in data and ok(data[name]):
-                setattr(options, name, data[name])
-        mix = data.get("mix")
-        if isinstance(mix, dict) and all(isinstance(k, str) and number(v) for k, v in mix.items()):
-            options.mix = {k: float(v) for k, v in mix.items()}
-        return options
-
-    def summary(self) -> str:
-        """One line for the page: what the next run will do."""
-        parts = [f"budget {_money(self.budget_usd)} per run" if self.budget_usd is not None else "no budget"]
-        if self.pairs_per_chunk is None:
-            parts.append("questions per chunk scaled with its length")
-        else:
-            parts.append(f"{self.pairs_per_chunk} question{'s' if self.pairs_per_chunk != 1 else ''} per chunk")
-        total = sum(v for v in self.mix.values() if v > 0)
-        if total > 0:
-            parts.append(", ".join(f"{QTYPE_LABELS.get(t, t).lower()} {100 * v / total:.0f}%"
-                                   for t, v in self.mix.items() if v > 0))
-        if not self.judge:
-            parts.append("no judge")
-        elif self.judge_provider or self.judge_model:
-            parts.append(f"judge {self.judge_model or 'default model'}"
-                         + (f" on {self.judge_provider}" if self.judge_provider else ""))
-        else:
-            parts.append("judged by the teacher")
-        if self.system_prompt.strip():
-            parts.append("with a system prompt")
-        parts.append(f"{self.concurrency} parallel call{'s' if self.concurrency != 1 else ''}")
-        return " · ".join(parts)
-
-
-def load_options(project: Project) -> tuple[GenerateOptions, str | None]:
-    """The project's options, and a problem to show when what was stored could not be read."""
-    stored = project.get_meta(OPTIONS_META_KEY)
-    if stored is None:
-        return GenerateOptions(), None
-    try:
-        data = json.loads(stored)
-    except ValueError:
-        return GenerateOptions(), "The saved generation options could not be read; the defaults are used."
-    return GenerateOptions.from_json(data), None
-
-
-def save_options(project: Project, options: GenerateOptions) -> None:
-    # One row in the project's SQLite database: the write is atomic, like every change there.
-    project.set_meta(OPTIONS_META_KEY, dumps(options.to_json()))
-
-
 # --- the core calls, as run in a worker thread ---------------------------------------------------------------
-
-@dataclass
-class Prepared:
-    """What a run would send and cost, for the confirmation; and what the run needs."""
-    choice: Any  # slowtune.teacher.session.TeacherChoice
-    chunks: int  # chunks that will be sent
-    chunk_tokens: int
-    chunks_done: int  # chunks generated before (skipped)
-    estimates: list[tuple[str, Any]]  # (who, slowtune.teacher.cost.Estimate): teacher and judge, together or apart
-    options: GenerateOptions = field(default_factory=GenerateOptions)
-    judge_choice: Any = None  # a TeacherChoice when the judge is another provider or model
-
-    @property
-    def estimated_cost(self) -> float | None:
-        costs = [e.cost_usd for _, e in self.estimates]
-        return None if any(c is None for c in costs) else sum(costs)
-
-
-def _check_key(choice: Any) -> None:
-    """A missing key is said before the user is asked to send anything."""
-    from slowtune.teacher import providers
-
-    provider = choice.provider
-    if not provider.in_process and provider.needs_key and not providers.api_key(provider):
-        raise providers.ProviderError(providers.missing_key_message(provider))
-
-
-def choose_teachers(provider_id: str, model: str | None, options: GenerateOptions) -> tuple[Any, Any]:
-    """The teacher's choice, and the judge's when it is another provider or model (else None)."""
-    from slowtune.teacher import session
-
-    choice = session.choose(provider_id, model, timeout=30)
-    _check_key(choice)
-    judge = None
-    if options.judge and (options.judge_provider or options.judge_model):
-        judge_provider = options.judge_provider or provider_id
-        judge_model = options.judge_model or (choice.model if judge_provider == provider_id else None)
-        if judge_provider != provider_id or judge_model != choice.model:
-            judge = session.choose(judge_provider, judge_model, timeout=30)
-            _check_key(judge)
-    return choice, judge
-
-
-def estimate_run(plan: Any, choice: Any, judge: Any, budget: float | None) -> list[tuple[str, Any]]:
-    """The estimates of a planned run: one for teacher and judge together, or one each when they differ."""
-    from slowtune.teacher import cost
-    from slowtune.teacher.pipeline import GenerationError
-
-    if judge is None:
-        who = "teacher and judge" if plan.judge_calls else "teacher"
-        estimates = [(who, choice, cost.estimate(
-            choice.model, plan.calls + plan.judge_calls, plan.input_tokens + plan.judge_input_tokens,
-            plan.output_tokens + plan.judge_output_tokens, free=choice.free))]
-    else:
-        estimates = [("teacher", choice, cost.estimate(choice.model, plan.calls, plan.input_tokens,
-                                                       plan.output_tokens, free=choice.free)),
-                     ("judge", judge, cost.estimate(judge.model, plan.judge_calls, plan.judge_input_tokens,
-                                                    plan.judge_output_tokens, free=judge.free))]
-    if budget is not None:
-        # Without a price the run cannot tell what it spends, and a budget would never stop it.
-        for _, c, e in estimates:
-            if e.cost_usd is None:
-                raise GenerationError(
-                    f"A budget needs a price for model {c.model}: add it to {cost.user_prices_file()} (US dollars "
-                    "per million input and output tokens), or clear the budget in Options….")
-    return [(who, e) for who, _, e in estimates]
-
 
 def prepare_function(root: Path, provider_id: str, model: str | None,
                      options: GenerateOptions | None = None) -> Callable[[Progress], Prepared | None]:
-    """Probe the teacher (or read the cached probe) and estimate the run with ``options``; None when every chunk
+    """Probe the teacher and estimate the run with ``options`` on a connection of its own; None when every chunk
     is done."""
-    options = options or GenerateOptions()
-
     def run(progress: Progress) -> Prepared | None:
-        from slowtune.teacher.pipeline import load_jobs, plan_run
-
-        config = options.to_config()
         with Project.open(root) as project:
-            jobs, done = load_jobs(project, config)
-        if not jobs:
-            return None
-        choice, judge = choose_teachers(provider_id, model, options)
-        plan = plan_run(jobs, config)
-        estimates = estimate_run(plan, choice, judge, config.budget_usd)
-        return Prepared(choice, plan.chunks, plan.chunk_tokens, done, estimates, options, judge)
+            return generation.prepare_run(project, provider_id, model, options)
     return run
 
 
 def generate_function(root: Path, prepared: Prepared) -> Callable[[Progress], Any]:
-    """The run, on a connection of its own; the CallRunners are built here too (they run asyncio in this thread)."""
+    """The run, on a connection of its own."""
     def run(progress: Progress) -> Any:
-        from slowtune.teacher import session
-        from slowtune.teacher.pipeline import run_generation
-
-        config = prepared.options.to_config()
-        concurrency = prepared.options.concurrency
         with Project.open(root) as project:
-            runner = session.make_runner(project, prepared.choice, concurrency=concurrency)
-            judge_runner = (session.make_runner(project, prepared.judge_choice, concurrency=concurrency)
-                            if prepared.judge_choice is not None else None)
-            return run_generation(project, runner, config, judge_runner=judge_runner, progress=progress)
+            return generation.run_prepared(project, prepared, progress)
     return run
 
 
 def regenerate_function(root: Path, chunk_id: str, provider_id: str, model: str | None,
                         options: GenerateOptions) -> Callable[[Progress], Any]:
-    """Ask the teacher afresh for one chunk with ``options``; the rows the user edited are kept.
-
-    This is ``pipeline.regenerate_chunk`` with progress, cancel and the budget checked before the chunk's rows
-    are cleared, so a refused run leaves them as they were.
-    """
+    """Ask the teacher afresh for one chunk with ``options``; the rows the user edited are kept."""
     def run(progress: Progress) -> Any:
-        from slowtune.teacher import session
-        from slowtune.teacher.pipeline import GenerationError, load_jobs, plan_run, run_generation
-
-        config = options.to_config()
-        progress.report("prepare", 0, None, status="asking the teacher what it supports")
-        choice, judge = choose_teachers(provider_id, model, options)
         with Project.open(root) as project:
-            jobs, _ = load_jobs(project, config, only_chunks=[chunk_id], include_done=True)
-            if not jobs:
-                raise GenerationError("This chunk is no longer in the library (its document was removed or has "
-                                      "changed), so it cannot be generated again. Nothing was changed.")
-            estimates = estimate_run(plan_run(jobs, config), choice, judge, config.budget_usd)
-            spend = sum(e.cost_usd or 0.0 for _, e in estimates)
-            if config.budget_usd is not None and spend > config.budget_usd:
-                raise GenerationError(
-                    f"Regenerating this chunk would cost about {_money(spend)}, more than the budget of "
-                    f"{_money(config.budget_usd)} per run: raise the budget in Options…. Nothing was changed.")
-            progress.check()  # the last point where nothing has changed yet
-            runner = session.make_runner(project, choice, concurrency=options.concurrency)
-            judge_runner = (session.make_runner(project, judge, concurrency=options.concurrency)
-                            if judge is not None else None)
-            review.clear_chunk(project, chunk_id)
-            jobs, _ = load_jobs(project, config, only_chunks=[chunk_id], include_done=True)
-            return run_generation(project, runner, config, judge_runner=judge_runner, progress=progress, jobs=jobs)
+            return generation.regenerate(project, chunk_id, provider_id, model, options, progress)
     return run
 
 
@@ -402,7 +127,7 @@ def confirmation_text(prepared: Prepared) -> str:
     text += "\n\n" + "\n".join(f"Estimate ({who}): {e.describe()}" for who, e in prepared.estimates)
     budget = prepared.options.budget_usd
     if budget is not None:
-        text += f"\n\nBudget: the run stops before it spends more than {_money(budget)}."
+        text += f"\n\nBudget: the run stops before it spends more than {money(budget)}."
         estimated = prepared.estimated_cost
         if estimated is not None and estimated > budget:
             text += " The estimate is above it: expect the run to stop early, with chunks left for the next run."
@@ -420,7 +145,7 @@ def describe_result(result: Any, budget: float | None = None) -> tuple[str, str]
     if result.stopped == "cancelled":
         return "warning", "Generation stopped. " + message + " Click Generate to continue where it stopped."
     if result.stopped == "budget":
-        of = f" of its {_money(budget)} budget" if budget is not None else ""
+        of = f" of its {money(budget)} budget" if budget is not None else ""
         return "warning", (f"Stopped at the budget: this run spent ${result.cost_usd:.4f}{of}, and the next chunk "
                            f"would have gone over; {result.chunks_not_started} chunks are left. " + message
                            + " Click Generate to go on (each run may spend up to the budget), or change the budget "
@@ -448,42 +173,11 @@ def describe_regeneration(result: Any) -> tuple[str, str]:
                     f"{result.probes} probe questions; {result.calls} calls, {spent}.")
 
 
-@dataclass
-class ChunkRows:
-    """What regenerating a chunk replaces and keeps."""
-    chunk_id: str
-    document: str
-    tokens: int
-    replaced: int  # the teacher's rows nobody edited: removed, and written afresh
-    probes: int  # of those, probe questions
-    reviewed: int  # of those, rows the user accepted or rejected by hand
-    kept: int  # rows the user edited (and any not written by the teacher)
-
-
-def chunk_rows(project: Project, chunk_id: str) -> ChunkRows | None:
-    """None when the chunk is not in the library any more (its document was removed or re-chunked)."""
-    chunk = project.conn.execute(
-        "SELECT c.tokens, d.title, d.path FROM chunks c JOIN documents d ON d.id = c.document_id "
-        "WHERE c.id = ? AND d.status = 'ok'", (chunk_id,)).fetchone()
-    if chunk is None:
-        return None
-    replaced = "source = 'teacher' AND edited = 0"  # what review.clear_chunk deletes
-    r = project.conn.execute(
-        f"""SELECT coalesce(sum({replaced}), 0) replaced,
-                   coalesce(sum({replaced} AND split = 'probe'), 0) probes,
-                   coalesce(sum({replaced} AND (coalesce(json_extract(verdicts_json, '$.reviewed'), 0)
-                                               OR json_extract(verdicts_json, '$.gate') = 'user')), 0) reviewed,
-                   coalesce(sum(NOT ({replaced})), 0) kept
-            FROM dataset_rows WHERE chunk_id = ?""", (chunk_id,)).fetchone()
-    title = chunk["title"] or Path(chunk["path"]).name
-    return ChunkRows(chunk_id, title, chunk["tokens"], r["replaced"], r["probes"], r["reviewed"], r["kept"])
-
-
 def _count(n: int, word: str) -> str:
     return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
-def regenerate_text(info: ChunkRows, destination: str, model: str | None, *, remote: bool = True) -> str:
+def regenerate_text(info: review.ChunkRows, destination: str, model: str | None, *, remote: bool = True) -> str:
     text = f"Ask the teacher again for this chunk of “{info.document}” (about {info.tokens:,} tokens)?\n\n"
     if info.replaced:
         details = []
@@ -509,7 +203,7 @@ def progress_text(verb: str, done: float, total: object, metrics: object, budget
     parts = [f"{done:,.0f}/{total:,.0f} chunks" if isinstance(total, int | float) else f"{done:,.0f} chunks"]
     parts.append(f"{m.get('rows', 0):,} rows")
     spent = float(m.get("cost_usd", 0.0))
-    parts.append(f"${spent:.4f} of {_money(budget)} budget" if budget is not None else f"${spent:.4f} so far")
+    parts.append(f"${spent:.4f} of {money(budget)} budget" if budget is not None else f"${spent:.4f} so far")
     parts.append(f"{m.get('tokens', 0):,} tokens")
     errors = int(m.get("errors", 0))
     parts.append(f"{errors} error{'s' if errors != 1 else ''}")
@@ -907,9 +601,7 @@ class DatasetPage(QWidget):
     def has_chunks(self) -> bool:
         if self.project is None:
             return False
-        return self.project.conn.execute(
-            "SELECT 1 FROM chunks c JOIN documents d ON d.id = c.document_id WHERE d.status = 'ok' LIMIT 1"
-        ).fetchone() is not None
+        return library.has_chunks(self.project)
 
     def refresh(self) -> None:
         settings = self._settings()
@@ -943,12 +635,8 @@ class DatasetPage(QWidget):
 
     def _fill_filters(self) -> None:
         assert self.project is not None
-        documents = [(None, "All documents")] + [
-            (r["id"], r["title"] or Path(r["path"]).name)
-            for r in self.project.conn.execute("SELECT id, title, path FROM documents ORDER BY id")]
-        types = [(None, "All types")] + [
-            (r[0], r[0]) for r in self.project.conn.execute(
-                "SELECT DISTINCT qtype FROM dataset_rows WHERE qtype IS NOT NULL ORDER BY 1")]
+        documents: list[tuple[Any, str]] = [(None, "All documents"), *library.document_titles(self.project)]
+        types: list[tuple[Any, str]] = [(None, "All types"), *((t, t) for t in question_types(self.project))]
         for combo, entries in ((self.document_filter, documents), (self.type_filter, types)):
             current = combo.currentData()
             combo.blockSignals(True)
@@ -969,7 +657,7 @@ class DatasetPage(QWidget):
         current = self.current_dataset_row()
         rows = review.list_rows(self.project, self.row_filter())
         self.model.set_rows(rows)
-        total = self.project.conn.execute("SELECT count(*) FROM dataset_rows").fetchone()[0]
+        total = count_rows(self.project)
         if not total:
             self.count_label.setText("No rows yet: click Generate to have the teacher write them.")
         else:
@@ -1084,7 +772,7 @@ class DatasetPage(QWidget):
                           "to regenerate"
         if self.busy():
             return False, "Wait for the running generation to finish"
-        if chunk_rows(self.project, row.provenance.chunk_id) is None:
+        if review.chunk_rows(self.project, row.provenance.chunk_id) is None:
             return False, "This row's chunk is no longer in the library (its document was removed or changed)"
         return True, "Ask the teacher again for this row's chunk; the rows you edited are kept"
 
@@ -1118,7 +806,7 @@ class DatasetPage(QWidget):
             self.banner.show_message(str(exc), level="error")
             return None
         chunk_id = row.provenance.chunk_id
-        info = chunk_rows(self.project, chunk_id)
+        info = review.chunk_rows(self.project, chunk_id)
         if info is None:
             return None
         text = regenerate_text(info, providers.destination(provider), settings.teacher_model or provider.default_model,

@@ -2,27 +2,25 @@
 
 The user picks a run (the project's runs, newest first; unfinished ones are listed but disabled, with the reason),
 the quantisations, the destination and file name, and whether to write only the LoRA adapter and an Ollama
-Modelfile. The export itself is the Qt-free core (``slowtune.export.pipeline``) run in a ``Job``: stage progress,
-Cancel, and errors from the core shown in the page's banner. What the export wrote is read back from its folder
-(``export.json``), so the result of a fresh export and the exports made earlier (also from the command line) are
-shown the same way: the files with their sizes, the verification in plain words, Reveal in Finder and Chat.
+Modelfile. The export itself is the Qt-free core (``slowtune.export.folder.run_export`` of an ``ExportRequest``) run
+in a ``Job``: stage progress, Cancel, and errors from the core shown in the page's banner. What the export wrote is
+read back from its folder (``slowtune.export.folder.read_export``: ``export.json``), so the result of a fresh export
+and the exports made earlier (also from the command line) are shown the same way: the files with their sizes, the
+verification in plain words, Reveal in Finder and Chat.
 """
 
 from __future__ import annotations
 
 import html
 import json
-import math
 import re
 import shlex
-import sqlite3
-import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from dataclasses import replace as replace_fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,14 +48,28 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from slowtune.export.folder import (
+    BASE_KIND,
+    LORA_KIND,
+    RECOMMENDED,
+    ExportFile,
+    ExportInfo,
+    ExportOutcome,
+    ExportRequest,
+    exports_of,
+    read_export,
+    run_export,
+)
 from slowtune.export.pipeline import ExportFailed, find_adapter
 from slowtune.gui.qtcompat import emit
 from slowtune.gui.widgets import MessageBanner
 from slowtune.gui.widgets import ask_yes as ask  # module-level name: tests answer it
 from slowtune.gui.workers import Job, JobRunner
-from slowtune.progress import Progress
+from slowtune.progress import format_duration
+from slowtune.safetensors import parameter_count
 from slowtune.settings import Settings
-from slowtune.store import Project, StoreError
+from slowtune.store import Project
+from slowtune.train.runs import RunInfo, list_runs, read_run
 
 ON_MAC = sys.platform == "darwin"
 REVEAL_LABEL = "Reveal in Finder" if ON_MAC else "Show in Folder"
@@ -74,9 +86,7 @@ QUANT_CHOICES: list[tuple[str, str]] = [
 ]
 BITS_PER_WEIGHT = {"F32": 32.0, "F16": 16.0, "BF16": 16.0, "Q8_0": 8.5, "Q6_K": 6.56, "Q5_K_M": 5.69,
                    "Q4_K_M": 4.85}
-RECOMMENDED = "Q4_K_M"
 F16_NOTE = "Always written: full quality, the file the others are made from and checked against."
-CHAT_PREFERENCE = ("Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "F16", "BF16", "F32")
 # Below this top-1 agreement a quantised file is reported with a warning (the core only reports it).
 QUANT_GOOD_AGREEMENT = 0.9
 # An adapter whose largest logit change is below this did nothing (the core's threshold for its note).
@@ -135,13 +145,6 @@ def format_time(seconds: float) -> str:
     return f"{t.tm_mday} {time.strftime('%b %Y, %H:%M', t)}"
 
 
-def format_duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    minutes, secs = divmod(round(seconds), 60)
-    return f"{minutes} min {secs} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
-
-
 def percent(fraction: float) -> str:
     """97%, but never "100%" for what is not all of it."""
     text = f"{fraction:.0%}"
@@ -161,37 +164,6 @@ def default_name(project: Project | None) -> str:
 
 
 # --- runs ------------------------------------------------------------------------------------------------------
-
-@dataclass
-class RunInfo:
-    """A training run as the page lists it; ``problem`` says why it cannot be exported ("" when it can)."""
-
-    path: Path
-    base_model: str  # as the run names it: a repo id or a folder
-    status: str
-    steps: int | None = None
-    total_steps: int | None = None
-    loss: float | None = None
-    val_loss: float | None = None
-    created_at: float = 0.0
-    base_dir: Path | None = None  # the base model folder the adapter was trained on
-    project: Path | None = None
-    problem: str = ""
-
-    @property
-    def run_id(self) -> str:
-        return self.path.name
-
-    @property
-    def exportable(self) -> bool:
-        return not self.problem
-
-    @property
-    def base_label(self) -> str:
-        """A folder's name, or the repo id as it is ("Qwen/Qwen2.5-0.5B-Instruct")."""
-        text = self.base_model.rstrip("/")
-        return Path(text).name if Path(text).is_absolute() or text.startswith("~") else text
-
 
 def _json_or_empty(path: Path) -> dict[str, Any]:
     try:
@@ -213,47 +185,26 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def read_run(path: Path, row: sqlite3.Row | None = None) -> RunInfo:
-    """What a run folder (and its row in the project, when there is one) says about the run."""
-    info = _json_or_empty(path / "run.json")
-    config = info.get("config") if isinstance(info.get("config"), dict) else {}
-    metrics: dict[str, Any] = {}
-    if row is not None:
-        metrics = _dict(row["metrics_json"])
-        config = config or _dict(row["config_json"])
-    status = str(info.get("status") or (row["status"] if row is not None else "") or "unknown")
-    steps = info.get("steps", metrics.get("steps"))
-    loss = info.get("train_loss", metrics.get("train_loss"))
-    created = float(row["created_at"]) if row is not None else 0.0
-    if not created:
-        try:
-            created = path.stat().st_mtime
-        except OSError:
-            created = 0.0
-    project = info.get("project")
-    run = RunInfo(
-        path=path, base_model=str(config.get("model") or (row["base_model"] if row is not None else "") or "?"),
-        status=status, steps=int(steps) if isinstance(steps, int) else None,
-        total_steps=info.get("total_steps") if isinstance(info.get("total_steps"), int) else None,
-        loss=_number(loss), val_loss=_number(info.get("best_val", info.get("val_loss"))), created_at=created,
-        project=Path(project) if isinstance(project, str) and project else None)
-    run.problem = _run_problem(run, info)
+def _judged(run: RunInfo) -> RunInfo:
+    """``run`` (``slowtune.train.runs``) with why it cannot be exported (``problem``, "" when it can) and the base
+    model folder its adapter names (``base_dir``) filled in."""
+    run.problem = _run_problem(run)
     return run
 
 
-def _run_problem(run: RunInfo, info: dict[str, Any]) -> str:
-    if not run.path.is_dir():
-        return f"The run folder is gone ({run.path})."
+def _run_problem(run: RunInfo) -> str:
+    if not run.run_dir.is_dir():
+        return f"The run folder is gone ({run.run_dir})."
     if run.status in ("running", "created"):
         return "Not finished: training is still running, or stopped unexpectedly. Resume it on the Train page."
     if run.status in ("cancelled", "paused"):
         where = f" at step {run.steps} of {run.total_steps}" if run.steps is not None and run.total_steps else ""
         return f"Stopped{where}: resume it on the Train page to finish it."
     if run.status == "failed":
-        error = str(info.get("error") or "").strip()
+        error = (run.error or "").strip()
         return f"Training failed{': ' + error if error else '.'}"
     try:
-        adapter = find_adapter(run.path)
+        adapter = find_adapter(run.run_dir)
     except ExportFailed:
         return "The adapter files (adapters.safetensors, adapter_config.json) are missing from the run folder."
     config = _json_or_empty(adapter / "adapter_config.json")
@@ -263,143 +214,8 @@ def _run_problem(run: RunInfo, info: dict[str, Any]) -> str:
     run.base_dir = Path(base) if isinstance(base, str) and base else None
     if run.base_dir is None or not (run.base_dir / "config.json").exists():
         return (f"Its base model is no longer at {run.base_dir or '(unknown)'}: download it again (slowtune models "
-                f"download {run.base_model}) to export this run.")
+                f"download {run.model}) to export this run.")
     return ""
-
-
-def list_runs(project: Project) -> list[RunInfo]:
-    """The project's runs, newest first: those recorded in it, and run folders in its runs/ folder it has no
-    record of (trained elsewhere and copied in, or a record lost with a crash)."""
-    runs: dict[Path, RunInfo] = {}
-    for row in project.conn.execute("SELECT * FROM runs"):
-        path = Path(row["adapter_path"]) if row["adapter_path"] else project.root / "runs" / row["id"]
-        runs[path.resolve()] = read_run(path.resolve(), row)
-    folder = project.root / "runs"
-    if folder.is_dir():
-        for path in folder.iterdir():
-            if path.is_dir() and (path / "run.json").exists() and path.resolve() not in runs:
-                runs[path.resolve()] = read_run(path.resolve())
-    return sorted(runs.values(), key=lambda r: (r.created_at, r.run_id), reverse=True)
-
-
-# --- exports ---------------------------------------------------------------------------------------------------
-
-@dataclass
-class ExportFile:
-    path: Path
-    kind: str  # F16, Q4_K_M, ..., base-F16, LoRA, Modelfile, README
-    size: int | None  # None: the file is gone
-    check: dict[str, Any] | None = None  # its verification (export.json), if it had one
-
-    @property
-    def is_model(self) -> bool:
-        """A full model one can chat with (not the base, not an adapter, not a text file)."""
-        return self.kind in BITS_PER_WEIGHT
-
-
-@dataclass
-class ExportInfo:
-    """An export folder, read back from disk."""
-
-    folder: Path
-    created_at: float
-    finished: bool  # export.json was written: the export ran to its end (verification passed or not)
-    files: list[ExportFile] = field(default_factory=list)
-    report: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def lora_only(self) -> bool:
-        return bool(self.report.get("lora_only")) or any(f.kind == "LoRA" for f in self.files)
-
-    @property
-    def checks(self) -> list[dict[str, Any]]:
-        return [v for v in self.report.get("verification", []) if isinstance(v, dict)]
-
-    def file(self, kind: str) -> ExportFile | None:
-        return next((f for f in self.files if f.kind == kind and f.size is not None), None)
-
-    def chat_file(self) -> ExportFile | None:
-        """The model file to chat with: Q4_K_M when there is one, else the next in CHAT_PREFERENCE."""
-        for kind in CHAT_PREFERENCE:
-            found = self.file(kind)
-            if found is not None:
-                return found
-        return None
-
-    def passed(self) -> bool:
-        return self.finished and bool(self.checks) and all(v.get("passed") for v in self.checks)
-
-
-def _kind_of(name: str) -> str:
-    if name == "base-F16.gguf":
-        return "base-F16"
-    if name.endswith("-lora.gguf"):
-        return "LoRA"
-    stem = name.removesuffix(".gguf")
-    return next((q for q in BITS_PER_WEIGHT if stem.endswith(f"-{q}")), "GGUF")
-
-
-def _size(path: Path) -> int | None:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return None
-
-
-def read_export(folder: Path) -> ExportInfo | None:
-    """The export in ``folder``: from its export.json, or (an export that did not finish) from the GGUF files
-    there. None when the folder holds neither."""
-    report_path = folder / "export.json"
-    report = _json_or_empty(report_path)
-    if report and isinstance(report.get("files"), dict):
-        checks = {v.get("file"): v for v in report.get("verification", []) if isinstance(v, dict)}
-        files = []
-        for kind, recorded in report["files"].items():
-            path = folder / Path(str(recorded)).name  # the folder may have been moved since
-            files.append(ExportFile(path, str(kind), _size(path), checks.get(path.name)))
-        for extra, kind in (("Modelfile", "Modelfile"), ("README.md", "README")):
-            if (folder / extra).is_file():
-                files.append(ExportFile(folder / extra, kind, _size(folder / extra)))
-        return ExportInfo(folder, report_path.stat().st_mtime, True, files, report)
-    try:
-        # Only names an export writes: a folder of the user's own models is not an export.
-        ggufs = sorted(p for p in folder.glob("*.gguf") if p.is_file() and _kind_of(p.name) != "GGUF")
-    except OSError:
-        return None
-    if not ggufs:
-        return None
-    files = [ExportFile(p, _kind_of(p.name), _size(p)) for p in ggufs]
-    return ExportInfo(folder, max(p.stat().st_mtime for p in ggufs), False, files)
-
-
-def _same_path(a: Any, b: Path) -> bool:
-    try:
-        return Path(str(a)).resolve() == b.resolve()
-    except (OSError, ValueError):
-        return False
-
-
-def exports_of(run: RunInfo, project: Project | None, extra_folders: Sequence[Path] = ()) -> list[ExportInfo]:
-    """The exports of ``run``, newest first: its default export folder, the folders the project recorded exports
-    of it in, and ``extra_folders`` when the export there was made from this run."""
-    folders = [run.path / "export"]
-    if project is not None:
-        rows = project.conn.execute("SELECT DISTINCT path FROM exports WHERE run_id = ?", (run.run_id,))
-        folders += [Path(r["path"]).parent for r in rows]
-    found: dict[Path, ExportInfo] = {}
-    for folder in [*folders, *extra_folders]:
-        key = folder.resolve()
-        if key in found or not folder.is_dir():
-            continue
-        info = read_export(folder)
-        if info is None:
-            continue
-        if folder in extra_folders and folder not in folders:
-            adapter = info.report.get("adapter")
-            if not (adapter and (_same_path(adapter, run.path) or _same_path(adapter, run.path / "adapter"))):
-                continue
-        found[key] = info
-    return sorted(found.values(), key=lambda e: e.created_at, reverse=True)
 
 
 # --- verification in plain words -------------------------------------------------------------------------------
@@ -487,147 +303,14 @@ def _marked(level: str, text: str) -> str:
 
 # --- the export, as run in a worker thread ---------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class ExportRequest:
-    run_dir: Path
-    out_dir: Path
-    name: str = "model"
-    quants: tuple[str, ...] = (RECOMMENDED,)
-    with_base: bool = True
-    lora_only: bool = False
-    ollama: bool = True
-    project_root: Path | None = None  # the project to record the export in
-    replace: bool = False  # remove the export already in out_dir first (the user agreed)
-
-    def planned_files(self) -> list[str]:
-        if self.lora_only:
-            names = ["base-F16.gguf", f"{self.name}-lora.gguf"]
-        else:
-            names = [f"{self.name}-F16.gguf", *(f"{self.name}-{q}.gguf" for q in self.quants if q != "F16")]
-            if self.with_base:
-                names.append("base-F16.gguf")
-        if self.ollama:
-            names += ["Modelfile", "README.md"]
-        return [*names, "export.json"]
-
-    def command(self) -> str:
-        """The same export as a command line."""
-        parts = ["slowtune", "export", str(self.run_dir)]
-        if self.lora_only:
-            parts.append("--lora-only")
-        else:
-            parts += ["--quant", ",".join(self.quants) or "F16"]
-            if not self.with_base:
-                parts.append("--no-base")
-        if self.out_dir != self.run_dir / "export":
-            parts += ["--out", str(self.out_dir)]
-        if self.name != "model":
-            parts += ["--name", self.name]
-        if not self.ollama:
-            parts.append("--no-ollama")
-        return shlex.join(parts)
-
-
-@dataclass
-class ExportOutcome:
-    out_dir: Path
-    seconds: float
-    notes: list[str]
-
-
-def check_run_folder(run_dir: Path) -> Path:
-    """The run's adapter folder, or ExportFailed saying in the user's words what is wrong with the run folder."""
-    if not run_dir.is_dir():
-        raise ExportFailed(f"The run folder {run_dir} is gone: it was moved or deleted.")
-    try:
-        adapter = find_adapter(run_dir)
-    except ExportFailed:
-        raise ExportFailed(f"The run folder {run_dir} has no adapter any more: adapters.safetensors or "
-                           "adapter_config.json is missing. Train the run again, or pick another run.") from None
-    try:
-        config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
-        if not isinstance(config, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as exc:
-        raise ExportFailed(f"The run's adapter_config.json cannot be read ({exc}): the run folder is damaged. "
-                           "Train the run again.") from exc
-    weights = adapter / "adapters.safetensors"
-    try:
-        with open(weights, "rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(length)) if 0 < length < 100_000_000 else None
-        if not isinstance(header, dict):
-            raise ValueError("no tensor index")
-        end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
-        if weights.stat().st_size < 8 + length + end:
-            raise ValueError("the file is shorter than its tensors")
-    except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
-        raise ExportFailed(f"The run's adapters.safetensors is damaged ({exc}): the adapter cannot be read. "
-                           "Train the run again.") from exc
-    base = config.get("base_model")
-    if not (isinstance(base, str) and base and (Path(base) / "config.json").exists()):
-        raise ExportFailed(f"The base model this run was trained on is no longer at {base or '(unknown)'}. "
-                           "Download it again, then export.")
-    return adapter
-
-
-def remove_export(folder: Path, project_root: Path | None) -> list[str]:
-    """Delete the files of the export in ``folder`` (those its export.json lists, its Modelfile and README), and
-    their records in the project. Other files in the folder are left alone. The names removed."""
-    export = read_export(folder)
-    if export is None:
-        return []
-    removed = []
-    for f in [*export.files, ExportFile(folder / "export.json", "report", None)]:
-        if f.path.parent == folder and f.path.is_file():
-            f.path.unlink()
-            removed.append(f.path.name)
-    if project_root is not None:
-        with Project.open(project_root) as project, project.transaction() as conn:
-            conn.executemany("DELETE FROM exports WHERE path = ?", [(str(f.path),) for f in export.files])
-    return removed
-
-
-def export_function(request: ExportRequest) -> Callable[[Progress], ExportOutcome]:
-    def run(progress: Progress) -> ExportOutcome:
-        from slowtune.export.pipeline import export_lora_only, export_run, record_export
-
-        check_run_folder(request.run_dir)
-        progress.check()
-        if request.replace:
-            remove_export(request.out_dir, request.project_root)
-        if request.lora_only:
-            result = export_lora_only(request.run_dir, request.out_dir, name=request.name, ollama=request.ollama,
-                                      progress=progress)
-        else:
-            result = export_run(request.run_dir, request.out_dir, quants=list(request.quants) or ["F16"],
-                                name=request.name, with_base=request.with_base, ollama=request.ollama,
-                                progress=progress)
-        notes: list[str] = []
-        if request.project_root is not None:
-            try:
-                record_export(request.project_root, request.run_dir.name, result)
-            except (sqlite3.Error, StoreError, OSError) as exc:
-                notes.append(f"The files are complete, but the project could not record them: {exc}")
-        return ExportOutcome(result.out_dir, result.seconds, notes)
-    return run
-
-
 def estimate_parameters(model_dir: Path) -> int | None:
     """The number of weights in a (not quantised) Hugging Face model folder, from its safetensors headers."""
     config = _json_or_empty(model_dir / "config.json")
     if not config or "quantization" in config or "quantization_config" in config:
         return None
-    total = 0
     try:
-        for path in sorted(model_dir.glob("*.safetensors")):
-            with open(path, "rb") as f:
-                (length,) = struct.unpack("<Q", f.read(8))
-                if not 0 < length < 100_000_000:
-                    return None
-                header = json.loads(f.read(length))
-            total += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
-    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        total = parameter_count(sorted(model_dir.glob("*.safetensors")))
+    except (OSError, ValueError):
         return None
     return total or None
 
@@ -882,14 +565,15 @@ class ExportPage(QWidget):
     def refresh(self) -> None:
         """Re-read the runs and the selected run's exports, keeping the selection."""
         current = self.current_run()
-        self.runs = list_runs(self.project) if self.project is not None else []
-        listed = {r.path for r in self.runs}
+        self.runs = [_judged(r) for r in list_runs(self.project, with_records=True)] if self.project is not None \
+            else []
+        listed = {r.run_dir for r in self.runs}
         self.runs += [r for p, r in self._outside_runs.items() if p not in listed]
         self.run_tree.blockSignals(True)
         self.run_tree.clear()
         for run in self.runs:
             self.run_tree.addTopLevelItem(self._run_item(run))
-        target = next((i for i, r in enumerate(self.runs) if current is not None and r.path == current.path
+        target = next((i for i, r in enumerate(self.runs) if current is not None and r.run_dir == current.run_dir
                        and r.exportable), None)
         if target is None:
             target = next((i for i, r in enumerate(self.runs) if r.exportable), None)
@@ -911,16 +595,16 @@ class ExportPage(QWidget):
         tree.setFixedHeight(tree.header().sizeHint().height() + rows * max(row_height, 1) + 2 * tree.frameWidth() + 2)
 
     def _run_item(self, run: RunInfo) -> QTreeWidgetItem:
-        loss = f"{run.loss:.3f}" if run.loss is not None else "–"
-        if run.val_loss is not None:
-            loss += f" (validation {run.val_loss:.3f})"
+        loss = f"{run.train_loss:.3f}" if run.train_loss is not None else "–"
+        if run.validation_loss is not None:
+            loss += f" (validation {run.validation_loss:.3f})"
         steps = str(run.steps) if run.steps is not None else "–"
         state = "Finished" if run.exportable else run.problem
         item = QTreeWidgetItem([format_time(run.created_at) if run.created_at else run.run_id, run.base_label,
                                 steps, loss, state])
-        item.setData(0, Qt.ItemDataRole.UserRole, str(run.path))
-        item.setToolTip(0, str(run.path))
-        item.setToolTip(1, run.base_model)
+        item.setData(0, Qt.ItemDataRole.UserRole, str(run.run_dir))
+        item.setToolTip(0, str(run.run_dir))
+        item.setToolTip(1, run.model)
         item.setToolTip(4, state)
         if not run.exportable:
             item.setFlags(item.flags() & ~(Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable))
@@ -950,17 +634,18 @@ class ExportPage(QWidget):
         if item is None or not (item.flags() & Qt.ItemFlag.ItemIsEnabled):
             return None
         path = Path(item.data(0, Qt.ItemDataRole.UserRole))
-        return next((r for r in self.runs if r.path == path), None)
+        return next((r for r in self.runs if r.run_dir == path), None)
 
     def select_run(self, run_dir: str) -> None:
         """Show ``run_dir`` selected, ready to export (the Train page's "Export this model…")."""
         path = Path(run_dir).expanduser().resolve()
-        if not any(r.path == path for r in self.runs):
+        if not any(r.run_dir == path for r in self.runs):
             self.refresh()
-        if not any(r.path == path for r in self.runs):
-            self._outside_runs[path] = read_run(path)  # a run this project has no record of: export it anyway
+        if not any(r.run_dir == path for r in self.runs):
+            # A run this project has no record of: export it anyway.
+            self._outside_runs[path] = _judged(read_run(path) or RunInfo(path, "unknown", "?"))
             self.refresh()
-        run = next(r for r in self.runs if r.path == path)
+        run = next(r for r in self.runs if r.run_dir == path)
         if not run.exportable:
             self.banner.show_message(f"This run cannot be exported: {run.problem}", level="warning")
             return
@@ -971,7 +656,7 @@ class ExportPage(QWidget):
     def _run_changed(self) -> None:
         run = self.current_run()
         if run is not None and not self._custom_destination:
-            self.destination.setText(str(run.path / "export"))
+            self.destination.setText(str(run.run_dir / "export"))
         self._update_size_notes(run)
         self._options_changed()
         self.refresh_exports()
@@ -1020,9 +705,9 @@ class ExportPage(QWidget):
             return None, "The destination must be a full folder path: click Choose… to pick one."
         if out.exists() and not out.is_dir():
             return None, f"The destination {out} is a file, not a folder."
-        project_root = run.project if run.path in self._outside_runs else \
+        project_root = run.project if run.run_dir in self._outside_runs else \
             (self.project.root if self.project is not None else None)
-        return ExportRequest(run.path, out.resolve(), name, tuple(self.selected_quants()), self.base_box.isChecked(),
+        return ExportRequest(run.run_dir, out.resolve(), name, tuple(self.selected_quants()), self.base_box.isChecked(),
                              self.lora_box.isChecked(), self.ollama_box.isChecked(), project_root), ""
 
     def _options_changed(self) -> None:
@@ -1085,7 +770,7 @@ class ExportPage(QWidget):
         key = str(self.project.root) if self.project is not None else str(request.run_dir)
         # No throttle in the core: the pipeline reports a few hundred times at most, the Job hands the GUI only the
         # latest report per stage, and a throttled report of a new step ("verifying") would never be shown.
-        job = Job("Exporting", export_function(request), key=key, stage_names=EXPORT_STAGES, min_interval=0)
+        job = Job("Exporting", partial(run_export, request), key=key, stage_names=EXPORT_STAGES, min_interval=0)
         job.progress.connect(self._progress)
         job.finished.connect(self._exported)
         job.failed.connect(self._failed)
@@ -1152,7 +837,7 @@ class ExportPage(QWidget):
         self.refresh_exports(show=outcome.out_dir)
         export = self.shown_export
         level = "info"
-        message = f"Exported to {outcome.out_dir} in {format_duration(outcome.seconds)}."
+        message = f"Exported to {outcome.out_dir} in {format_duration(outcome.seconds, exact=True)}."
         if late:
             message = "The export had already finished when Cancel arrived. " + message
         if export is not None:
@@ -1210,7 +895,7 @@ class ExportPage(QWidget):
             extra.append(Path(text))
         if show is not None:
             extra.append(show)
-        self.exports = exports_of(run, self.project, extra) if run is not None else []
+        self.exports = exports_of(run.run_dir, self.project, extra) if run is not None else []
         self.export_picker.blockSignals(True)
         self.export_picker.clear()
         for export in self.exports:
@@ -1249,7 +934,7 @@ class ExportPage(QWidget):
                 check_level = checks[f.path.name][0]
                 agreement = float(f.check.get("top1_agreement") or 0.0) if f.check else 0.0
                 check = f"{LEVEL_MARKS[check_level][0]} {percent(agreement)} agree"
-            elif f.kind == "base-F16":
+            elif f.kind == BASE_KIND:
                 check = "unchanged base"
             elif not export.finished and f.kind != "README":
                 check = "not checked"
@@ -1288,7 +973,7 @@ class ExportPage(QWidget):
             return "Tuned model, full quality (F16)"
         if f.kind in BITS_PER_WEIGHT:
             return f"Tuned model, {f.kind}" + (" (recommended)" if f.kind == RECOMMENDED else "")
-        return {"base-F16": "Base model before tuning (F16)", "LoRA": "LoRA adapter (load on the base model)",
+        return {BASE_KIND: "Base model before tuning (F16)", LORA_KIND: "LoRA adapter (load on the base model)",
                 "Modelfile": "Ollama Modelfile", "README": "How to use these files"}.get(f.kind, "GGUF file")
 
     def _usage_html(self, export: ExportInfo) -> str:
@@ -1298,7 +983,7 @@ class ExportPage(QWidget):
             model = shlex.quote(default_name(self.project)) if self.project is not None else "my-model"
             parts.append(f"Ollama: <code>cd {html.escape(folder)} &amp;&amp; ollama create {html.escape(model)} "
                          "-f Modelfile</code>")
-        lora, base = export.file("LoRA"), export.file("base-F16")
+        lora, base = export.file(LORA_KIND), export.file(BASE_KIND)
         if lora is not None and base is not None:
             parts.append(f"llama.cpp: <code>llama-cli -m {html.escape(base.path.name)} --lora "
                          f"{html.escape(lora.path.name)}</code>")
@@ -1319,10 +1004,10 @@ class ExportPage(QWidget):
         export = self.shown_export
         if export is None or not export.finished:
             return None
-        base = export.file("base-F16")
+        base = export.file(BASE_KIND)
         if export.lora_only:
             # The Chat page applies an export's LoRA GGUF to the base it was exported with; the base alone beside it.
-            lora = export.file("LoRA")
+            lora = export.file(LORA_KIND)
             if lora is None or lora.size is None or base is None or base.size is None:
                 return None
             return lora.path, base.path

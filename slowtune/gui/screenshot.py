@@ -297,7 +297,7 @@ def dataset(tour: Tour) -> None:
 def train(tour: Tour, home: Path) -> Path:
     from PySide6.QtWidgets import QWizard
 
-    from slowtune.gui import train as train_module
+    from slowtune.gui import trainwizard
     from slowtune.testing.tiny_models import build_tiny_model
 
     window = tour.window
@@ -309,7 +309,7 @@ def train(tour: Tour, home: Path) -> Path:
     wizard = page.wizard
     tour.check(wizard is not None and page.stack.currentWidget() is wizard, "the wizard did not open")
     models = wizard.model_page
-    train_module.choose_folder = lambda parent: model_dir  # the folder dialog, answered
+    trainwizard.choose_folder = lambda parent: model_dir  # the folder dialog, answered
     models.folder_button.click()
     tour.check(models.isComplete(), f"the model folder was not accepted: {models.banner.text.text()}")
     tour.grab(window, "4-train-wizard-model")
@@ -359,7 +359,7 @@ def export(tour: Tour, run_dir: Path) -> None:
     tour.page("Train")
     window.train.run_view.export_button.click()  # the Train page hands the run to the Export page
     tour.pump()
-    tour.check(page.current_run() is not None and page.current_run().path == run_dir,
+    tour.check(page.current_run() is not None and page.current_run().run_dir == run_dir,
                "the Export page did not select the run")
     for quant, box in page.quant_boxes.items():
         box.setChecked(quant in ("Q8_0", "Q4_K_M"))

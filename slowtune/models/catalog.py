@@ -28,13 +28,13 @@ the supported families, a multimodal checkpoint) in ``problem``. Only the standa
 from __future__ import annotations
 
 import json
-import struct
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from slowtune import safetensors
 from slowtune.models.architectures import SUPPORTED_ARCHITECTURES, ArchitectureError, check_config
 
 # Architectures (config.json ``model_type``) that both engines run and the export writes: every supported family.
@@ -319,8 +319,6 @@ _FLOAT_DTYPES = {
     "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
 }
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
-# The safetensors format caps its JSON header at 100 MB; real headers are well under 1 MB.
-_MAX_HEADER = 100_000_000
 
 
 def describe_local(path: Path) -> LocalModel:
@@ -440,25 +438,28 @@ def _weight_files(folder: Path) -> list[str]:
     raise ModelError(f"{folder} has no weights: no model.safetensors or other .safetensors file.")
 
 
-def read_safetensors_header(file: Path) -> dict[str, Any]:
-    """The JSON header of a safetensors file (tensor names -> dtype, shape, offsets), read without the data."""
+def read_safetensors(file: Path) -> safetensors.Header:
+    """The header of a model's safetensors file (:func:`slowtune.safetensors.read_header`), or ModelError naming the
+    file and what is wrong with it."""
     try:
-        with file.open("rb") as handle:
-            size = file.stat().st_size
-            prefix = handle.read(8)
-            if len(prefix) < 8:
-                raise ModelError(f"{file} is not a valid safetensors file (it is {size} bytes long).")
-            (length,) = struct.unpack("<Q", prefix)
-            if length > _MAX_HEADER or 8 + length > size:
-                raise ModelError(f"{file} is not a valid safetensors file (truncated, or an incomplete download).")
-            header = json.loads(handle.read(length))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ModelError(f"{file} is not a valid safetensors file (its header is not JSON).") from None
+        return safetensors.read_header(file)
+    except safetensors.HeaderError as exc:
+        raise ModelError(f"{file} is not a valid safetensors file ({exc.reason}).") from None
     except OSError as exc:
         raise ModelError(f"{file} cannot be read ({exc.strerror or exc}).") from None
-    if not isinstance(header, dict):
-        raise ModelError(f"{file} is not a valid safetensors file (its header is not a JSON object).")
-    return header
+
+
+def read_safetensors_header(file: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file (tensor names -> dtype, shape, offsets), read without the data."""
+    return read_safetensors(file).raw
+
+
+def read_safetensors_tensors(file: Path) -> dict[str, safetensors.TensorEntry]:
+    """Each tensor of a model's safetensors file and its absolute byte range, or ModelError."""
+    try:
+        return read_safetensors(file).tensors()
+    except safetensors.HeaderError as exc:
+        raise ModelError(f"{file} is not a valid safetensors file ({exc.reason}).") from None
 
 
 def _weights_dtype(folder: Path, weight_files: list[str]) -> str | None:

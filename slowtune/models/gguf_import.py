@@ -537,7 +537,7 @@ def _specials_in_text(tokenizer: Any) -> list[str]:
 def _check_tokenizer(result: ImportResult, folder: Path, source: Path) -> None:
     from tokenizers import Tokenizer
 
-    from slowtune.chat.engine import load_gguf
+    from slowtune.llama import load_gguf
 
     hf = Tokenizer.from_file(str(folder / "tokenizer.json"))
     llm = load_gguf(source, n_ctx=64, vocab_only=True)
@@ -563,7 +563,7 @@ def _check_logits(result: ImportResult, folder: Path, source: Path) -> None:
     import mlx.core as mx
     from mlx_lm import load
 
-    from slowtune.chat.engine import load_gguf
+    from slowtune.llama import load_gguf
 
     vocab = load_gguf(source, n_ctx=64, vocab_only=True)
     try:

@@ -25,13 +25,15 @@ def _mix(text: str) -> dict[str, float]:
 
 
 def add_generate_arguments(p: argparse.ArgumentParser) -> None:
+    from slowtune.teacher.options import DEFAULT_CONCURRENCY
     from slowtune.teacher.pipeline import DEFAULT_MIX
 
     p.add_argument("project", help="project name or folder (documents must be ingested first)")
     p.add_argument("--provider", help="teacher provider id (see `slowtune provider list`); default from settings")
     p.add_argument("--model", help="teacher model (default: the provider's default model)")
     p.add_argument("--judge-provider", help="provider of the judge (default: the teacher's)")
-    p.add_argument("--judge-model", help="judge model (default: the teacher model)")
+    p.add_argument("--judge-model", help="judge model (default: the teacher model; on another --judge-provider, "
+                                         "that provider's default model)")
     p.add_argument("--no-judge", action="store_true", help="skip the judge pass (cheaper, less checked)")
     p.add_argument("--pairs-per-chunk", type=int, help="items per chunk (default: about 4 per 500 tokens)")
     p.add_argument("--mix", type=_mix, default=None,
@@ -42,7 +44,7 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probes-per-chunk", type=int, default=1, help="rephrased probe questions per training chunk")
     p.add_argument("--dedup-threshold", type=float, default=0.8, help="near-duplicate similarity (0.8)")
     p.add_argument("--budget", type=float, metavar="USD", help="stop cleanly before spending more than this")
-    p.add_argument("--concurrency", type=int, default=8, help="most calls in flight (lowered on rate limits)")
+    p.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="most calls in flight (lowered on rate limits)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per call before it is retried")
     p.add_argument("--mode", choices=("json_schema", "json_object", "text"),
                    help="structured-output mode (default: the best the endpoint supports, probed and cached)")
@@ -80,6 +82,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from slowtune.settings import load_settings
     from slowtune.teacher import cost, providers, session
     from slowtune.teacher.client import TeacherError
+    from slowtune.teacher.options import choose_teachers, estimate_run
     from slowtune.teacher.pipeline import GenerateConfig, GenerationError, load_jobs, plan_run, run_generation
     from slowtune.teacher.probe import ProbeError
 
@@ -115,46 +118,29 @@ def run_generate(args: argparse.Namespace) -> int:
             print(f"All {done} chunks already have generated data. `slowtune dataset report {args.project}` "
                   "shows it.")
             return EXIT_OK
-        choice = session.choose(provider_id, args.model or (settings.teacher_model if not args.provider else None),
-                                mode=args.mode, timeout=min(args.timeout, 30))
-        judge_choice = None
-        if args.judge_provider or args.judge_model:
-            judge_choice = session.choose(args.judge_provider or provider_id, args.judge_model or choice.model,
-                                          timeout=min(args.timeout, 30))
-        # Built before anything is said or sent: a missing key is reported first.
+        # A missing key is reported here, before anything is said or sent.
+        choice, judge_choice = choose_teachers(
+            provider_id, args.model or (settings.teacher_model if not args.provider else None), judge=config.judge,
+            judge_provider=args.judge_provider, judge_model=args.judge_model, mode=args.mode,
+            timeout=min(args.timeout, 30))
         runner = session.make_runner(project, choice, concurrency=args.concurrency, timeout=args.timeout)
         judge_runner = (session.make_runner(project, judge_choice, concurrency=args.concurrency, timeout=args.timeout)
                         if judge_choice else None)
         plan = plan_run(jobs, config)
         judge = judge_choice or choice
-        if judge is choice:
-            est = cost.estimate(choice.model, plan.calls + plan.judge_calls, plan.input_tokens + plan.judge_input_tokens,
-                                plan.output_tokens + plan.judge_output_tokens, free=choice.free)
-            estimates = [est]
-        else:
-            estimates = [cost.estimate(choice.model, plan.calls, plan.input_tokens, plan.output_tokens,
-                                       free=choice.free),
-                         cost.estimate(judge.model, plan.judge_calls, plan.judge_input_tokens,
-                                       plan.judge_output_tokens, free=judge.free)]
-        if config.budget_usd is not None:
-            for e, c in zip(estimates, (choice, judge), strict=False):
-                if e.cost_usd is None:
-                    raise GenerationError(
-                        f"a budget needs a price for {c.model}: add it to {cost.user_prices_file()} "
-                        "(USD per million input and output tokens)")
+        estimates = estimate_run(plan, choice, judge_choice, config.budget_usd, without_budget="leave out --budget")
         statement = _statement(choice, plan.chunks, plan.chunk_tokens, "teacher")
-        if judge is not choice and judge.destination != choice.destination:
-            statement += " " + _statement(judge, plan.chunks if config.judge else 0, plan.chunk_tokens, "judge")
+        if judge.destination != choice.destination:  # a judge on another provider, elsewhere
+            statement += " " + _statement(judge, plan.chunks, plan.chunk_tokens, "judge")
         print(statement, file=sys.stderr)
-        for e, who in zip(estimates, ("teacher", "judge") if len(estimates) > 1 else ("teacher and judge",),
-                          strict=True):
+        for who, e in estimates:
             print(f"Estimate ({who}): {e.describe()}", file=sys.stderr)
         if done:
             print(f"{done} chunks already done are skipped.", file=sys.stderr)
         if args.estimate:
             if args.json:
                 print(json.dumps({"chunks": plan.chunks, "chunks_done_before": done, "plan": dataclasses.asdict(plan),
-                                  "estimates": [dataclasses.asdict(e) for e in estimates],
+                                  "estimates": [dataclasses.asdict(e) for _, e in estimates],
                                   "destinations": sorted({choice.destination, judge.destination})}, indent=2))
             return EXIT_OK
         remote = not choice.provider.in_process or not judge.provider.in_process

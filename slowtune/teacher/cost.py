@@ -1,4 +1,4 @@
-"""What the teacher costs: list prices, the cost of a call, a running meter and estimates before a run.
+"""What the teacher costs: list prices, the cost of a call and estimates before a run.
 
 Prices are US dollars per million tokens, from ``resources/prices.json`` (public list prices, which go out of
 date) with the user's own ``config_dir()/prices.json`` merged over it, so a user can add a model or correct a
@@ -234,97 +234,6 @@ def write_user_price(model: str, input: float, output: float) -> Path:
         atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
         _user_cache.clear()
     return path
-
-
-# --------------------------------------------------------------------------------------------------------
-# Running totals
-
-
-@dataclass(frozen=True)
-class CostTotals:
-    calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0  # of the calls whose price is known
-    unknown_price: bool = False  # some call's price was unknown, so cost_usd is a lower bound
-    unknown_models: tuple[str, ...] = ()
-
-
-class CostMeter:
-    """Running totals of a generation run, safe to update from worker threads and from asyncio tasks.
-
-    ``add`` does no I/O under its lock and never awaits, so a plain ``threading.Lock`` serves both. The price
-    of each model is looked up once per meter: editing the price file mid-run does not change the run's
-    accounting, and a broken file shows up at the first call, not at the thousandth.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._totals = CostTotals()
-        self._prices: dict[str, Price | None] = {}
-
-    def add(
-        self, model: str, prompt_tokens: int, completion_tokens: int, *, free: bool = False
-    ) -> float | None:
-        """Count one call; returns its cost (None when the model's price is unknown)."""
-        _check_tokens(prompt_tokens, completion_tokens)
-        cost: float | None = 0.0
-        if not free:
-            if model not in self._prices:
-                self._prices[model] = price_for(model)  # a benign race: two threads find the same price
-            price = self._prices[model]
-            cost = None if price is None else price.cost(prompt_tokens, completion_tokens)
-        with self._lock:
-            t = self._totals
-            unknown = t.unknown_models
-            if cost is None and model not in unknown:
-                unknown = (*unknown, model)
-            self._totals = CostTotals(
-                t.calls + 1,
-                t.prompt_tokens + prompt_tokens,
-                t.completion_tokens + completion_tokens,
-                t.cost_usd + (cost or 0.0),
-                t.unknown_price or cost is None,
-                unknown,
-            )
-        return cost
-
-    def totals(self) -> CostTotals:
-        """A consistent snapshot of every total."""
-        return self._totals
-
-    @property
-    def calls(self) -> int:
-        return self._totals.calls
-
-    @property
-    def prompt_tokens(self) -> int:
-        return self._totals.prompt_tokens
-
-    @property
-    def completion_tokens(self) -> int:
-        return self._totals.completion_tokens
-
-    @property
-    def cost_usd(self) -> float:
-        return self._totals.cost_usd
-
-    @property
-    def unknown_price(self) -> bool:
-        return self._totals.unknown_price
-
-    def over_budget(self, budget_usd: float | None) -> bool:
-        """Whether the known cost has passed ``budget_usd`` (None: no budget).
-
-        Calls already in flight when this turns true still complete, so a run can end slightly over budget.
-        Calls of unknown price do not count: the caller should warn before the run that the budget cannot be
-        enforced for such a model.
-        """
-        if budget_usd is None:
-            return False
-        if budget_usd < 0 or not math.isfinite(budget_usd):
-            raise ValueError(f"a budget must be a non-negative number of dollars, got {budget_usd}")
-        return self._totals.cost_usd > budget_usd
 
 
 # --------------------------------------------------------------------------------------------------------

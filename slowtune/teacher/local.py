@@ -1,7 +1,7 @@
 """The in-process teacher: a GGUF model run by llama.cpp, so private documents never leave the Mac.
 
 It answers the same calls as a remote endpoint. Its JSON is constrained by a grammar built from each task's
-schema (through the one llama.cpp engine module, ``slowtune.chat.engine``), so replies always parse; whether
+schema (through the one llama.cpp module, ``slowtune.llama``), so replies always parse; whether
 they are any good is for the pipeline's quote check and judge to decide, as for any teacher. llama.cpp runs
 one sequence at a time here, so calls are serialised and run in a worker thread to keep the event loop free.
 """
@@ -49,7 +49,7 @@ class LocalTeacher:
 
     def _load(self) -> Any:
         if self._llm is None:
-            from slowtune.chat.engine import load_gguf
+            from slowtune.llama import load_gguf
 
             try:
                 self._llm = load_gguf(self.path, n_ctx=self.n_ctx, seed=self.seed)
@@ -59,7 +59,7 @@ class LocalTeacher:
 
     def _complete(self, messages: list[dict[str, str]], schema: dict[str, Any], mode: str, temperature: float,
                   max_tokens: int) -> Completion:
-        from slowtune.chat.engine import complete_chat
+        from slowtune.llama import complete_chat
 
         with self._lock:
             llm = self._load()

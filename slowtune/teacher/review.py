@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from slowtune.dataset import (
@@ -22,6 +23,8 @@ from slowtune.dataset import (
 from slowtune.store import Project, dumps
 
 GATES = ("schema", "quote", "refusal", "judge", "duplicate", "user")
+# The rows regenerating a chunk replaces: the teacher's, unless the user edited them.
+REPLACED_ROW_SQL = "(source = 'teacher' AND edited = 0)"
 
 
 @dataclass
@@ -117,8 +120,7 @@ def clear_chunk(project: Project, chunk_id: str) -> int:
     if r is None:
         raise DatasetError(f"there is no chunk {chunk_id} in project {project.name!r}")
     with project.transaction() as conn:
-        conn.execute("DELETE FROM dataset_rows WHERE chunk_id = ? AND source = 'teacher' AND edited = 0",
-                     (chunk_id,))
+        conn.execute(f"DELETE FROM dataset_rows WHERE chunk_id = ? AND {REPLACED_ROW_SQL}", (chunk_id,))
         g = conn.execute("SELECT regenerations FROM generation_chunks WHERE chunk_id = ?", (chunk_id,)).fetchone()
         regen = (g["regenerations"] if g else 0) + 1
         conn.execute(
@@ -129,6 +131,38 @@ def clear_chunk(project: Project, chunk_id: str) -> int:
             (chunk_id, regen, time.time()),
         )
     return regen
+
+
+@dataclass
+class ChunkRows:
+    """What regenerating a chunk replaces and keeps."""
+    chunk_id: str
+    document: str
+    tokens: int
+    replaced: int  # the teacher's rows nobody edited: removed, and written afresh
+    probes: int  # of those, probe questions
+    reviewed: int  # of those, rows the user accepted or rejected by hand
+    kept: int  # rows the user edited (and any not written by the teacher)
+
+
+def chunk_rows(project: Project, chunk_id: str) -> ChunkRows | None:
+    """What ``clear_chunk`` would remove and keep; None when the chunk is not in the library any more (its
+    document was removed or re-chunked)."""
+    chunk = project.conn.execute(
+        "SELECT c.tokens, d.title, d.path FROM chunks c JOIN documents d ON d.id = c.document_id "
+        "WHERE c.id = ? AND d.status = 'ok'", (chunk_id,)).fetchone()
+    if chunk is None:
+        return None
+    replaced = REPLACED_ROW_SQL
+    r = project.conn.execute(
+        f"""SELECT coalesce(sum({replaced}), 0) replaced,
+                   coalesce(sum({replaced} AND split = 'probe'), 0) probes,
+                   coalesce(sum({replaced} AND (coalesce(json_extract(verdicts_json, '$.reviewed'), 0)
+                                               OR json_extract(verdicts_json, '$.gate') = 'user')), 0) reviewed,
+                   coalesce(sum(NOT ({replaced})), 0) kept
+            FROM dataset_rows WHERE chunk_id = ?""", (chunk_id,)).fetchone()
+    title = chunk["title"] or Path(chunk["path"]).name
+    return ChunkRows(chunk_id, title, chunk["tokens"], r["replaced"], r["probes"], r["reviewed"], r["kept"])
 
 
 @dataclass

@@ -34,8 +34,6 @@ from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
-from slowtune.teacher.prompts import QTYPES
-
 __all__ = ["FAULT_KINDS", "FakeTeacher", "Fault", "fingerprint", "main"]
 
 FAULT_KINDS = (
@@ -56,6 +54,9 @@ REFUSAL_ANSWER = "The documents do not cover that, so I can't say."
 # Real models put a sentence before a fenced block when they are not forced into JSON mode.
 TEXT_MODE_PREAMBLE = "Here is the JSON you asked for."
 
+# The question types of slowtune.teacher.prompts (QTYPES), in its order; this module imports nothing of slowtune's,
+# and tests/test_fake_openai.py checks that the two stay equal.
+QTYPES = ("fact", "reasoning", "multi_turn", "refusal")
 # The schema limits of slowtune.teacher.prompts: a long sentence is cut to them, as a model obeying the
 # schema would, so the fake's answers always validate.
 _MAX_QUESTION = 400
@@ -366,7 +367,7 @@ _GRADE_WORD_RE = re.compile(r"\w+")
 
 
 def _grade(prompt: _Prompt) -> dict[str, Any]:
-    """The evaluation judge (``slowtune.chat.evaluate``): a 1-5 score from how much the answer's words overlap the
+    """The evaluation judge (``slowtune.eval.judge``): a 1-5 score from how much the answer's words overlap the
     reference's (F1 of the two word sets), so an answer that repeats the reference scores 5 and gibberish 1."""
     items = prompt.payload if isinstance(prompt.payload, list) else []
     grades = []

@@ -7,12 +7,10 @@ import json
 import logging
 import signal
 import sys
-import time
-import uuid
 from pathlib import Path
-from typing import Any
 
-from slowtune.train.config import PRESETS, TrainConfig
+from slowtune.train.config import TrainConfig
+from slowtune.train.settings import LORA_PRESETS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,7 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto: in memory when the model fits with margin, else layer-streamed")
     p.add_argument("--out", type=Path, help="run folder (default: a new folder under the project's or slowtune's runs)")
     p.add_argument("--resume", type=Path, metavar="RUN", help="continue the run in this folder from its last checkpoint")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="standard", help="LoRA preset (default: standard)")
+    p.add_argument("--preset", choices=sorted(LORA_PRESETS), default="standard",
+                   help="LoRA preset (default: standard)")
     p.add_argument("--rank", type=int, help="LoRA rank (overrides the preset)")
     p.add_argument("--alpha", type=float, help="LoRA alpha; the update is scaled by alpha/rank")
     p.add_argument("--dropout", type=float, help="LoRA dropout")
@@ -51,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace, model_dir: Path) -> TrainConfig:
     import dataclasses
 
-    lora = dataclasses.replace(PRESETS[args.preset])
+    lora = dataclasses.replace(LORA_PRESETS[args.preset])
     for attr, value in (("rank", args.rank), ("alpha", args.alpha), ("dropout", args.dropout),
                         ("num_layers", args.lora_layers)):
         if value is not None:
@@ -102,22 +101,12 @@ def export_problem(model_dir: Path) -> str | None:
     return None
 
 
-def _default_run_dir(data: Path) -> tuple[Path, Path | None]:
-    """Where a new run goes (nothing is created yet), and the project to record it in, if the data is one."""
-    from slowtune import paths
-    from slowtune.store import DB_NAME
-
-    run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    if (data / DB_NAME).exists():
-        return data / "runs" / run_id, data
-    return paths.data_dir() / "runs" / run_id, None
-
-
 def run(args: argparse.Namespace) -> int:
     from slowtune.models.hub import HubError, resolve_model
     from slowtune.progress import Cancelled, Progress, RichProgressBar
     from slowtune.train.model import ModelError
     from slowtune.train.preflight import architecture_problem, preflight
+    from slowtune.train.runs import default_run_dir, record_run
     from slowtune.train.trainer import TrainError, run_training
 
     def fail(message: str) -> int:
@@ -165,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
             return fail(f"this model could not be exported to GGUF after training: {problem} "
                         "(--no-export-check trains it anyway)")
         cfg = config_from_args(args, model_dir)
-        run_dir, project_root = _default_run_dir(data.resolve())
+        run_dir, project_root = default_run_dir(data.resolve())
         if args.out:
             # A run trained on a project's data belongs to that project wherever its folder is (the app puts it
             # under the project's runs/ itself): it is recorded there, and the Export page lists it.
@@ -218,10 +207,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
         if project_root is not None:
-            from slowtune.store import Project
-
-            with Project.open(project_root) as project:
-                _record_run(project, run_dir, cfg, engine, result, cancelled=cancelled_early)
+            status = result.status if result is not None else "cancelled" if cancelled_early else "failed"
+            record_run(project_root, run_dir, status, config=cfg.to_dict(), engine=engine)
     summary = {"run_dir": str(result.run_dir), "status": result.status, "engine": result.engine,
                "steps": result.steps, "train_loss": result.train_loss, "val_loss": result.val_loss,
                "best_val": result.best_val}
@@ -236,17 +223,3 @@ def run(args: argparse.Namespace) -> int:
             print(f"Training {word}: {result.steps} steps, loss {loss}, adapter in {result.run_dir}")
     return 0 if result.status == "done" else 130
 
-
-def _record_run(project: Any, run_dir: Path, cfg: TrainConfig, engine: str, result: Any, *,
-                cancelled: bool = False) -> None:
-    now = time.time()
-    status = result.status if result is not None else "cancelled" if cancelled else "failed"
-    project.conn.execute(
-        """INSERT INTO runs(id, base_model, engine, status, config_json, metrics_json, adapter_path, created_at,
-                            updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-           ON CONFLICT(id) DO UPDATE SET status = excluded.status, metrics_json = excluded.metrics_json,
-                                         updated_at = excluded.updated_at""",
-        (run_dir.name, cfg.model, engine, status, json.dumps(cfg.to_dict()),
-         json.dumps({"steps": getattr(result, "steps", 0), "train_loss": getattr(result, "train_loss", None)}),
-         str(run_dir), now, now),
-    )

@@ -1,4 +1,7 @@
-"""Training configuration: dataclasses with ``help`` metadata, and LoRA presets."""
+"""Training configuration: dataclasses with ``help`` metadata.
+
+The presets (the app's Quick / Balanced / Thorough and the CLI's ``--preset``) are in ``slowtune.train.settings``.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from typing import Any
 
 from slowtune.models.catalog import STREAMED_ARCHITECTURES
 
-__all__ = ["DEFAULT_KEYS", "PRESETS", "STREAMED_ARCHITECTURES", "LoraConfig", "StreamConfig", "TrainConfig"]
+__all__ = ["DEFAULT_KEYS", "STREAMED_ARCHITECTURES", "LoraConfig", "StreamConfig", "TrainConfig"]
 
 # The linear layers LoRA adapts by default: attention and MLP projections of the supported architectures.
 DEFAULT_KEYS = (
@@ -27,16 +30,6 @@ class LoraConfig:
     @property
     def scale(self) -> float:
         return self.alpha / self.rank
-
-
-PRESETS: dict[str, LoraConfig] = {
-    # Cheap and quick: attention only, top 8 blocks. Good for style and format.
-    "light": LoraConfig(rank=8, alpha=16.0, keys=("self_attn.q_proj", "self_attn.v_proj"), num_layers=8),
-    # The default: every projection of every block.
-    "standard": LoraConfig(rank=16, alpha=32.0),
-    # For teaching many new facts: a larger rank.
-    "strong": LoraConfig(rank=32, alpha=64.0),
-}
 
 
 @dataclass
@@ -68,7 +61,8 @@ class TrainConfig:
     model: str = field(default="", metadata={"help": "local model folder or downloaded repo id"})
     data: str = field(default="", metadata={"help": "folder with train.jsonl/valid.jsonl, a .jsonl, or a project"})
     engine: str = field(default="auto", metadata={"help": "auto, memory or streamed"})
-    lora: LoraConfig = field(default_factory=lambda: PRESETS["standard"])
+    # The "standard" preset's LoRA (slowtune.train.settings.LORA_PRESETS; a test holds the two together).
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(rank=16, alpha=32.0))
     max_seq_len: int = field(default=1024, metadata={"help": "longer conversations are truncated"})
     batch_size: int = field(default=4, metadata={"help": "conversations per micro-batch"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})

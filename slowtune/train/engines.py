@@ -6,12 +6,12 @@ divided by their number, so accumulating micro-batches gives the same gradient a
 In-memory: the whole model is in memory and one ``nn.value_and_grad`` covers the full graph (optionally
 recomputing each block in the backward pass, "gradient checkpointing").
 
-Streamed (DESIGN.md §4): forward loads block i, computes h[i+1] = block_i(h[i]) for every micro-batch, keeps
-only the boundary activations, and frees block i. The head (norm + lm_head + chunked cross-entropy) gives
-the loss and g = dL/dh[L]. Backward, from the top: load block i again, take the gradient of
-sum(block_i(h[i]) * g) with respect to (block i's LoRA parameters, h[i]), which gives its LoRA gradients and
-the next g; free it. Blocks below the lowest LoRA block run forward once and are never read again. The next
-block's tensors are read on a separate stream while the current one computes.
+Streamed (the model stays in its own files; one block is in memory at a time): forward loads block i, computes
+h[i+1] = block_i(h[i]) for every micro-batch, keeps only the boundary activations, and frees block i. The head
+(norm + lm_head + chunked cross-entropy) gives the loss and g = dL/dh[L]. Backward, from the top: load block i
+again, take the gradient of sum(block_i(h[i]) * g) with respect to (block i's LoRA parameters, h[i]), which gives
+its LoRA gradients and the next g; free it. Blocks below the lowest LoRA block run forward once and are never read
+again. The next block's tensors are read on a separate stream while the current one computes.
 """
 
 from __future__ import annotations

@@ -12,46 +12,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import struct
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from slowtune.fsutil import atomic_writer
 from slowtune.models.architectures import ArchitectureError, check_config, lora_keys
-from slowtune.models.catalog import ModelError, read_safetensors_header
+from slowtune.models.catalog import ModelError, read_safetensors_tensors
+from slowtune.safetensors import TensorEntry
 from slowtune.train import arch
 from slowtune.train.config import LoraConfig
 
 LORA_LEAVES = ("lora_a", "lora_b")
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    file: Path
-    dtype: str
-    shape: tuple[int, ...]
-    start: int  # absolute byte offsets of the data in the file
-    end: int
-
-    @property
-    def nbytes(self) -> int:
-        return self.end - self.start
-
-
-def read_safetensors_index(path: Path) -> dict[str, TensorInfo]:
-    """Tensor names, dtypes, shapes and absolute byte ranges from a safetensors header."""
-    header = read_safetensors_header(path)
-    with path.open("rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-    base = 8 + length
-    out = {}
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = meta["data_offsets"]
-        out[name] = TensorInfo(path, meta["dtype"], tuple(meta["shape"]), base + start, base + end)
-    return out
 
 
 class WeightSource:
@@ -62,9 +33,9 @@ class WeightSource:
         files = sorted(model_dir.glob("model*.safetensors"))
         if not files:
             raise ModelError(f"{model_dir} has no model*.safetensors weight files.")
-        self.tensors: dict[str, TensorInfo] = {}
+        self.tensors: dict[str, TensorEntry] = {}  # name -> its file, dtype, shape and absolute byte range
         for file in files:
-            self.tensors.update(read_safetensors_index(file))
+            self.tensors.update(read_safetensors_tensors(file))
 
     def names(self, prefix: str) -> list[str]:
         return [n for n in self.tensors if n.startswith(prefix) and "rotary_emb.inv_freq" not in n]
@@ -94,7 +65,7 @@ class WeightSource:
         """Ask the OS to forget these tensors' bytes, as a Mac whose memory cannot cache the model would."""
         if not hasattr(os, "posix_fadvise"):
             return
-        by_file: dict[Path, list[TensorInfo]] = {}
+        by_file: dict[Path, list[TensorEntry]] = {}
         for n in names:
             by_file.setdefault(self.tensors[n].file, []).append(self.tensors[n])
         for file, infos in by_file.items():

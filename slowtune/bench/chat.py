@@ -23,12 +23,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import statistics
-import struct
 import time
 from pathlib import Path
 from typing import Any
+
+from slowtune.bench.train import bench_model
 
 FULL = {"hidden_size": 768, "intermediate_size": 2048, "num_layers": 12, "num_heads": 12, "num_kv_heads": 12,
         "vocab": 32000, "tokens": 256, "repeats": 5}
@@ -52,40 +52,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quant", choices=QUANTS, default="Q8_0", help="which GGUF of the model to run (default Q8_0)")
 
 
-def _parameters(folder: Path) -> int:
-    """Parameters in the model's safetensors file, from its header (no weights are read)."""
-    total = 0
-    for path in folder.glob("*.safetensors"):
-        with path.open("rb") as handle:
-            (size,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(size))
-        for name, info in header.items():
-            if name != "__metadata__":
-                n = 1
-                for dim in info["shape"]:
-                    n *= dim
-                total += n
-    return total
-
-
-def bench_model(shape: dict[str, int], quant: str) -> tuple[Path, Path]:
+def bench_gguf(shape: dict[str, int], quant: str) -> tuple[Path, Path]:
     """(the Hugging Face folder, its GGUF in ``quant``), made once and kept in the cache folder."""
-    from slowtune import paths
     from slowtune.export.gguf_writer import write_gguf
     from slowtune.export.quantize import quantize
-    from slowtune.testing.tiny_models import build_tiny_model
 
-    # The naming of ``slowtune bench train``'s models: the same shape is the same (seeded) model, built once.
-    name = "llama-h{hidden_size}-i{intermediate_size}-l{num_layers}-v{vocab}-f32".format(**shape)
-    folder = paths.cache_dir() / "bench-models" / name
-    if not (folder / "model.safetensors").exists():
-        tmp = folder.with_name(name + f".partial-{os.getpid()}")
-        build_tiny_model(tmp, "llama", hidden_size=shape["hidden_size"], num_layers=shape["num_layers"],
-                         num_heads=shape["num_heads"], num_kv_heads=shape["num_kv_heads"],
-                         intermediate_size=shape["intermediate_size"], model_vocab_size=shape["vocab"],
-                         max_position_embeddings=4096)
-        os.replace(tmp, folder)
-    ggufs = folder.with_name(name + "-gguf")
+    # ``slowtune bench train``'s model of the same shape (the same seeded model, built once), then its GGUFs.
+    folder = bench_model(shape)
+    ggufs = folder.with_name(folder.name + "-gguf")
     ggufs.mkdir(exist_ok=True)
     f16 = ggufs / "model-F16.gguf"
     if not f16.exists():
@@ -176,8 +150,9 @@ def _raw_run(llm: Any, ids: list[int], tokens: int, bias: dict[int, float], stop
 
 
 def bench_chat(args: argparse.Namespace) -> dict[str, Any]:
-    from slowtune.chat.engine import _repacking_is_safe, load_gguf
     from slowtune.chat.model import ChatModel, Sampling
+    from slowtune.llama import load_gguf, repacking_is_safe
+    from slowtune.safetensors import parameter_count
 
     shape = QUICK if args.quick else FULL
     tokens = args.tokens or shape["tokens"]
@@ -186,7 +161,7 @@ def bench_chat(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("slowtune bench chat: --tokens must be at least 2")
     if repeats < 1:
         raise SystemExit("slowtune bench chat: --repeats must be at least 1")
-    folder, gguf = bench_model(shape, args.quant)
+    folder, gguf = bench_gguf(shape, args.quant)
     n_ctx = 1024 if tokens <= 512 else tokens + 512
 
     engine = ChatModel(gguf, n_ctx=n_ctx)
@@ -237,14 +212,14 @@ def bench_chat(args: argparse.Namespace) -> dict[str, Any]:
         "prompt_tokens": len(ids),
         "same_tokens": True,  # checked above: both sides decoded exactly `tokens` tokens in every run
         "same_text": all(run["same_text"] for run in runs),
-        "params": _parameters(folder),
+        "params": parameter_count(list(folder.glob("*.safetensors"))),
         "gguf": str(gguf),
         "gguf_bytes": gguf.stat().st_size,
         "quant": args.quant,
         "backend": engine.backend,
         "threads": threads,
         "n_ctx": engine.n_ctx,
-        "cpu_weight_repacking": _repacking_is_safe(),
+        "cpu_weight_repacking": repacking_is_safe(),
         "repeats": repeats,
         "banned_tokens": len(bias),
         "runs": [{side: {k: (round(v, 2) if isinstance(v, float) else v) for k, v in run[side].items() if k != "text"}
@@ -253,7 +228,7 @@ def bench_chat(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    """``python -m slowtune.chat.bench [--quick]``: the same as ``slowtune bench chat``."""
+    """``python -m slowtune.bench.chat [--quick]``: the same as ``slowtune bench chat``."""
     parser = argparse.ArgumentParser(prog="slowtune bench chat")
     add_arguments(parser)
     print(json.dumps(bench_chat(parser.parse_args()), indent=2))

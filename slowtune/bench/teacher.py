@@ -12,7 +12,8 @@ touched) and the fake OpenAI server in its own process, answering every call aft
   that the server was paid for again (must be 0); ``inflight_at_kill`` counts responses the server completed
   for the first process that it never recorded (the calls in flight at the kill).
 
-The figures of each run are printed, with the median of the runs.
+The figures of each run are printed, with the median of the runs. The test server is a development tool: the
+frozen app does not start it, so there this benchmark says it needs a source checkout.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -214,6 +216,10 @@ def _one_run(run: int, args: argparse.Namespace, server: _Server, work: Path) ->
 
 
 def bench_teacher(args: argparse.Namespace) -> dict[str, Any]:
+    if getattr(sys, "frozen", False):
+        raise SystemExit("slowtune bench teacher needs a source checkout: it runs the test server "
+                         "(slowtune/testing/fake_openai.py), which the app does not start. Run `uv run slowtune bench "
+                         "teacher` in the repository.")
     if args.concurrency < 1 or args.latency <= 0 or args.runs < 1:
         raise SystemExit("slowtune bench teacher: --concurrency, --latency and --runs must be positive")
     work = Path(tempfile.mkdtemp(prefix="slowtune-bench-teacher-"))

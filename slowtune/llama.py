@@ -1,5 +1,5 @@
-"""The one llama.cpp engine module of the app: every GGUF (export verification, chat, the local teacher) is
-opened here, so workarounds and defaults live in one place.
+"""The one llama.cpp module of the app: every GGUF (export verification, GGUF import, chat, the local teacher,
+the self-test) is opened here, so workarounds and defaults live in one place.
 
 Workaround: on x86 CPUs with AMX, llama.cpp's extra CPU buffer types (weight repacking for quantised
 tensors) crash while decoding small quantised models (llama-cpp-python 0.3.36, seen on Q8_0 and Q4_K_M
@@ -21,7 +21,8 @@ _patch_lock = threading.Lock()
 
 
 @functools.cache
-def _repacking_is_safe() -> bool:
+def repacking_is_safe() -> bool:
+    """Whether llama.cpp's CPU weight repacking can stay on here (not on x86 with AMX: see the module docstring)."""
     import llama_cpp
 
     info = llama_cpp.llama_print_system_info()
@@ -60,7 +61,7 @@ def load_gguf(path: Path, *, n_ctx: int = 4096, logits_all: bool = False, lora_p
     if exact:
         kwargs.setdefault("type_k", llama_cpp.GGML_TYPE_F32)
         kwargs.setdefault("type_v", llama_cpp.GGML_TYPE_F32)
-    with _model_defaults(_repacking_is_safe()):
+    with _model_defaults(repacking_is_safe()):
         llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, logits_all=logits_all, verbose=False,
                               lora_path=str(lora_path) if lora_path else None, **kwargs)
     # llama-cpp-python 0.3.36 checks a failed adapter load with ``is None``, but gets a NULL pointer object back,

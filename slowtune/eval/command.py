@@ -1,6 +1,7 @@
 """``slowtune eval``: score a tuned GGUF against its base on a project's held-out probes.
 
-Every input is checked before a model is loaded (a model load takes seconds, a judge call costs money), so a
+The flags become an :class:`~slowtune.eval.pipeline.EvalOptions` for :func:`slowtune.eval.pipeline.run`. Every
+input is checked before a model is loaded (a model load takes seconds, a judge call costs money), so a
 typo in a path or a provider id fails at once with a message naming it, and no traceback.
 """
 
@@ -10,7 +11,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 EXIT_OK, EXIT_ERROR = 0, 1
 
@@ -53,21 +53,21 @@ def _check_gguf(path: str, what: str) -> str | None:
     return None
 
 
-def _split_judge(text: str) -> tuple[str, str | None]:
-    # Model ids may contain slashes themselves ("openai/gpt-4o-mini" on OpenRouter); provider ids never do.
-    provider, _, model = text.partition("/")
-    return provider.strip(), (model.strip() or None)
-
-
 def run(args: argparse.Namespace) -> int:
-    from slowtune.chat.evaluate import EvalError, evaluate, load_probes, save_report
-    from slowtune.store import DB_NAME, Project, StoreError, resolve_project_path
+    from slowtune.eval.judge import split_judge
+    from slowtune.eval.pipeline import EvalOptions, ModelFile
+    from slowtune.eval.pipeline import run as run_eval
+    from slowtune.eval.probes import EvalError
+    from slowtune.progress import Progress, RichProgressBar
+    from slowtune.store import DB_NAME, StoreError, resolve_project_path
 
     for value, flag in ((args.max_probes, "--max-probes"), (args.max_tokens, "--max-tokens")):
         if value is not None and value < 1:
             return _fail(f"{flag} must be at least 1")
     if args.ctx < 128:
         return _fail("--ctx must be at least 128 tokens")
+    if args.judge is not None and not split_judge(args.judge)[0]:
+        return _fail("--judge needs a provider id, as PROVIDER or PROVIDER/MODEL")
     try:
         root = resolve_project_path(args.project)
     except StoreError as exc:
@@ -79,28 +79,20 @@ def run(args: argparse.Namespace) -> int:
         problem = _check_gguf(path, what) if path else None
         if problem:
             return _fail(problem)
+    # With an adapter and no other base, the natural "before" is the same file without the adapter.
+    base = ModelFile(Path(args.base or args.model)) if args.base or args.lora else None
+    options = EvalOptions(root, ModelFile(Path(args.model), Path(args.lora) if args.lora else None), base,
+                          judge=args.judge, open_book=args.open_book, max_probes=args.max_probes,
+                          max_tokens=args.max_tokens, n_ctx=args.ctx)
+    progress = Progress()
+    bar = RichProgressBar(transient=True)
+    progress.add_listener(bar)
     try:
-        project = Project.open(root)
-    except StoreError as exc:
+        with bar:
+            result = run_eval(options, progress, warn=_warn, inform=lambda text: print(text, file=sys.stderr))
+    except (EvalError, StoreError) as exc:
         return _fail(str(exc))
-    models: list[Any] = []
-    try:
-        probes = load_probes(project, args.max_probes)
-        # The judge is resolved (and probed) before the models load, so a wrong provider fails in a second.
-        judge = _judge_choice(args.judge) if args.judge else None
-        tuned, base = _load_models(args, models)
-        for m in models:
-            for warning in m.warnings:
-                print(f"slowtune eval: warning: {warning}", file=sys.stderr)
-        runner = _judge_runner(project, judge) if judge else None
-        report = _evaluate(project, tuned, base, runner, probes, args, evaluate)
-        folder = save_report(project, report)
-    except (EvalError, _InputError) as exc:
-        return _fail(str(exc))
-    finally:
-        for m in models:
-            m.close()
-        project.close()
+    report, folder = result.report, result.folder
     if args.json:
         print(json.dumps({**report.to_json(), "saved": str(folder)}, ensure_ascii=False, indent=1))
         print(f"Report saved in {folder}", file=sys.stderr)
@@ -110,59 +102,8 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-class _InputError(RuntimeError):
-    """Bad input found while setting up (a model llama.cpp cannot load, an unusable judge)."""
-
-
-def _judge_choice(spec: str) -> Any:
-    from slowtune.teacher import providers, session
-    from slowtune.teacher.probe import ProbeError
-
-    provider_id, model = _split_judge(spec)
-    if not provider_id:
-        raise _InputError("--judge needs a provider id, as PROVIDER or PROVIDER/MODEL")
-    try:
-        return session.choose(provider_id, model, timeout=30)
-    except (providers.ProviderError, ProbeError) as exc:
-        raise _InputError(f"judge {spec!r}: {exc}") from None
-
-
-def _judge_runner(project: Any, choice: Any) -> Any:
-    from slowtune.teacher import session
-
-    where = f"sent to {choice.destination}" if choice.remote else f"read on {choice.destination}"
-    print(f"The probes' questions, reference answers and the models' answers will be {where} for grading "
-          f"(model {choice.model}).", file=sys.stderr)
-    return session.make_runner(project, choice, concurrency=4, timeout=120)
-
-
-def _load_models(args: argparse.Namespace, models: list[Any]) -> tuple[Any, Any]:
-    """The tuned model and the base (or None); each is appended to ``models`` as it loads, to be closed."""
-    from slowtune.chat.model import ChatError, ChatModel
-
-    try:
-        tuned = ChatModel(Path(args.model), n_ctx=args.ctx, lora_path=Path(args.lora) if args.lora else None)
-        models.append(tuned)
-        base = None
-        if args.base or args.lora:
-            # With an adapter and no other base, the natural "before" is the same file without the adapter.
-            base = ChatModel(Path(args.base or args.model), n_ctx=args.ctx)
-            models.append(base)
-    except ChatError as exc:
-        raise _InputError(str(exc)) from None
-    return tuned, base
-
-
-def _evaluate(project: Any, tuned: Any, base: Any, runner: Any, probes: list[Any], args: argparse.Namespace,
-              evaluate: Any) -> Any:
-    from slowtune.progress import Progress, RichProgressBar
-
-    progress = Progress()
-    bar = RichProgressBar(transient=True)
-    progress.add_listener(bar)
-    with bar:
-        return evaluate(project, tuned, base=base, judge_runner=runner, open_book=args.open_book,
-                        max_tokens=args.max_tokens, progress=progress, probes=probes)
+def _warn(warning: str) -> None:
+    print(f"slowtune eval: warning: {warning}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,210 @@
+"""Running an evaluation: every held-out probe answered by the tuned model (and the base), scored, reported.
+
+:func:`run` is the one way in, for ``slowtune eval`` and the Chat page's Evaluation tab alike: it opens the
+project, reads the probes, chooses the judge, loads the models (llama.cpp, through
+:class:`~slowtune.chat.model.ChatModel`), calls :func:`evaluate` and saves the report. :func:`evaluate` takes
+models that are already loaded: each probe question goes to the tuned model (and the base model, when given)
+with greedy decoding, closed book and, with ``open_book``, again with the source chunk in the prompt; every
+answer is scored (:mod:`slowtune.eval.metrics`), optionally graded by the judge (:mod:`slowtune.eval.judge`),
+and the report is built (:mod:`slowtune.eval.report`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from slowtune.eval.judge import choose_judge, close_runner, judge_notice, judge_results, make_judge_runner
+from slowtune.eval.metrics import CorpusVocabulary, ProbeResult, corpus_vocabulary, score_answer
+from slowtune.eval.probes import LABELS, EvalError, Probe, load_probes, open_book_messages
+from slowtune.eval.report import EvalReport, build_report, save_report
+from slowtune.progress import Progress, ensure
+from slowtune.store import Project
+
+if TYPE_CHECKING:
+    from slowtune.chat.model import ChatModel
+    from slowtune.teacher.client import CallRunner
+
+__all__ = ["DEFAULT_CTX", "DEFAULT_MAX_TOKENS", "EvalOptions", "EvalResult", "ModelFile", "evaluate", "run"]
+
+DEFAULT_MAX_TOKENS = 200  # longest answer
+DEFAULT_CTX = 4096  # context window of the evaluated models
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A GGUF file to evaluate, and a LoRA adapter (in GGUF) applied to it."""
+
+    path: Path
+    lora: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.lora.name} on {self.path.name}" if self.lora else self.path.name
+
+
+@dataclass
+class EvalOptions:
+    """What :func:`run` evaluates, and how."""
+
+    project: Path  # the project's folder: its held-out probes are used, and the report is saved there
+    model: ModelFile  # the tuned model
+    base: ModelFile | None = None  # the model it is compared with
+    judge: str | None = None  # PROVIDER[/MODEL]: also have an LLM grade each answer 1-5
+    open_book: bool = False  # also answer with the source excerpt in the prompt
+    max_probes: int | None = None  # at most this many probes, spread over the documents
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    n_ctx: int = DEFAULT_CTX
+
+
+@dataclass
+class EvalResult:
+    report: EvalReport
+    folder: Path  # where the report was saved (report.json, report.md)
+
+
+def run(options: EvalOptions, progress: Progress | None = None, *, warn: Callable[[str], None] | None = None,
+        inform: Callable[[str], None] | None = None) -> EvalResult:
+    """Evaluate as ``options`` say and save the report in the project's ``evals/`` folder.
+
+    What can fail fails before the slow and the costly parts: the probes are read (none: :class:`EvalError`)
+    and the judge is chosen and probed before a model loads. A model llama.cpp cannot load raises
+    :class:`EvalError`. ``warn`` gets each loaded model's warnings; ``inform`` is told where the answers go
+    before the judge's runner is made. Reports ("Loading models", models loaded, models) with the model's name
+    as status, then :func:`evaluate`'s stages; a cancel raises ``Cancelled`` after a model loads or between
+    answers, and then nothing is saved.
+    """
+    from slowtune.chat.model import ChatError, ChatModel
+
+    progress = ensure(progress)
+    with Project.open(options.project) as project:
+        probes = load_probes(project, options.max_probes)
+        judge = choose_judge(options.judge) if options.judge else None
+        wanted = [options.model] + ([options.base] if options.base is not None else [])
+        models: list[ChatModel] = []
+        try:
+            for i, spec in enumerate(wanted):
+                progress.report("Loading models", i, len(wanted), status=spec.name, force=True)
+                try:
+                    models.append(ChatModel(spec.path, n_ctx=options.n_ctx, lora_path=spec.lora))
+                except ChatError as exc:
+                    raise EvalError(str(exc)) from None
+                progress.check()
+            for model in models if warn is not None else []:
+                for warning in model.warnings:
+                    warn(warning)
+            runner = None
+            if judge is not None:
+                if inform is not None:
+                    inform(judge_notice(judge))
+                runner = make_judge_runner(project, judge)
+            report = evaluate(project, models[0], base=models[1] if len(models) > 1 else None,
+                              judge_runner=runner, open_book=options.open_book, max_tokens=options.max_tokens,
+                              progress=progress, probes=probes)
+        finally:
+            for model in models:
+                model.close()
+        folder = save_report(project, report)
+    return EvalResult(report, folder)
+
+
+# --- answering and scoring -------------------------------------------------------------------------------
+
+def _model_name(model: Any) -> str:
+    name = getattr(model, "name", None) or Path(str(getattr(model, "path", "model"))).name
+    lora = getattr(model, "lora_path", None)
+    return f"{name} + {Path(lora).name}" if lora else name
+
+
+def _answer(model: Any, probe: Probe, messages: list[dict[str, str]], variant: str, max_tokens: int,
+            vocabulary: CorpusVocabulary | None) -> ProbeResult:
+    from slowtune.chat.model import ChatError, Sampling
+
+    started = time.perf_counter()
+    try:
+        reply = model.chat(messages, Sampling.greedy(max_tokens))
+    except ChatError as exc:
+        result = score_answer(probe, "", variant, vocabulary=vocabulary)
+        result.error = str(exc)
+        result.seconds = round(time.perf_counter() - started, 3)
+        return result
+    choice = reply["choices"][0]
+    result = score_answer(probe, (choice["message"]["content"] or "").strip(), variant, vocabulary=vocabulary)
+    result.finish_reason = choice.get("finish_reason")
+    result.completion_tokens = int(reply.get("usage", {}).get("completion_tokens", 0))
+    result.seconds = round(time.perf_counter() - started, 3)
+    return result
+
+
+def evaluate(project: Project, model: ChatModel, *, base: ChatModel | None = None,
+             judge_runner: CallRunner | None = None, open_book: bool = False,
+             max_tokens: int = DEFAULT_MAX_TOKENS, progress: Progress | None = None,
+             probes: list[Probe] | None = None, max_probes: int | None = None) -> EvalReport:
+    """Answer every held-out probe with ``model`` (a ChatModel; and ``base`` when given), greedily, and score.
+
+    ``open_book`` answers the same probes again with the source chunk in the prompt. ``judge_runner``
+    (a CallRunner) grades every answer 1-5; it is closed afterwards. ``probes`` defaults to
+    :func:`load_probes` (``max_probes`` of them). Reports progress as ("Answering probes", done, total) and
+    ("Judging answers", batches done, batches); a cancel raises ``Cancelled`` between answers.
+    """
+    progress = ensure(progress)
+    try:
+        probes, results, runs = _answer_all(project, model, base, open_book, max_tokens, progress, probes,
+                                            max_probes)
+    except BaseException:
+        if judge_runner is not None:
+            close_runner(judge_runner)  # it was handed over to be closed here, judged or not
+        raise
+    started = time.time()
+    judge = None
+    if judge_runner is not None:
+        judge = judge_results(judge_runner, probes, results, progress)
+    models = {variant: _model_name(m) for variant, m, _ in runs}
+    settings = {"max_tokens": max_tokens, "open_book": open_book, "probes": len(probes),
+                "models": {v: {**_describe(m), "name": models[v]} for v, m, _ in runs},
+                "answer_seconds": round(sum(r.seconds for rs in results.values() for r in rs), 2),
+                "judge_seconds": round(time.time() - started, 2) if judge is not None else None}
+    # The judge's grades rank the probes when there are any; when every judge call failed, F1 does.
+    return build_report(project.name, probes, results, models=models, settings=settings, judge=judge)
+
+
+def _answer_all(project: Project, model: ChatModel, base: ChatModel | None, open_book: bool, max_tokens: int,
+                progress: Progress, probes: list[Probe] | None, max_probes: int | None,
+                ) -> tuple[list[Probe], dict[str, list[ProbeResult]], list[tuple[str, Any, bool]]]:
+    """Every model's answers to every probe, scored: (probes, results by variant, the runs made)."""
+    if max_tokens < 1:
+        raise EvalError("max tokens must be at least 1")
+    if probes is None:
+        probes = load_probes(project, max_probes)
+    if not probes:
+        raise EvalError(f"no held-out probes in project {project.name!r}: run `slowtune generate` first")
+    vocabulary = corpus_vocabulary(r["text"] for r in project.conn.execute("SELECT text FROM chunks"))
+    runs: list[tuple[str, Any, bool]] = [("tuned", model, False)]
+    if base is not None:
+        runs.append(("base", base, False))
+    if open_book:
+        runs.append(("tuned_open_book", model, True))
+        if base is not None:
+            runs.append(("base_open_book", base, True))
+    total, done = len(runs) * len(probes), 0
+    results: dict[str, list[ProbeResult]] = {}
+    progress.report("Answering probes", 0, total, force=True)
+    for variant, chat_model, with_source in runs:
+        answers = []
+        for probe in probes:
+            progress.check()
+            messages = open_book_messages(probe) if with_source else probe.messages()
+            answers.append(_answer(chat_model, probe, messages, variant, max_tokens, vocabulary))
+            done += 1
+            progress.report("Answering probes", done, total, model=LABELS[variant])
+        results[variant] = answers
+    return probes, results, runs
+
+
+def _describe(model: Any) -> dict[str, Any]:
+    describe = getattr(model, "describe", None)
+    return describe() if callable(describe) else {}
+
