@@ -8,6 +8,9 @@ files stay readable by any tool.
 
 A data folder holds ``train.jsonl``, ``valid.jsonl`` and ``test.jsonl`` (the held-out probes), the names
 mlx-lm's trainer looks for.
+
+What a project's accepted rows amount to for training (``DataSummary``: conversations per split, tokens, lengths) is
+read here too, for the Train wizard and the trainer's supervision.
 """
 
 from __future__ import annotations
@@ -243,3 +246,47 @@ def export_jsonl(project: Project, out_dir: str | Path, *, provenance: bool = Fa
                         "evidence": p.evidence, "qtype": p.qtype, "verdicts": p.verdicts,
                     }) + "\n")
     return counts
+
+
+# --- what the accepted rows amount to for training --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DataSummary:
+    train: int
+    valid: int
+    probe: int
+    pending: int
+    tokens: int  # train + valid, by slowtune's fixed counter (the model's tokenizer differs a little)
+    lengths: tuple[int, ...]  # tokens per training conversation
+
+    @property
+    def longest(self) -> int:
+        return max(self.lengths, default=0)
+
+    def longer_than(self, limit: int) -> int:
+        return sum(1 for n in self.lengths if n > limit)
+
+
+def data_summary(project: Project) -> DataSummary:
+    from slowtune.documents.chunking import count_tokens
+
+    def tokens(messages: list[dict[str, str]]) -> int:
+        return sum(count_tokens(m["content"]) + 4 for m in messages)  # + a few template tokens per message
+
+    train = [tokens(r.messages) for r in rows(project, "train")]
+    valid = [tokens(r.messages) for r in rows(project, "valid")]
+    probe = len(rows(project, "probe"))
+    pending = project.conn.execute("SELECT count(*) FROM dataset_rows WHERE status = 'pending'").fetchone()[0]
+    return DataSummary(len(train), len(valid), probe, int(pending), sum(train) + sum(valid), tuple(train))
+
+
+def has_training_data(project: Project) -> bool:
+    """Whether the project has an accepted training conversation (cheap: one row is looked at)."""
+    return project.conn.execute("SELECT 1 FROM dataset_rows WHERE status = 'accepted' AND split = 'train' "
+                                f"AND {CURRENT_ROW_SQL} LIMIT 1").fetchone() is not None
+
+
+def training_conversations(project_root: Path) -> int:
+    """The project's accepted training conversations: what a run there trains on."""
+    with Project.open(project_root) as project:
+        return len(rows(project, "train"))

@@ -268,10 +268,22 @@ def check_keychain(ctx: _Context) -> str:
             f"variables, checked; backends known: {', '.join(found)}")
 
 
+@dataclass(frozen=True)
+class WindowReport:
+    """What drawing the main window gave (``slowtune.gui.selfcheck.draw_main_window``)."""
+
+    pages: int
+    sidebar_entries: int
+    width: int  # of the drawn window; 0 when it could not be drawn
+    height: int
+    icon_drawn: bool
+    platform: str
+
+
 def check_window(ctx: _Context) -> str:
     from slowtune.gui.selfcheck import draw_main_window  # the Qt half lives in slowtune/gui
 
-    shown = draw_main_window()
+    shown = WindowReport(**draw_main_window())
     if shown.pages < 1 or shown.sidebar_entries != shown.pages:
         raise CheckFailed(f"the window has {shown.sidebar_entries} sidebar entries for {shown.pages} pages")
     if shown.width < 100:

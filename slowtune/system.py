@@ -1,7 +1,8 @@
 """Facts about this machine that decide what a user can train: memory, free disk and disk read speed.
 
-The streamed trainer reads every streamed block twice per step, so its speed floor is set by the disk
-(DESIGN §4): the read speed is measured, not guessed, on the folder the models live in.
+The streamed trainer reads every streamed block twice per step (forward, then again for the backward pass), so
+when a model does not fit in memory its speed floor is set by the disk: the read speed is measured, not guessed, on
+the folder the models live in.
 """
 
 from __future__ import annotations

@@ -1,6 +1,27 @@
-"""The core never imports Qt, and heavy libraries are imported only by the functions that need them; and a few import
-directions (found by reading every module's imports, lazy ones included): the test server only from the benchmarks,
-the benchmarks only from the command line, the command line never from the self-test."""
+"""The core never imports Qt, and heavy libraries are imported only by the functions that need them; every import
+follows the layers, with no import loops; and a few import directions besides: the test server only from the
+benchmarks, the benchmarks only from the command line, the command line never from the self-test.
+
+The layers, lowest first. A module may import modules of its own layer and of the layers before it, never of a layer
+after it (a "back-arrow"):
+
+1. utilities: the package itself (``__version__``), paths, fsutil, store, settings, secrets, progress, logs, system,
+   resources, the one llama.cpp module (``slowtune.llama``), the safetensors reader (``slowtune.safetensors``),
+   ``selfcmd`` (how to run slowtune itself as a subprocess; standard library only) and the test helpers that need
+   nothing above them: the tiny-model builder (``testing.tiny_models``) and the test server (``testing.fake_openai``,
+   which imports nothing of slowtune's; who may import it is restricted separately below);
+2. models;
+3. documents and dataset, and ``testing.tiny_project`` (a tiny model and a project with accepted rows, for the tests,
+   the benchmarks and the screenshots: it writes dataset rows, so it sits with the dataset);
+4. train; 5. teacher; 6. export; 7. chat; 8. eval; 9. gui;
+10. bench, selftest and cli, with ``__main__`` and ``doctor`` (the ``slowtune doctor`` report: a command, which only
+    the command line imports).
+
+Imports are read from the source with ``ast``, wherever they are: at module level, inside functions (lazy), under
+``if TYPE_CHECKING:``, and ``importlib.import_module("slowtune....")`` / ``__import__`` with a literal name. ``from
+package import name`` counts as an import of ``package.name`` where that is a module, else of ``package``; a module's
+own package ``__init__`` (which Python runs first) is not counted as imported by it.
+"""
 
 from __future__ import annotations
 
@@ -71,27 +92,32 @@ def imports_of(path: Path) -> set[str]:
                       module.rpartition(".")[0])
 
 
-def imports_in(source: str, package: str) -> set[str]:
-    """Every module ``source`` (a module of ``package``) imports, anywhere in it: ``import a.b``, ``from a import b``
-    (as ``a`` and ``a.b``), relative imports resolved, and ``importlib.import_module("a.b")`` / ``__import__("a.b")``
-    with a literal name."""
-    found: set[str] = set()
+def import_lines(source: str, package: str) -> list[tuple[int, str]]:
+    """(line, dotted name) of every import in ``source`` (a module of ``package``), anywhere in it: ``import a.b``
+    gives ``a.b``; ``from a import b`` gives ``a.b`` (a module, or a name defined in ``a``: see ``resolve``), with
+    relative imports made absolute; ``importlib.import_module("a.b")`` and ``__import__("a.b")`` with a literal name
+    give ``a.b``."""
+    found: list[tuple[int, str]] = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
+            found.extend((node.lineno, alias.name) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*anchor, base] if base else anchor)
-            found.add(base)
-            found.update(f"{base}.{alias.name}" for alias in node.names)
+            found.extend((node.lineno, f"{base}.{alias.name}") for alias in node.names)
         elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
             func = node.func
             name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
             if name in ("import_module", "__import__") and isinstance(node.args[0].value, str):
-                found.add(node.args[0].value)
-    return found
+                found.append((node.lineno, node.args[0].value))
+    return sorted(found)
+
+
+def imports_in(source: str, package: str) -> set[str]:
+    """Every dotted name ``source`` imports (see ``import_lines``)."""
+    return {name for _, name in import_lines(source, package)}
 
 
 def _importers(target: str) -> list[str]:
@@ -130,3 +156,164 @@ def test_the_self_test_does_not_import_the_command_line() -> None:
     # The command line hands the self-test what it needs (the function that builds it): no loop cli <-> selftest.
     assert "slowtune.cli" not in imports_of(SLOWTUNE / "selftest.py")
     assert _importers("slowtune.selftest") == ["slowtune/cli.py"]
+
+
+# --- the layers (see the module docstring), and no import loops ---
+# Each layer: its name, and the modules in it (a name stands for that module and every module under it; the most
+# specific name decides, so testing.tiny_project is in the dataset layer while the rest of slowtune.testing is not).
+# "slowtune" itself stands for the package's own __init__ only.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("utilities", ("slowtune", "slowtune.paths", "slowtune.fsutil", "slowtune.store", "slowtune.settings",
+                   "slowtune.secrets", "slowtune.progress", "slowtune.logs", "slowtune.system", "slowtune.resources",
+                   "slowtune.llama", "slowtune.safetensors", "slowtune.selfcmd", "slowtune.testing")),
+    ("models", ("slowtune.models",)),
+    ("documents and dataset", ("slowtune.documents", "slowtune.dataset", "slowtune.testing.tiny_project")),
+    ("train", ("slowtune.train",)),
+    ("teacher", ("slowtune.teacher",)),
+    ("export", ("slowtune.export",)),
+    ("chat", ("slowtune.chat",)),
+    ("eval", ("slowtune.eval",)),
+    ("gui", ("slowtune.gui",)),
+    ("bench, selftest and cli", ("slowtune.bench", "slowtune.selftest", "slowtune.cli", "slowtune.__main__",
+                                 "slowtune.doctor")),
+)
+
+
+def layer_of(module: str) -> int | None:
+    """The index in LAYERS of ``module``'s layer; None for a module no entry names."""
+    best: tuple[int, int] | None = None  # (length of the entry, layer)
+    for index, (_, entries) in enumerate(LAYERS):
+        for entry in entries:
+            covers = module == entry or (entry != "slowtune" and module.startswith(entry + "."))
+            if covers and (best is None or len(entry) > best[0]):
+                best = (len(entry), index)
+    return None if best is None else best[1]
+
+
+def module_files(package_dir: Path) -> dict[str, Path]:
+    """Every module of the package in ``package_dir`` (a folder with an __init__.py), by dotted name."""
+    files = {}
+    for path in sorted(package_dir.rglob("*.py")):
+        parts = path.relative_to(package_dir.parent).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return files
+
+
+def resolve(name: str, modules: dict[str, Path]) -> str | None:
+    """The module an imported dotted name stands for: the longest of its prefixes that is a module (``slowtune.x.f``,
+    a function imported from slowtune.x, is slowtune.x); None for a name outside the package."""
+    while name and name not in modules:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def import_graph(package_dir: Path) -> dict[str, list[tuple[int, str]]]:
+    """Module -> (line, module it imports) for every import of one of the package's modules by another."""
+    modules = module_files(package_dir)
+    graph: dict[str, list[tuple[int, str]]] = {}
+    for module, path in modules.items():
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        edges = {(line, target) for line, name in import_lines(path.read_text(encoding="utf-8"), package)
+                 if (target := resolve(name, modules)) is not None and target != module}
+        graph[module] = sorted(edges)
+    return graph
+
+
+def back_arrows(package_dir: Path) -> list[str]:
+    """Every import against the layers (or of or by a module that has no layer), one line each."""
+    graph, files, problems = import_graph(package_dir), module_files(package_dir), []
+    for module in sorted(graph):
+        where = files[module].relative_to(package_dir.parent)
+        mine = layer_of(module)
+        if mine is None:
+            problems.append(f"{where}: {module} is in no layer (add it to LAYERS)")
+            continue
+        for line, target in graph[module]:
+            theirs = layer_of(target)
+            if theirs is not None and theirs > mine:
+                problems.append(f"{where}:{line} imports {target}: layer {mine + 1} ({LAYERS[mine][0]}) -> "
+                                f"layer {theirs + 1} ({LAYERS[theirs][0]})")
+    return problems
+
+
+def import_loops(package_dir: Path) -> list[str]:
+    """Each group of modules that import each other round a loop (a strongly connected component of the import
+    graph, found with Tarjan's algorithm): its modules, then the imports between them, one a line."""
+    graph = import_graph(package_dir)
+    order: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        order[module] = low[module] = len(order)
+        stack.append(module)
+        for _, target in graph.get(module, []):
+            if target not in order:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in stack:
+                low[module] = min(low[module], order[target])
+        if low[module] == order[module]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == module:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for module in sorted(graph):
+        if module not in order:
+            visit(module)
+    return ["\n".join([", ".join(group) + ":", *(f"  {m}:{line} -> {t}" for m in group for line, t in graph[m]
+                                                  if t in group)])
+            for group in sorted(groups)]
+
+
+def test_every_module_has_a_layer_and_imports_only_its_own_and_lower_layers() -> None:
+    problems = back_arrows(SLOWTUNE)
+    assert not problems, "imports against the layers (tests/test_architecture.py says which layer is which):\n" + \
+        "\n".join(problems)
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    loops = import_loops(SLOWTUNE)
+    assert not loops, "import loops (each group: the imports between its modules):\n" + "\n".join(loops)
+
+
+def test_the_layer_check_finds_a_back_arrow_and_a_loop(tmp_path: Path) -> None:
+    # Proof that the two checks above can fail: a small package with the same layout, each kind of import once.
+    files = {
+        "__init__.py": "",
+        "paths.py": "import os\n",
+        "models/__init__.py": "",
+        "models/catalog.py": ("from __future__ import annotations\n\nfrom typing import TYPE_CHECKING\n\n"
+                              "from slowtune import paths\n\nif TYPE_CHECKING:\n    from slowtune.train import runs\n\n\n"
+                              "def f():\n    import importlib\n\n    importlib.import_module('slowtune.gui.page')\n"
+                              "    from ..export import writer\n"),
+        "train/__init__.py": "",
+        "train/runs.py": "from slowtune.models.catalog import f\n",
+        "export/__init__.py": "",
+        "export/writer.py": "",
+        "gui/__init__.py": "",
+        "gui/page.py": "from slowtune.train import runs\n",
+        "orphan.py": "",
+    }
+    for name, text in files.items():
+        (tmp_path / "slowtune" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "slowtune" / name).write_text(text)
+    assert back_arrows(tmp_path / "slowtune") == [
+        "slowtune/models/catalog.py:8 imports slowtune.train.runs: layer 2 (models) -> layer 4 (train)",
+        "slowtune/models/catalog.py:14 imports slowtune.gui.page: layer 2 (models) -> layer 9 (gui)",
+        "slowtune/models/catalog.py:15 imports slowtune.export.writer: layer 2 (models) -> layer 6 (export)",
+        "slowtune/orphan.py: slowtune.orphan is in no layer (add it to LAYERS)",
+    ]
+    assert import_loops(tmp_path / "slowtune") == ["\n".join([
+        "slowtune.gui.page, slowtune.models.catalog, slowtune.train.runs:",
+        "  slowtune.gui.page:1 -> slowtune.train.runs",
+        "  slowtune.models.catalog:8 -> slowtune.train.runs",
+        "  slowtune.models.catalog:14 -> slowtune.gui.page",
+        "  slowtune.train.runs:1 -> slowtune.models.catalog",
+    ])]

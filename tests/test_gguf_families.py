@@ -26,9 +26,10 @@ import numpy as np
 import pytest
 
 from slowtune.export import gguf_writer, lora_gguf
-from slowtune.export.gguf_writer import ExportError, check_exportable, write_gguf
+from slowtune.export.gguf_writer import ExportError, write_gguf
 from slowtune.export.lora_gguf import write_lora_gguf
 from slowtune.models.architectures import lora_keys
+from slowtune.models.gguf_spec import check_exportable
 from slowtune.testing import tiny_models
 
 FAMILIES = ["gemma2", "gemma3_text", "phi3", "smollm3"]
@@ -107,8 +108,8 @@ def copy_model(src: Path, dest: Path, change: Callable[[dict[str, Any]], None] |
 
 def with_hparams(monkeypatch: pytest.MonkeyPatch, **changes: Any) -> None:
     """Make the writer get these settings wrong (for the tests that the comparison catches it)."""
-    right = gguf_writer._hparams
-    monkeypatch.setattr(gguf_writer, "_hparams", lambda c, p: dataclasses.replace(right(c, p), **changes))
+    right = gguf_writer.read_hparams
+    monkeypatch.setattr(gguf_writer, "read_hparams", lambda c, p: dataclasses.replace(right(c, p), **changes))
 
 
 def gate_up_swapped(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -26,6 +26,7 @@ import pytest
 
 from slowtune.export import gguf_writer
 from slowtune.export.gguf_writer import SUPPORTED_ARCHITECTURES, ExportError, write_gguf
+from slowtune.models import gguf_spec
 from slowtune.progress import Cancelled, Progress
 from slowtune.testing import tiny_models
 
@@ -158,7 +159,7 @@ def test_comparison_catches_unpermuted_llama_qk(
     tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The classic conversion bug, made on purpose: the logit comparison above must be able to see it.
-    monkeypatch.setitem(gguf_writer._PERMUTE_QK, "llama", False)
+    monkeypatch.setitem(gguf_spec._PERMUTE_QK, "llama", False)
     path = write_gguf(tiny_llama, tmp_path / "unpermuted.gguf", out_type="f32")
     ids = sample_ids(tiny_llama, 64)
     ref, got = mlx_logits(tiny_llama, ids), llama_logits(path, ids, f32_cache=True)

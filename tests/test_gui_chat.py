@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from PySide6.QtCore import Qt
 
-from slowtune.chat import sessions
+from slowtune.chat import conversation, sessions
 from slowtune.dataset import DatasetRow, Provenance, add_rows
 from slowtune.gui import chat as page_module
 from slowtune.gui.app import make_app
@@ -151,7 +151,7 @@ def _pick(combo: Any, text: str) -> None:
 
 def _gate_after_first_piece(monkeypatch: pytest.MonkeyPatch, until: Any) -> None:
     """Make the answer wait, after its first piece of text, until ``until(cancel)`` is true (the GUI has reacted)."""
-    original = page_module.stream_turn
+    original = conversation.stream_turn
 
     def gated(models: Any, conversations: Any, sampling: Any, cancel: Any) -> Iterator[tuple[int, Any]]:
         waited = False
@@ -164,7 +164,7 @@ def _gate_after_first_piece(monkeypatch: pytest.MonkeyPatch, until: Any) -> None
                 while not until(cancel) and time.monotonic() < deadline:
                     released.wait(0.005)
 
-    monkeypatch.setattr(page_module, "stream_turn", gated)
+    monkeypatch.setattr(conversation, "stream_turn", gated)
 
 
 def _saved(project: Project, page: ChatPage) -> sessions.ChatSession:

@@ -409,11 +409,10 @@ ROUND_TRIP = {"gemma2": "gemma2", "gemma3": "gemma3_text", "tiny-gemma": "gemma3
 
 
 def _tokenizer_for(name: str, arch: str, template: str) -> Any:
-    from slowtune.models import pretokenizers
     from slowtune.testing import tiny_models
 
     if name == "phi4-mini":  # Phi-4-mini's tokenizer is byte-level BPE with GPT-4o's split ("gpt-4o" in llama.cpp)
-        tokenizer = tiny_models.train_bpe_tokenizer(1024, pretokenizers.O200K_SPLIT_REGEX,
+        tokenizer = tiny_models.train_bpe_tokenizer(1024, tiny_models.O200K_SPLIT_REGEX,
                                                     tiny_models.PHI3_SPECIAL_TOKENS)
         return tiny_models.TokenizerSpec(tokenizer, template, bos_token=None, eos_token="<|end|>",
                                          pad_token="<|endoftext|>", extra_eos_tokens=("<|endoftext|>",))

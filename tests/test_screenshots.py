@@ -24,6 +24,7 @@ from slowtune.store import Project
 from slowtune.teacher import providers, session
 from slowtune.teacher.checks import quote_check
 from slowtune.teacher.pipeline import GenerateConfig, run_generation
+from slowtune.testing import demo
 from slowtune.testing.fake_openai import FakeTeacher
 
 WINDOW = {
@@ -48,7 +49,7 @@ def distinct_colours(image: QImage, left: int = 0) -> int:
 def test_the_demo_documents_make_readable_grounded_questions(tmp_path: Path) -> None:
     """What the Dataset and Chat pictures show: the test teacher's questions and answers about the demo documents
     carry no Markdown heading marks and no line breaks, and every evidence quote is in its chunk word for word."""
-    docs = screenshot.write_demo_documents(tmp_path / "docs")
+    docs = demo.write_demo_documents(tmp_path / "docs")
     with Project.create(tmp_path / "project") as project, FakeTeacher(api_key="sk-demo") as teacher:
         ingest(project, [docs[0].parent], chunk_tokens=128, chunk_overlap=16, workers=1)
         providers.add_provider("demo", "custom", base_url=teacher.base_url, model="teacher-small", key="sk-demo")
@@ -89,7 +90,7 @@ def test_the_chat_pictures_accept_only_the_trained_answer(answer: str, finish_re
     if learned:
         screenshot.check_learned(tour, turn, "How big is a plot?", "Each plot is 3 by 4 metres.")
     else:
-        with pytest.raises(screenshot.ScreenshotError, match="did not answer 'How big is a plot\\?'"):
+        with pytest.raises(demo.ScreenshotError, match="did not answer 'How big is a plot\\?'"):
             screenshot.check_learned(tour, turn, "How big is a plot?", "Each plot is 3 by 4 metres.")
 
 

@@ -77,7 +77,7 @@ def test_llama_cpp_tokenizes_sentencepiece_as_hugging_face(layout: str, tmp_path
 def _gpt_4o_spec() -> tiny_models.TokenizerSpec:
     """A tiny byte-level BPE with GPT-4o's o200k split, as Phi-4-mini's tokenizer.json words it, and Phi-3's turn
     tokens."""
-    tokenizer = tiny_models.train_bpe_tokenizer(1024, pretokenizers.O200K_SPLIT_REGEX, tiny_models.PHI3_SPECIAL_TOKENS)
+    tokenizer = tiny_models.train_bpe_tokenizer(1024, tiny_models.O200K_SPLIT_REGEX, tiny_models.PHI3_SPECIAL_TOKENS)
     return tiny_models.TokenizerSpec(tokenizer, tiny_models.PHI3_CHAT_TEMPLATE, bos_token=None, eos_token="<|end|>",
                                      pad_token="<|endoftext|>", extra_eos_tokens=("<|endoftext|>",))
 
@@ -131,6 +131,14 @@ def test_the_identification_can_tell_the_families_apart() -> None:
         pieces.setdefault(pre.regexes, [p for p, _ in built.pre_tokenize_str(pretokenizers.PROBE)])
     seen = list(pieces.values())
     assert len(seen) == len({json.dumps(p) for p in seen}) == 8  # eight distinct behaviours among the eleven names
+
+
+def test_the_tiny_models_copies_of_llama_cpp_regexes_agree_with_the_export() -> None:
+    # The tiny-model builder keeps its own copies (it sits below the models layer); they must be llama.cpp's lists,
+    # DeepSeek's without the last regex (their tokenizer.json has a Digits step there).
+    assert pretokenizers.BY_NAME["falcon"].regexes == tiny_models.FALCON_SPLIT_REGEXES
+    assert pretokenizers.BY_NAME["deepseek-llm"].regexes[:-1] == tiny_models.DEEPSEEK_LLM_SPLIT_REGEXES
+    assert pretokenizers.BY_NAME["deepseek-coder"].regexes[:-1] == tiny_models.DEEPSEEK_CODER_SPLIT_REGEXES
 
 
 def test_an_unknown_pre_tokenizer_is_refused_by_name_before_anything_is_written(tmp_path: Path) -> None:

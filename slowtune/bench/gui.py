@@ -5,7 +5,7 @@ Measured side by side in one run, each in fresh processes:
 - **cold start**: wall time from starting ``python -m slowtune`` (the same entry point a user starts) to the main
   window's first paint, with a project of a few documents reopened as the last project. The child notes the
   moment of the first paint in a file named by ``SLOWTUNE_BENCH_SHOWN_FILE`` and quits
-  (:func:`slowtune.gui.measure.report_when_painted`); it also lists which heavy libraries were loaded by then (none should be: they
+  (:func:`slowtune.gui.firstpaint.report_when_painted`); it also lists which heavy libraries were loaded by then (none should be: they
   load on first use). The baseline is a bare PySide6 window (``python -m slowtune.bench.gui bare``) started and
   timed the same way: the floor any Qt app pays on this machine. Runs alternate.
 - **event-loop latency**: a 10 ms QTimer in the main window's process, first with nothing running (baseline), then
@@ -14,7 +14,7 @@ Measured side by side in one run, each in fresh processes:
   tick beyond its 10 ms: median, p95, max.
 
 Without a display the children use Qt's offscreen platform (the figures say which). The children's Qt work is in
-slowtune.gui.measure; this module imports no Qt.
+slowtune.gui.measure and slowtune.gui.firstpaint; this module imports no Qt.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from slowtune.gui.measure import SHOWN_MARKER_ENV, TICK_MS
+from slowtune.gui.firstpaint import SHOWN_MARKER_ENV
+from slowtune.gui.measure import TICK_MS
 from slowtune.selfcmd import module_command, slowtune_command
 
 TARGET_COLD_START_S = 1.5

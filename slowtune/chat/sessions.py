@@ -90,6 +90,16 @@ def add_message(project: Project, session_id: int, slot: int, role: str, content
         return int(cursor.lastrowid or 0)
 
 
+def delete_messages(project: Project, session_id: int, message_ids: list[int]) -> None:
+    """Remove messages of a session (a regenerated answer's earlier versions); ids of other sessions are left."""
+    if not message_ids:
+        return
+    marks = ",".join("?" * len(message_ids))
+    with project.transaction() as conn:
+        conn.execute(f"DELETE FROM chat_messages WHERE session_id = ? AND id IN ({marks})",
+                     (session_id, *message_ids))
+
+
 def rename_session(project: Project, session_id: int, title: str) -> None:
     with project.transaction() as conn:
         done = conn.execute("UPDATE chat_sessions SET title = ?, updated_at = ? WHERE id = ?",

@@ -5,6 +5,9 @@ modification time, or the same content hash), parses the rest in worker processe
 each changed document's chunks in one transaction. A file that disappeared from a dropped folder is marked
 ``removed`` (its chunks stay, so data generated from them remains reviewable). Identical files are stored once.
 Every file gets a status and, when it was not read, a reason; the batch always finishes.
+
+What the library holds is read back by :func:`summary`, :func:`list_documents` (one :class:`DocumentRow` each),
+:func:`watched_folders` and :func:`document_chunks`: what the CLI prints and the Library page shows.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slowtune.documents.types import ParsedDocument, ReadError
+from slowtune.documents.types import Chunk, ParsedDocument, ReadError
 from slowtune.progress import Progress, ensure
 from slowtune.store import Project
 
@@ -231,3 +234,52 @@ def document_titles(project: Project) -> list[tuple[int, str]]:
     """(id, title) of every document the project has known, by id; one without a title is named by its file."""
     return [(r["id"], r["title"] or Path(r["path"]).name)
             for r in project.conn.execute("SELECT id, title, path FROM documents ORDER BY id")]
+
+
+@dataclass(frozen=True)
+class DocumentRow:
+    """A document of the library as it is listed: what was read, and why not when it was not."""
+
+    id: int
+    path: str
+    title: str  # the document's own title, or its file name
+    kind: str  # pdf, docx, html, md, txt (the file's suffix while it was never read)
+    status: str  # ok, failed, skipped, removed, pending
+    reason: str  # why it was not read, or a note on how it was ("" when none)
+    pages: int | None
+    tokens: int | None
+    chunks: int | None
+    watched_root: str | None  # the added folder it was found in; None for a file added on its own
+
+    @property
+    def file_name(self) -> str:
+        return Path(self.path).name
+
+
+def list_documents(project: Project) -> list[DocumentRow]:
+    """Every document of the library, in the order they were added."""
+    rows = project.conn.execute(
+        "SELECT id, path, title, kind, status, reason, pages, tokens, n_chunks, watched_root FROM documents "
+        "ORDER BY added_at, path"
+    ).fetchall()
+    return [
+        DocumentRow(r["id"], r["path"], r["title"] or Path(r["path"]).name, r["kind"] or Path(r["path"]).suffix[1:],
+                    r["status"], r["reason"] or "", r["pages"], r["tokens"], r["n_chunks"], r["watched_root"])
+        for r in rows
+    ]
+
+
+def watched_folders(project: Project) -> list[Path]:
+    """The folders the user added (as folders, not single files): what a re-scan reads again."""
+    rows = project.conn.execute(
+        "SELECT DISTINCT watched_root FROM documents WHERE watched_root IS NOT NULL ORDER BY 1")
+    return [Path(r[0]) for r in rows]
+
+
+def document_chunks(project: Project, document_id: int, limit: int | None = None) -> list[Chunk]:
+    """A document's chunks in order (the first ``limit`` of them)."""
+    rows = project.conn.execute(
+        "SELECT id, ord, text, tokens, heading_path, page_start, page_end, char_start, char_end FROM chunks "
+        "WHERE document_id = ? ORDER BY ord LIMIT ?", (document_id, -1 if limit is None else limit)).fetchall()
+    return [Chunk(r["id"], r["ord"], r["text"], r["tokens"], tuple(json.loads(r["heading_path"] or "[]")),
+                  r["page_start"], r["page_end"], r["char_start"], r["char_end"]) for r in rows]

@@ -18,10 +18,17 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from slowtune.eval.probes import Probe
+
+class ScoredProbe(Protocol):
+    """What scoring needs of a probe (slowtune.eval.probes.Probe has it): metrics imports no probe module."""
+
+    id: Any
+    reference: str
+
+    @property
+    def is_refusal(self) -> bool: ...
 
 __all__ = [
     "STOPWORDS",
@@ -404,7 +411,7 @@ class ProbeResult:
         return cls(**dict(data))
 
 
-def score_answer(probe: Probe, answer: str, variant: str, *,
+def score_answer(probe: ScoredProbe, answer: str, variant: str, *,
                  vocabulary: CorpusVocabulary | None = None) -> ProbeResult:
     """The deterministic scores of ``answer`` to ``probe``."""
     refused = is_refusal(answer)

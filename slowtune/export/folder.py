@@ -1,11 +1,6 @@
 """The export folder: what an export writes there, under which names, read back from disk and from the project.
 
-- **The names**, one scheme for every reader and writer (the pipeline, the README, the Export and Chat pages):
-  ``NAME-QUANT.gguf`` for the tuned model in each type (``model-F16.gguf``, ``model-Q4_K_M.gguf``),
-  ``base-F16.gguf`` for the unmodified base and ``NAME-lora.gguf`` for a LoRA adapter. llama.cpp, Ollama,
-  LM Studio and the user's own scripts are pointed at these names, so they never change. ``export_file_name``
-  makes them, ``parse_export_file_name`` reads them back; a file's *kind* is its key in ``export.json``'s
-  ``files`` ("F16", "Q4_K_M", ..., "base-F16", "LoRA").
+- **The names**: one scheme for every reader and writer, in ``slowtune.export.names`` (re-exported here).
 - **An export read back** (``read_export``): from its ``export.json``, or, for an export that did not finish, from
   the GGUF files it left; the exports of a run (``exports_of``: its own folder, the folders the project recorded,
   and folders the user named); deleting one (``remove_export``), files and records.
@@ -27,68 +22,25 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
+from slowtune.export.names import (  # noqa: F401  (the naming scheme, re-exported for the pages)
+    BASE_FILE,
+    BASE_KIND,
+    BASE_NAME,
+    CHAT_PREFERENCE,
+    LORA_KIND,
+    QUANT_TYPES,
+    RECOMMENDED,
+    ExportFileName,
+    export_file_name,
+    parse_export_file_name,
+)
 from slowtune.export.pipeline import ExportFailed, find_adapter
-from slowtune.export.quantize import QUANT_TYPES
 from slowtune.progress import Progress
 from slowtune.safetensors import read_header
 from slowtune.store import Project, StoreError
 from slowtune.train.runs import parse_run_id
-
-# --- the names of the files an export writes -------------------------------------------------------------------
-
-BASE_KIND = "base-F16"  # the unmodified base model, in F16
-LORA_KIND = "LoRA"  # the LoRA adapter of a --lora-only export
-BASE_NAME = "base"  # the NAME of the base model's files: base-F16.gguf
-RECOMMENDED = "Q4_K_M"  # the quantisation an export writes unless told otherwise
-# The model file to chat with, most preferred first: small, then exact.
-CHAT_PREFERENCE = ("Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "F16", "BF16", "F32")
-
-
-class ExportFileName(NamedTuple):
-    """A file name an export writes, read back: ``model-Q4_K_M.gguf`` is ("model", "Q4_K_M")."""
-
-    name: str  # NAME, the stem the user chose ("base" for the base model's file)
-    kind: str  # its key in export.json: a quantisation, "base-F16" (also "base-QUANT"), or "LoRA"
-
-    @property
-    def quant(self) -> str | None:
-        """The GGUF's type: "F16" for base-F16.gguf, None for a LoRA adapter."""
-        return None if self.kind == LORA_KIND else self.kind.removeprefix(f"{BASE_NAME}-")
-
-    @property
-    def is_base(self) -> bool:
-        return self.kind.startswith(f"{BASE_NAME}-")
-
-
-def export_file_name(name: str, kind: str) -> str:
-    """The file an export writes for ``kind``: ``NAME-QUANT.gguf`` (a quantisation), ``base-F16.gguf`` (the base;
-    ``name`` is not used) or ``NAME-lora.gguf`` (the LoRA adapter)."""
-    if kind == LORA_KIND:
-        return f"{name}-lora.gguf"
-    if kind.startswith(f"{BASE_NAME}-"):
-        return f"{kind}.gguf"
-    return f"{name}-{kind}.gguf"
-
-
-def parse_export_file_name(file_name: str) -> ExportFileName | None:
-    """The NAME and kind of a file name ``export_file_name`` makes (``base-Q4_K_M.gguf``, the base quantised by the
-    user as the LoRA README suggests, is a base too); None for any other name (a GGUF the user put there)."""
-    stem = file_name.removesuffix(".gguf")
-    if stem == file_name:
-        return None
-    if stem.endswith("-lora"):
-        return ExportFileName(stem.removesuffix("-lora"), LORA_KIND)
-    for quant in QUANT_TYPES:
-        if stem.endswith(f"-{quant}"):
-            name = stem.removesuffix(f"-{quant}")
-            return ExportFileName(name, f"{BASE_NAME}-{quant}" if name == BASE_NAME else quant)
-    return None
-
-
-BASE_FILE = export_file_name(BASE_NAME, BASE_KIND)
-
 
 # --- an export folder, read back -------------------------------------------------------------------------------
 

@@ -40,14 +40,13 @@ import numpy as np
 from slowtune.export.gguf_writer import (
     SUPPORTED_ARCHITECTURES,
     ExportError,
-    _hparams,
     _matrix_shapes,
-    _read_json,
     _read_safetensors_header,
     _rope_permutation,
     _temporary_sibling,
     finish_gguf_writer,
 )
+from slowtune.models.gguf_spec import read_hparams, read_json
 from slowtune.progress import ensure
 
 if TYPE_CHECKING:
@@ -89,7 +88,7 @@ def _adapter_settings(adapter_dir: Path) -> tuple[dict[str, Any], float]:
     config_path = adapter_dir / "adapter_config.json"
     if not adapter_dir.is_dir():
         raise ExportError(f"{adapter_dir}: adapter folder not found")
-    config = _read_json(config_path, "the adapter's settings")
+    config = read_json(config_path, "the adapter's settings")
     if not (adapter_dir / "adapters.safetensors").is_file():
         raise ExportError(f"{adapter_dir}: adapters.safetensors is missing (the adapter's weights)")
     kind = config.get("fine_tune_type", "lora")
@@ -116,7 +115,7 @@ def plan_lora_gguf(adapter_dir: Path, base_model_dir: Path) -> LoraPlan:
     if not base_model_dir.is_dir():
         raise ExportError(f"{base_model_dir}: base model folder not found")
     config_path = base_model_dir / "config.json"
-    base_config = _read_json(config_path, "the base model's configuration")
+    base_config = read_json(config_path, "the base model's configuration")
     base_type = base_config.get("model_type")
     if base_type not in SUPPORTED_ARCHITECTURES:
         raise ExportError(
@@ -132,7 +131,7 @@ def plan_lora_gguf(adapter_dir: Path, base_model_dir: Path) -> LoraPlan:
     # Only settings are read: a quantised (MLX 4-bit) base has the same shapes once dequantised, which is
     # how its base GGUF is written.
     plain = {k: v for k, v in base_config.items() if k not in ("quantization", "quantization_config")}
-    hp = _hparams(plain, config_path)
+    hp = read_hparams(plain, config_path)
 
     arch_enum = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == hp.gguf_arch)
     name_map = gguf.get_tensor_name_map(arch_enum, hp.n_layers)

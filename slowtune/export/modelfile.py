@@ -44,8 +44,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import Any
 
-from slowtune.export.folder import parse_export_file_name
 from slowtune.export.gotemplate import GoTemplate
+from slowtune.export.names import parse_export_file_name
 
 __all__ = [
     "DEFAULT_DATE_STRING",

@@ -123,9 +123,9 @@ def _unverified_on_cancel(files: dict[str, Path]) -> Iterator[None]:
 def export_run(adapter_or_run: Path, out_dir: Path, *, model: Path | None = None, quants: list[str] | None = None,
                name: str = "model", with_base: bool = True, ollama: bool = True,
                progress: Progress | None = None) -> ExportResult:
-    from slowtune.export.folder import BASE_KIND, export_file_name
     from slowtune.export.fuse import fuse
     from slowtune.export.gguf_writer import write_gguf
+    from slowtune.export.names import BASE_KIND, export_file_name
     from slowtune.export.quantize import parse_quant_types, quantize_many
     from slowtune.export.verify import (
         VerificationError,
@@ -223,10 +223,10 @@ def export_lora_only(adapter_or_run: Path, out_dir: Path, *, model: Path | None 
     margin rule an F16 export must pass; a Modelfile with an ``ADAPTER`` line and a README."""
     import dataclasses
 
-    from slowtune.export.folder import BASE_KIND, LORA_KIND, export_file_name
     from slowtune.export.fuse import fuse
     from slowtune.export.gguf_writer import write_gguf
     from slowtune.export.lora_gguf import lora_readme_section, write_lora_gguf
+    from slowtune.export.names import BASE_KIND, LORA_KIND, export_file_name
     from slowtune.export.verify import (
         VerificationError,
         adapter_changed_model,

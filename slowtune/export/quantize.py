@@ -13,19 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from slowtune.export.names import QUANT_TYPES, export_file_name
 from slowtune.progress import Progress, ensure
 from slowtune.selfcmd import module_command
-
-# User-facing names -> llama.cpp's ftype constant names.
-QUANT_TYPES = {
-    "F32": "LLAMA_FTYPE_ALL_F32",
-    "F16": "LLAMA_FTYPE_MOSTLY_F16",
-    "BF16": "LLAMA_FTYPE_MOSTLY_BF16",
-    "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
-    "Q6_K": "LLAMA_FTYPE_MOSTLY_Q6_K",
-    "Q5_K_M": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
-    "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
-}
 
 
 class QuantizeError(ValueError):
@@ -66,7 +56,6 @@ def quantize_many(source: Path, out_dir: Path, stem: str, qtypes: list[str],
                   progress: Progress | None = None) -> dict[str, Path]:
     """Every type in ``qtypes`` from one (F16 or F32) GGUF; files are named ``<stem>-<TYPE>.gguf``, as exports name
     them (``slowtune.export.folder``)."""
-    from slowtune.export.folder import export_file_name  # it reads QUANT_TYPES from here
 
     progress = ensure(progress)
     results = {}

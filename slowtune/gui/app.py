@@ -1,7 +1,8 @@
 """The main window: a sidebar of pages, a project switcher, the running job in the status bar, and a native menu bar.
 
 The window owns the open project (one SQLite connection, for reading), the settings, and the ``JobRunner``
-every page hands its long work to. Pages receive the project through ``set_project``.
+every page hands its long work to. Pages (``slowtune.gui.page.Page``) receive the project through
+``set_project``.
 
 Where things are remembered:
 - the user's preferences and recent projects: ``slowtune.settings`` (settings.json, shared with the CLI);
@@ -48,8 +49,8 @@ from slowtune import __version__, paths
 from slowtune.gui.chat import ChatPage
 from slowtune.gui.dataset import DatasetPage
 from slowtune.gui.export import ExportPage
+from slowtune.gui.firstpaint import SHOWN_MARKER_ENV, report_when_painted
 from slowtune.gui.library import LibraryPage
-from slowtune.gui.measure import SHOWN_MARKER_ENV, report_when_painted
 from slowtune.gui.preferences import PreferencesDialog
 from slowtune.gui.projects import (
     NewProjectDialog,

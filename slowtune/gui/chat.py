@@ -3,14 +3,16 @@ base on the project's held-out probes.
 
 - The model picker lists the project's exported GGUFs (newest run first, by run and quantisation), the base GGUF
   written beside each export (both from :func:`slowtune.export.folder.list_models`), and any GGUF file the user
-  opens. Loading a model is a ``Job``; the loaded models
-  stay loaded between messages and are unloaded when the project changes.
-- An answer is a ``Job`` too. The tokens come from :mod:`slowtune.chat.model` in the job's thread; the growing
-  text reaches the GUI as the job's progress reports (throttled to about 20 a second per model, coalesced when the
-  GUI is busy) and is rendered as Markdown. Stop asks the models to stop at their next token; the partial answer
-  is kept, marked as stopped. Chat jobs use their own key (``chat:<project>``), so a chat is never refused
-  because training or generation is running in the same project.
-- Every answered turn is saved through :mod:`slowtune.chat.sessions` on the window's connection (a few small
+  opens. Loading a model is a ``Job``; the loaded models stay loaded between messages and are unloaded when the
+  project changes.
+- An answer is a ``Job`` too (:func:`slowtune.chat.conversation.answer_turn`). The tokens come from
+  :mod:`slowtune.chat.model` in the job's thread; the growing text reaches the GUI as the job's progress reports
+  (throttled to about 20 a second per model, coalesced when the GUI is busy) and is rendered as Markdown. Stop
+  asks the models to stop at their next token; the partial answer is kept, marked as stopped. Chat jobs use their
+  own key (``chat:<project>``), so a chat is never refused because training or generation is running in the same
+  project.
+- The chat on screen is a :class:`slowtune.chat.conversation.Conversation` (the page keeps a view per turn). Every
+  answered turn is saved through :mod:`slowtune.chat.sessions` on the window's connection (a few small
   transactions, in the GUI thread); saved chats are listed and can be reopened and continued.
 - The Evaluation tab runs :func:`slowtune.eval.pipeline.run` in a ``Job`` (its own connection and its own
   model instances), which saves the report under the project's ``evals/`` folder; the page shows the scores side
@@ -23,14 +25,13 @@ import html
 import shlex
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QKeySequence, QShortcut, QShowEvent
+from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -54,23 +55,25 @@ from PySide6.QtWidgets import (
 )
 
 from slowtune.chat import sessions
-from slowtune.chat.model import ChatError, ChatModel, Sampling, stream_side_by_side
+from slowtune.chat.conversation import AnswerResult, Conversation, Turn, answer_turn, model_key
+from slowtune.chat.model import ChatError, ChatModel, Sampling
 from slowtune.eval.report import latest_report
 from slowtune.export.folder import ModelChoice, list_models
 from slowtune.fsutil import atomic_write_text
 from slowtune.gui.chatview import MessageInput, ScoreTable, TranscriptView, TurnView
-from slowtune.gui.widgets import MessageBanner
+from slowtune.gui.page import Page
 from slowtune.gui.widgets import ask_yes as ask  # module-level name: tests answer it
 from slowtune.gui.workers import Job, JobRunner
 from slowtune.progress import Progress
 from slowtune.settings import Settings
-from slowtune.store import Project
+
+if TYPE_CHECKING:
+    from slowtune.eval.pipeline import EvalResult
 
 CHAT_CTX = 4096  # tokens of context for chat models (the CLI's default); long chats drop their oldest turns
 EVAL_CTX = 4096
 STREAM_INTERVAL_S = 0.05  # the growing answer is re-rendered at most ~20 times a second per model
 OPEN_FILE = "open-file"  # the "Open GGUF file…" item of the pickers
-TITLE_CHARS = 60
 
 ANSWER_STAGES = {"answer-0": "writing", "answer-1": "writing"}
 EVAL_STAGES = {"Loading models": "loading the models", "Answering probes": "answering probes"}
@@ -96,10 +99,6 @@ EVAL_ABOUT = ("<h3>Evaluation</h3>Each held-out probe (a question kept out of tr
 
 
 # --- what can be chatted with ----------------------------------------------------------------------------------
-
-def _resolved(path: str | Path) -> str:
-    return str(Path(path).expanduser().resolve())
-
 
 def choose_gguf_file(parent: QWidget) -> str | None:
     """Ask for a GGUF file (a dialog); its path, or None. Module-level so tests can answer it."""
@@ -142,103 +141,19 @@ def load_function(choices: list[ModelChoice], n_ctx: int) -> Callable[[Progress]
     return run
 
 
-def stream_turn(models: list[ChatModel], conversations: list[list[dict[str, str]]], sampling: Sampling,
-                cancel: Callable[[], bool]) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(slot, chat.completion.chunk)`` from one model, or from two decoding at once."""
-    if len(models) == 1:
-        for part in models[0].stream(conversations[0], sampling, cancel=cancel):
-            yield 0, part
-    else:
-        yield from stream_side_by_side(models, conversations, sampling, cancel=cancel)
-
-
-@dataclass
-class AnswerResult:
-    texts: list[str]
-    stats: list[dict[str, Any]]  # AnswerStats as JSON, per model; finish_reason "cancelled" when stopped
-
-
-def answer_function(models: list[ChatModel], conversations: list[list[dict[str, str]]],
-                    sampling: Sampling) -> Callable[[Progress], AnswerResult]:
-    """One turn: every model answers its conversation; the text so far goes out as progress ("answer-<slot>",
-    metrics ``slot`` and ``text``). A stop (the job's cancel) ends the answers at the next token, and they are
-    returned as they are."""
-    def run(progress: Progress) -> AnswerResult:
-        texts = ["" for _ in models]
-        pieces = [0 for _ in models]
-        stats: list[dict[str, Any] | None] = [None for _ in models]
-        for slot, part in stream_turn(models, conversations, sampling, lambda: progress.cancelled):
-            choice = part["choices"][0]
-            piece = choice["delta"].get("content")
-            if piece:
-                texts[slot] += piece
-                pieces[slot] += 1
-                progress.report(f"answer-{slot}", pieces[slot], None, slot=slot, text=texts[slot])
-            if choice.get("finish_reason"):
-                stats[slot] = part.get("slowtune_stats") or {"finish_reason": choice["finish_reason"]}
-        return AnswerResult(texts, [s or {"finish_reason": "cancelled"} for s in stats])
-    return run
-
-
-@dataclass
-class EvalOutcome:
-    report: dict[str, Any]  # EvalReport.to_json()
-    markdown: str
-    folder: Path
-
-
 def eval_function(root: Path, tuned: ModelChoice, base: ModelChoice | None, *, max_probes: int | None,
-                  max_tokens: int, open_book: bool, n_ctx: int = EVAL_CTX) -> Callable[[Progress], EvalOutcome]:
+                  max_tokens: int, open_book: bool, n_ctx: int = EVAL_CTX) -> Callable[[Progress], EvalResult]:
     """``slowtune eval`` in a job (:func:`slowtune.eval.pipeline.run`): its own connection and its own model
     instances (llama.cpp maps the weights, so a model that is also loaded for chatting is not read into memory
     twice)."""
-    from slowtune.eval.pipeline import EvalOptions, ModelFile
-    from slowtune.eval.pipeline import run as run_eval
+    from slowtune.eval.pipeline import EvalOptions, ModelFile, run
 
     def model_file(choice: ModelChoice) -> ModelFile:
         return ModelFile(Path(choice.path), Path(choice.lora) if choice.lora else None)
 
     options = EvalOptions(root, model_file(tuned), model_file(base) if base is not None else None,
                           open_book=open_book, max_probes=max_probes, max_tokens=max_tokens, n_ctx=n_ctx)
-
-    def run(progress: Progress) -> EvalOutcome:
-        result = run_eval(options, progress)
-        return EvalOutcome(result.report.to_json(), result.report.to_markdown(), result.folder)
-    return run
-
-
-# --- the conversation on screen ------------------------------------------------------------------------------
-
-@dataclass
-class Turn:
-    user: str
-    view: TurnView
-    answers: list[str]
-    stats: list[dict[str, Any] | None]
-    user_id: int | None = None
-    answer_ids: list[int] = field(default_factory=list)
-
-
-@dataclass
-class Conversation:
-    """The chat on screen: which models it is with, its system prompt, its turns and the session saving it."""
-
-    session_id: int | None = None
-    title: str | None = None
-    system: str | None = None
-    keys: list[tuple[str, str | None]] = field(default_factory=list)  # the models, by (path, lora)
-    models: list[dict[str, Any]] = field(default_factory=list)  # ChatModel.describe(), per slot
-    turns: list[Turn] = field(default_factory=list)
-
-    def history(self, slot: int, before: Turn | None = None) -> list[dict[str, str]]:
-        """The messages as the model in ``slot`` saw them, up to (not including) ``before``."""
-        messages = [{"role": "system", "content": self.system}] if self.system else []
-        for turn in self.turns:
-            if turn is before:
-                break
-            messages += [{"role": "user", "content": turn.user},
-                         {"role": "assistant", "content": turn.answers[slot] if slot < len(turn.answers) else ""}]
-        return messages
+    return partial(run, options)
 
 
 def _set_combo_items(combo: QComboBox, items: list[tuple[str, Any, str]], selected: Any) -> None:
@@ -266,15 +181,11 @@ def _set_combo_items(combo: QComboBox, items: list[tuple[str, Any, str]], select
 
 # --- the page ------------------------------------------------------------------------------------------------
 
-class ChatPage(QWidget):
+class ChatPage(Page):
     """Chat with exported models (streamed, Markdown, stop, regenerate, side by side) and evaluate them."""
 
     def __init__(self, runner: JobRunner, settings: Callable[[], Settings], parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setObjectName("page-chat")
-        self.runner = runner
-        self._settings = settings
-        self.project: Project | None = None
+        super().__init__("chat", runner, settings, parent)
         self._epoch = 0  # grows when the project changes: results of older jobs are dropped
         self._choices: list[ModelChoice] = []  # the project's exports and bases
         self._files: list[ModelChoice] = []  # GGUF files the user opened (kept across projects)
@@ -287,14 +198,13 @@ class ChatPage(QWidget):
         self.answer_job: Job | None = None
         self.eval_job: Job | None = None
         self.chat = Conversation()
+        self.views: dict[Turn, TurnView] = {}  # how each turn of the chat is shown
         self.partial_updates = 0  # streamed renders of the current answer (tests and curious users)
 
-        self.banner = MessageBanner()
         self.tabs = QTabWidget()
         self.tabs.addTab(self._build_chat_tab(), "Chat")
         self.tabs.addTab(self._build_eval_tab(), "Evaluation")
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(24, 8, 24, 16)
+        layout = self.page_layout()
         layout.addWidget(self.banner)
         layout.addWidget(self.tabs, 1)
         self.refresh()
@@ -511,12 +421,10 @@ class ChatPage(QWidget):
         return tab
 
     # --- the project ---------------------------------------------------------------------------------------------
-    def set_project(self, project: Project | None) -> None:
-        same = project is not None and self.project is not None and project.root == self.project.root
-        self.project = project
-        if not same:
+    def project_set(self, changed: bool) -> None:
+        if changed:  # the same project set again keeps its chat, its models and the banner
             self._epoch += 1
-            for job in (self.answer_job, self.load_job, self.eval_job):
+            for job in self.page_jobs():
                 if job is not None and not job.is_over:
                     job.cancel()
             self.unload()
@@ -526,7 +434,9 @@ class ChatPage(QWidget):
             self._eval_touched = False
             self._clear_conversation()
             self.banner.clear()
-        self.refresh()
+
+    def page_jobs(self) -> Iterable[Job | None]:
+        return self.answer_job, self.load_job, self.eval_job
 
     def unload(self) -> None:
         """Close the loaded models (at once, or when the answer using them ends). The window calls it on quit."""
@@ -541,11 +451,9 @@ class ChatPage(QWidget):
             else:
                 model.close()
 
-    def showEvent(self, event: QShowEvent) -> None:
-        super().showEvent(event)
-        self.refresh()  # an export, a new probe set or a report may have appeared while the page was hidden
-
     def refresh(self) -> None:
+        """The pickers, the saved chats and the evaluation (also when shown: an export, a new probe set or a
+        report may have appeared while the page was hidden)."""
         self._choices = list_models(self.project) if self.project is not None else []
         self._fill_pickers()
         self.refresh_sessions()
@@ -591,7 +499,7 @@ class ChatPage(QWidget):
     # --- choosing models -----------------------------------------------------------------------------------------
     def _choice_for(self, path: str, lora: str | None = None) -> ModelChoice:
         """The picker entry for a file (an export, a base or a file opened before), or a new "file" entry."""
-        path, lora = _resolved(path), (_resolved(lora) if lora else None)
+        path, lora = model_key(path, lora)
         for choice in self._all_choices():
             if choice.key == (path, lora):
                 return choice
@@ -665,12 +573,10 @@ class ChatPage(QWidget):
         epoch = self._epoch
         names = " and ".join(c.name for c in to_load)
         job = Job(f"Loading {names}", load_function(to_load, CHAT_CTX), key=self._chat_key())
-        job.finished.connect(partial(self._models_loaded, wanted, to_load, epoch))
-        job.failed.connect(self._load_failed)
-        job.done.connect(self._load_done)
         self.load_job = job
         # Queued: this runs from the previous chat job's `done`, while the runner still counts that job as running.
-        if not self.runner.submit(job, queue=True):
+        if not self.start_job(job, queue=True, finished=partial(self._models_loaded, wanted, to_load, epoch),
+                              failed=self._load_failed, done=self._load_done):
             self.load_job = None
         self._update_status()
 
@@ -800,9 +706,8 @@ class ChatPage(QWidget):
             self._update_system_note()
         if text is None:
             self.input.clear()
-        names = sessions.model_labels(self.chat.models)
-        view = self.transcript.add_turn(message, names)
-        turn = Turn(message, view, ["" for _ in self._loaded], [None for _ in self._loaded])
+        turn = Turn(message, ["" for _ in self._loaded], [None for _ in self._loaded])
+        self.views[turn] = self.transcript.add_turn(message, sessions.model_labels(self.chat.models))
         self.chat.turns.append(turn)
         return self._answer(turn, sampling, previous=None)
 
@@ -827,22 +732,22 @@ class ChatPage(QWidget):
         models = self.loaded_models()
         conversations = [[*self.chat.history(slot, before=turn), {"role": "user", "content": turn.user}]
                          for slot in range(len(models))]
-        for view in turn.view.answers:
+        for view in self.views[turn].answers:
             view.set_text("")
             view.set_footer("Writing…")
         self.partial_updates = 0
         self.banner.clear()
         epoch = self._epoch
         title = "Answering" if len(models) == 1 else f"Answering with {len(models)} models"
-        job = Job(title, answer_function(models, conversations, sampling), key=self._chat_key(),
+        job = Job(title, partial(answer_turn, models, conversations, sampling), key=self._chat_key(),
                   stage_names=ANSWER_STAGES, min_interval=STREAM_INTERVAL_S)
-        job.progress.connect(partial(self._streamed, turn))
-        job.finished.connect(partial(self._answered, turn, sampling, previous, epoch))
-        job.failed.connect(partial(self._answer_failed, turn, previous, epoch))
-        job.cancelled.connect(partial(self._answer_failed, turn, previous, epoch, "The answer was cancelled.", ""))
-        job.done.connect(self._answer_done)
         self.answer_job = job
-        if not self.runner.submit(job, queue=True):
+        if not self.start_job(job, queue=True, progress=partial(self._streamed, turn),
+                              finished=partial(self._answered, turn, sampling, previous, epoch),
+                              failed=partial(self._answer_failed, turn, previous, epoch),
+                              cancelled=partial(self._answer_failed, turn, previous, epoch,
+                                                "The answer was cancelled.", ""),
+                              done=self._answer_done):
             self.answer_job = None
             self._answer_failed(turn, previous, epoch, "", "")
             return None
@@ -856,8 +761,9 @@ class ChatPage(QWidget):
         if not self._current(turn) or not isinstance(metrics, dict):
             return
         slot = int(metrics.get("slot", 0))
-        if 0 <= slot < len(turn.view.answers):
-            turn.view.answers[slot].set_text(str(metrics.get("text", "")))
+        answers = self.views[turn].answers
+        if 0 <= slot < len(answers):
+            answers[slot].set_text(str(metrics.get("text", "")))
             self.partial_updates += 1
 
     def stop(self) -> None:
@@ -877,7 +783,7 @@ class ChatPage(QWidget):
         self._save(turn, sampling, regenerated=previous is not None)
 
     def _show_answers(self, turn: Turn) -> None:
-        for view, text, stats in zip(turn.view.answers, turn.answers, turn.stats, strict=True):
+        for view, text, stats in zip(self.views[turn].answers, turn.answers, turn.stats, strict=True):
             stopped = bool(stats) and stats.get("finish_reason") == "cancelled"
             view.set_text(text if text.strip() else ("*(stopped before the first word)*" if stopped
                                                      else "*(no text)*"))
@@ -894,7 +800,7 @@ class ChatPage(QWidget):
         else:
             # A message that got no answer leaves the conversation and goes back to the box, to send again.
             self.chat.turns.remove(turn)
-            self.transcript.remove_turn(turn.view)
+            self.transcript.remove_turn(self.views.pop(turn))
             if not self.input.toPlainText().strip():
                 self.input.setPlainText(turn.user)
                 message += " The message is back in the box."
@@ -915,23 +821,7 @@ class ChatPage(QWidget):
             self.saved_label.setText("Not saved: no project is open.")
             return
         try:
-            if self.chat.session_id is None:
-                title = self.chat.turns[0].user.strip().splitlines()[0][:TITLE_CHARS]
-                settings = {"sampling": asdict(sampling), "system": self.chat.system, "context_tokens": CHAT_CTX}
-                self.chat.session_id = sessions.create_session(project, title, self.chat.models, settings)
-                self.chat.title = title
-                if self.chat.system:
-                    sessions.add_message(project, self.chat.session_id, 0, "system", self.chat.system)
-            session_id = self.chat.session_id
-            if regenerated and turn.answer_ids:
-                marks = ",".join("?" * len(turn.answer_ids))
-                with project.transaction() as conn:
-                    conn.execute(f"DELETE FROM chat_messages WHERE session_id = ? AND id IN ({marks})",
-                                 (session_id, *turn.answer_ids))
-            if turn.user_id is None:
-                turn.user_id = sessions.add_message(project, session_id, 0, "user", turn.user)
-            turn.answer_ids = [sessions.add_message(project, session_id, slot, "assistant", text, stats)
-                               for slot, (text, stats) in enumerate(zip(turn.answers, turn.stats, strict=True))]
+            self.chat.save_turn(project, turn, sampling, context_tokens=CHAT_CTX, regenerated=regenerated)
         except (ChatError, sqlite3.Error) as exc:
             self.banner.show_message(f"This answer was not saved in the project: {exc}", level="error")
             return
@@ -974,23 +864,10 @@ class ChatPage(QWidget):
             return
         self._clear_conversation()
         self.banner.clear()
-        chat = self.chat
-        chat.session_id, chat.title, chat.models = session.id, session.title, list(session.models)
-        chat.keys = [(_resolved(m.get("path", "")), _resolved(m["lora"]) if m.get("lora") else None)
-                     for m in session.models]
+        chat = self.chat = Conversation.from_session(session)
         names = sessions.model_labels(session.models)
-        for message in session.messages:
-            if message.role == "system":
-                chat.system = message.content
-            elif message.role == "user":
-                view = self.transcript.add_turn(message.content, names)
-                chat.turns.append(Turn(message.content, view, ["" for _ in names], [None for _ in names],
-                                       user_id=message.id, answer_ids=[]))
-            elif chat.turns and message.slot < len(names):
-                turn = chat.turns[-1]
-                turn.answers[message.slot] = message.content
-                turn.stats[message.slot] = message.stats
-                turn.answer_ids.append(message.id)
+        for turn in chat.turns:
+            self.views[turn] = self.transcript.add_turn(turn.user, names)
         for turn in chat.turns:
             self._show_answers(turn)
         self._restore_settings(session.settings, chat.system)
@@ -1073,6 +950,7 @@ class ChatPage(QWidget):
     def _clear_conversation(self) -> None:
         self.transcript.clear()
         self.chat = Conversation()
+        self.views.clear()
         self.saved_label.clear()
         self.sessions_list.clearSelection()
         self.sessions_list.setCurrentItem(None)
@@ -1180,13 +1058,10 @@ class ChatPage(QWidget):
                                               open_book=self.eval_open_book.isChecked()),
                   key=f"eval:{self.project.root}", stage_names=EVAL_STAGES)
         epoch = self._epoch
-        job.progress.connect(self._eval_progress)
-        job.finished.connect(partial(self._evaluated, epoch))
-        job.failed.connect(partial(self._eval_failed, epoch))
-        job.cancelled.connect(partial(self._eval_failed, epoch, "", ""))
-        job.done.connect(self._eval_done)
         self.eval_job = job
-        if not self.runner.submit(job):
+        if not self.start_job(job, progress=self._eval_progress, finished=partial(self._evaluated, epoch),
+                              failed=partial(self._eval_failed, epoch),
+                              cancelled=partial(self._eval_failed, epoch, "", ""), done=self._eval_done):
             self.eval_job = None
             return None
         self.eval_progress.setRange(0, 0)
@@ -1216,10 +1091,12 @@ class ChatPage(QWidget):
             self.banner.show_message("The evaluation was cancelled; no report was saved.", level="warning")
 
     def _evaluated(self, epoch: int, outcome: object) -> None:
+        from slowtune.eval.pipeline import EvalResult
+
         if epoch != self._epoch:
             return
-        assert isinstance(outcome, EvalOutcome)
-        self.show_report((outcome.report, outcome.markdown, outcome.folder))
+        assert isinstance(outcome, EvalResult)
+        self.show_report((outcome.report.to_json(), outcome.report.to_markdown(), outcome.folder))
 
     def _eval_done(self) -> None:
         self.eval_status.clear()

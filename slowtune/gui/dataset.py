@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QPoint, Qt, Signal
-from PySide6.QtGui import QAction, QColor, QFontDatabase, QKeyEvent, QShowEvent
+from PySide6.QtGui import QAction, QColor, QFontDatabase, QKeyEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -44,6 +44,7 @@ from PySide6.QtWidgets import (
 
 from slowtune.dataset import DatasetError, DatasetRow, count_rows, question_types
 from slowtune.documents import library
+from slowtune.gui.page import Page
 from slowtune.gui.qtcompat import emit
 from slowtune.gui.widgets import MessageBanner, RowsTableModel
 from slowtune.gui.widgets import ask_yes as ask  # module-level name: tests answer it
@@ -465,15 +466,11 @@ STATUS_FILTERS: list[tuple[str, str | None, str | None]] = [
 ]
 
 
-class DatasetPage(QWidget):
+class DatasetPage(Page):
     """Generate with the teacher, review the rows, and read the report."""
 
     def __init__(self, runner: JobRunner, settings: Callable[[], Settings], parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setObjectName("page-dataset")
-        self.runner = runner
-        self._settings = settings
-        self.project: Project | None = None
+        super().__init__("dataset", runner, settings, parent)
         self.prepare_job: Job | None = None
         self.generate_job: Job | None = None
         self.regenerate_job: Job | None = None
@@ -484,7 +481,6 @@ class DatasetPage(QWidget):
         self._run_budget: float | None = None  # the budget of the run in progress, for the progress line
         self._regenerating: str | None = None  # the chunk being regenerated
 
-        self.banner = MessageBanner()
         self.label = QLabel()  # the empty state, or the title and the equivalent commands
         self.label.setWordWrap(True)
         self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -573,8 +569,7 @@ class DatasetPage(QWidget):
         self.splitter.setStretchFactor(0, 3)
         self.splitter.setStretchFactor(1, 1)
 
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(24, 8, 24, 16)
+        layout = self.page_layout()
         layout.addWidget(self.banner)
         layout.addWidget(self.label)
         layout.addLayout(top)
@@ -583,20 +578,14 @@ class DatasetPage(QWidget):
         self.refresh()
 
     # --- showing -------------------------------------------------------------------------------------------
-    def set_project(self, project: Project | None) -> None:
-        self.project = project
-        self.banner.clear()
+    def project_set(self, changed: bool) -> None:
+        super().project_set(changed)
         if self.options_dialog is not None:
             self.options_dialog.reject()  # it belongs to the project that was open
-        self.options, self.options_problem = (load_options(project) if project is not None
+        self.options, self.options_problem = (load_options(self.project) if self.project is not None
                                               else (GenerateOptions(), None))
         if self.options_problem:
             self.banner.show_message(self.options_problem, level="warning")
-        self.refresh()
-
-    def showEvent(self, event: QShowEvent) -> None:
-        super().showEvent(event)
-        self.refresh()  # documents, settings or rows may have changed while the page was hidden
 
     def has_chunks(self) -> bool:
         if self.project is None:
@@ -604,6 +593,7 @@ class DatasetPage(QWidget):
         return library.has_chunks(self.project)
 
     def refresh(self) -> None:
+        """Also when shown: documents, settings or rows may have changed while the page was hidden."""
         settings = self._settings()
         ready = self.has_chunks()
         # Quoted for a shell: a name with a space ("Garden club") must reach the command as one argument.
@@ -818,16 +808,13 @@ class DatasetPage(QWidget):
         job = Job("Regenerating a chunk", regenerate_function(self.project.root, chunk_id, settings.teacher_provider,
                                                               settings.teacher_model, self.options),
                   key=str(self.project.root), stage_names=REGENERATE_STAGES, min_interval=0.25)
-        job.progress.connect(self._regenerate_progress)
-        job.finished.connect(self._regenerated)
-        job.failed.connect(self._failed)
-        job.cancelled.connect(lambda: self.banner.show_message(
-            "Regeneration was cancelled before anything changed.", level="warning"))
-        job.done.connect(self._regeneration_done)
         self.regenerate_job = job
         self._regenerating = chunk_id
         self._run_budget = self.options.budget_usd
-        if not self.runner.submit(job):
+        if not self.start_job(job, progress=self._regenerate_progress, finished=self._regenerated, failed=self._failed,
+                              cancelled=lambda: self.banner.show_message(
+                                  "Regeneration was cancelled before anything changed.", level="warning"),
+                              done=self._regeneration_done):
             self.regenerate_job = None
             self._regenerating = None
             return None
@@ -894,9 +881,8 @@ class DatasetPage(QWidget):
         return True
 
     # --- generating ----------------------------------------------------------------------------------------
-    def busy(self) -> bool:
-        return any(job is not None and not job.is_over
-                   for job in (self.prepare_job, self.generate_job, self.regenerate_job))
+    def page_jobs(self) -> tuple[Job | None, ...]:
+        return self.prepare_job, self.generate_job, self.regenerate_job
 
     def _update_busy(self) -> None:
         busy = self.busy()
@@ -926,11 +912,8 @@ class DatasetPage(QWidget):
         job = Job("Preparing generation", prepare_function(self.project.root, settings.teacher_provider,
                                                            settings.teacher_model, self.options),
                   key=str(self.project.root))
-        job.finished.connect(self._prepared)
-        job.failed.connect(self._failed)
-        job.done.connect(self._update_busy)
         self.prepare_job = job
-        if not self.runner.submit(job):
+        if not self.start_job(job, finished=self._prepared, failed=self._failed, done=self._update_busy):
             self.prepare_job = None
             return None
         self.progress_label.setText("Asking the teacher what it supports and estimating…")
@@ -955,15 +938,12 @@ class DatasetPage(QWidget):
         assert self.project is not None
         job = Job("Generating questions", generate_function(self.project.root, prepared),
                   key=str(self.project.root), stage_names=GENERATE_STAGES, min_interval=0.25)
-        job.progress.connect(self._progress)
-        job.finished.connect(self._generated)
-        job.failed.connect(self._failed)
-        job.cancelled.connect(lambda: self.banner.show_message("Generation was cancelled.", level="warning"))
-        job.done.connect(self._generation_done)
         self.generate_job = job
         self._run_budget = prepared.options.budget_usd
         # Queued: this is called from the preparing job's `finished`, while the runner still counts it as running.
-        if not self.runner.submit(job, queue=True):
+        if not self.start_job(job, queue=True, progress=self._progress, finished=self._generated, failed=self._failed,
+                              cancelled=lambda: self.banner.show_message("Generation was cancelled.", level="warning"),
+                              done=self._generation_done):
             self.generate_job = None
             return None
         self.progress_label.setText(f"Sending {prepared.chunks:,} chunks to {prepared.choice.destination}…")

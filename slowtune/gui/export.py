@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import Qt, QTimer, QUrl, Signal
-from PySide6.QtGui import QColor, QDesktopServices, QShowEvent
+from PySide6.QtGui import QColor, QDesktopServices
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -61,8 +61,8 @@ from slowtune.export.folder import (
     run_export,
 )
 from slowtune.export.pipeline import ExportFailed, find_adapter
+from slowtune.gui.page import PAGE_MARGINS, Page
 from slowtune.gui.qtcompat import emit
-from slowtune.gui.widgets import MessageBanner
 from slowtune.gui.widgets import ask_yes as ask  # module-level name: tests answer it
 from slowtune.gui.workers import Job, JobRunner
 from slowtune.progress import format_duration
@@ -324,17 +324,13 @@ def _hint(text: str) -> QLabel:
     return label
 
 
-class ExportPage(QWidget):
+class ExportPage(Page):
     """Pick a finished run and what to write; export it in a job; see what was written and how it checked out."""
 
     chat_requested = Signal(str, str)  # the exported GGUF, and a GGUF to compare with (the base) or ""
 
     def __init__(self, runner: JobRunner, settings: Callable[[], Settings], parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setObjectName("page-export")
-        self.runner = runner
-        self._settings = settings
-        self.project: Project | None = None
+        super().__init__("export", runner, settings, parent)
         self.runs: list[RunInfo] = []
         self._outside_runs: dict[Path, RunInfo] = {}  # runs handed to select_run that the project does not list
         self.exports: list[ExportInfo] = []
@@ -346,7 +342,6 @@ class ExportPage(QWidget):
         self._custom_destination = False
         self._parameters: dict[Path, int | None] = {}
 
-        self.banner = MessageBanner()
         self.label = QLabel()  # the title, or the empty state
         self.label.setWordWrap(True)
         self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -514,7 +509,7 @@ class ExportPage(QWidget):
 
         content = QWidget()
         body = QVBoxLayout(content)
-        body.setContentsMargins(24, 8, 24, 16)
+        body.setContentsMargins(*PAGE_MARGINS)
         body.addWidget(self.label)
         self.run_caption = QLabel("<b>Run</b>")
         body.addWidget(self.run_caption)
@@ -533,7 +528,8 @@ class ExportPage(QWidget):
         self.scroll = scroll
         # The banner stays in view above the scrolling page, inset like the page's content and every other page's.
         banner_row = QVBoxLayout()
-        banner_row.setContentsMargins(24, 8, 24, 0)
+        left, top, right, _bottom = PAGE_MARGINS
+        banner_row.setContentsMargins(left, top, right, 0)
         banner_row.addWidget(self.banner)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -543,19 +539,16 @@ class ExportPage(QWidget):
         self.refresh()
 
     # --- showing -----------------------------------------------------------------------------------------------
-    def set_project(self, project: Project | None) -> None:
-        self.project = project
+    def project_set(self, changed: bool) -> None:
+        super().project_set(changed)
         self._outside_runs.clear()
         self._custom_destination = False
-        self.banner.clear()
-        self.name_edit.setText(default_name(project))
+        self.name_edit.setText(default_name(self.project))
         self._apply_default_quants()
-        self.refresh()
 
-    def showEvent(self, event: QShowEvent) -> None:
-        super().showEvent(event)
-        if not self.busy():
-            self.refresh()  # a run may have finished, or an export been made from Terminal, while it was hidden
+    def refresh_on_show(self) -> bool:
+        # A run may have finished, or an export been made from Terminal, while it was hidden.
+        return not self.busy()
 
     def _apply_default_quants(self) -> None:
         wanted = {q.upper() for q in self._settings().export_quants} or {RECOMMENDED}
@@ -732,8 +725,8 @@ class ExportPage(QWidget):
         self.command_label.setText(COMMAND_HINT.format(command=html.escape(request.command())))
 
     # --- exporting ---------------------------------------------------------------------------------------------
-    def busy(self) -> bool:
-        return self.job is not None and not self.job.is_over
+    def page_jobs(self) -> tuple[Job | None]:
+        return (self.job,)
 
     def export(self) -> Job | None:
         """Ask before replacing files, then run the export in a job."""
@@ -771,14 +764,10 @@ class ExportPage(QWidget):
         # No throttle in the core: the pipeline reports a few hundred times at most, the Job hands the GUI only the
         # latest report per stage, and a throttled report of a new step ("verifying") would never be shown.
         job = Job("Exporting", partial(run_export, request), key=key, stage_names=EXPORT_STAGES, min_interval=0)
-        job.progress.connect(self._progress)
-        job.finished.connect(self._exported)
-        job.failed.connect(self._failed)
-        job.cancelled.connect(self._cancelled)
-        job.done.connect(self._job_done)
         self.job, self.request = job, request
         self._job_started = time.time()
-        if not self.runner.submit(job):
+        if not self.start_job(job, progress=self._progress, finished=self._exported, failed=self._failed,
+                              cancelled=self._cancelled, done=self._job_done):
             self.job = self.request = None
             return None
         self.banner.clear()

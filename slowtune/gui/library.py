@@ -1,18 +1,15 @@
 """The Library page: add documents and folders, see what was read, preview a document's chunks.
 
 Reading happens in ``slowtune.documents.library.ingest``, run by a ``Job`` on its own database connection (SQLite
-in WAL mode lets the page keep reading through the window's connection meanwhile). The page only reads the
-``documents`` and ``chunks`` tables to show them.
+in WAL mode lets the page keep reading through the window's connection meanwhile). The page shows what the same
+module reads back (``list_documents``, ``watched_folders``, ``document_chunks``) on the window's connection.
 """
 
 from __future__ import annotations
 
 import html
-import json
-import sqlite3
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -43,9 +40,17 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from slowtune.documents.library import IngestReport, ingest
+from slowtune.documents.library import (
+    DocumentRow,
+    IngestReport,
+    document_chunks,
+    ingest,
+    list_documents,
+    watched_folders,
+)
+from slowtune.gui.page import Page
 from slowtune.gui.qtcompat import emit
-from slowtune.gui.widgets import MessageBanner, RowsTableModel
+from slowtune.gui.widgets import RowsTableModel
 from slowtune.gui.workers import Job, JobRunner
 from slowtune.progress import Progress
 from slowtune.settings import Settings
@@ -59,42 +64,6 @@ PREVIEW_CHUNKS = 200  # a long book has thousands of chunks; the preview shows t
 # Status colours chosen to stay readable on light and dark backgrounds.
 STATUS_COLORS = {"ok": "#2f9e44", "failed": "#e03131", "skipped": "#d9480f", "removed": "#868e96",
                  "pending": "#868e96"}
-
-
-@dataclass(frozen=True)
-class DocumentRow:
-    id: int
-    path: str
-    title: str
-    kind: str
-    status: str
-    reason: str
-    pages: int | None
-    tokens: int | None
-    chunks: int | None
-    watched_root: str | None
-
-    @property
-    def file_name(self) -> str:
-        return Path(self.path).name
-
-
-def load_documents(conn: sqlite3.Connection) -> list[DocumentRow]:
-    rows = conn.execute(
-        "SELECT id, path, title, kind, status, reason, pages, tokens, n_chunks, watched_root FROM documents "
-        "ORDER BY added_at, path"
-    ).fetchall()
-    return [
-        DocumentRow(r["id"], r["path"], r["title"] or Path(r["path"]).name, r["kind"] or Path(r["path"]).suffix[1:],
-                    r["status"], r["reason"] or "", r["pages"], r["tokens"], r["n_chunks"], r["watched_root"])
-        for r in rows
-    ]
-
-
-def watched_folders(conn: sqlite3.Connection) -> list[Path]:
-    """The folders the user added (as folders, not single files): what Re-scan reads again."""
-    rows = conn.execute("SELECT DISTINCT watched_root FROM documents WHERE watched_root IS NOT NULL ORDER BY 1")
-    return [Path(r[0]) for r in rows]
 
 
 def ingest_function(root: Path, paths: list[Path], settings: Settings) -> Callable[[Progress], IngestReport]:
@@ -187,7 +156,7 @@ class DocumentTable(QTableView):
         super().keyPressEvent(event)
 
 
-def chunk_preview_html(conn: sqlite3.Connection, doc: DocumentRow) -> str:
+def chunk_preview_html(project: Project, doc: DocumentRow) -> str:
     """The selected document's chunks as HTML: heading path, pages and tokens above each chunk's text."""
     esc = html.escape
     head = f"<h3>{esc(doc.title)}</h3><p style='color:gray'>{esc(doc.path)}</p>"
@@ -197,27 +166,25 @@ def chunk_preview_html(conn: sqlite3.Connection, doc: DocumentRow) -> str:
         head += f"<p><b>{esc(doc.status.capitalize())}:</b> {reason} {hint}</p>"
     elif doc.reason:  # notes on a file that was read, e.g. "read as Latin-1"
         head += f"<p><i>Note: {esc(doc.reason)}</i></p>"
-    rows = conn.execute(
-        "SELECT ord, text, tokens, heading_path, page_start, page_end FROM chunks WHERE document_id = ? "
-        "ORDER BY ord LIMIT ?", (doc.id, PREVIEW_CHUNKS)).fetchall()
-    total = doc.chunks or len(rows)
-    if not rows:
+    chunks = document_chunks(project, doc.id, PREVIEW_CHUNKS)
+    total = doc.chunks or len(chunks)
+    if not chunks:
         return head + ("" if doc.status != "ok" else "<p>This document has no chunks.</p>")
     parts = [head]
-    if total > len(rows):
-        parts.append(f"<p><i>Showing the first {len(rows):,} of {total:,} chunks.</i></p>")
-    for r in rows:
-        headings = " › ".join(json.loads(r["heading_path"] or "[]"))
-        where = [f"Chunk {r['ord'] + 1} of {total:,}"]
+    if total > len(chunks):
+        parts.append(f"<p><i>Showing the first {len(chunks):,} of {total:,} chunks.</i></p>")
+    for chunk in chunks:
+        headings = " › ".join(chunk.heading_path)
+        where = [f"Chunk {chunk.ord + 1} of {total:,}"]
         if headings:
             where.append(esc(headings))
-        start, end = r["page_start"], r["page_end"]
+        start, end = chunk.page_start, chunk.page_end
         if start is not None:
             where.append(f"page {start}" if end in (None, start) else f"pages {start}–{end}")
-        where.append(f"{r['tokens']:,} tokens")
+        where.append(f"{chunk.tokens:,} tokens")
         parts.append(
-            ("<hr>" if r["ord"] else "") + f"<p><b>{' · '.join(where)}</b></p>"
-            f"<p style='white-space:pre-wrap'>{esc(r['text'])}</p>"
+            ("<hr>" if chunk.ord else "") + f"<p><b>{' · '.join(where)}</b></p>"
+            f"<p style='white-space:pre-wrap'>{esc(chunk.text)}</p>"
         )
     return "".join(parts)
 
@@ -287,7 +254,7 @@ class EmptyState(QFrame):
         self.secondary.setText(secondary)
 
 
-class LibraryPage(QWidget):
+class LibraryPage(Page):
     """The documents of the open project.
 
     Signals: ``project_needed(paths)`` - documents were added with no project open (the window creates one and
@@ -301,11 +268,7 @@ class LibraryPage(QWidget):
     open_project_requested = Signal()
 
     def __init__(self, runner: JobRunner, settings: Callable[[], Settings], parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setObjectName("page-library")
-        self.runner = runner
-        self._settings = settings
-        self.project: Project | None = None
+        super().__init__("library", runner, settings, parent)
         self.jobs: list[Job] = []  # ingests running or queued (documents dropped while one runs wait their turn)
         self.last_report: IngestReport | None = None
 
@@ -330,8 +293,6 @@ class LibraryPage(QWidget):
         header.addWidget(self.add_files_button)
         header.addWidget(self.add_folder_button)
         header.addWidget(self.rescan_button)
-
-        self.banner = MessageBanner()
 
         self.model = DocumentTableModel(self)
         self.proxy = QSortFilterProxyModel(self)
@@ -380,25 +341,28 @@ class LibraryPage(QWidget):
         self.stack.addWidget(self.empty)
         self.stack.addWidget(splitter)
 
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(24, 8, 24, 16)  # as every page
+        layout = self.page_layout()
         layout.addLayout(header)
         layout.addWidget(self.banner)
         layout.addWidget(self.stack, 1)
         self.refresh()
 
     # --- the project ---------------------------------------------------------------------------------
-    def set_project(self, project: Project | None) -> None:
-        self.project = project
-        self.banner.clear()
+    def project_set(self, changed: bool) -> None:
+        super().project_set(changed)
         self.preview.clear()
         self.filter.clear()
-        self.refresh()
+
+    def refresh_on_show(self) -> bool:
+        return False  # only an ingest changes the documents, and the page refreshes when one ends
+
+    def page_jobs(self) -> list[Job]:
+        return self.jobs
 
     def refresh(self) -> None:
         """Read the documents table again (after an ingest, or when the project changes)."""
         selected = self.selected_document()
-        rows = load_documents(self.project.conn) if self.project is not None else []
+        rows = list_documents(self.project) if self.project is not None else []
         self.model.set_rows(rows)
         self.table.resizeColumnsToContents()
         self._fit_columns()
@@ -439,7 +403,7 @@ class LibraryPage(QWidget):
 
     def _update_buttons(self) -> None:
         busy = bool(self.jobs)
-        folders = watched_folders(self.project.conn) if self.project is not None else []
+        folders = watched_folders(self.project) if self.project is not None else []
         # With no project the empty state offers New/Open instead; adding would first have to make a project.
         for button in (self.add_files_button, self.add_folder_button, self.rescan_button):
             button.setVisible(self.project is not None)
@@ -474,7 +438,7 @@ class LibraryPage(QWidget):
     def rescan(self) -> Job | None:
         if self.project is None:
             return None
-        folders = watched_folders(self.project.conn)
+        folders = watched_folders(self.project)
         present = [f for f in folders if f.is_dir()]
         gone = [f for f in folders if not f.is_dir()]
         if gone:
@@ -494,12 +458,9 @@ class LibraryPage(QWidget):
             return None
         job = Job(title, ingest_function(self.project.root, list(paths), self._settings()),
                   key=str(self.project.root), stage_names=INGEST_STAGES)
-        job.finished.connect(self._ingest_finished)
-        job.failed.connect(self._ingest_failed)
-        job.cancelled.connect(self._ingest_cancelled)
-        job.done.connect(partial(self._ingest_done, job))
         # Queued, not refused: a user who drops more files while the first ones are read expects them added too.
-        if not self.runner.submit(job, queue=True):
+        if not self.start_job(job, queue=True, finished=self._ingest_finished, failed=self._ingest_failed,
+                              cancelled=self._ingest_cancelled, done=partial(self._ingest_done, job)):
             return None
         self.jobs.append(job)
         self.banner.clear()
@@ -545,4 +506,4 @@ class LibraryPage(QWidget):
         if doc is None or self.project is None:
             self.preview.clear()
             return
-        self.preview.setHtml(chunk_preview_html(self.project.conn, doc))
+        self.preview.setHtml(chunk_preview_html(self.project, doc))

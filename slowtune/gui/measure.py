@@ -1,8 +1,9 @@
 """The Qt half of ``slowtune bench gui``: what is measured inside a window's process (slowtune/bench/gui.py starts
 these processes and reports the figures).
 
-- :func:`report_when_painted`: the moment a window is first painted, noted in a file, with the heavy libraries
-  loaded by then. The app does it on its main window when ``SLOWTUNE_BENCH_SHOWN_FILE`` is set (``run_app``);
+- :func:`slowtune.gui.firstpaint.report_when_painted`: the moment a window is first painted, noted in a file, with
+  the heavy libraries loaded by then. The app does it on its main window when ``SLOWTUNE_BENCH_SHOWN_FILE`` is set
+  (``run_app``);
 - :func:`bare_window`: the baseline, a bare PySide6 window timed the same way;
 - :func:`event_loop_latency`: how late a 10 ms timer fires in the main window's process, idle and while the Train
   page's job trains a tiny model.
@@ -17,30 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-SHOWN_MARKER_ENV = "SLOWTUNE_BENCH_SHOWN_FILE"  # `slowtune bench gui`: note the first paint there, then quit
-# Libraries that should load on first use, not before the window shows (the marker lists those already loaded).
-HEAVY = ("mlx", "mlx_lm", "llama_cpp", "openai", "transformers", "numpy")
+from slowtune.gui.firstpaint import report_when_painted
+
 TICK_MS = 10
-
-
-def report_when_painted(window: Any, marker: Path, *, quit_after: bool = True) -> None:
-    """Write the time of ``window``'s first paint (and the heavy modules loaded by then) to ``marker``, then quit."""
-    from PySide6.QtCore import QEvent, QObject, QTimer
-    from PySide6.QtWidgets import QApplication
-
-    class _FirstPaint(QObject):
-        def eventFilter(self, watched: QObject, event: QEvent) -> bool:
-            if event.type() == QEvent.Type.Paint and not self.property("seen"):
-                self.setProperty("seen", True)
-                painted = time.time()
-                loaded = sorted(name for name in HEAVY if name in sys.modules)
-                marker.write_text(json.dumps({"painted_at": painted, "heavy_loaded": loaded}))
-                if quit_after:
-                    QTimer.singleShot(0, QApplication.quit)
-            return False
-
-    spy = _FirstPaint(window)
-    window.installEventFilter(spy)
 
 
 def bare_window(marker: Path) -> int:

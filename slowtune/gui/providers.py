@@ -13,7 +13,7 @@ from collections.abc import Callable
 from functools import partial
 
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtGui import QColor, QShowEvent
+from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -35,6 +35,7 @@ from PySide6.QtWidgets import (
 )
 
 from slowtune import secrets
+from slowtune.gui.page import Page
 from slowtune.gui.widgets import MessageBanner
 from slowtune.gui.widgets import ask_yes as ask  # module-level name: tests answer it
 from slowtune.gui.workers import Job, JobRunner
@@ -211,24 +212,20 @@ class ProviderDialog(QDialog):
         super().reject()
 
 
-class ProvidersPage(QWidget):
+class ProvidersPage(Page):
     """The teachers, what each costs in trust (where text goes, where the key is), and a check for each."""
 
     COLUMNS = ("Provider", "Service", "Sends text to", "Default model", "API key", "Last check")
 
     def __init__(self, runner: JobRunner, settings: Callable[[], Settings],
                  update_settings: Callable[[Callable[[Settings], None]], None], parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setObjectName("page-providers")
-        self.runner = runner
-        self._settings = settings
+        super().__init__("providers", runner, settings, parent)
         self._update_settings = update_settings
         self.providers: list[pv.Provider] = []
         self.checks: dict[str, tuple[str, str]] = {}  # provider id -> (status, message) of its last check
         self.jobs: dict[str, Job] = {}  # running checks, by provider id (kept referenced until done)
         self.dialog: ProviderDialog | None = None
 
-        self.banner = MessageBanner()
         title = QLabel("<h2>Providers</h2>")
         self.empty = QLabel(EMPTY_TEXT)
         self.empty.setWordWrap(True)
@@ -280,8 +277,7 @@ class ProvidersPage(QWidget):
         hub_layout.addLayout(hub_row)
         hub_layout.addWidget(self.hf_status)
 
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(24, 8, 24, 16)
+        layout = self.page_layout()
         layout.addWidget(self.banner)
         layout.addWidget(title)
         layout.addWidget(self.empty)
@@ -299,11 +295,9 @@ class ProvidersPage(QWidget):
         self.refresh()
 
     # --- showing ---------------------------------------------------------------------------------------
-    def showEvent(self, event: QShowEvent) -> None:
-        super().showEvent(event)
-        self.refresh()  # `slowtune provider add` may have changed the list while the page was hidden
-
     def refresh(self) -> None:
+        """The providers and their checks (also when shown: `slowtune provider add` may have changed the list while
+        the page was hidden)."""
         loaded = pv.load_providers()
         if loaded.warnings:
             self.banner.show_message("The provider list could not be read completely.", level="warning",
@@ -411,6 +405,9 @@ class ProvidersPage(QWidget):
         return True
 
     # --- checking ----------------------------------------------------------------------------------------
+    def page_jobs(self) -> list[Job]:
+        return list(self.jobs.values())
+
     def test_selected(self) -> Job | None:
         provider = self.selected()
         if provider is None or provider.id in self.jobs:
@@ -422,12 +419,11 @@ class ProvidersPage(QWidget):
 
         # Its own key: a check may run while a project's long job does, and never blocks one.
         job = Job(f"Testing {provider.id}", run, key=f"provider-check:{provider.id}")
-        job.finished.connect(partial(self._check_finished, provider.id))
-        job.failed.connect(partial(self._check_failed, provider.id))
-        job.done.connect(partial(self._check_done, provider.id))
         self.jobs[provider.id] = job
         self.checks[provider.id] = ("running", "Testing…")
-        if not self.runner.submit(job):
+        if not self.start_job(job, finished=partial(self._check_finished, provider.id),
+                              failed=partial(self._check_failed, provider.id),
+                              done=partial(self._check_done, provider.id)):
             del self.jobs[provider.id]
             self.checks.pop(provider.id, None)
         self.refresh()

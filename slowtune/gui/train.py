@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import Qt, QTimer, QUrl, Signal
-from PySide6.QtGui import QDesktopServices, QShowEvent
+from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (
     QFrame,
     QGridLayout,
@@ -44,14 +44,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from slowtune.dataset import has_training_data
 from slowtune.gui.chart import LineChart
+from slowtune.gui.page import Page
 from slowtune.gui.qtcompat import emit
 from slowtune.gui.trainwizard import TrainWizard, new_table, table_item
-from slowtune.gui.widgets import MessageBanner
 from slowtune.gui.workers import Job, JobRunner
 from slowtune.progress import format_duration
 from slowtune.settings import Settings
-from slowtune.store import Project
 from slowtune.train.background import (
     TrainControl,
     resume_command,
@@ -70,7 +70,7 @@ from slowtune.train.runs import (
     reconcile_runs,
     run_json,
 )
-from slowtune.train.settings import TrainSettings, has_training_data
+from slowtune.train.settings import TrainSettings
 
 TRAIN_STAGES = {"prepare": "starting", "train": "training", "stopping": "stopping"}
 TRAIN_SERIES, VALID_SERIES = "Training loss", "Validation loss"
@@ -245,18 +245,14 @@ class RunView(QWidget):
         layout.addLayout(buttons)
 
 
-class TrainPage(QWidget):
+class TrainPage(Page):
     """Pick a base model, check the fit, train with a live loss chart; pause, cancel and resume."""
 
     run_finished = Signal(str)  # the run folder, when a run ends with status done
     export_requested = Signal(str)  # the run folder
 
     def __init__(self, runner: JobRunner, settings: Callable[[], Settings], parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setObjectName("page-train")
-        self.runner = runner
-        self._settings = settings
-        self.project: Project | None = None
+        super().__init__("train", runner, settings, parent)
         self.job: Job | None = None
         self.run: RunInfo | None = None  # the run shown in the run view
         self.run_dir: Path | None = None
@@ -269,7 +265,6 @@ class TrainPage(QWidget):
         self._job_title = ""
         self.wizard: TrainWizard | None = None
 
-        self.banner = MessageBanner()
         self.start_view = StartView()
         self.start_view.new_button.clicked.connect(self.new_run)
         self.start_view.offer_new.clicked.connect(self.new_run)
@@ -280,8 +275,7 @@ class TrainPage(QWidget):
         self.start_view.runs.itemDoubleClicked.connect(lambda _item: self._open_selected())
         self.offered: RunInfo | None = None
 
-        TrainWizard(self)  # sets self.wizard
-        assert self.wizard is not None
+        self.wizard = TrainWizard(self)
         self.wizard.closed.connect(self._wizard_closed)
 
         self.run_view = RunView()
@@ -305,30 +299,26 @@ class TrainPage(QWidget):
         self.stack.addWidget(self.start_view)
         self.stack.addWidget(self.wizard)
         self.stack.addWidget(self.run_view)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(24, 8, 24, 16)
+        layout = self.page_layout()
         layout.addWidget(self.banner)
         layout.addWidget(self.stack, 1)
         self.refresh()
 
     # --- showing -------------------------------------------------------------------------------------------
-    def set_project(self, project: Project | None) -> None:
-        self.project = project
-        self.banner.clear()
+    def project_set(self, changed: bool) -> None:
+        super().project_set(changed)
         if not self.busy():
             self.background_timer.stop()
             self.run = None
             self.run_dir = None
             self.stack.setCurrentWidget(self.start_view)
-        self.refresh()
 
-    def showEvent(self, event: QShowEvent) -> None:
-        super().showEvent(event)
-        if self.stack.currentWidget() is self.start_view:
-            self.refresh()  # rows may have been accepted, or a run made from Terminal, while the page was hidden
+    def refresh_on_show(self) -> bool:
+        # Rows may have been accepted, or a run made from Terminal, while the page was hidden.
+        return self.stack.currentWidget() is self.start_view
 
-    def busy(self) -> bool:
-        return self.job is not None and not self.job.is_over
+    def page_jobs(self) -> tuple[Job | None]:
+        return (self.job,)
 
     def has_data(self) -> bool:
         if self.project is None:

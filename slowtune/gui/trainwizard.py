@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor
@@ -46,6 +46,8 @@ from PySide6.QtWidgets import (
 )
 
 from slowtune import system
+from slowtune.dataset import DataSummary, data_summary
+from slowtune.gui.page import Page
 from slowtune.gui.qtcompat import emit
 from slowtune.gui.widgets import MessageBanner
 from slowtune.gui.workers import Job
@@ -53,7 +55,7 @@ from slowtune.models import catalog
 from slowtune.models.catalog import ModelError, describe_local
 from slowtune.progress import Progress, format_duration
 from slowtune.train.fit import ModelRow, PreflightResult, gb, gui_text, model_rows, preflight_function
-from slowtune.train.settings import PRESETS, DataSummary, TrainSettings, data_summary
+from slowtune.train.settings import PRESETS, TrainSettings
 
 CATALOG = catalog.CATALOG  # module-level name: tests offer a model of the fake hub through it
 
@@ -63,9 +65,6 @@ FIT_COLORS = {"memory": "#2f9e44", "streamed": "#d9480f", "too_large": "#e03131"
               "unknown": "#868e96"}
 TOKEN_HINT = ("Accept the model's licence on its Hugging Face page, then save your Hugging Face token on the "
               "Providers page.")
-
-if TYPE_CHECKING:
-    from slowtune.gui.train import TrainPage
 
 
 # --- downloads, imports, dialogs and tables ---------------------------------------------------------------------
@@ -138,9 +137,10 @@ def new_table(columns: tuple[str, ...], stretch: int = 0) -> QTableWidget:
 class ModelWizardPage(QWizardPage):
     COLUMNS = ("Model", "Parameters", "Size", "On this Mac", "Fits", "Licence")
 
-    def __init__(self, owner: TrainPage) -> None:
+    def __init__(self, owner: Page, wizard: TrainWizard) -> None:
         super().__init__()
-        self.owner = owner
+        self.owner = owner  # the Train page: its project and its job runner
+        self.train_wizard = wizard  # the wizard this step is part of (being built while the steps are)
         self.setTitle("Base model")
         self.setSubTitle("The model your adapter is trained on. Smaller models train and answer faster; larger ones "
                          "write better answers.")
@@ -327,13 +327,11 @@ class ModelWizardPage(QWizardPage):
         self.banner.clear()
         job = Job(f"Importing {source.name}", import_function(source, name=name, origin=origin), key=DOWNLOAD_KEY,
                   stage_names={"import": "converting", "check": "checking against llama.cpp"}, min_interval=0.25)
-        job.progress.connect(self._import_progress)
-        job.finished.connect(self._imported)
-        job.failed.connect(self._download_failed)
-        job.cancelled.connect(lambda: self.banner.show_message("The import was stopped; nothing was written."))
-        job.done.connect(self._download_done)
         self.import_job = job
-        if not self.owner.runner.submit(job):
+        if not self.owner.start_job(job, progress=self._import_progress, finished=self._imported,
+                                    failed=self._download_failed, done=self._download_done,
+                                    cancelled=lambda: self.banner.show_message(
+                                        "The import was stopped; nothing was written.")):
             self.import_job = None
             self.banner.show_message("A download or import is running; wait for it to finish.", level="warning")
             return None
@@ -378,13 +376,10 @@ class ModelWizardPage(QWizardPage):
         self.banner.clear()
         job = Job(f"Downloading {row.name}", download_function(row.entry.repo_id), key=DOWNLOAD_KEY,
                   stage_names={"download": "downloading"}, min_interval=0.25)
-        job.progress.connect(self._download_progress)
-        job.finished.connect(partial(self._downloaded, row.key))
-        job.failed.connect(self._download_failed)
-        job.cancelled.connect(self._download_cancelled)
-        job.done.connect(self._download_done)
         self.download_job = job
-        if not self.owner.runner.submit(job):
+        if not self.owner.start_job(job, progress=self._download_progress, finished=partial(self._downloaded, row.key),
+                                    failed=self._download_failed, cancelled=self._download_cancelled,
+                                    done=self._download_done):
             self.download_job = None
             self.banner.show_message("Another download is running; wait for it to finish.", level="warning")
             return None
@@ -427,9 +422,10 @@ class ModelWizardPage(QWizardPage):
 
 
 class DataWizardPage(QWizardPage):
-    def __init__(self, owner: TrainPage) -> None:
+    def __init__(self, owner: Page, wizard: TrainWizard) -> None:
         super().__init__()
-        self.owner = owner
+        self.owner = owner  # the Train page: its project and its job runner
+        self.train_wizard = wizard  # the wizard this step is part of (being built while the steps are)
         self.summary: DataSummary | None = None
         self.setTitle("Data")
         self.setSubTitle("The project's accepted conversations. Review them on the Dataset page.")
@@ -471,9 +467,10 @@ class DataWizardPage(QWizardPage):
 
 
 class SettingsWizardPage(QWizardPage):
-    def __init__(self, owner: TrainPage) -> None:
+    def __init__(self, owner: Page, wizard: TrainWizard) -> None:
         super().__init__()
-        self.owner = owner
+        self.owner = owner  # the Train page: its project and its job runner
+        self.train_wizard = wizard  # the wizard this step is part of (being built while the steps are)
         self._filling = False
         self.setTitle("Settings")
         self.setSubTitle("Choose how hard to train. Advanced shows the actual values.")
@@ -639,7 +636,7 @@ class SettingsWizardPage(QWizardPage):
                                  "such as 1e-4.</span>")
             return
         settings = self.settings()
-        data_page = getattr(self.owner.wizard, "data_page", None)
+        data_page = getattr(self.train_wizard, "data_page", None)
         data = data_page.summary if data_page is not None else None
         parts = [html.escape(settings.describe()) + "."]
         if data is not None and data.train:
@@ -658,9 +655,10 @@ class SettingsWizardPage(QWizardPage):
 
 
 class PreflightWizardPage(QWizardPage):
-    def __init__(self, owner: TrainPage) -> None:
+    def __init__(self, owner: Page, wizard: TrainWizard) -> None:
         super().__init__()
-        self.owner = owner
+        self.owner = owner  # the Train page: its project and its job runner
+        self.train_wizard = wizard  # the wizard this step is part of (being built while the steps are)
         self.result: PreflightResult | None = None
         self.job: Job | None = None
         self.abandoned: Job | None = None
@@ -718,10 +716,10 @@ class PreflightWizardPage(QWizardPage):
         self.memory_bar.hide()
 
     def check(self) -> Job | None:
-        wizard = self.owner.wizard
+        wizard = self.train_wizard
         project = self.owner.project
-        model = wizard.model_page.model_path() if wizard is not None else None
-        if project is None or wizard is None or model is None:
+        model = wizard.model_page.model_path()
+        if project is None or model is None:
             return None
         if self.job is not None and not self.job.is_over:
             return self.job
@@ -731,13 +729,11 @@ class PreflightWizardPage(QWizardPage):
         job = Job("Checking that training fits",
                   preflight_function(model, project.root, wizard.settings_page.settings(), data.train if data else 0),
                   key=str(project.root), stage_names=PREFLIGHT_STAGES)
-        job.finished.connect(partial(self._checked, job))
-        job.failed.connect(partial(self._failed, job))
-        job.cancelled.connect(partial(self._cancelled, job))
         self.job = job
         # A check abandoned a moment ago (Back, then Next) may still be finishing: this one waits for it.
         behind = self.abandoned is not None and self.owner.runner.running(str(project.root)) is self.abandoned
-        if not self.owner.runner.submit(job, queue=behind):
+        if not self.owner.start_job(job, queue=behind, finished=partial(self._checked, job),
+                                    failed=partial(self._failed, job), cancelled=partial(self._cancelled, job)):
             self.job = None
             self.status.setText("")
             self.banner.show_message("Another job is running in this project. Wait for it to finish (or cancel it), "
@@ -812,17 +808,16 @@ class TrainWizard(QWizard):
 
     closed = Signal(bool)
 
-    def __init__(self, owner: TrainPage) -> None:
+    def __init__(self, owner: Page) -> None:
         super().__init__()
         self.setObjectName("train-wizard")
         self.setWindowFlags(Qt.WindowType.Widget)
         self.setOption(QWizard.WizardOption.NoBackButtonOnStartPage, True)
         self.setButtonText(QWizard.WizardButton.FinishButton, "Start Training")
-        owner.wizard = self
-        self.model_page = ModelWizardPage(owner)
-        self.data_page = DataWizardPage(owner)
-        self.settings_page = SettingsWizardPage(owner)
-        self.preflight_page = PreflightWizardPage(owner)
+        self.model_page = ModelWizardPage(owner, self)
+        self.data_page = DataWizardPage(owner, self)
+        self.settings_page = SettingsWizardPage(owner, self)
+        self.preflight_page = PreflightWizardPage(owner, self)
         for page in (self.model_page, self.data_page, self.settings_page, self.preflight_page):
             self.addPage(page)
 

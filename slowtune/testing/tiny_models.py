@@ -35,12 +35,16 @@ __all__ = [
     "ARCHS",
     "CHATML_CHAT_TEMPLATE",
     "CHATML_SPECIAL_TOKENS",
+    "DEEPSEEK_CODER_SPLIT_REGEXES",
+    "DEEPSEEK_LLM_SPLIT_REGEXES",
+    "FALCON_SPLIT_REGEXES",
     "GEMMA_CHAT_TEMPLATE",
     "GEMMA_SPECIAL_TOKENS",
     "INST_CHAT_TEMPLATE",
     "LLAMA3_CHAT_TEMPLATE",
     "LLAMA3_SPECIAL_TOKENS",
     "LLAMA3_SPLIT_REGEX",
+    "O200K_SPLIT_REGEX",
     "PHI3_CHAT_TEMPLATE",
     "PHI3_SPECIAL_TOKENS",
     "QWEN2_SPLIT_REGEX",
@@ -74,6 +78,15 @@ QWEN2_SPLIT_REGEX = (
 LLAMA3_SPLIT_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+# GPT-4o's o200k split, as tiktoken's o200k_base words it and llama.cpp quotes it as "the original regex from
+# tokenizer.json" of GPT-4o (Xenova/gpt-4o); Phi-4-mini's byte-level BPE is of this kind. It cases words: an optional
+# run of upper-case letters then lower-case ones, or the reverse, each with an optional contraction. (llama.cpp's
+# "gpt-4o" pre-tokenizer words it without case classes: slowtune.models.pretokenizers.)
+O200K_SPLIT_REGEX = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 
 LLAMA3_SPECIAL_TOKENS = (
@@ -407,13 +420,37 @@ def _digits_then_gpt2() -> pre_tokenizers.PreTokenizer:
     return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), _gpt2_style()])
 
 
+# The split regexes of Falcon and DeepSeek, as llama.cpp's llama-vocab.cpp lists them for its "falcon",
+# "deepseek-llm" and "deepseek-coder" pre-tokenizers (slowtune.models.pretokenizers holds the same lists, which
+# tests/test_tokenizer_families.py checks). DeepSeek's tokenizer.json ends with a Digits step instead of llama.cpp's
+# last regex, so theirs stop before it. Written with escapes: these character ranges name code points (the Kelvin
+# and Ohm signs, Greek with tonos) that an editor's Unicode normalisation would silently change.
+_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+_DEEPSEEK_LLM_LETTERS = (
+    "\\s?[A-Za-z\u00b5\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u01ba\u01bc-\u01bf\u01c4-\u0293\u0295-\u02af"
+    "\u0370-\u0373\u0376\u0377\u037b-\u037d\u037f\u0386\u0388-\u038a\u038c\u038e-\u03a1\u03a3-\u03f5"
+    "\u03f7-\u0481\u048a-\u052f\u0531-\u0556\u10a0-\u10c5\u13a0-\u13f5\u13f8-\u13fd\u1c90-\u1cba"
+    "\u1cbd-\u1cbf\u1d00-\u1d2b\u1d6b-\u1d77\u1d79-\u1d9a\u1e00-\u1f15\u1f18-\u1f1d\u1f20-\u1f45"
+    "\u1f48-\u1f4d\u1f50-\u1f57\u1f59\u1f5b\u1f5d\u1f5f-\u1f7d\u1f80-\u1fb4\u1fb6-\u1fbc\u1fbe\u1fc2-"
+    "\u1fc4\u1fc6-\u1fcc\u1fd0-\u1fd3\u1fd6-\u1fdb\u1fe0-\u1fec\u1ff2-\u1ff4\u1ff6-\u1ffc\u2102\u2107"
+    "\u210a-\u2113\u2115\u2119-\u211d\u2124\u2126\u2128\u212a-\u212d\u212f-\u2134\u2139\u213c-\u213f"
+    "\u2145-\u2149\u214e\u2183\u2184\u2c00-\u2c7b\u2c7e-\u2ce4\u2ceb-\u2cee\u2cf2\u2cf3\ua640-\ua66d"
+    "\ua680-\ua69b\ua722-\ua76f\ua771-\ua787\ua78b-\ua78e\uab70-\uabbf\ufb00-\ufb06\ufb13-\ufb17"
+    "\uff21-\uff3a\uff41-\uff5a\U00010400-\U0001044f\U000104b0-\U000104d3\U000104d8-\U000104fb"
+    "\U00010c80-\U00010cb2\U00010cc0-\U00010cf2\U000118a0-\U000118df\U0001e900-\U0001e943]+"
+)
+_DEEPSEEK_LLM_PUNCT = "\\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+"
+_CJK = "[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+"
+FALCON_SPLIT_REGEXES = (r"[\p{P}\$\+<=>\^~\|`]+", _GPT2, r"[0-9][0-9][0-9]")
+DEEPSEEK_LLM_SPLIT_REGEXES = ("[\r\n]", _DEEPSEEK_LLM_LETTERS, _DEEPSEEK_LLM_PUNCT, r"\s+$", _CJK)
+DEEPSEEK_CODER_SPLIT_REGEXES = ("[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", _CJK)
+
+
 def _falcon() -> pre_tokenizers.PreTokenizer:
     # Falcon's pre-tokenizer in the Split form llama.cpp documents for it. Its tokenizer.json could not be read here
     # (no model hub); a Punctuation + ByteLevel + Digits + Split wording behaves differently (it cuts " 1" and the
     # byte-level "½"), and the export would refuse that one by name rather than write a GGUF that tokenizes wrongly.
-    from slowtune.models.pretokenizers import BY_NAME
-
-    return _splits_then_bytes(BY_NAME["falcon"].regexes, digits=None)
+    return _splits_then_bytes(FALCON_SPLIT_REGEXES, digits=None)
 
 
 def _splits_then_bytes(regexes: Sequence[str], digits: bool | None) -> pre_tokenizers.PreTokenizer:
@@ -425,16 +462,11 @@ def _splits_then_bytes(regexes: Sequence[str], digits: bool | None) -> pre_token
 
 
 def _deepseek_llm() -> pre_tokenizers.PreTokenizer:
-    from slowtune.models.pretokenizers import BY_NAME
-
-    regexes = BY_NAME["deepseek-llm"].regexes[:-1]  # DeepSeek's tokenizer.json ends with a Digits step instead
-    return _splits_then_bytes(regexes, digits=False)
+    return _splits_then_bytes(DEEPSEEK_LLM_SPLIT_REGEXES, digits=False)  # then DeepSeek's Digits step
 
 
 def _deepseek_coder() -> pre_tokenizers.PreTokenizer:
-    from slowtune.models.pretokenizers import BY_NAME
-
-    return _splits_then_bytes(BY_NAME["deepseek-coder"].regexes[:-1], digits=True)  # its digits: a Digits step
+    return _splits_then_bytes(DEEPSEEK_CODER_SPLIT_REGEXES, digits=True)  # its digits: a Digits step
 
 
 BYTE_LEVEL_FAMILIES: dict[str, tuple[Callable[[], pre_tokenizers.PreTokenizer], bool]] = {  # llama.cpp's name -> (the family's pre-tokenizer, NFC)
@@ -448,14 +480,8 @@ BYTE_LEVEL_FAMILIES: dict[str, tuple[Callable[[], pre_tokenizers.PreTokenizer], 
     "falcon": (_falcon, False),
     "deepseek-llm": (_deepseek_llm, False),
     "deepseek-coder": (_deepseek_coder, False),
-    "gpt-4o": (lambda: _byte_level_pre_tokenizer(_o200k_regex()), False),  # Phi-4-mini, GPT-4o (o200k)
+    "gpt-4o": (lambda: _byte_level_pre_tokenizer(O200K_SPLIT_REGEX), False),  # Phi-4-mini, GPT-4o (o200k)
 }
-
-
-def _o200k_regex() -> str:
-    from slowtune.models.pretokenizers import O200K_SPLIT_REGEX
-
-    return O200K_SPLIT_REGEX
 
 
 @functools.cache

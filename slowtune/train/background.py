@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from slowtune.dataset import training_conversations
 from slowtune.progress import Cancelled, Progress
 from slowtune.selfcmd import slowtune_command
 from slowtune.train.runs import (
@@ -40,7 +41,7 @@ from slowtune.train.runs import (
     run_json,
     write_pid,
 )
-from slowtune.train.settings import TrainSettings, training_conversations
+from slowtune.train.settings import TrainSettings
 
 __all__ = ["LOG_NAME", "POLL_S", "STOP_GRACE_S", "TrainControl", "TrainingFailed", "failure_message",
            "read_log_tail", "resume_command", "stop_process", "stop_trainer", "train_command", "training_function"]

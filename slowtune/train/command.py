@@ -90,9 +90,9 @@ def export_problem(model_dir: Path) -> str | None:
     """Why the trained model could not be exported to GGUF (architecture, RoPE scaling, tokenizer), or None.
 
     Asked when the model is chosen, so that nobody trains for an hour and is refused at the export. (It asks the
-    export stage's own checks, the ones it makes before writing a GGUF.)
+    checks the GGUF export itself makes before writing anything: :func:`slowtune.models.gguf_spec.check_exportable`.)
     """
-    from slowtune.export.gguf_writer import ExportError, check_exportable
+    from slowtune.models.gguf_spec import ExportError, check_exportable
 
     try:
         check_exportable(model_dir)

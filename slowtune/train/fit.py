@@ -76,7 +76,7 @@ def catalog_fit(model: CatalogModel, memory: system.Memory) -> Fit:
     rule = catalog.needs_streaming(model, memory.total_bytes)
     if in_memory <= budget and not rule:
         return Fit("memory", f"Needs about {gb(in_memory)} to train in memory; {have}.{note}")
-    why = (f"It is more than half of this Mac's memory ({gb(model.size_bytes)})" if rule else
+    why = (f"At {gb(model.size_bytes)} it is more than half of this Mac's memory" if rule else
            f"Needs about {gb(in_memory)} in memory, more than is free")
     if streamed <= budget:
         return Fit("streamed", f"{why}, so it is trained layer by layer from disk, which is slower: about "

@@ -6,7 +6,7 @@ strong), which sets only the adapted layers and the rank. ``TrainSettings`` are 
 edits: ``cli_args`` turns them into ``slowtune train`` options, and ``config`` into the ``TrainConfig`` the CLI
 builds from those options (a test holds the two together).
 
-``DataSummary`` is what a project's accepted rows amount to for training: conversations per split and tokens.
+What a project's accepted rows amount to for training (``DataSummary``) is in ``slowtune.dataset``.
 """
 
 from __future__ import annotations
@@ -17,13 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slowtune.dataset import CURRENT_ROW_SQL
-from slowtune.dataset import rows as dataset_rows
-from slowtune.store import Project
 from slowtune.train.config import LoraConfig, TrainConfig
 
-__all__ = ["LORA_PRESETS", "PRESETS", "VALIDATIONS_PER_RUN", "DataSummary", "Preset", "TrainSettings",
-           "data_summary", "has_training_data", "training_conversations", "validation_interval"]
+__all__ = ["LORA_PRESETS", "PRESETS", "VALIDATIONS_PER_RUN", "Preset", "TrainSettings", "validation_interval"]
 
 VALIDATIONS_PER_RUN = 20
 
@@ -145,47 +141,3 @@ class TrainSettings:
         layers = "all blocks" if self.lora_layers < 0 else f"top {self.lora_layers} blocks"
         return (f"{name}: rank {self.rank}, learning rate {self.learning_rate:g}, {length}, batch {self.batch_size}, "
                 f"up to {self.max_seq_len:,} tokens, {layers}")
-
-
-# --- the data -------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class DataSummary:
-    train: int
-    valid: int
-    probe: int
-    pending: int
-    tokens: int  # train + valid, by slowtune's fixed counter (the model's tokenizer differs a little)
-    lengths: tuple[int, ...]  # tokens per training conversation
-
-    @property
-    def longest(self) -> int:
-        return max(self.lengths, default=0)
-
-    def longer_than(self, limit: int) -> int:
-        return sum(1 for n in self.lengths if n > limit)
-
-
-def data_summary(project: Project) -> DataSummary:
-    from slowtune.documents.chunking import count_tokens
-
-    def tokens(messages: list[dict[str, str]]) -> int:
-        return sum(count_tokens(m["content"]) + 4 for m in messages)  # + a few template tokens per message
-
-    train = [tokens(r.messages) for r in dataset_rows(project, "train")]
-    valid = [tokens(r.messages) for r in dataset_rows(project, "valid")]
-    probe = len(dataset_rows(project, "probe"))
-    pending = project.conn.execute("SELECT count(*) FROM dataset_rows WHERE status = 'pending'").fetchone()[0]
-    return DataSummary(len(train), len(valid), probe, int(pending), sum(train) + sum(valid), tuple(train))
-
-
-def has_training_data(project: Project) -> bool:
-    """Whether the project has an accepted training conversation (cheap: one row is looked at)."""
-    return project.conn.execute("SELECT 1 FROM dataset_rows WHERE status = 'accepted' AND split = 'train' "
-                                f"AND {CURRENT_ROW_SQL} LIMIT 1").fetchone() is not None
-
-
-def training_conversations(project_root: Path) -> int:
-    """The project's accepted training conversations: what a run there trains on."""
-    with Project.open(project_root) as project:
-        return len(dataset_rows(project, "train"))
