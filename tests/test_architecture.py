@@ -134,17 +134,11 @@ def test_the_import_scan_sees_lazy_and_importlib_imports() -> None:
     assert {"slowtune.testing.fake_openai", "slowtune.bench.gui", "slowtune.cli", "slowtune.bench.worker"} <= found
 
 
-# Modules outside slowtune/bench/ still allowed to import the test server, each with why. The screenshot tour is a
-# development tool (run from a source checkout) that drives the whole app against the test teacher; it is Qt code,
-# so it cannot move under slowtune/bench/. Remove an entry when its module stops importing the server.
-FAKE_OPENAI_ALSO_IMPORTED_BY = {"slowtune/gui/screenshot.py"}
-
-
 def test_only_the_benchmarks_import_the_fake_openai_server() -> None:
     """The fault-injecting test server is a development tool: the benchmarks (and the tests) use it, nothing else."""
     offenders = [path for path in _importers("slowtune.testing.fake_openai")
                  if not path.startswith("slowtune/bench/")]
-    assert set(offenders) == FAKE_OPENAI_ALSO_IMPORTED_BY
+    assert offenders == []
 
 
 def test_the_app_and_the_stages_do_not_import_the_benchmarks() -> None:

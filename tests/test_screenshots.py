@@ -1,4 +1,4 @@
-"""The screenshot tour (``python -m slowtune.gui.screenshot OUT``) runs to its end offscreen and saves every picture,
+"""The screenshot tour (``python -m slowtune.bench.screenshots OUT``) runs to its end offscreen and saves every picture,
 each a real picture of the page it names: the right size, not blank, and not a copy of another one.
 
 It drives every page through its own jobs (ingest, a real HTTP teacher, a training child process, a llama.cpp export,
@@ -100,7 +100,7 @@ def test_the_tour_saves_a_real_picture_of_every_page(qapp: object, tmp_path: Pat
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
     env.pop("DISPLAY", None)
     env.pop("WAYLAND_DISPLAY", None)
-    done = subprocess.run([sys.executable, "-m", "slowtune.gui.screenshot", str(out)], env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "slowtune.bench.screenshots", str(out)], env=env, capture_output=True,
                           text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-4000:]
 

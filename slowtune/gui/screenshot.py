@@ -1,8 +1,10 @@
-"""Screenshots of every page with real data in it: ``python -m slowtune.gui.screenshot OUT_DIR``.
+"""Screenshots of every page with real data in it: the tour's steps (``python -m slowtune.bench.screenshots OUT_DIR``
+runs them).
 
 Goes through the app the way a new user does, in a throw-away SLOWTUNE_HOME, driving each page through its own
 methods and jobs: adds a folder of demo documents (``slowtune.testing.demo``) on the Library page; adds a local
-test teacher (a real HTTP server, ``slowtune.testing.fake_openai``) on the Providers page with its key in a
+test teacher (a real HTTP server, ``slowtune.testing.fake_openai``, started by the runner and passed in) on the
+Providers page with its key in a
 throw-away keyring; generates and reviews the dataset; walks the Train wizard with a tiny model built on the spot and trains it (a real
 ``slowtune train`` child) until it knows its training conversations by heart; exports the run to GGUF (Q8_0 and
 Q4_K_M, verified); chats with the Q8_0 file alone and beside its base, asking questions copied from the training
@@ -12,7 +14,7 @@ quantised to a palette so that the pictures stay small enough to commit. A step 
 picture should show ends the tour with exit status 1 and the reason.
 
 Without a display it uses Qt's offscreen platform; under Xvfb
-(``xvfb-run -a -s "-screen 0 1400x900x24" python -m slowtune.gui.screenshot OUT``) it draws the way a Linux
+(``xvfb-run -a -s "-screen 0 1400x900x24" python -m slowtune.bench.screenshots OUT``) it draws the way a Linux
 desktop does. It takes about a minute and a half on two CPU cores, most of it training. The pictures in
 resources/screenshots are made this way; tests/test_screenshots.py runs it offscreen.
 """
@@ -21,10 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import secrets as pysecrets
-import shutil
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -438,60 +436,3 @@ def dialogs(tour: Tour) -> None:
         tour.wait(lambda: window.welcome.isVisible(), "the welcome")
         tour.grab(window.welcome, "welcome")
         window.welcome.reject()
-
-
-def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m slowtune.gui.screenshot OUT_DIR", file=sys.stderr)
-        return 2
-    out = Path(argv[0]).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    home = Path(tempfile.mkdtemp(prefix="slowtune-screenshots-"))
-    os.environ["SLOWTUNE_HOME"] = str(home)
-    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    use_throwaway_keyring(home)
-
-    # Qt is imported only now, after the environment is set (and never by the parser processes, which import
-    # this module again under the "spawn" start method).
-    from slowtune.gui.app import MainWindow, make_app, window_state
-    from slowtune.testing.fake_openai import FakeTeacher
-
-    app = make_app(["slowtune"])
-    state = window_state()
-    state.setValue("welcome/shown", True)  # the welcome gets its own picture at the end
-    state.sync()
-    window = MainWindow()
-    window.resize(*SIZE)
-    window.show()
-    tour = Tour(app, window, out)
-    tour.wait(lambda: window.isVisible(), "the window")
-    key = "sk-local-" + pysecrets.token_hex(16)
-    started = time.monotonic()
-    try:
-        library(tour, home)
-        with FakeTeacher(api_key=key) as teacher:
-            providers(tour, teacher, key)
-            dataset(tour)
-        run_dir = train(tour, home)
-        export(tour, run_dir)
-        chat(tour)
-        tour.page("Library")
-        dialogs(tour)
-    except ScreenshotError as exc:
-        print(f"screenshot: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        window.runner.cancel_all()
-        window.runner.wait_all(30)
-        window.chat.unload()
-        window.close()
-        if window.project is not None:
-            window.project.close()
-        shutil.rmtree(home, ignore_errors=True)  # the demo home (and its keyring) was only for the pictures
-    print(f"{len(tour.saved)} pictures in {time.monotonic() - started:.0f} s", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

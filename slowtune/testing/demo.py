@@ -1,4 +1,4 @@
-"""What the screenshot tour (``python -m slowtune.gui.screenshot OUT``) shows and how a step of it fails, apart
+"""What the screenshot tour (``python -m slowtune.bench.screenshots OUT``) shows and how a step of it fails, apart
 from the Qt that drives it: the demo documents it adds on the Library page, and :class:`ScreenshotError`.
 
 The documents are about the same community garden as :mod:`slowtune.testing.tiny_project`'s facts.
