@@ -12,7 +12,6 @@ verification in plain words, Reveal in Finder and Chat.
 from __future__ import annotations
 
 import html
-import json
 import re
 import shlex
 import subprocess
@@ -69,7 +68,7 @@ from slowtune.progress import format_duration
 from slowtune.safetensors import parameter_count
 from slowtune.settings import Settings
 from slowtune.store import Project
-from slowtune.train.runs import RunInfo, list_runs, read_run
+from slowtune.train.runs import RunInfo, json_object, list_runs, number_or_none, read_run
 
 ON_MAC = sys.platform == "darwin"
 REVEAL_LABEL = "Reveal in Finder" if ON_MAC else "Show in Folder"
@@ -167,22 +166,9 @@ def default_name(project: Project | None) -> str:
 
 def _json_or_empty(path: Path) -> dict[str, Any]:
     try:
-        return _dict(path.read_text(encoding="utf-8"))
+        return json_object(path.read_text(encoding="utf-8"))
     except OSError:
         return {}
-
-
-def _dict(text: str | None) -> dict[str, Any]:
-    """A JSON object's text as a dict; {} for anything else (nothing, damaged, another type)."""
-    try:
-        data = json.loads(text or "{}")
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _judged(run: RunInfo) -> RunInfo:
@@ -274,7 +260,7 @@ def describe_export(export: ExportInfo) -> tuple[str, str, list[tuple[str, str]]
         return "warn", ("This export did not finish (it was cancelled or interrupted), so these files were not "
                         "checked. Export again to replace them."), []
     lines = [describe_check(v) for v in export.checks]
-    effect = _number(export.report.get("adapter_effect"))
+    effect = number_or_none(export.report.get("adapter_effect"))
     if effect is not None and effect < NO_EFFECT:
         lines.append(("warn", f"The adapter barely changes the model (largest change {effect:.1e}): was the run "
                               "really trained? The files behave like the base model."))
@@ -950,7 +936,7 @@ class ExportPage(Page):
                            f"{float(v.get('logit_scale') or 0):.3g}), greedy {v.get('greedy_matches')}/"
                            f"{v.get('greedy_prompts')}, {'passed' if v.get('passed') else 'did not pass'}"
                            f"{' (required)' if v.get('required') else ''}")
-        effect = _number(export.report.get("adapter_effect"))
+        effect = number_or_none(export.report.get("adapter_effect"))
         if effect is not None:
             details.append(f"Largest change the adapter makes to the base model's scores: {effect:.3g}")
         details += [str(n) for n in export.report.get("notes", [])]

@@ -117,7 +117,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _dict(text: str | None) -> dict[str, Any]:
+def json_object(text: str | None) -> dict[str, Any]:
     """A JSON object's text as a dict; {} for anything else (nothing, damaged, another type)."""
     try:
         data = json.loads(text or "{}")
@@ -126,7 +126,8 @@ def _dict(text: str | None) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _number(value: Any) -> float | None:
+def number_or_none(value: Any) -> float | None:
+    """A JSON number as a float; None for anything else (null, a string, a bool)."""
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
@@ -276,8 +277,8 @@ def read_run(run_dir: Path, row: Any = None) -> RunInfo | None:
     config = info.get("config") if isinstance(info.get("config"), dict) else {}
     metrics: dict[str, Any] = {}
     if row is not None:
-        metrics = _dict(row["metrics_json"])
-        config = config or _dict(row["config_json"])
+        metrics = json_object(row["metrics_json"])
+        config = config or json_object(row["config_json"])
     point = latest_checkpoint(run_dir) if has_json else None
     checkpoint_step = None
     if point is not None:
@@ -315,11 +316,11 @@ def read_run(run_dir: Path, row: Any = None) -> RunInfo | None:
         engine=str(info.get("engine") or (row["engine"] if row is not None else "") or ""),
         steps=steps if isinstance(steps, int) and not isinstance(steps, bool) else None,
         total_steps=int(total) if isinstance(total, int | float) and total else None,
-        checkpoint_step=checkpoint_step, train_loss=_number(info.get("train_loss", metrics.get("train_loss"))),
-        val_loss=_number(info.get("val_loss")), best_val=_number(info.get("best_val")),
+        checkpoint_step=checkpoint_step, train_loss=number_or_none(info.get("train_loss", metrics.get("train_loss"))),
+        val_loss=number_or_none(info.get("val_loss")), best_val=number_or_none(info.get("best_val")),
         error=str(info["error"]) if info.get("error") else None,
         logged_step=int(last["step"]) if isinstance(last.get("step"), int | float) else None,
-        logged_loss=_number(last.get("loss")), started=started, created_at=created,
+        logged_loss=number_or_none(last.get("loss")), started=started, created_at=created,
         project=Path(project) if isinstance(project, str) and project else None,
         recorded=str(row["status"]) if row is not None else None, live_pid=live_pid, elsewhere=elsewhere,
     )
