@@ -7,11 +7,13 @@ after it (a "back-arrow"):
 
 1. utilities: the package itself (``__version__``), paths, fsutil, store, settings, secrets, progress, logs, system,
    resources, the one llama.cpp module (``slowtune.llama``), the safetensors reader (``slowtune.safetensors``),
+   the answer scores (``slowtune.scoring``: exact match, F1, key facts, refusals),
    ``selfcmd`` (how to run slowtune itself as a subprocess; standard library only) and the test helpers that need
    nothing above them: the tiny-model builder (``testing.tiny_models``) and the test server (``testing.fake_openai``,
    which imports nothing of slowtune's; who may import it is restricted separately below);
 2. models;
-3. documents and dataset, and ``testing.tiny_project`` (a tiny model and a project with accepted rows, for the tests,
+3. documents and dataset, the quality sets (``slowtune.quality``: the three axes' questions and scores), and
+   ``testing.tiny_project`` (a tiny model and a project with accepted rows, for the tests,
    the benchmarks and the screenshots: it writes dataset rows, so it sits with the dataset);
 4. train; 5. teacher; 6. export; 7. chat; 8. eval; 9. gui;
 10. bench, selftest and cli, with ``__main__`` and ``doctor`` (the ``slowtune doctor`` report: a command, which only
@@ -159,9 +161,11 @@ def test_the_self_test_does_not_import_the_command_line() -> None:
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("utilities", ("slowtune", "slowtune.paths", "slowtune.fsutil", "slowtune.store", "slowtune.settings",
                    "slowtune.secrets", "slowtune.progress", "slowtune.logs", "slowtune.system", "slowtune.resources",
-                   "slowtune.llama", "slowtune.safetensors", "slowtune.selfcmd", "slowtune.testing")),
+                   "slowtune.llama", "slowtune.safetensors", "slowtune.selfcmd", "slowtune.scoring",
+                   "slowtune.testing")),
     ("models", ("slowtune.models",)),
-    ("documents and dataset", ("slowtune.documents", "slowtune.dataset", "slowtune.testing.tiny_project")),
+    ("documents and dataset", ("slowtune.documents", "slowtune.dataset", "slowtune.quality",
+                               "slowtune.testing.tiny_project")),
     ("train", ("slowtune.train",)),
     ("teacher", ("slowtune.teacher",)),
     ("export", ("slowtune.export",)),

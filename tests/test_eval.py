@@ -14,7 +14,7 @@ import pytest
 
 from slowtune.dataset import DatasetRow, Provenance, add_rows
 from slowtune.eval import command as eval_command
-from slowtune.eval.metrics import (
+from slowtune.scoring import (
     CorpusVocabulary,
     ProbeResult,
     corpus_vocabulary,

@@ -1,7 +1,7 @@
 """Evaluation: a tuned GGUF scored against its base on the project's held-out probes.
 
 - :mod:`slowtune.eval.probes`: the held-out probes and the open-book prompt;
-- :mod:`slowtune.eval.metrics`: one answer's scores (exact match, token F1, key facts, refusals);
+- :mod:`slowtune.scoring`: one answer's scores (exact match, token F1, key facts, refusals);
 - :mod:`slowtune.eval.judge`: the optional LLM judge (a teacher provider) grading answers 1-5;
 - :mod:`slowtune.eval.report`: the report (summaries, tuned against base, by document, advice), saved reports;
 - :mod:`slowtune.eval.pipeline`: :func:`~slowtune.eval.pipeline.run`, the one way to run an evaluation,

@@ -15,7 +15,7 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from slowtune.eval.metrics import ProbeResult
+from slowtune.scoring import ProbeResult
 from slowtune.eval.probes import EvalError, Probe
 from slowtune.progress import Progress, ensure
 

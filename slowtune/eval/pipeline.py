@@ -5,7 +5,7 @@ project, reads the probes, chooses the judge, loads the models (llama.cpp, throu
 :class:`~slowtune.chat.model.ChatModel`), calls :func:`evaluate` and saves the report. :func:`evaluate` takes
 models that are already loaded: each probe question goes to the tuned model (and the base model, when given)
 with greedy decoding, closed book and, with ``open_book``, again with the source chunk in the prompt; every
-answer is scored (:mod:`slowtune.eval.metrics`), optionally graded by the judge (:mod:`slowtune.eval.judge`),
+answer is scored (:mod:`slowtune.scoring`), optionally graded by the judge (:mod:`slowtune.eval.judge`),
 and the report is built (:mod:`slowtune.eval.report`).
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slowtune.eval.judge import choose_judge, close_runner, judge_notice, judge_results, make_judge_runner
-from slowtune.eval.metrics import CorpusVocabulary, ProbeResult, corpus_vocabulary, score_answer
+from slowtune.scoring import CorpusVocabulary, ProbeResult, corpus_vocabulary, score_answer
 from slowtune.eval.probes import LABELS, EvalError, Probe, load_probes, open_book_messages
 from slowtune.eval.report import EvalReport, build_report, save_report
 from slowtune.progress import Progress, ensure

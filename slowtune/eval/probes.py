@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slowtune.eval.metrics import is_refusal
+from slowtune.scoring import is_refusal
 from slowtune.store import Project
 
 __all__ = ["LABELS", "VARIANTS", "EvalError", "Probe", "load_probes", "open_book_messages"]

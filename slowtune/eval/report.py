@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slowtune.eval.metrics import ProbeResult
+from slowtune.scoring import ProbeResult
 from slowtune.eval.probes import LABELS, VARIANTS, Probe
 from slowtune.store import Project
 

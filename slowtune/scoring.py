@@ -40,8 +40,10 @@ __all__ = [
     "is_refusal",
     "key_fact_recall",
     "key_facts",
+    "names_in",
     "normalise",
     "normalised_exact_match",
+    "numbers_in",
     "score_answer",
     "token_f1",
 ]
@@ -203,7 +205,7 @@ def _word_numbers(text: str) -> list[tuple[float, str]]:
     return found
 
 
-def _numbers(text: str) -> list[tuple[float, str]]:
+def numbers_in(text: str) -> list[tuple[float, str]]:
     out = [(_number_value(m.group(0)), m.group(0)) for m in _DIGITS_RE.finditer(text)]
     return out + _word_numbers(text)
 
@@ -225,7 +227,7 @@ def _sentences(text: str) -> list[str]:
     return [s for s in _SENTENCE_END_RE.split(text) if s.strip()]
 
 
-def _names(text: str, vocabulary: CorpusVocabulary | None) -> list[str]:
+def names_in(text: str, vocabulary: CorpusVocabulary | None) -> list[str]:
     """Runs of capitalised words, minus common words that are capitalised only because a sentence starts."""
     names = []
     text = text.translate(_APOSTROPHES)
@@ -289,12 +291,12 @@ def key_facts(reference: str, *, vocabulary: CorpusVocabulary | None = None, max
             seen.add(key)
             facts.append(fact)
 
-    for value, text in _numbers(reference):
+    for value, text in numbers_in(reference):
         if text != "one":  # "one of the ..." is rarely a fact
             add(KeyFact("number", text, value))
     for term in _quoted(reference):
         add(KeyFact("quote", term))
-    for name in _names(reference, vocabulary):
+    for name in names_in(reference, vocabulary):
         add(KeyFact("name", name))
     if facts:
         return facts
@@ -314,7 +316,7 @@ def fact_found(fact: KeyFact, answer: str) -> bool:
     """Whether ``answer`` states ``fact``: numbers compared by value, text case- and plural-insensitively."""
     if fact.kind == "number":
         assert fact.value is not None
-        return any(math.isclose(v, fact.value, rel_tol=1e-9, abs_tol=1e-9) for v, _ in _numbers(answer))
+        return any(math.isclose(v, fact.value, rel_tol=1e-9, abs_tol=1e-9) for v, _ in numbers_in(answer))
     return _contains(_fact_tokens(answer), _fact_tokens(fact.text))
 
 
