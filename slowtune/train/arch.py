@@ -60,7 +60,9 @@ def _long_rope_class() -> type:
             self._scale = math.sqrt(1 + math.log(factor) / math.log(original)) if factor > 1.0 else 1.0
 
         def __call__(self, x: Any, offset: int = 0) -> Any:
-            length = int(offset) + x.shape[-2]
+            # A batch being decoded has one offset per sequence (an array); the longest decides, as for one.
+            last = offset if isinstance(offset, int) else int(mx.max(mx.array(offset)).item())
+            length = last + x.shape[-2]
             freqs = self._long if length > self.original else self._short
             return mx.fast.rope(x.at[..., : self.dim].multiply(self._scale), self.dim, traditional=False,
                                 base=None, scale=1.0, offset=offset, freqs=freqs)

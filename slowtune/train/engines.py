@@ -149,6 +149,18 @@ class MemoryEngine:
         return total, n_total
 
 
+    # --- weight residency, for slowtune.train.decode: the whole model is resident -------------------------
+    @contextlib.contextmanager
+    def hold(self, key: Any) -> Iterator[None]:
+        yield
+
+    def settle(self, x: Any) -> None:
+        """Nothing to do: the graph is evaluated when the decoder reads the next token."""
+
+    def release_all(self) -> None:
+        """Nothing to release."""
+
+
 def _dropout_seed(step: int, micro: int, block: int = -1) -> int:
     # The same dropout masks in a block's forward and in its recomputation during backward.
     return (step * 1_000_003 + micro * 10_007 + block + 1) % (2**31)
@@ -232,6 +244,32 @@ class StreamedEngine:
         mx.eval(hs)
         self._free("embed")
         return hs, _masks(self.tm, hs[0])
+
+    def _after(self, key: Any) -> Any:
+        if key == "embed":
+            return 0
+        if key == "head":
+            return "embed"
+        return key + 1 if key + 1 < self.tm.num_layers else "head"
+
+    @contextlib.contextmanager
+    def hold(self, key: Any) -> Iterator[None]:
+        """``key``'s weights resident inside the ``with`` (the next ones are read meanwhile), freed after it."""
+        self._acquire(key)
+        self._request(self._after(key))
+        try:
+            yield
+        finally:
+            self._free(key)
+
+    def settle(self, x: Any) -> None:
+        """Compute ``x`` now, while the block it needs is still resident."""
+        import mlx.core as mx
+
+        mx.eval(x)
+
+    def release_all(self) -> None:
+        self._free_all()
 
     # --- validation: forward only ----------------------------------------------------------------------
     def loss_only(self, batches: list[MicroBatch]) -> tuple[float, int]:
