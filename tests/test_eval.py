@@ -14,6 +14,10 @@ import pytest
 
 from slowtune.dataset import DatasetRow, Provenance, add_rows
 from slowtune.eval import command as eval_command
+from slowtune.eval.pipeline import evaluate
+from slowtune.eval.probes import EvalError, Probe, load_probes, open_book_messages
+from slowtune.eval.report import build_report, list_reports, save_report
+from slowtune.progress import Cancelled, Progress, ProgressEvent
 from slowtune.scoring import (
     CorpusVocabulary,
     ProbeResult,
@@ -25,10 +29,6 @@ from slowtune.scoring import (
     normalised_exact_match,
     token_f1,
 )
-from slowtune.eval.pipeline import evaluate
-from slowtune.eval.probes import EvalError, Probe, load_probes, open_book_messages
-from slowtune.eval.report import build_report, list_reports, save_report
-from slowtune.progress import Cancelled, Progress, ProgressEvent
 from slowtune.store import Project
 from slowtune.testing.fake_openai import FakeTeacher, Fault
 

@@ -35,10 +35,7 @@ def _reference(path: Path, prompts: list[list[int]], n: int, lora: bool) -> list
     for prompt in prompts:
         seq = list(prompt)
         for _ in range(n):
-            if lora:
-                logits = engine.logits([seq])[0]
-            else:
-                logits = engine.logits([], plain=[seq])[1][0]
+            logits = engine.logits([seq])[0] if lora else engine.logits([], plain=[seq])[1][0]
             seq.append(int(np.argmax(logits[-1])))
         out.append(seq[len(prompt):])
     return out

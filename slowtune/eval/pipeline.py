@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slowtune.eval.judge import choose_judge, close_runner, judge_notice, judge_results, make_judge_runner
-from slowtune.scoring import CorpusVocabulary, ProbeResult, corpus_vocabulary, score_answer
 from slowtune.eval.probes import LABELS, EvalError, Probe, load_probes, open_book_messages
 from slowtune.eval.report import EvalReport, build_report, save_report
 from slowtune.progress import Progress, ensure
+from slowtune.scoring import CorpusVocabulary, ProbeResult, corpus_vocabulary, score_answer
 from slowtune.store import Project
 
 if TYPE_CHECKING:

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slowtune.scoring import ProbeResult
 from slowtune.eval.probes import LABELS, VARIANTS, Probe
+from slowtune.scoring import ProbeResult
 from slowtune.store import Project
 
 __all__ = [
