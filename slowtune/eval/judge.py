@@ -15,9 +15,9 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from slowtune.scoring import ProbeResult
 from slowtune.eval.probes import EvalError, Probe
 from slowtune.progress import Progress, ensure
+from slowtune.scoring import ProbeResult
 
 if TYPE_CHECKING:
     from slowtune.store import Project
