@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from slowtune import quality
 from slowtune.dataset import DatasetRow, Provenance, add_rows
 from slowtune.eval import command as eval_command
 from slowtune.eval.pipeline import evaluate
@@ -44,6 +45,19 @@ DOCS = {
                  "rye loaf contains caraway seeds and a spoon of black treacle.\n\nDough rests overnight in a cool "
                  "cellar at eleven degrees Celsius. The shop opens at six in the morning except on public holidays.\n",
 }
+
+
+# The retention and leakage questions of these tests: a few, written here, in place of the shipped sets.
+GENERAL = [quality.QualityItem("retention", "g1", "What is the capital of France?", "Paris.", (("Paris",),),
+                               category="knowledge"),
+           quality.QualityItem("retention", "g2", "What is 7 times 6?", "42.", (("42",),), category="arithmetic")]
+UNKNOWN = [quality.QualityItem("leakage", "u1", "Who founded the Zorvath observatory?", category="unknown")]
+
+
+@pytest.fixture(autouse=True)
+def small_quality_sets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(quality, "general_items", lambda **kw: list(GENERAL))
+    monkeypatch.setattr(quality, "unknown_items", lambda: list(UNKNOWN))
 
 
 # --- exact match and F1 -----------------------------------------------------------------------------------
@@ -417,7 +431,7 @@ def test_a_run_on_tiny_random_ggufs(project: Project, ggufs: dict[str, Path]) ->
         assert report.summary(variant).probes == len(probes)
     assert report.summary("tuned").model == "qwen2.gguf" and report.summary("base").model == "llama.gguf"
     # Closed book: the probe's own messages. Open book: the source chunk, delimited, then the question.
-    closed, opened = spy.prompts[:len(probes)], spy.prompts[len(probes):]
+    closed, opened = spy.prompts[:len(probes)], spy.prompts[len(probes):2 * len(probes)]
     assert closed[0] == probes[0].messages()
     for prompt, probe in zip(opened, probes, strict=True):
         assert probe.chunk_text and probe.chunk_text.strip() in prompt[-1]["content"]

@@ -461,8 +461,26 @@ def test_a_new_project_unloads_the_models(qtbot, page: ChatPage, ggufs: Ggufs, t
 
 # --- evaluation ------------------------------------------------------------------------------------------------
 
+GENERAL_QUESTIONS = [("capital", "knowledge", "What is the capital of France?", "Paris"),
+                     ("sum", "arithmetic", "What is 7 times 6?", "42"),
+                     ("sky", "knowledge", "What colour is the sky on a clear day?", "blue")]
+
+
 @pytest.fixture
-def probes_project(project_root: Path, tmp_path: Path) -> Path:
+def quality_sets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A few general and unknown-entity questions in place of the shipped sets (the tiny models answer gibberish:
+    the tests check what is shown, not what is right)."""
+    from slowtune import quality
+
+    general = [quality.QualityItem("retention", i, q, f"{fact}.", ((fact,),), category=c)
+               for i, c, q, fact in GENERAL_QUESTIONS]
+    unknown = [quality.QualityItem("leakage", "u1", "Who founded the Zorvath observatory?", category="unknown")]
+    monkeypatch.setattr(quality, "general_items", lambda **kw: list(general))
+    monkeypatch.setattr(quality, "unknown_items", lambda: list(unknown))
+
+
+@pytest.fixture
+def probes_project(project_root: Path, tmp_path: Path, quality_sets: None) -> Path:
     """The exported project, with documents and held-out probes (as the teacher stage leaves them)."""
     from slowtune.documents.library import ingest
 
@@ -494,7 +512,7 @@ def test_evaluation_scores_tuned_and_base_side_by_side_and_keeps_the_report(
         assert "4 held-out probes" in page.eval_empty.text()
         assert page.eval_model_combo.currentText() == "Tuned · run 2025-02-02 10:00 · Q4_K_M"
         assert page.eval_base_combo.currentText() == "Base · run 2025-02-02 10:00 · Tiny-Base-0.1B"
-        assert page.scores.isHidden()  # no report yet
+        assert page.scores.isHidden() and page.axes_table.isHidden()  # no report yet
         page.eval_tokens.setValue(8)
         statuses: list[str] = []
         job = page.run_evaluation()
@@ -509,6 +527,15 @@ def test_evaluation_scores_tuned_and_base_side_by_side_and_keeps_the_report(
         tuned, base = saved["summaries"]["tuned"], saved["summaries"]["base"]
         assert tuned["probes"] == base["probes"] == 4
         assert any(s.startswith("Answering probes") for s in statuses)
+        assert any(s.startswith("Answering general questions") for s in statuses)
+        # The three axes, tuned and base side by side.
+        axes = saved["axes"]
+        assert not page.axes_table.isHidden() and not page.axes_text.isHidden()
+        assert page.axes_table.cell_text("Knowledge", "Tuned") == (
+            f"{axes['tuned']['knowledge']:.2f} ({axes['tuned']['counts']['knowledge']} questions)")
+        assert page.axes_table.cell_text("Retention", "Base") == f"{axes['base']['counts']['right']} of 3 right"
+        assert page.axes_table.cell_text("Leakage", "Base").endswith(" of 1)")
+        assert axes["lines"][0] in page.axes_text.text()
         assert page.scores.cell_text("Model", "Tuned") == "model-Q4_K_M.gguf"
         assert page.scores.cell_text("Model", "Base") == "base-F16.gguf"
         assert page.scores.cell_text("Token F1", "Tuned") == f"{tuned['f1']:.2f}"
@@ -528,6 +555,57 @@ def test_evaluation_scores_tuned_and_base_side_by_side_and_keeps_the_report(
         assert again.scores.cell_text("Token F1", "Base") == f"{base['f1']:.2f}"
         page.set_project(None)
         again.set_project(None)
+
+
+def test_the_evaluation_tab_shows_the_three_axes_of_a_saved_report(qtbot, runner: JobRunner,
+                                                                   probes_project: Path) -> None:
+    from slowtune.eval.pipeline import evaluate
+    from slowtune.eval.report import save_report
+
+    class Scripted:
+        def __init__(self, name: str, answers: dict[str, str]) -> None:
+            self.name, self.lora_path, self.answers = name, None, answers
+
+        def chat(self, messages: list[dict[str, str]], sampling: Any = None) -> dict[str, Any]:
+            text = self.answers.get(messages[-1]["content"], "I don't know.")
+            return {"choices": [{"message": {"content": text}, "finish_reason": "stop"}], "usage": {}}
+
+    base = {"What is the capital of France?": "Paris.", "What is 7 times 6?": "42.",
+            "What colour is the sky on a clear day?": "Blue."}
+    tuned = {**base, "What colour is the sky on a clear day?": "The sky on a clear day is painted green.",
+             "What is 7 times 6?": "48.", "Who founded the Zorvath observatory?": "Marlow founded it in 1952."}
+    with Project.open(probes_project) as project:
+        add_rows(project, [DatasetRow(  # a held-out near-miss question: leakage, not a probe
+            messages=[{"role": "user", "content": "How tall is the Saltmere lighthouse?"},
+                      {"role": "assistant", "content": "The documents do not mention it."}],
+            split="probe", provenance=Provenance(qtype="near_miss"))])
+        report = evaluate(project, Scripted("tuned.gguf", tuned), base=Scripted("base.gguf", base))
+        save_report(project, report)
+        page = _page(qtbot, runner, project)
+        page.tabs.setCurrentIndex(1)
+        assert "4 held-out probes" in page.eval_empty.text()
+        assert not page.axes_table.isHidden() and not page.axes_text.isHidden()
+        assert page.axes_table.cell_text("Knowledge", "Base") == "0.00 (3 questions)"
+        assert page.axes_table.cell_text("Retention", "Tuned") == "0.33 (1 of 3 kept)"
+        assert page.axes_table.cell_text("Retention", "Base") == "3 of 3 right"
+        assert page.axes_table.cell_text("Leakage", "Tuned") == "0.50 (1 of 2)"
+        assert page.axes_table.cell_text("Leakage", "Base") == "0.00 (0 of 2)"
+        text = page.axes_text.text()
+        assert "Retention: kept 1 of the 3 general questions the base answered right (0.33)." in text
+        assert "The tuned model has lost some of what it knew" in text
+        assert "The tuned model invents answers with the documents&#x27; facts" in text
+        assert "now says &#x27;The sky on a clear day is painted green.&#x27;" in text
+        # Beside the warnings (which quote an answer each), an example they do not quote.
+        assert "For example:" in text and "Asked &#x27;What is 7 times 6?&#x27;" in text
+        # A report saved before the axes existed shows no axes, and the rest as before.
+        folder = next((probes_project / "evals").iterdir())
+        data = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+        del data["axes"]
+        (folder / "report.json").write_text(json.dumps(data), encoding="utf-8")
+        page.refresh()
+        assert page.axes_table.isHidden() and page.axes_text.isHidden() and not page.scores.isHidden()
+        assert page.eval_headline.text().startswith("<b>Latest report")
+        page.set_project(None)
 
 
 def test_evaluation_can_be_cancelled_and_saves_nothing(qtbot, runner: JobRunner, probes_project: Path) -> None:

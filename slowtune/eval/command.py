@@ -1,4 +1,6 @@
-"""``slowtune eval``: score a tuned GGUF against its base on a project's held-out probes.
+"""``slowtune eval``: score a tuned GGUF against its base on a project's held-out probes, and on the three
+closed-book axes: knowledge, retention (general questions the base answers right) and leakage (questions about
+things the documents do not mention).
 
 The flags become an :class:`~slowtune.eval.pipeline.EvalOptions` for :func:`slowtune.eval.pipeline.run`. Every
 input is checked before a model is loaded (a model load takes seconds, a judge call costs money), so a
@@ -11,6 +13,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from slowtune.eval.axes import DEFAULT_MAX_GENERAL
 
 EXIT_OK, EXIT_ERROR = 0, 1
 
@@ -30,6 +34,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-probes", type=int, metavar="N", help="use at most N probes, spread over the documents")
     p.add_argument("--max-tokens", type=int, default=200, metavar="N", help="longest answer in tokens (200)")
     p.add_argument("--ctx", type=int, default=4096, metavar="N", help="context window in tokens (4096)")
+    p.add_argument("--general", action="append", default=[], metavar="FILE",
+                   help="more general questions for retention, in the format of the shipped general.jsonl "
+                   "(repeatable; general-questions.jsonl in the config folder is always read)")
+    p.add_argument("--max-general", type=int, default=DEFAULT_MAX_GENERAL, metavar="N",
+                   help=f"ask at most N general questions, spread over their categories ({DEFAULT_MAX_GENERAL}; "
+                   "0 for all)")
+    p.add_argument("--no-general", action="store_true", help="do not measure retention")
+    p.add_argument("--no-leakage", action="store_true", help="do not measure leakage")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -64,6 +76,13 @@ def run(args: argparse.Namespace) -> int:
     for value, flag in ((args.max_probes, "--max-probes"), (args.max_tokens, "--max-tokens")):
         if value is not None and value < 1:
             return _fail(f"{flag} must be at least 1")
+    if args.max_general < 0:
+        return _fail("--max-general must be 0 (all) or more")
+    if args.no_general and args.general:
+        return _fail("--general and --no-general contradict each other")
+    for path in args.general:
+        if not Path(path).expanduser().is_file():
+            return _fail(f"--general {path}: no such file")
     if args.ctx < 128:
         return _fail("--ctx must be at least 128 tokens")
     if args.judge is not None and not split_judge(args.judge)[0]:
@@ -83,7 +102,9 @@ def run(args: argparse.Namespace) -> int:
     base = ModelFile(Path(args.base or args.model)) if args.base or args.lora else None
     options = EvalOptions(root, ModelFile(Path(args.model), Path(args.lora) if args.lora else None), base,
                           judge=args.judge, open_book=args.open_book, max_probes=args.max_probes,
-                          max_tokens=args.max_tokens, n_ctx=args.ctx)
+                          max_tokens=args.max_tokens, n_ctx=args.ctx, retention=not args.no_general,
+                          general_files=[Path(p).expanduser() for p in args.general],
+                          max_general=args.max_general or None, leakage=not args.no_leakage)
     progress = Progress()
     bar = RichProgressBar(transient=True)
     progress.add_listener(bar)
@@ -95,9 +116,11 @@ def run(args: argparse.Namespace) -> int:
     report, folder = result.report, result.folder
     if args.json:
         print(json.dumps({**report.to_json(), "saved": str(folder)}, ensure_ascii=False, indent=1))
+        for warning in report.axes.warnings if report.axes is not None else []:
+            print(f"slowtune eval: warning: {warning}", file=sys.stderr)
         print(f"Report saved in {folder}", file=sys.stderr)
     else:
-        print(report.to_markdown())
+        print(report.to_markdown())  # the three axes in words, and their warnings, come first
         print(f"Report saved in {folder} (report.md, report.json)")
     return EXIT_OK
 

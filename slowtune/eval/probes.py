@@ -3,6 +3,10 @@
 The teacher stage keeps a few rephrased questions of the training chunks out of training (``split='probe'``),
 with the teacher's answer as the reference. :func:`load_probes` reads them from a project, with the source
 chunk of each; :func:`open_book_messages` is the prompt with that chunk in it (open book).
+
+The held-out near-miss questions (``qtype`` :data:`~slowtune.quality.LEAKAGE_QTYPE`: entities that resemble the
+documents' subjects but are absent from them) are not knowledge probes: :func:`load_probes` leaves them out, and
+:func:`near_miss_items` gives them to the leakage axis.
 """
 
 from __future__ import annotations
@@ -11,10 +15,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from slowtune.quality import LEAKAGE_QTYPE, QualityItem
 from slowtune.scoring import is_refusal
 from slowtune.store import Project
 
-__all__ = ["LABELS", "VARIANTS", "EvalError", "Probe", "load_probes", "open_book_messages"]
+__all__ = ["LABELS", "VARIANTS", "EvalError", "Probe", "load_probes", "near_miss_items", "open_book_messages"]
 
 # The four ways a probe can be answered; the report keeps this order everywhere.
 VARIANTS = ("tuned", "base", "tuned_open_book", "base_open_book")
@@ -75,15 +80,11 @@ def _spread(probes: list[Probe], limit: int) -> list[Probe]:
     return sorted(chosen, key=lambda p: p.id)
 
 
-def load_probes(project: Project, limit: int | None = None) -> list[Probe]:
-    """The accepted held-out probes of ``project``, in row order; at most ``limit``, spread over documents."""
+def _held_out(project: Project) -> list[Probe]:
+    """Every accepted held-out question of ``project`` (near-miss ones too), in row order, with its source."""
     from slowtune.dataset import rows
 
-    if limit is not None and limit < 1:
-        raise EvalError("the number of probes must be at least 1")
     found = rows(project, split="probe")
-    if not found:
-        raise EvalError(f"no held-out probes in project {project.name!r}: run `slowtune generate` first")
     chunk_ids = sorted({r.provenance.chunk_id for r in found if r.provenance.chunk_id})
     chunks: dict[str, str] = {}
     for start in range(0, len(chunk_ids), 500):  # SQLite caps the number of bound parameters
@@ -109,11 +110,30 @@ def load_probes(project: Project, limit: int | None = None) -> list[Probe]:
             chunk_id=p.chunk_id, chunk_text=chunks.get(p.chunk_id or ""), system=system,
             earlier=[dict(m) for m in turns[:-1]], evidence=p.evidence,
         ))
+    return probes
+
+
+def load_probes(project: Project, limit: int | None = None) -> list[Probe]:
+    """The accepted held-out probes of ``project`` (not the near-miss ones: they are leakage questions), in row
+    order; at most ``limit``, spread over documents."""
+    if limit is not None and limit < 1:
+        raise EvalError("the number of probes must be at least 1")
+    held_out = _held_out(project)
+    probes = [p for p in held_out if p.qtype != LEAKAGE_QTYPE]
     if not probes:
-        raise EvalError(f"no usable held-out probes in project {project.name!r}: run `slowtune generate` first")
+        only = " (only questions about things the documents do not mention)" if held_out else ""
+        raise EvalError(f"no held-out probes in project {project.name!r}{only}: run `slowtune generate` first")
     if limit is not None and limit < len(probes):
         probes = _spread(probes, limit)
     return probes
+
+
+def near_miss_items(project: Project) -> list[QualityItem]:
+    """The project's held-out near-miss questions, as leakage questions, closed book, with the row's system
+    prompt (earlier turns, which near-miss rows do not have, are dropped)."""
+    return [QualityItem(axis="leakage", id=f"probe-{p.id}", question=p.question, category=LEAKAGE_QTYPE,
+                        source="project", system=p.system)
+            for p in _held_out(project) if p.qtype == LEAKAGE_QTYPE]
 
 
 def open_book_messages(probe: Probe) -> list[dict[str, str]]:

@@ -3,8 +3,10 @@
 :func:`build_report` turns per-probe results into an :class:`EvalReport`: a headline saying who is better,
 the summaries, the biggest wins and regressions, the scores by document, and notes in words. When the base
 model with the source excerpt (open book) beats the tuned model without it by a clear margin, the notes say
-that retrieval would serve the user better than tuning, in those words. The report renders as JSON and
-Markdown, and is saved in the project's ``evals/`` folder (:func:`save_report`, :func:`list_reports`).
+that retrieval would serve the user better than tuning, in those words. The three closed-book axes (knowledge,
+retention, leakage: :mod:`slowtune.eval.axes`) are its ``axes`` section, shown first. The report renders as JSON
+and Markdown, and is saved in the project's ``evals/`` folder (:func:`save_report`, :func:`list_reports`); reports
+saved before the axes existed have no ``axes`` and still load.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from slowtune.eval.axes import EvalAxes
 from slowtune.eval.probes import LABELS, VARIANTS, Probe
 from slowtune.scoring import ProbeResult
 from slowtune.store import Project
@@ -28,6 +31,7 @@ __all__ = [
     "ModelSummary",
     "ProbeChange",
     "SavedReport",
+    "axes_of",
     "build_report",
     "compare",
     "latest_report",
@@ -245,6 +249,7 @@ class EvalReport:
     notes: list[str]  # advice in words: retrieval vs tuning, failures
     settings: dict[str, Any] = field(default_factory=dict)
     judge: dict[str, Any] | None = None  # judge model, calls, cost
+    axes: EvalAxes | None = None  # knowledge, retention and leakage, tuned against base
 
     def summary(self, variant: str = "tuned") -> ModelSummary:
         return self.summaries[variant]
@@ -258,6 +263,7 @@ class EvalReport:
             "metric": self.metric,
             "settings": self.settings,
             "judge": self.judge,
+            "axes": self.axes.to_json() if self.axes is not None else None,
             "summaries": {v: s.to_json() for v, s in self.summaries.items()},
             "comparison": self.comparison.to_json() if self.comparison else None,
             "documents": [d.to_json() for d in self.documents],
@@ -283,6 +289,8 @@ class EvalReport:
         lines += [f"{note}" for note in self.notes]
         if self.notes:
             lines.append("")
+        if self.axes is not None:
+            lines += self.axes.to_markdown()
         lines += ["## Scores", ""]
         head = ["Model", "Exact", "F1", "Key facts", "Refusals correct", "False refusals"]
         head += ["Judge (1–5)"] if judged else []
@@ -431,7 +439,8 @@ def _notes(summaries: Mapping[str, ModelSummary], metric: str, margin: float) ->
 def build_report(project: str, probes: list[Probe], results: Mapping[str, list[ProbeResult]], *,
                  models: Mapping[str, str] | None = None, metric: str | None = None,
                  settings: Mapping[str, Any] | None = None, judge: Mapping[str, Any] | None = None,
-                 created_at: float | None = None, margin: float = RETRIEVAL_MARGIN) -> EvalReport:
+                 created_at: float | None = None, margin: float = RETRIEVAL_MARGIN,
+                 axes: EvalAxes | None = None) -> EvalReport:
     """The report from per-probe results (``results[variant][i]`` answers ``probes[i]``; "tuned" is required).
 
     ``metric`` defaults to "judge" when any result has a judge grade, else "f1".
@@ -458,7 +467,7 @@ def build_report(project: str, probes: list[Probe], results: Mapping[str, list[P
         probes=list(probes), results=ordered, summaries=summaries,
         documents=_per_document(probes, ordered, names, metric), comparison=comparison,
         headline=_headline(summaries, comparison, metric), notes=_notes(summaries, metric, margin),
-        settings=dict(settings or {}), judge=dict(judge) if judge else None,
+        settings=dict(settings or {}), judge=dict(judge) if judge else None, axes=axes,
     )
 
 
@@ -473,6 +482,12 @@ class SavedReport:
     headline: str
     probes: int
     models: dict[str, str]  # variant -> model name
+    axes: EvalAxes | None = None  # None for a report saved before the three axes existed
+
+
+def axes_of(report: Mapping[str, Any] | None) -> EvalAxes | None:
+    """The three axes of a saved report (its JSON); None when it has none (saved before they existed)."""
+    return EvalAxes.from_json(report.get("axes")) if report else None
 
 
 def save_report(project: Project, report: EvalReport) -> Path:
@@ -514,6 +529,7 @@ def list_reports(project: Project) -> list[SavedReport]:
             headline=data.get("headline", ""),
             probes=len(data.get("probes") or []),
             models={v: s.get("model", "") for v, s in summaries.items() if isinstance(s, dict)},
+            axes=axes_of(data),
         ))
     return sorted(found, key=lambda r: (r.created_at, r.id), reverse=True)
 

@@ -16,7 +16,8 @@ base on the project's held-out probes.
   transactions, in the GUI thread); saved chats are listed and can be reopened and continued.
 - The Evaluation tab runs :func:`slowtune.eval.pipeline.run` in a ``Job`` (its own connection and its own
   model instances), which saves the report under the project's ``evals/`` folder; the page shows the scores side
-  by side.
+  by side: first the three closed-book axes (knowledge, retention, leakage: :class:`slowtune.eval.axes.EvalAxes`)
+  for the tuned model and the base, in words, with warnings and a few examples, then the probe scores.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QAbstractScrollArea,
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
@@ -40,14 +43,18 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QListWidget,
     QListWidgetItem,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
     QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
     QTabWidget,
     QTextBrowser,
     QVBoxLayout,
@@ -57,7 +64,8 @@ from PySide6.QtWidgets import (
 from slowtune.chat import sessions
 from slowtune.chat.conversation import AnswerResult, Conversation, Turn, answer_turn, model_key
 from slowtune.chat.model import ChatError, ChatModel, Sampling
-from slowtune.eval.report import latest_report
+from slowtune.eval.axes import DEFAULT_MAX_GENERAL, EvalAxes
+from slowtune.eval.report import axes_of, latest_report
 from slowtune.export.folder import ModelChoice, list_models
 from slowtune.fsutil import atomic_write_text
 from slowtune.gui.chatview import MessageInput, ScoreTable, TranscriptView, TurnView
@@ -76,7 +84,16 @@ STREAM_INTERVAL_S = 0.05  # the growing answer is re-rendered at most ~20 times 
 OPEN_FILE = "open-file"  # the "Open GGUF file…" item of the pickers
 
 ANSWER_STAGES = {"answer-0": "writing", "answer-1": "writing"}
-EVAL_STAGES = {"Loading models": "loading the models", "Answering probes": "answering probes"}
+EVAL_STAGES = {"Loading models": "loading the models", "Answering probes": "answering probes",
+               "Answering general questions": "answering general questions",
+               "Answering unknown-entity questions": "answering questions about things the documents do not mention"}
+AXIS_ROWS = (("knowledge", "Knowledge", "key facts of the held-out questions recalled (higher is better)"),
+             ("retention", "Retention", "general questions the base answered right that the tuned model still "
+                                        "answers right (higher is better)"),
+             ("leakage", "Leakage", "questions about things the documents do not mention answered with the "
+                                    "documents' names or numbers (lower is better)"))
+WARNING_COLOR = "#d9480f"
+EVAL_EXAMPLES = 2  # examples shown beside the axes (the report has them all)
 
 NO_PROJECT_TEXT = ("<h3>Chat</h3><p>Chat with a model offline: nothing you type leaves this Mac.</p>"
                    "<p>Open a project (File › Open Project) to chat with the models exported from it, or choose "
@@ -94,8 +111,10 @@ EVAL_NO_PROBES = ("<p>This project has no held-out probes yet. They are made wit
 EVAL_NO_MODELS = ("<p>There is no model to evaluate yet: train and export one first (the <b>Train</b> and "
                   "<b>Export</b> pages), or choose <b>Open GGUF file…</b> in the Tuned model list.</p>")
 EVAL_ABOUT = ("<h3>Evaluation</h3>Each held-out probe (a question kept out of training) is answered greedily by the tuned model and by "
-              "the base, and scored against the teacher's reference answer. Nothing is sent anywhere. For an LLM "
-              "judge's grades, use <code>slowtune eval {project} --judge PROVIDER</code> in Terminal.")
+              "the base, and scored against the teacher's reference answer. Both also answer general questions "
+              "(has the tuned model kept what it knew?) and questions about things the documents do not mention "
+              "(does it invent answers from them?). Nothing is sent anywhere. For an LLM judge's grades, use "
+              "<code>slowtune eval {project} --judge PROVIDER</code> in Terminal.")
 
 
 # --- what can be chatted with ----------------------------------------------------------------------------------
@@ -142,7 +161,8 @@ def load_function(choices: list[ModelChoice], n_ctx: int) -> Callable[[Progress]
 
 
 def eval_function(root: Path, tuned: ModelChoice, base: ModelChoice | None, *, max_probes: int | None,
-                  max_tokens: int, open_book: bool, n_ctx: int = EVAL_CTX) -> Callable[[Progress], EvalResult]:
+                  max_tokens: int, open_book: bool, n_ctx: int = EVAL_CTX,
+                  max_general: int | None = DEFAULT_MAX_GENERAL) -> Callable[[Progress], EvalResult]:
     """``slowtune eval`` in a job (:func:`slowtune.eval.pipeline.run`): its own connection and its own model
     instances (llama.cpp maps the weights, so a model that is also loaded for chatting is not read into memory
     twice)."""
@@ -152,8 +172,52 @@ def eval_function(root: Path, tuned: ModelChoice, base: ModelChoice | None, *, m
         return ModelFile(Path(choice.path), Path(choice.lora) if choice.lora else None)
 
     options = EvalOptions(root, model_file(tuned), model_file(base) if base is not None else None,
-                          open_book=open_book, max_probes=max_probes, max_tokens=max_tokens, n_ctx=n_ctx)
+                          open_book=open_book, max_probes=max_probes, max_tokens=max_tokens, n_ctx=n_ctx,
+                          max_general=max_general)
     return partial(run, options)
+
+
+class AxesTable(QTableWidget):
+    """The three axes of an evaluation: a row each, a column for the tuned model and one for the base."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
+        self.setWordWrap(False)
+        self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.setSizeAdjustPolicy(QAbstractScrollArea.SizeAdjustPolicy.AdjustToContents)
+        self.setSizePolicy(QSizePolicy.Policy.Maximum, QSizePolicy.Policy.Maximum)
+
+    def show_axes(self, axes: EvalAxes | None) -> None:
+        self.clear()
+        if axes is None:
+            self.setRowCount(0)
+            self.setColumnCount(0)
+            return
+        models = [m for m in ("tuned", "base") if axes.scores(m) is not None]
+        self.setColumnCount(len(models))
+        self.setRowCount(len(AXIS_ROWS))
+        self.setHorizontalHeaderLabels([m.capitalize() for m in models])
+        self.setVerticalHeaderLabels([title for _, title, _ in AXIS_ROWS])
+        for r, (axis, _, meaning) in enumerate(AXIS_ROWS):
+            self.verticalHeaderItem(r).setToolTip(meaning)
+            for c, model in enumerate(models):
+                item = QTableWidgetItem(axes.cell(axis, model))
+                item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
+                item.setToolTip(meaning)
+                self.setItem(r, c, item)
+        self.setMaximumHeight(self.horizontalHeader().height() + sum(self.rowHeight(r) for r in range(3)) + 4)
+
+    def cell_text(self, axis: str, column: str) -> str:
+        """The text shown for ``axis`` (a row title: Knowledge, ...) under ``column`` (Tuned, Base); '' when absent."""
+        rows = [self.verticalHeaderItem(r).text() for r in range(self.rowCount())]
+        cols = [self.horizontalHeaderItem(c).text() for c in range(self.columnCount())]
+        if axis not in rows or column not in cols:
+            return ""
+        item = self.item(rows.index(axis), cols.index(column))
+        return item.text() if item is not None else ""
 
 
 def _set_combo_items(combo: QComboBox, items: list[tuple[str, Any, str]], selected: Any) -> None:
@@ -363,6 +427,12 @@ class ChatPage(Page):
         self.eval_tokens.setRange(8, 4096)
         self.eval_tokens.setValue(200)
         self.eval_tokens.setToolTip("The longest answer per probe, in tokens")
+        self.eval_general = QSpinBox()
+        self.eval_general.setRange(0, 100_000)
+        self.eval_general.setSpecialValueText("All")
+        self.eval_general.setValue(DEFAULT_MAX_GENERAL)
+        self.eval_general.setToolTip("Ask at most this many general questions (retention), spread over their "
+                                     "categories")
         self.eval_open_book = QCheckBox("Also with the source excerpt (open book)")
         self.eval_open_book.setToolTip("Answers each probe again with its source passage in the prompt, to see "
                                        "whether looking passages up would serve better than tuning")
@@ -381,6 +451,9 @@ class ChatPage(Page):
         options.addWidget(QLabel("Max tokens"))
         options.addWidget(self.eval_tokens)
         options.addSpacing(12)
+        options.addWidget(QLabel("General questions"))
+        options.addWidget(self.eval_general)
+        options.addSpacing(12)
         options.addWidget(self.eval_open_book)
         options.addStretch(1)
         options.addWidget(self.eval_button)
@@ -395,7 +468,23 @@ class ChatPage(Page):
         self.eval_headline = QLabel()
         self.eval_headline.setWordWrap(True)
         self.eval_headline.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.axes_table = AxesTable()
+        self.axes_text = QLabel()
+        self.axes_text.setWordWrap(True)
+        self.axes_text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.axes_text.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        self.axes_table.hide()
+        self.axes_text.hide()
         self.scores = ScoreTable()
+        tables = QVBoxLayout()  # the axes above the probe scores, and beside them the axes in words
+        tables.addWidget(self.axes_table)
+        tables.addWidget(self.scores)
+        tables.addStretch(1)
+        figures = QHBoxLayout()
+        figures.setContentsMargins(0, 0, 0, 0)
+        figures.addLayout(tables)
+        figures.addSpacing(8)
+        figures.addWidget(self.axes_text, 1)
         self.eval_notes = QLabel()
         self.eval_notes.setWordWrap(True)
         self.eval_notes.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -413,7 +502,7 @@ class ChatPage(Page):
         layout.addWidget(self.eval_progress)
         layout.addWidget(self.eval_status)
         layout.addWidget(self.eval_headline)
-        layout.addWidget(self.scores)
+        layout.addLayout(figures)
         layout.addWidget(self.eval_notes)
         layout.addWidget(self.eval_report, 1)
         layout.addWidget(self.eval_saved)
@@ -984,12 +1073,14 @@ class ChatPage(Page):
         self._refresh_eval_buttons()
 
     def probe_count(self) -> int:
+        """The project's held-out probes (not its near-miss questions: those measure leakage)."""
         if self.project is None:
             return 0
         from slowtune.dataset import rows
+        from slowtune.quality import LEAKAGE_QTYPE
 
         try:
-            return len(rows(self.project, split="probe"))
+            return sum(1 for r in rows(self.project, split="probe") if r.provenance.qtype != LEAKAGE_QTYPE)
         except sqlite3.Error:
             return 0
 
@@ -1023,6 +1114,7 @@ class ChatPage(Page):
     def show_report(self, saved: tuple[dict[str, Any], str, Path] | None, *, latest: bool = False) -> None:
         if saved is None:
             self.eval_headline.clear()
+            self.show_axes(None)
             self.scores.show_report(None)
             self.scores.hide()
             self.eval_notes.clear()
@@ -1034,12 +1126,35 @@ class ChatPage(Page):
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(report.get("created_at") or 0)))
         prefix = f"Latest report ({when}): " if latest else ""
         self.eval_headline.setText(f"<b>{html.escape(prefix + str(report.get('headline', '')))}</b>")
+        self.show_axes(axes_of(report))
         self.scores.show_report(report)
         self.scores.show()
         self.eval_notes.setText("<br>".join(html.escape(n) for n in report.get("notes") or []))
         self.eval_report.setMarkdown(markdown)
         self.eval_report.show()
         self.eval_saved.setText(f"Saved in {folder} (report.md, report.json)")
+
+    def show_axes(self, axes: EvalAxes | None) -> None:
+        """The three axes, tuned and base side by side, in words, with the warnings and a few examples (none: a
+        report saved before they existed, and nothing is shown)."""
+        self.axes_table.show_axes(axes)
+        self.axes_table.setVisible(axes is not None)
+        self.axes_text.setVisible(axes is not None)
+        if axes is None:
+            self.axes_text.clear()
+            return
+        parts = ["<br>".join(html.escape(line) for line in axes.lines)]
+        parts += [f"<span style='color:{WARNING_COLOR}'><b>⚠</b> {html.escape(w)}</span>" for w in axes.warnings]
+        # A few examples, one of each kind, besides the ones the warnings quote (the report below has them all).
+        quoted = " ".join(axes.warnings)
+        examples: dict[str, str] = {}
+        for example in axes.examples:
+            if example.axis not in examples and f"'{example.question}'" not in quoted:
+                examples[example.axis] = example.text
+        if examples:
+            parts.append("<i>For example:</i><br>" + "<br>".join(f"• {html.escape(text)}"
+                                                                 for text in list(examples.values())[:EVAL_EXAMPLES]))
+        self.axes_text.setText("<p>" + "</p><p>".join(parts) + "</p>")
 
     def run_evaluation(self) -> Job | None:
         """Score the tuned model (and the one it is compared with) on the held-out probes, in a job."""
@@ -1055,7 +1170,8 @@ class ChatPage(Page):
         job = Job("Evaluating", eval_function(self.project.root, tuned, base,
                                               max_probes=self.eval_probes.value() or None,
                                               max_tokens=self.eval_tokens.value(),
-                                              open_book=self.eval_open_book.isChecked()),
+                                              open_book=self.eval_open_book.isChecked(),
+                                              max_general=self.eval_general.value() or None),
                   key=f"eval:{self.project.root}", stage_names=EVAL_STAGES)
         epoch = self._epoch
         self.eval_job = job
