@@ -188,9 +188,10 @@ def check_disjoint(replay: Sequence[QualityItem], held_out: Sequence[QualityItem
 
 
 def knowledge_item(item_id: str, question: str, reference: str, *, source: str = "project",
-                   system: str | None = None) -> QualityItem:
-    return QualityItem(axis="knowledge", id=item_id, question=question, reference=reference, category="knowledge",
-                       source=source, system=system)
+                   system: str | None = None, facts: Sequence[Sequence[str]] = ()) -> QualityItem:
+    """A held-out question about the documents; without ``facts``, the key facts of ``reference`` are checked."""
+    return QualityItem(axis="knowledge", id=item_id, question=question, reference=reference,
+                       facts=tuple(tuple(g) for g in facts), category="knowledge", source=source, system=system)
 
 
 # --- scoring -------------------------------------------------------------------------------------------------
@@ -203,11 +204,11 @@ def _fact(text: str) -> KeyFact:
 
 
 def is_correct(item: QualityItem, answer: str, *, vocabulary: CorpusVocabulary | None = None) -> bool:
-    """Whether ``answer`` answers ``item`` right: a retention item's fact groups (and pattern) are all there; a
-    knowledge item's key facts are all there (key-fact recall 1.0)."""
+    """Whether ``answer`` answers ``item`` right: the item's fact groups (and pattern) are all there; for an item
+    without listed facts (a project's probe), the key facts of its reference are all there (key-fact recall 1.0)."""
     if not answer.strip():
         return False
-    if item.axis == "knowledge":
+    if not item.facts:  # a probe without listed facts: the key facts of its reference answer
         return key_fact_recall(answer, item.reference, vocabulary=vocabulary) >= 1.0
     found = all(any(fact_found(_fact(alt), answer) for alt in group) for group in item.facts)
     if found and item.pattern:
@@ -226,6 +227,19 @@ class CorpusTerms:
 
     def __len__(self) -> int:
         return len(self.names) + len(self.numbers)
+
+    def with_terms(self, extra: Iterable[str]) -> CorpusTerms:
+        """These terms plus ``extra`` ones (words a name search does not find: "violet", "amber")."""
+        names, numbers, shown = set(self.names), set(self.numbers), dict(self.shown)
+        for term in extra:
+            values = numbers_in(term)
+            if len(values) == 1 and normalise(values[0][1]) == normalise(term):
+                numbers.add(values[0][0])
+                shown.setdefault(str(values[0][0]), term)
+            elif normalise(term):
+                names.add(normalise(term))
+                shown.setdefault(normalise(term), term)
+        return CorpusTerms(frozenset(names), frozenset(numbers), self.vocabulary, shown)
 
 
 def corpus_terms(texts: Iterable[str]) -> CorpusTerms:

@@ -108,7 +108,8 @@ def test_catalog_architecture_trains_exports_and_verifies(arch: str, tmp_path: P
     done = subprocess.run(
         slowtune_command("train", "--model", model, "--data", tmp_path / "data", "--out", run, "--engine",
                          "streamed", "--iters", "12", "--batch-size", "3", "--max-seq-len", "96", "--lr", "2e-3",
-                         "--rank", "8", "--alpha", "16", "--warmup", "1", "--val-every", "1000", "--save-every", "1000"),
+                         "--rank", "8", "--alpha", "16", "--warmup", "1", "--val-every", "1000", "--save-every", "1000",
+                         "--replay", "0", "--score-every", "0"),
         capture_output=True, text=True, timeout=600, env=_env())
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]

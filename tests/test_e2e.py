@@ -65,7 +65,8 @@ def test_documents_to_chat_and_eval(tmp_path: Path, slowtune_home: Path) -> None
     trained = json.loads(_slowtune(
         "train", "--model", str(model), "--data", str(project), "--engine", "streamed", "--out", str(tmp_path / "run"),
         "--rank", "16", "--alpha", "32", "--iters", "60", "--lr", "1e-3", "--warmup", "5", "--batch-size", "4",
-        "--max-seq-len", "128", "--val-every", "0", "--save-every", "0", "--seed", "1", "--json", env=env).stdout)
+        "--max-seq-len", "128", "--val-every", "0", "--save-every", "0", "--seed", "1", "--replay", "0", "--score-every", "0",
+        "--json", env=env).stdout)
     assert trained["engine"] == "streamed" and trained["train_loss"] < 0.5, trained
 
     export = json.loads(_slowtune("export", str(tmp_path / "run"), "--quant", "Q8_0", "--out", str(tmp_path / "gguf"),

@@ -22,7 +22,8 @@ def _train(model: Path, root: Path) -> Path:
     write_jsonl([[{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Answer {i}."}]
                  for i in range(3)], data / "train.jsonl")
     cfg = TrainConfig(model=str(model), data=str(data), lora=LoraConfig(rank=4, alpha=8.0), max_seq_len=64,
-                      batch_size=3, iters=4, learning_rate=1e-2, warmup=0, val_every=0, save_every=0)
+                      batch_size=3, iters=4, learning_rate=1e-2, warmup=0, val_every=0, save_every=0,
+                      replay=0.0, score_every=0)
     run_training(cfg, root / "run", engine="memory")
     return root / "run"
 

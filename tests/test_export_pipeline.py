@@ -26,7 +26,8 @@ def trained_run(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> t
                 root / "data" / "train.jsonl")
     Project.create(root / "project").close()
     cfg = TrainConfig(model=str(tiny_llama), data=str(root / "data"), lora=LoraConfig(rank=8, alpha=16.0),
-                      max_seq_len=96, batch_size=2, iters=25, learning_rate=1e-3, warmup=2, val_every=0, save_every=0)
+                      max_seq_len=96, batch_size=2, iters=25, learning_rate=1e-3, warmup=2, val_every=0, save_every=0,
+                      replay=0.0, score_every=0)
     run_training(cfg, root / "run", engine="memory", project=root / "project")
     return root / "run", root / "project"
 

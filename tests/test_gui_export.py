@@ -42,7 +42,7 @@ def trained_project(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) 
         for run_id, stop_after in ((FINISHED, None), (STOPPED, 2)):
             cfg = TrainConfig(model=str(tiny_llama), data=str(root / "data"), lora=LoraConfig(rank=8, alpha=16.0),
                               max_seq_len=96, batch_size=2, iters=25, learning_rate=1e-3, warmup=2, val_every=0,
-                              save_every=0)
+                              save_every=0, replay=0.0, score_every=0)
             progress = Progress(min_interval=0)
             if stop_after:
                 progress.add_listener(lambda e, p=progress, n=stop_after: p.cancel() if e.stage == "train"

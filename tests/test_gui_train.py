@@ -48,7 +48,7 @@ TRAIN = [
     ("What colour is the Vellum river?", "The Vellum river is bright green."),
 ]
 VALID = [("Which city is Zorbia's capital?", "Quillford is the capital of Zorbia.")]
-TINY = TrainSettings.from_preset("quick", iters=6, max_seq_len=96, batch_size=3, lora_layers=-1)
+TINY = TrainSettings.from_preset("quick", replay=0, score_every=0, iters=6, max_seq_len=96, batch_size=3, lora_layers=-1)
 
 
 def _rows(pairs: list[tuple[str, str]], split: str) -> list[DatasetRow]:
@@ -305,7 +305,7 @@ def test_the_wizard_downloads_a_model_and_trains_it_to_a_finished_run(qtbot, pag
 @pytest.mark.slow
 def test_pause_then_resume_continues_from_the_checkpoint(qtbot, page: TrainPage, project_root: Path,
                                                          tiny_llama: Path) -> None:
-    settings = TrainSettings.from_preset("quick", iters=12, max_seq_len=96, batch_size=3, lora_layers=-1)
+    settings = TrainSettings.from_preset("quick", replay=0, score_every=0, iters=12, max_seq_len=96, batch_size=3, lora_layers=-1)
     job = page.start_run(tiny_llama, settings)
     assert job is not None
     run_dir = page.run_dir
@@ -345,7 +345,7 @@ def test_a_crashed_run_is_offered_for_resume_on_the_next_start(qtbot, page: Trai
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     # The trainer is SIGKILLed right after step 3, as an out-of-memory kill would; the checkpoint is at step 2.
     monkeypatch.setenv("SLOWTUNE_TEST_KILL", "after-step:3")
-    settings = TrainSettings.from_preset("quick", iters=8, max_seq_len=96, batch_size=3, save_every=2)
+    settings = TrainSettings.from_preset("quick", replay=0, score_every=0, iters=8, max_seq_len=96, batch_size=3, save_every=2)
     assert page.start_run(tiny_llama, settings) is not None
     run_dir = page.run_dir
     assert run_dir is not None
@@ -389,7 +389,7 @@ def test_quitting_during_training_asks_then_stops_with_a_checkpoint(qtbot, proje
     asked: list[str] = []
     monkeypatch.setattr(app_module, "ask", lambda parent, title, text, yes: asked.append(text) or True)
 
-    settings = TrainSettings.from_preset("quick", iters=40, max_seq_len=96, batch_size=3)
+    settings = TrainSettings.from_preset("quick", replay=0, score_every=0, iters=40, max_seq_len=96, batch_size=3)
     job = page.start_run(tiny_llama, settings)
     assert job is not None
     qtbot.waitUntil(lambda: bool(page.run_view.chart.points("Training loss")) or not page.busy(),
@@ -410,7 +410,7 @@ def test_quitting_during_training_asks_then_stops_with_a_checkpoint(qtbot, proje
 @pytest.mark.slow
 def test_a_run_training_in_another_process_is_watched_and_can_be_stopped(qtbot, page: TrainPage, project_root: Path,
                                                                          tiny_llama: Path) -> None:
-    settings = TrainSettings.from_preset("quick", iters=40, max_seq_len=96, batch_size=3)
+    settings = TrainSettings.from_preset("quick", replay=0, score_every=0, iters=40, max_seq_len=96, batch_size=3)
     assert page.start_run(tiny_llama, settings) is not None
     qtbot.waitUntil(lambda: bool(page.run_view.chart.points("Training loss")) or not page.busy(),
                     timeout=TRAIN_TIMEOUT_MS)
@@ -498,7 +498,7 @@ def test_the_window_keeps_answering_while_training(qtbot, page: TrainPage, tiny_
         widget.show()
 
     timer.start()
-    job = page.start_run(tiny_llama, TrainSettings.from_preset("quick", iters=10, max_seq_len=96, batch_size=3))
+    job = page.start_run(tiny_llama, TrainSettings.from_preset("quick", replay=0, score_every=0, iters=10, max_seq_len=96, batch_size=3))
     assert job is not None
     qtbot.waitUntil(lambda: len(page.run_view.chart.points("Training loss")) >= 2 or not page.busy(),
                     timeout=TRAIN_TIMEOUT_MS)

@@ -302,7 +302,8 @@ def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
                 root / "data" / "train.jsonl")
     Project.create(root / "project").close()
     cfg = TrainConfig(model=str(base), data=str(root / "data"), lora=LoraConfig(rank=8, alpha=16.0),
-                      max_seq_len=96, batch_size=2, iters=25, learning_rate=1e-3, warmup=2, val_every=0, save_every=0)
+                      max_seq_len=96, batch_size=2, iters=25, learning_rate=1e-3, warmup=2, val_every=0, save_every=0,
+                      replay=0.0, score_every=0)
     run = root / "run"
     run_training(cfg, run, engine="memory", project=root / "project")
     prompts = verification_prompts(base, run)

@@ -107,7 +107,8 @@ def _score(tuned: Path, base: Path) -> tuple[list[bool], list[bool], list[str]]:
 
 
 TRAIN = ("--engine", "memory", "--batch-size", "8", "--rank", "16", "--alpha", "32", "--lr", "5e-4",
-         "--max-seq-len", "128", "--lora-layers", "-1", "--seed", "0", "--val-every", "1000", "--save-every", "1000")
+         "--max-seq-len", "128", "--lora-layers", "-1", "--seed", "0", "--val-every", "1000", "--save-every", "1000", "--replay", "0",
+         "--score-every", "0")
 
 
 @pytest.mark.slow

@@ -43,8 +43,9 @@ def test_only_the_newest_checkpoints_are_kept(tmp_path: Path) -> None:
 
 
 def _train(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "slowtune", "train", *args], capture_output=True, text=True,
-                          env=os.environ.copy(), timeout=300)
+    # Replay and scoring are off: they are tested in tests/test_train_quality.py.
+    return subprocess.run([sys.executable, "-m", "slowtune", "train", *args, "--replay", "0", "--score-every", "0"],
+                          capture_output=True, text=True, env=os.environ.copy(), timeout=300)
 
 
 @pytest.mark.parametrize(("flags", "message"), [

@@ -39,7 +39,8 @@ def qa_data(tmp_path: Path) -> Path:
 
 def _config(model: Path, data: Path, **overrides: object) -> TrainConfig:
     base = dict(model=str(model), data=str(data), lora=LoraConfig(rank=16, alpha=32.0), max_seq_len=128,
-                batch_size=3, iters=30, learning_rate=1e-3, warmup=2, val_every=10, save_every=5, seed=3)
+                batch_size=3, iters=30, learning_rate=1e-3, warmup=2, val_every=10, save_every=5, seed=3,
+                replay=0.0, score_every=0)  # replay and scoring: tests/test_train_quality.py
     base.update(overrides)
     return TrainConfig(**base)  # type: ignore[arg-type]
 
@@ -77,8 +78,8 @@ def test_learns_three_answers_and_mlx_lm_reproduces_one(engine: str, tiny_llama:
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "slowtune", "train", *args], capture_output=True, text=True,
-                          env=env or os.environ.copy(), timeout=600)
+    return subprocess.run([sys.executable, "-m", "slowtune", "train", *args, "--replay", "0", "--score-every", "0"],
+                          capture_output=True, text=True, env=env or os.environ.copy(), timeout=600)
 
 
 def _adapter(run: Path) -> dict[str, object]:

@@ -33,7 +33,9 @@ def test_presets_map_onto_the_cli_and_advanced_values_override(tiny_llama: Path,
     assert (cfg.lora.rank, cfg.lora.scale, cfg.iters, cfg.max_seq_len, cfg.lora.num_layers, cfg.learning_rate) == \
         (48, 2.0, 7, 256, 2, 3e-5)
     assert custom.total_steps(1000) == 7
-    assert TrainSettings.from_preset("balanced", batch_size=4).total_steps(10) == 9  # 3 epochs x 3 batches
+    # 3 epochs x 4 batches: 10 conversations and, with replay a quarter of the rows, 3 of the base model's own
+    assert TrainSettings.from_preset("balanced", batch_size=4).total_steps(10) == 12
+    assert TrainSettings.from_preset("balanced", batch_size=4, replay=0).total_steps(10) == 9
 
 
 def _cli_config(settings: TrainSettings, model: Path, data: Path) -> TrainConfig:
@@ -49,6 +51,8 @@ def _cli_config(settings: TrainSettings, model: Path, data: Path) -> TrainConfig
     TrainSettings.from_preset("quick", learning_rate=1.23456789e-4, epochs=2.345678901, batch_size=1, seed=7,
                               val_every=3, save_every=0),
     TrainSettings.from_preset("thorough", rank=5, lora_layers=-1, iters=1),
+    TrainSettings.from_preset("balanced", replay=0.4, score_every=7, early_stop=False),
+    TrainSettings.from_preset("balanced", replay=0, score_every=0),
 ])
 def test_the_config_is_the_one_the_cli_builds_from_the_options(settings: TrainSettings, tmp_path: Path) -> None:
     model = tmp_path / "model"

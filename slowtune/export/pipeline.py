@@ -20,6 +20,7 @@ from typing import Any
 
 from slowtune.fsutil import atomic_write_text
 from slowtune.progress import Cancelled, Progress, ensure
+from slowtune.train.runs import RUN_JSON, chosen_checkpoint
 
 
 class ExportFailed(RuntimeError):
@@ -53,7 +54,14 @@ class _Steps:
 
 
 def find_adapter(path: Path) -> Path:
-    """A run folder or an adapter folder -> the folder holding adapters.safetensors."""
+    """A run folder or an adapter folder -> the folder holding adapters.safetensors.
+
+    A run folder gives the checkpoint the run chose (:func:`~slowtune.train.runs.chosen_checkpoint`: its best one
+    when it kept one, else its last)."""
+    if (path / RUN_JSON).exists():
+        chosen = path / chosen_checkpoint(path)["folder"]
+        if (chosen / "adapters.safetensors").exists() and (chosen / "adapter_config.json").exists():
+            return chosen
     for candidate in (path, path / "adapter"):
         if (candidate / "adapters.safetensors").exists() and (candidate / "adapter_config.json").exists():
             return candidate
@@ -181,6 +189,10 @@ def export_run(adapter_or_run: Path, out_dir: Path, *, model: Path | None = None
         results = [compare(ref, run, file=path.name, quant=q)
                    for (q, path), ref, run in zip(checked, references, runs, strict=True)]
         notes = [n for r in results for n in r.notes]
+        run_dir = Path(adapter_or_run)
+        checkpoint = chosen_checkpoint(run_dir) if (run_dir / RUN_JSON).exists() else None
+        if checkpoint is not None:
+            notes.insert(0, f"Exported {checkpoint['text']}.")
         if effect < 1e-4:
             notes.append("The adapter does not change the model's output (largest logit change "
                          f"{effect:.1e}): was it trained?")
@@ -199,7 +211,8 @@ def export_run(adapter_or_run: Path, out_dir: Path, *, model: Path | None = None
             atomic_write_text(out_dir / "README.md", export_readme(
                 [p.name for p in files.values()] + ["Modelfile"],
                 family=detect_family(chat_template or ""), system=None))
-        report = {"adapter": str(adapter), "base": str(base), "files": {k: str(v) for k, v in files.items()},
+        report = {"adapter": str(adapter), "base": str(base),
+                  "checkpoint": checkpoint, "files": {k: str(v) for k, v in files.items()},
                   "sizes": {k: v.stat().st_size for k, v in files.items()}, "adapter_effect": effect,
                   "verification": [r.to_dict() for r in results], "notes": notes + modelfile_notes,
                   "step_seconds": steps.seconds}
@@ -238,6 +251,8 @@ def export_lora_only(adapter_or_run: Path, out_dir: Path, *, model: Path | None 
     started = time.perf_counter()
     progress = ensure(progress)
     adapter, base = _adapter_and_base(Path(adapter_or_run), model)
+    run_dir = Path(adapter_or_run)
+    checkpoint = chosen_checkpoint(run_dir) if (run_dir / RUN_JSON).exists() else None
 
     out_dir.mkdir(parents=True, exist_ok=True)
     work = out_dir / f".work-{int(time.time())}"
@@ -282,7 +297,8 @@ def export_lora_only(adapter_or_run: Path, out_dir: Path, *, model: Path | None 
             lines.insert(at, f"ADAPTER ./{lora.name}")
             atomic_write_text(out_dir / "Modelfile", "\n".join(lines) + "\n")
             atomic_write_text(out_dir / "README.md", lora_readme_section(files[BASE_KIND].name, lora.name, name))
-        report = {"adapter": str(adapter), "base": str(base), "lora_only": True,
+        report = {"adapter": str(adapter), "base": str(base),
+                  "checkpoint": checkpoint, "lora_only": True,
                   "files": {k: str(v) for k, v in files.items()},
                   "sizes": {k: v.stat().st_size for k, v in files.items()}, "adapter_effect": effect,
                   "verification": [result.to_dict()], "notes": notes + modelfile_notes}

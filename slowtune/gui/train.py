@@ -75,6 +75,9 @@ from slowtune.train.settings import TrainSettings
 TRAIN_STAGES = {"prepare": "starting", "train": "training", "stopping": "stopping"}
 TRAIN_SERIES, VALID_SERIES = "Training loss", "Validation loss"
 TRAIN_COLOR, VALID_COLOR = "#3b82f6", "#f59e0b"
+# The three quality axes scored during the run (slowtune.train.scorer), on a chart of their own (0..1).
+QUALITY_SERIES = {"knowledge": ("Knowledge", "#2f9e44"), "retention": ("Retention", "#7048e8"),
+                  "leakage": ("Leakage", "#e03131")}
 STATE_COLORS = {"finished": "#2f9e44", "failed": "#e03131", "interrupted": "#d9480f", "training": "#3b82f6"}
 
 NO_PROJECT_TEXT = ("<h2>Train</h2><p>No project is open. Create or open one (File › New Project), add documents on "
@@ -191,7 +194,7 @@ class StartView(QWidget):
 class RunView(QWidget):
     """One run: the live chart, its figures, and what can be done with it now."""
 
-    STATS = ("Step", "Training loss", "Validation loss", "Tokens/s", "Memory", "Elapsed", "Time left")
+    STATS = ("Step", "Training loss", "Validation loss", "Quality", "Tokens/s", "Memory", "Elapsed", "Time left")
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -207,6 +210,15 @@ class RunView(QWidget):
                                placeholder="The loss curve appears here after the first training step.")
         self.chart.add_series(TRAIN_SERIES, TRAIN_COLOR)
         self.chart.add_series(VALID_SERIES, VALID_COLOR, markers=True)
+        self.quality = LineChart(x_label="step", y_label="share", x_integer=True,
+                                 placeholder="Knowledge, retention and leakage appear here when the run scores "
+                                             "itself.")
+        for name, color in QUALITY_SERIES.values():
+            self.quality.add_series(name, color, markers=True)
+        self.quality.setToolTip("Every few steps the model answers held-out questions about the documents "
+                                "(knowledge), general questions the base model knew (retention), and questions about "
+                                "things the documents do not mention (leakage: lower is better). Export uses the "
+                                "checkpoint with the best balance of the three.")
         self.values: dict[str, QLabel] = {}
         stats = QGridLayout()
         for i, name in enumerate(self.STATS):
@@ -240,7 +252,10 @@ class RunView(QWidget):
         layout.addWidget(self.title)
         layout.addWidget(self.status)
         layout.addWidget(self.bar)
-        layout.addWidget(self.chart, 1)
+        charts = QHBoxLayout()
+        charts.addWidget(self.chart, 3)
+        charts.addWidget(self.quality, 2)
+        layout.addLayout(charts, 1)
         layout.addLayout(stats)
         layout.addLayout(buttons)
 
@@ -501,10 +516,13 @@ class TrainPage(Page):
         rv.title.setText(f"<h3 style='margin:0'>Run {html.escape(run_dir.name)}</h3>{html.escape(title)}")
         rv.chart.clear()
         rv.chart.set_x_max_hint(None)
+        rv.quality.clear()
+        rv.quality.set_x_max_hint(None)
         for label in rv.values.values():
             label.setText("—")
         self.tail = MetricsTail(run_dir / METRICS_NAME)
         self._last_record = {}
+        self._last_scores: dict[str, Any] = {}
         self._best_val = None
         self.stack.setCurrentWidget(rv)
 
@@ -571,12 +589,21 @@ class TrainPage(Page):
             parts.append(f"training loss {run.loss:.3f}")
         if run.best_val is not None:
             parts.append(f"best validation loss {run.best_val:.3f}")
-        return ", ".join(parts) + ". Export turns it into a GGUF file you can chat with."
+        text = ", ".join(parts) + "."
+        if run.stopped_early:
+            text += f" It stopped early: {run.stopped_early}."
+        for warning in run.warnings:
+            text += f" {warning['message']}"
+        if run.chosen:
+            text += f" Export will use {run.chosen.get('text', 'the best checkpoint')}."
+        return text + " Export turns it into a GGUF file you can chat with."
 
     def _set_state(self, state: str, text: str) -> None:
         self.state = state
         rv = self.run_view
         color = {"finished": "#2f9e44", "failed": "#e03131", "stopping": "#d9480f"}.get(state)
+        if state == "finished" and self.run is not None and self.run.warnings:
+            color = "#d9480f"  # a run that memorised, forgot or leaks is not shown as a plain success
         style = f" style='color:{color}'" if color else ""
         rv.status.setText(f"<b{style}>{html.escape(text)}</b>")
         live = state in ("starting", "running")
@@ -611,6 +638,7 @@ class TrainPage(Page):
             if isinstance(total, int | float) and total > 0:
                 self.total_steps = int(total)
                 self.run_view.chart.set_x_max_hint(self.total_steps)
+                self.run_view.quality.set_x_max_hint(self.total_steps)
             if self.state != "running":
                 self._set_state("running", "Training…")
         self._read_metrics()
@@ -623,6 +651,7 @@ class TrainPage(Page):
         chart = self.run_view.chart
         if reset:
             chart.clear()
+            self.run_view.quality.clear()
             self._best_val = None
         for record in records:
             step = float(record["step"])
@@ -632,6 +661,11 @@ class TrainPage(Page):
                 chart.append(VALID_SERIES, step, float(record["val_loss"]))
                 value = float(record["val_loss"])
                 self._best_val = value if self._best_val is None else min(self._best_val, value)
+            for key, (name, _) in QUALITY_SERIES.items():
+                if isinstance(record.get(key), int | float):
+                    self.run_view.quality.append(name, step, float(record[key]))
+            if any(isinstance(record.get(k), int | float) for k in QUALITY_SERIES):
+                self._last_scores = record
         if records:
             self._last_record = records[-1]
         self._show_figures()
@@ -665,6 +699,12 @@ class TrainPage(Page):
             latest = points[-1][1]
             best = f" (best {self._best_val:.3f})" if self._best_val is not None and self._best_val < latest else ""
             values["Validation loss"].setText(f"{latest:.3f}{best}")
+        scores = getattr(self, "_last_scores", None)  # set by show_run
+        if scores:
+            values["Quality"].setText(" · ".join(
+                f"{name[0]} {scores[key]:.2f}" for key, (name, _) in QUALITY_SERIES.items()
+                if isinstance(scores.get(key), int | float)))
+            values["Quality"].setToolTip("K: knowledge, R: retention, L: leakage (at the last scoring)")
         if self.busy() and self._viewing(self.job):
             values["Elapsed"].setText(format_duration(time.monotonic() - self._started_at))
 

@@ -31,6 +31,8 @@ class TrainState:
     cursor: int = 0  # micro-batches of this epoch already used
     best_val: float | None = None
     best_step: int | None = None
+    best_score: float | None = None  # the best combined quality score (slowtune.train.scorer), and its step
+    best_score_step: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -39,6 +39,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--compute-dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     p.add_argument("--grad-checkpoint", action="store_true", help="in-memory engine: recompute blocks in backward")
+    p.add_argument("--replay", type=float, default=0.25, metavar="SHARE",
+                   help="share of training rows that are the base model's own answers to general prompts, generated "
+                        "on this machine, so the model stays itself (0.25; 0: none)")
+    p.add_argument("--score-every", type=int, default=-1, metavar="N",
+                   help="score knowledge, retention and leakage every N steps and keep the best checkpoint (default: "
+                        "as often as a tenth of the training time allows; 0: never, keep the lowest validation loss)")
+    p.add_argument("--no-early-stop", action="store_true",
+                   help="train every step even when knowledge has plateaued while retention falls")
     p.add_argument("--cold", action="store_true", help="streamed: drop weights from the page cache after use")
     p.add_argument("--no-prefetch", action="store_true", help="streamed: do not read ahead")
     p.add_argument("--dry-run", action="store_true", help="print the fit preflight and stop")
@@ -60,7 +68,8 @@ def config_from_args(args: argparse.Namespace, model_dir: Path) -> TrainConfig:
         max_seq_len=args.max_seq_len, batch_size=args.batch_size, grad_accum=args.grad_accum, iters=args.iters,
         epochs=args.epochs, learning_rate=args.lr, warmup=args.warmup, weight_decay=args.weight_decay,
         seed=args.seed, val_every=args.val_every, save_every=args.save_every, compute_dtype=args.compute_dtype,
-        grad_checkpoint=args.grad_checkpoint,
+        grad_checkpoint=args.grad_checkpoint, replay=args.replay, score_every=args.score_every,
+        early_stop=not args.no_early_stop,
     )
     cfg.stream.cold = args.cold
     cfg.stream.prefetch = not args.no_prefetch
@@ -83,6 +92,10 @@ def _check(args: argparse.Namespace) -> str | None:
         return "--lora-layers must be -1 (all blocks) or a number of top blocks above 0"
     if args.val_every < 0 or args.save_every < 0:
         return "--val-every and --save-every must be 0 (never) or more"
+    if not 0 <= args.replay < 1:
+        return "--replay must be at least 0 and below 1 (a share of the training rows)"
+    if args.score_every < -1:
+        return "--score-every must be -1 (automatic), 0 (never) or a number of steps"
     return None
 
 
@@ -106,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     from slowtune.progress import Cancelled, Progress, RichProgressBar
     from slowtune.train.model import ModelError
     from slowtune.train.preflight import architecture_problem, preflight
-    from slowtune.train.runs import default_run_dir, record_run
+    from slowtune.train.runs import default_run_dir, record_run, run_json
     from slowtune.train.trainer import TrainError, run_training
 
     def fail(message: str) -> int:
@@ -212,9 +225,19 @@ def run(args: argparse.Namespace) -> int:
     summary = {"run_dir": str(result.run_dir), "status": result.status, "engine": result.engine,
                "steps": result.steps, "train_loss": result.train_loss, "val_loss": result.val_loss,
                "best_val": result.best_val}
+    record = run_json(result.run_dir)
+    for key in ("chosen", "warnings", "stopped_early", "base_scores", "replay", "scoring_notes"):
+        summary[key] = record.get(key)
+    summary["scores"] = (record.get("scoring") or [None])[-1]
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
+        for warning in summary["warnings"] or []:
+            print(f"Warning: {warning.get('message')}", file=sys.stderr)
+        if summary["stopped_early"]:
+            print(f"Stopped early: {summary['stopped_early']}.")
+        if summary["chosen"]:
+            print(f"Export will use {summary['chosen']['text']}.")
         if result.train_loss is None and result.status == "done":
             print(f"The run had already finished ({result.steps} steps); its adapter is in {result.run_dir}")
         else:

@@ -78,6 +78,17 @@ class TrainConfig:
     save_every: int = field(default=100, metadata={"help": "checkpoint every N steps"})
     compute_dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16"})
     grad_checkpoint: bool = field(default=False, metadata={"help": "in-memory engine: recompute blocks in backward"})
+    replay: float = field(
+        default=0.25,
+        metadata={"help": "share of the training rows that are the base model's own answers to general prompts "
+                          "(keeps the model itself; 0: none)"},
+    )
+    score_every: int = field(
+        default=-1,
+        metadata={"help": "score knowledge, retention and leakage every N steps (-1: as often as a tenth of the "
+                          "training time allows; 0: never)"},
+    )
+    early_stop: bool = field(default=True, metadata={"help": "stop when knowledge plateaus while retention falls"})
     stream: StreamConfig = field(default_factory=StreamConfig)
 
     def to_dict(self) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import re
 import sqlite3
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +207,12 @@ class RunInfo:
     # anyone looked), and the base model folder its adapter names.
     problem: str = ""
     base_dir: Path | None = None
+    # Learning quality (slowtune.train.scorer): what went wrong in words (overfitting, lost retention, leakage,
+    # replay skipped), the last scoring, and which checkpoint an export uses and why.
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+    scores: dict[str, Any] | None = None
+    chosen: dict[str, Any] | None = None
+    stopped_early: str | None = None
 
     @property
     def run_id(self) -> str:
@@ -261,6 +267,30 @@ class RunInfo:
         """A folder's name, or the repo id as it is ("Qwen/Qwen2.5-0.5B-Instruct")."""
         text = self.model.rstrip("/")
         return Path(text).name if Path(text).is_absolute() or text.startswith("~") else text
+
+
+def chosen_checkpoint(run_dir: Path) -> dict[str, Any]:
+    """Which adapter an export of the run uses, and why: ``best/`` when the run kept one, else the last."""
+    best = run_dir / "best" / "adapter_config.json"
+    if best.exists():
+        try:
+            meta = json.loads(best.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            meta = {}
+        if isinstance(meta, dict) and isinstance(meta.get("step"), int):
+            why = meta.get("chosen_by") or "the best checkpoint"
+            return {"folder": "best", "step": meta["step"], "why": str(why),
+                    "text": f"the checkpoint of step {meta['step']}, chosen by {why}"}
+    steps = None
+    last = run_dir / "adapter_config.json"
+    if last.exists():
+        try:
+            steps = json.loads(last.read_text(encoding="utf-8")).get("steps")
+        except (OSError, ValueError, AttributeError):
+            steps = None
+    where = f" (step {steps})" if isinstance(steps, int) else ""
+    return {"folder": ".", "step": steps, "why": "nothing was scored",
+            "text": f"the last checkpoint{where}: nothing was scored during the run"}
 
 
 def read_run(run_dir: Path, row: Any = None) -> RunInfo | None:
@@ -323,6 +353,10 @@ def read_run(run_dir: Path, row: Any = None) -> RunInfo | None:
         logged_loss=number_or_none(last.get("loss")), started=started, created_at=created,
         project=Path(project) if isinstance(project, str) and project else None,
         recorded=str(row["status"]) if row is not None else None, live_pid=live_pid, elsewhere=elsewhere,
+        warnings=[w for w in info.get("warnings") or [] if isinstance(w, dict) and w.get("message")],
+        scores=(info.get("scoring") or [None])[-1] if isinstance(info.get("scoring"), list) else None,
+        chosen=info.get("chosen") if isinstance(info.get("chosen"), dict) else None,
+        stopped_early=str(info["stopped_early"]) if info.get("stopped_early") else None,
     )
 
 

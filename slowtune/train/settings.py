@@ -82,6 +82,9 @@ class TrainSettings:
     val_every: int = -1  # -1: about VALIDATIONS_PER_RUN times a run, whatever its length (``for_conversations``)
     save_every: int = 100
     seed: int = 0
+    replay: float = 0.25  # share of training rows that are the base model's own answers (slowtune.train.replay)
+    score_every: int = -1  # knowledge/retention/leakage every N steps (-1: a tenth of the time; 0: never)
+    early_stop: bool = True
 
     @classmethod
     def from_preset(cls, key: str, **changes: Any) -> TrainSettings:
@@ -108,7 +111,10 @@ class TrainSettings:
                 "--lr", f"{self.learning_rate:g}", "--max-seq-len", str(self.max_seq_len),
                 "--lora-layers", str(self.lora_layers), "--batch-size", str(self.batch_size),
                 # -1 ("about 20 times a run") is resolved by for_conversations, which knows the run's length.
-                "--val-every", str(self.val_every if self.val_every >= 0 else 50), "--save-every", str(self.save_every), "--seed", str(self.seed)]
+                "--val-every", str(self.val_every if self.val_every >= 0 else 50), "--save-every", str(self.save_every), "--seed", str(self.seed),
+                "--replay", f"{self.replay:g}", "--score-every", str(self.score_every)]
+        if not self.early_stop:
+            args.append("--no-early-stop")
         return [*args, "--iters", str(self.iters)] if self.iters else [*args, "--epochs", f"{self.epochs:g}"]
 
     def config(self, model_dir: Path, data: Path) -> TrainConfig:
@@ -120,14 +126,17 @@ class TrainSettings:
             model=str(model_dir), data=str(Path(data).expanduser().resolve()), lora=lora,
             max_seq_len=self.max_seq_len, batch_size=self.batch_size, learning_rate=float(f"{self.learning_rate:g}"),
             seed=self.seed, val_every=self.val_every if self.val_every >= 0 else 50, save_every=self.save_every,
-            **length,
+            replay=float(f"{self.replay:g}"), score_every=self.score_every, early_stop=self.early_stop, **length,
         )
 
     def total_steps(self, conversations: int) -> int:
         """Optimizer steps of a run over ``conversations`` (the trainer's own rule, gradient accumulation 1)."""
         if self.iters:
             return self.iters
-        return max(1, math.ceil(self.epochs * max(1, math.ceil(conversations / self.batch_size))))
+        from slowtune.train.replay import replay_rows_wanted
+
+        rows = conversations + replay_rows_wanted(conversations, self.replay)
+        return max(1, math.ceil(self.epochs * max(1, math.ceil(rows / self.batch_size))))
 
     def for_conversations(self, conversations: int) -> TrainSettings:
         """These settings for a run over ``conversations``: "validate about 20 times a run" made a step count."""

@@ -1,11 +1,14 @@
 """A training run: data, engine, AdamW with warm-up and cosine decay, validation, checkpoints, resume.
 
 ``run_training(config, run_dir, progress)`` is what the CLI and the GUI call. It writes into ``run_dir``:
-- ``adapters.safetensors`` + ``adapter_config.json``: the last adapter, in mlx-lm's layout;
-- ``best/``: the adapter with the lowest validation loss (when there is validation data);
+- ``adapters.safetensors`` + ``adapter_config.json``: the last adapter, in mlx-lm's layout (a stopped run too);
+- ``best/``: the checkpoint an export uses: the best combined score of knowledge, retention and leakage
+  (:mod:`slowtune.train.scorer`, scored every K steps), else the lowest validation loss;
 - ``checkpoints/``: what ``resume=True`` continues from;
-- ``metrics.jsonl``: one line per step and per validation, for the GUI's live chart;
-- ``run.json``: the configuration, the data report, the engine and how the run ended.
+- ``metrics.jsonl``: one line per step, validation and scoring, for the GUI's live chart;
+- ``run.json``: the configuration, the data report, the engine, replay (:mod:`slowtune.train.replay`: the base
+  model's own answers mixed in), the base model's scores and each scoring, warnings (overfitting, lost retention,
+  leakage), whether it stopped early, which checkpoint it chose and why, and how the run ended.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from slowtune.progress import Cancelled, Progress, ensure
 from slowtune.train import checkpoint as ckpt
 from slowtune.train.config import TrainConfig
 from slowtune.train.model import TrainModel, save_adapter
+from slowtune.train.runs import chosen_checkpoint
 
 # What each step reports through the progress protocol (the metrics file has everything).
 _SHOWN = ("loss", "val_loss", "tokens_per_s", "eta_s", "epoch", "mlx_peak_gb", "io_blocked_s")
@@ -98,8 +102,18 @@ def _peak_memory() -> dict[str, float]:
     return {"mlx_peak_gb": mx.get_peak_memory() / 1e9, "rss_gb": psutil.Process().memory_info().rss / 1e9}
 
 
-def prepare_data(cfg: TrainConfig, model_dir: Path) -> tuple[list[Any], list[Any], int, dict[str, Any]]:
-    """Encode the conversations with the model's chat template. Returns (train, valid, pad id, report)."""
+@dataclass
+class PreparedData:
+    train: list[Any]
+    valid: list[Any]
+    pad_id: int
+    info: dict[str, Any]
+    renderer: Any
+    conversations: dict[str, list[Any]]
+
+
+def prepare_data(cfg: TrainConfig, model_dir: Path) -> PreparedData:
+    """Encode the conversations with the model's chat template."""
     from mlx_lm.utils import load_tokenizer
 
     from slowtune.train import data as tdata
@@ -121,7 +135,7 @@ def prepare_data(cfg: TrainConfig, model_dir: Path) -> tuple[list[Any], list[Any
         digest.update(example.tokens.tobytes() + example.mask.tobytes())
     info = {"report": report.as_dict(), "fingerprint": digest.hexdigest(),
             "train_examples": len(train), "valid_examples": len(valid), "date_string": renderer.date_string}
-    return train, valid, int(pad or 0), info
+    return PreparedData(train, valid, int(pad or 0), info, renderer, conversations)
 
 
 def build_engine(cfg: TrainConfig, model_dir: Path, engine: str) -> tuple[TrainModel, Any]:
@@ -133,12 +147,77 @@ def build_engine(cfg: TrainConfig, model_dir: Path, engine: str) -> tuple[TrainM
     return tm, MemoryEngine(tm, grad_checkpoint=cfg.grad_checkpoint, head_chunk=cfg.stream.head_chunk)
 
 
+def _total_steps(cfg: TrainConfig, rows: int) -> int:
+    batches_per_epoch = math.ceil(rows / cfg.batch_size)
+    steps_per_epoch = max(1, batches_per_epoch // cfg.grad_accum)
+    return cfg.iters or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+
+
+def overfitting(history: list[tuple[int, float, float | None]]) -> dict[str, Any] | None:
+    """Whether validation loss rises while training loss falls: ``history`` is (step, validation loss, mean training
+    loss since the previous validation). Flagged when the last validation loss is 10% (and 0.05) above the lowest,
+    seen at least two validations ago, while the training loss went on falling since then."""
+    if len(history) < 3:
+        return None
+    low = min(range(len(history)), key=lambda i: history[i][1])
+    step, val, _ = history[-1]
+    if low > len(history) - 3 or val < history[low][1] * 1.1 + 0.05:
+        return None
+    train_then, train_now = history[low][2], history[-1][2]
+    if train_then is None or train_now is None or train_now >= train_then:
+        return None
+    return {"kind": "overfitting", "step": step, "best_step": history[low][0],
+            "message": (f"The model is memorising: validation loss rose from {history[low][1]:.2f} (step "
+                        f"{history[low][0]}) to {val:.2f} (step {step}) while training loss fell from {train_then:.2f} "
+                        f"to {train_now:.2f}. The best checkpoint is kept.")}
+
+
+def quality_warnings(base: Any, last: Any) -> list[dict[str, Any]]:
+    """Warnings, in words, when the last scoring lost what the base knew or leaks the data's facts."""
+    from slowtune.quality import LEAKAGE_LIMIT, RETENTION_TARGET
+
+    out: list[dict[str, Any]] = []
+    if last is None:
+        return out
+    axes = last.axes
+    if axes.retention is not None and axes.retention < RETENTION_TARGET:
+        example = (last.examples.get("retention") or [{}])[0]
+        said = (f" Asked \u201c{example['question']}\u201d, it now says \u201c{_short(example['answer'])}\u201d."
+                if example else "")
+        out.append({"kind": "retention", "step": last.step, "value": axes.retention,
+                    "message": (f"The model is losing what it knew: it still answers {axes.retention:.0%} of the "
+                                f"general questions the base model answered right.{said}")})
+    base_leak = base.axes.leakage if base is not None and base.axes.leakage is not None else 0.0
+    if axes.leakage is not None and axes.leakage > LEAKAGE_LIMIT and axes.leakage > base_leak:
+        example = (last.examples.get("leakage") or [{}])[0]
+        said = (f" Asked \u201c{example['question']}\u201d, it said \u201c{_short(example['answer'])}\u201d."
+                if example else "")
+        out.append({"kind": "leakage", "step": last.step, "value": axes.leakage,
+                    "message": (f"The model answers {axes.leakage:.0%} of questions about things the documents do not "
+                                f"mention with the documents' names or numbers.{said}")})
+    return out
+
+
+def _short(text: str, limit: int = 120) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def _timed_step(eng: Any, micro: list[Any]) -> float:
+    """Seconds one optimizer step's forward and backward take (the result is thrown away)."""
+    started = time.perf_counter()
+    eng.loss_and_grads(micro, step=0)
+    return time.perf_counter() - started
+
+
 def run_training(cfg: TrainConfig, run_dir: Path, *, engine: str, progress: Progress | None = None,
                  resume: bool = False, project: Path | None = None) -> RunResult:
     import mlx.core as mx
     import mlx.optimizers as optim
 
     from slowtune.train import data as tdata
+    from slowtune.train import replay as rp
+    from slowtune.train import scorer as sc
 
     progress = ensure(progress)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -151,28 +230,64 @@ def run_training(cfg: TrainConfig, run_dir: Path, *, engine: str, progress: Prog
         restored = ckpt.load_checkpoint(path)
         # The run continues with the configuration it started with.
         cfg = TrainConfig.from_dict(restored.config)
+    if not 0 <= cfg.replay < 1:
+        raise TrainError(f"The replay share (replay) must be at least 0 and below 1, not {cfg.replay}.")
 
     if not (model_dir / "config.json").exists():
         raise TrainError(f"The base model {model_dir} is not there any more (no config.json); the run needs it.")
     progress.report("prepare", 0, 3, status="reading data")
     ckpt.test_hook("prepare", 0)
-    train, valid, pad_id, data_info = prepare_data(cfg, model_dir)
+    prepared = prepare_data(cfg, model_dir)
+    train, valid, pad_id, data_info = prepared.train, prepared.valid, prepared.pad_id, prepared.info
+    before: dict[str, Any] = {}
     if restored is not None:
-        before = json.loads((run_dir / "run.json").read_text()).get("data", {}).get("fingerprint")
-        if before and before != data_info["fingerprint"]:
+        before = json.loads((run_dir / "run.json").read_text())
+        fingerprint = before.get("data", {}).get("fingerprint")
+        if fingerprint and fingerprint != data_info["fingerprint"]:
             raise TrainError(f"The training data in {cfg.data} changed since this run started; resuming would "
                              "not continue the same run. Start a new run instead.")
     progress.check()
     progress.report("prepare", 1, 3, status=f"building the model ({engine})")
     tm, eng = build_engine(cfg, model_dir, engine)
     progress.check()
+
+    # Replay and scoring both need to know how long a step takes; one step is timed and thrown away.
+    warnings: list[dict[str, Any]] = []
+    items = sc.load_run_items(Path(cfg.data), prepared.conversations) if cfg.score_every != 0 else None
+    step_s = 0.0
+    if cfg.replay > 0 or (items is not None and cfg.score_every < 0):
+        probe_batches = tdata.make_batches(train, cfg.batch_size, seed=cfg.seed, epoch=0, pad_id=pad_id)
+        step_s = _timed_step(eng, probe_batches[: cfg.grad_accum])
+    replay_info = None
+    if cfg.replay > 0:
+        wanted = rp.replay_rows_wanted(len(train), cfg.replay)
+        estimate = step_s * _total_steps(cfg, len(train) + wanted)
+        replay = rp.build_replay(eng, prepared.renderer, wanted, rp.cache_file(Path(cfg.data), model_dir),
+                                 budget_s=rp.TIME_SHARE * estimate, progress=progress)
+        encoded, _ = tdata.encode_all(prepared.renderer, replay.conversations, cfg.max_seq_len)
+        train = train + encoded
+        replay_info = replay.to_json()
+        if replay.warning:
+            warnings.append({"kind": "replay", "step": 0, "message": replay.warning})
+    total = _total_steps(cfg, len(train))
+    scorer = None
+    history: list[Any] = []
+    base_scoring = None
+    interval = 0
+    if items is not None:
+        scorer = sc.RunScorer(eng, prepared.renderer, items)
+        progress.report("prepare", 2, 3, status="scoring the base model")
+        base_scoring = scorer.baseline(progress)
+        if not scorer.active:
+            scorer = None
+        else:
+            interval = (cfg.score_every if cfg.score_every > 0
+                        else sc.choose_interval(base_scoring.seconds, step_s, total))
+            history = [sc.Scoring(step=int(h["step"]), axes=_axes(h), seconds=float(h.get("seconds") or 0.0),
+                                  examples=h.get("examples") or {}) for h in before.get("scoring", [])]
     progress.report("prepare", 3, 3, status=f"{len(train)} conversations, {engine} engine")
 
-    batches_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    steps_per_epoch = max(1, batches_per_epoch // cfg.grad_accum)
-    total = cfg.iters or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     optimizer = optim.AdamW(learning_rate=make_schedule(cfg, total), weight_decay=cfg.weight_decay)
-
     state = ckpt.TrainState()
     if restored is not None:
         tm.set_lora_parameters(restored.lora_params)
@@ -184,11 +299,16 @@ def run_training(cfg: TrainConfig, run_dir: Path, *, engine: str, progress: Prog
         valid_batches = valid_batches[: cfg.val_batches]
 
     if restored is not None and project is None:
-        project_text = json.loads((run_dir / "run.json").read_text()).get("project")
+        project_text = before.get("project")
         project = Path(project_text) if project_text else None
-    atomic_write_text(run_dir / "run.json", json.dumps(
-        {"config": cfg.to_dict(), "engine": engine, "data": data_info, "total_steps": total, "status": "running",
-         "project": str(project) if project else None}, indent=2, default=str))
+    summary: dict[str, Any] = {
+        "config": cfg.to_dict(), "engine": engine, "data": data_info, "total_steps": total, "status": "running",
+        "project": str(project) if project else None, "replay": replay_info,
+        "base_scores": base_scoring.to_json() if base_scoring is not None else None,
+        "score_every": interval or None, "scoring_notes": scorer.notes if scorer is not None else
+        (items.notes if items is not None else ["Scoring during training is off (score_every 0)."]),
+        "scoring": [h.to_json() for h in history], "warnings": warnings}
+    atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2, default=str))
     metrics = _Metrics(run_dir / "metrics.jsonl", state.step if restored else None)
     epoch_batches = tdata.make_batches(train, cfg.batch_size, seed=cfg.seed, epoch=state.epoch, pad_id=pad_id)
 
@@ -209,11 +329,23 @@ def run_training(cfg: TrainConfig, run_dir: Path, *, engine: str, progress: Prog
             tokens += n
         return weighted / max(tokens, 1)
 
+    def write_summary(**fields: Any) -> None:
+        summary.update(fields)
+        summary["scoring"] = [h.to_json() for h in history]
+        summary["warnings"] = warnings + quality_warnings(base_scoring, history[-1] if history else None)
+        if overfit is not None:
+            summary["warnings"].append(overfit)
+        atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2, default=str))
+
     last_loss: float | None = None
     val_loss: float | None = None
     started = time.perf_counter()
     steps_this_session = 0
     status = "done"
+    stopped_early: str | None = None
+    val_history: list[tuple[int, float, float | None]] = []
+    losses_since_val: list[float] = []
+    overfit: dict[str, Any] | None = None
     try:
         while state.step < total:
             micro = []
@@ -240,6 +372,7 @@ def run_training(cfg: TrainConfig, run_dir: Path, *, engine: str, progress: Prog
             state.step += 1
             steps_this_session += 1
             last_loss = result.loss
+            losses_since_val.append(result.loss)
             seconds = time.perf_counter() - step_start
             n_tokens = sum(int(sum(b.lengths)) for b in micro)  # real tokens, not padding
             elapsed = time.perf_counter() - started
@@ -251,12 +384,32 @@ def run_training(cfg: TrainConfig, run_dir: Path, *, engine: str, progress: Prog
                 val_loss = validate()
                 if val_loss is not None:
                     record["val_loss"] = val_loss
+                    val_history.append((state.step, val_loss, sum(losses_since_val) / len(losses_since_val)))
+                    losses_since_val = []
+                    overfit = overfit or overfitting(val_history)
                     if state.best_val is None or val_loss < state.best_val:
                         state.best_val, state.best_step = val_loss, state.step
-                        save_adapter(run_dir / "best", tm.lora_parameters(), tm.adapter_config(),
-                                     {"step": state.step, "val_loss": val_loss})
+                        if scorer is None:  # without scores, the lowest validation loss picks the checkpoint
+                            save_adapter(run_dir / "best", tm.lora_parameters(), tm.adapter_config(),
+                                         {"step": state.step, "val_loss": val_loss,
+                                          "chosen_by": f"the lowest validation loss ({val_loss:.3f})"})
+            if scorer is not None and (state.step % interval == 0 or state.step == total):
+                scored = scorer.score(state.step, progress)
+                history.append(scored)
+                record.update({k: v for k, v in scored.axes.to_json().items() if k != "counts"})
+                combined = scored.axes.combined
+                if combined is not None and (state.best_score is None or combined > state.best_score):
+                    state.best_score, state.best_score_step = combined, state.step
+                    save_adapter(run_dir / "best", tm.lora_parameters(), tm.adapter_config(),
+                                 {"step": state.step, "axes": scored.axes.to_json(),
+                                  "chosen_by": f"the best combined score ({_axes_text(scored.axes)})"})
+                if cfg.early_stop:
+                    stopped_early = sc.plateaued_and_forgetting(history)
+                write_summary()
             metrics.write(record)
             progress.report("train", state.step, total, **{k: record[k] for k in _SHOWN if k in record})
+            if stopped_early:
+                break
             if cfg.save_every and state.step % cfg.save_every == 0 and state.step < total:
                 save()
             ckpt.test_hook("after-step", state.step)
@@ -265,17 +418,27 @@ def run_training(cfg: TrainConfig, run_dir: Path, *, engine: str, progress: Prog
         save()
         status = "cancelled"
     except Exception as exc:
-        summary = json.loads((run_dir / "run.json").read_text())
-        summary.update(status="failed", error=f"{type(exc).__name__}: {exc}", steps=state.step)
-        atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2, default=str))
+        write_summary(status="failed", error=f"{type(exc).__name__}: {exc}", steps=state.step)
         raise
     finally:
         metrics.close()
 
     if status == "done":
         save()
-        save_adapter(run_dir, tm.lora_parameters(), tm.adapter_config(), {"steps": state.step})
-    summary = json.loads((run_dir / "run.json").read_text())
-    summary.update(status=status, steps=state.step, train_loss=last_loss, val_loss=val_loss, best_val=state.best_val)
-    atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2, default=str))
+    # The last adapter is written for a stopped run too: it can be exported as it is (and says nothing was scored).
+    save_adapter(run_dir, tm.lora_parameters(), tm.adapter_config(), {"steps": state.step})
+    write_summary(status=status, steps=state.step, train_loss=last_loss, val_loss=val_loss, best_val=state.best_val,
+                  stopped_early=stopped_early, chosen=chosen_checkpoint(run_dir))
     return RunResult(run_dir, status, engine, state.step, last_loss, val_loss, state.best_val, data_info)
+
+
+def _axes(data: dict[str, Any]) -> Any:
+    from slowtune.quality import AxisScores
+
+    return AxisScores(data.get("knowledge"), data.get("retention"), data.get("leakage"), dict(data.get("counts") or {}))
+
+
+def _axes_text(axes: Any) -> str:
+    parts = [f"{name} {value:.2f}" for name, value in (("knowledge", axes.knowledge), ("retention", axes.retention),
+                                                       ("leakage", axes.leakage)) if value is not None]
+    return ", ".join(parts)

@@ -1,0 +1,181 @@
+"""Replay: the base model's own answers to general prompts, mixed into training so the tuned model stays itself.
+
+Where the documents say nothing, the tuned model should answer as the base did. So before the first step the base
+model (the model in training with its LoRA switched off) answers shipped general prompts (``resources/quality/
+replay.jsonl``, never the retention questions), greedily, on this Mac: no teacher call, nothing leaves the machine.
+The answers are cached beside the data (a project's ``replay/`` folder, else slowtune's cache folder), keyed by the
+model, so the next run on the same model generates nothing.
+
+The mix: ``replay`` is the share of the training rows that are replay rows (0.25: a quarter). Generating must not
+take longer than a tenth of the training itself: the first answers are timed, and when the rest would overrun,
+fewer prompts are used, or replay is skipped, with a warning saying so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slowtune.fsutil import atomic_write_text
+from slowtune.progress import Progress, ensure
+from slowtune.quality import QualityItem, replay_prompts
+
+__all__ = ["DEFAULT_REPLAY", "ReplayResult", "build_replay", "cache_file", "replay_rows_wanted"]
+
+DEFAULT_REPLAY = 0.25
+MAX_NEW_TOKENS = 160
+TIME_SHARE = 0.10  # of the estimated training time, at most
+MIN_ROWS = 8  # fewer replay rows than this are not worth mixing in
+FIRST_BATCH = 8
+_SENTENCE_END = re.compile(r"[.!?](?:[\"'”’)\]]*)(?=\s|$)")
+
+
+def replay_rows_wanted(train_rows: int, share: float) -> int:
+    """Replay rows that make up ``share`` of the mixed training set of ``train_rows`` data rows."""
+    if share <= 0 or train_rows <= 0:
+        return 0
+    return round(train_rows * share / (1.0 - share))
+
+
+def _model_key(model_dir: Path, max_new: int) -> str:
+    digest = hashlib.sha256()
+    for name in ("config.json", "tokenizer_config.json"):
+        path = model_dir / name
+        if path.exists():
+            digest.update(path.read_bytes())
+    for path in sorted(model_dir.glob("*.safetensors")):
+        digest.update(f"{path.name}:{path.stat().st_size}".encode())
+    digest.update(f"max_new={max_new}".encode())
+    return digest.hexdigest()[:16]
+
+
+def cache_file(data: Path, model_dir: Path, *, max_new: int = MAX_NEW_TOKENS) -> Path:
+    """Where the base model's replay answers are kept: in the project, else in slowtune's cache folder."""
+    from slowtune.store import DB_NAME
+
+    key = _model_key(model_dir, max_new)
+    if data.is_dir() and (data / DB_NAME).is_file():
+        return data / "replay" / f"{key}.jsonl"
+    from slowtune.paths import cache_dir
+
+    return cache_dir() / "replay" / f"{key}.jsonl"
+
+
+def _read_cache(path: Path) -> dict[str, str | None]:
+    """Answers by prompt id; None for a prompt whose answer was not kept (it ran out of tokens mid-sentence)."""
+    out: dict[str, str | None] = {}
+    if not path.exists():
+        return out
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            data = json.loads(line)
+            out[str(data["id"])] = None if data["answer"] is None else str(data["answer"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn or foreign line: that answer is generated again
+    return out
+
+
+def _write_cache(path: Path, prompts: dict[str, str], answers: dict[str, str | None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "".join(json.dumps({"id": k, "prompt": prompts.get(k, ""), "answer": v}) + "\n"
+                                    for k, v in sorted(answers.items())))
+
+
+def finished_answer(text: str, stopped: bool) -> str | None:
+    """The answer as kept: whole when the model ended it, else cut after its last full sentence (None when none)."""
+    text = text.strip()
+    if not text:
+        return None
+    if stopped:
+        return text
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    return text[: ends[-1]].strip() if ends else None
+
+
+@dataclass
+class ReplayResult:
+    conversations: list[list[dict[str, str]]] = field(default_factory=list)
+    wanted: int = 0
+    cached: int = 0
+    generated: int = 0
+    seconds: float = 0.0
+    budget_s: float | None = None
+    file: str | None = None
+    warning: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rows": len(self.conversations), "wanted": self.wanted, "cached": self.cached,
+                "generated": self.generated, "seconds": round(self.seconds, 2),
+                "budget_s": None if self.budget_s is None else round(self.budget_s, 1), "file": self.file,
+                "warning": self.warning}
+
+
+def build_replay(engine: Any, renderer: Any, wanted: int, cache: Path, *, budget_s: float | None,
+                 prompts: list[QualityItem] | None = None, max_new: int = MAX_NEW_TOKENS,
+                 progress: Progress | None = None, warn: Callable[[str], None] | None = None) -> ReplayResult:
+    """``wanted`` replay conversations (fewer when there are not so many prompts or not so much time).
+
+    ``budget_s``: the most seconds generating may take (None: no limit). Cached answers cost nothing.
+    """
+    from slowtune.train.decode import greedy
+
+    progress = ensure(progress)
+    result = ReplayResult(wanted=wanted, budget_s=budget_s, file=str(cache))
+    if wanted <= 0:
+        return result
+    items = (replay_prompts() if prompts is None else prompts)[:wanted]
+    texts = {i.id: i.question for i in items}
+    answers = _read_cache(cache)
+    result.cached = sum(1 for i in items if i.id in answers)
+    missing = [i for i in items if i.id not in answers]
+    stop = set(renderer.end_of_turn_ids)
+
+    def encode(item: QualityItem) -> list[int]:
+        text = renderer.render_prompt([{"role": "user", "content": item.question}])
+        ids = [int(t) for t in renderer.tokenizer(text, add_special_tokens=False)["input_ids"]]
+        if renderer.adds_bos and (not ids or ids[0] != renderer.bos_id):
+            ids.insert(0, int(renderer.bos_id))
+        return ids
+
+    def generate(batch: list[QualityItem]) -> None:
+        outs = greedy(engine, [encode(i) for i in batch], max_new + 1, stop, lora=False, progress=progress)
+        for item, out in zip(batch, outs, strict=True):
+            text = renderer.tokenizer.decode(out[:max_new], skip_special_tokens=True)
+            answers[item.id] = finished_answer(text, len(out) <= max_new)
+        result.generated += len(batch)
+
+    started = time.perf_counter()
+    done = 0
+    while done < len(missing):
+        progress.report("replay", result.cached + done, len(items), status="the base model answers general prompts")
+        size = FIRST_BATCH if done == 0 else 32
+        if done > 0 and budget_s is not None:
+            per = (time.perf_counter() - started) / done
+            affordable = int((budget_s - (time.perf_counter() - started)) / per) if per > 0 else len(missing)
+            if affordable <= 0:
+                break
+            size = min(size, affordable)
+        generate(missing[done:done + size])
+        done += size
+        _write_cache(cache, texts, {k: v for k, v in answers.items() if k in texts})
+    result.seconds = time.perf_counter() - started
+    usable = [i for i in items if answers.get(i.id) is not None]
+    if len(usable) < MIN_ROWS:
+        result.warning = (f"Replay was skipped: the base model could answer only {len(usable)} general prompts in the "
+                          f"time allowed (a tenth of the training, {budget_s or 0:.0f} s). The tuned model may drift "
+                          "from the base where the documents say nothing.")
+        usable = []
+    elif len(usable) < wanted:
+        result.warning = (f"Replay uses {len(usable)} of the {wanted} general prompts wanted: generating more would take "
+                          "longer than a tenth of the training.")
+    if result.warning and warn is not None:
+        warn(result.warning)
+    result.conversations = [[{"role": "user", "content": i.question},
+                             {"role": "assistant", "content": str(answers[i.id])}] for i in usable]
+    return result

@@ -1,0 +1,222 @@
+"""Learning quality in the run: replay, scoring every K steps, the best checkpoint exported, early stop, and the
+warnings a damaging run gets (slowtune.train.scorer, slowtune.train.replay, slowtune.train.trainer).
+
+A tiny random model has nothing to retain and knows nothing, so where the figures matter the scores are injected
+(the scorer's two calls are replaced); the rest runs for real on a tiny model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from slowtune.dataset import DatasetRow, Provenance, add_rows
+from slowtune.progress import Progress
+from slowtune.quality import (
+    LEAKAGE_QTYPE,
+    AxisScores,
+    QualityItem,
+    check_disjoint,
+    corpus_terms,
+    general_items,
+    leaked_terms,
+    replay_prompts,
+    unknown_items,
+)
+from slowtune.store import Project
+from slowtune.testing.tiny_project import FACTS, tiny_model
+from slowtune.train import replay as rp
+from slowtune.train import scorer as sc
+from slowtune.train.config import LoraConfig, TrainConfig
+from slowtune.train.trainer import overfitting, run_training
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_model(tmp_path_factory.mktemp("quality") / "model")
+
+
+def _project(root: Path) -> Path:
+    """A project with training rows, a held-out probe and a held-out near-miss question, and one document chunk."""
+    with Project.create(root) as project:
+        project.conn.execute("INSERT INTO documents(id, path, title, sha256, kind, status, added_at, updated_at) "
+                             "VALUES (1, '/docs/a.md', 'A', 'x', 'md', 'ok', 0, 0)")
+        project.conn.execute("INSERT INTO chunks(id, document_id, ord, text, tokens) VALUES ('c1', 1, 0, ?, 20)",
+                             (" ".join(a for _, a in FACTS) + " The Greywater lighthouse was built in 1887.",))
+        project.conn.commit()
+        rows = [DatasetRow([{"role": "user", "content": q}, {"role": "assistant", "content": a}], source="import",
+                           provenance=Provenance(chunk_id="c1", document_id=1, qtype="fact")) for q, a in FACTS]
+        rows.append(DatasetRow([{"role": "user", "content": "When was the Greywater lighthouse built?"},
+                                {"role": "assistant", "content": "It was built in 1887."}], split="probe",
+                               provenance=Provenance(chunk_id="c1", document_id=1, qtype="fact")))
+        rows.append(DatasetRow([{"role": "user", "content": "When was the Greywater mill built?"},
+                                {"role": "assistant", "content": "The documents do not cover that."}], split="probe",
+                               provenance=Provenance(chunk_id="c1", document_id=1, qtype=LEAKAGE_QTYPE)))
+        add_rows(project, rows)
+    return root
+
+
+def _config(model: Path, data: Path, **changes: object) -> TrainConfig:
+    base = dict(model=str(model), data=str(data), lora=LoraConfig(rank=4, alpha=8.0), max_seq_len=96, batch_size=2,
+                iters=8, learning_rate=1e-3, warmup=0, val_every=0, save_every=0, seed=0, replay=0.0, score_every=2)
+    base.update(changes)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+def _inject(monkeypatch: pytest.MonkeyPatch, by_step: dict[int, tuple[float, float, float]]) -> None:
+    """The scorer answers nothing; each scoring returns the figures given for its step."""
+    def baseline(self: sc.RunScorer, progress: object = None) -> sc.Scoring:
+        self.retention = [QualityItem(axis="retention", id="g1", question="2+2?", facts=(("4",),))]
+        self.base = sc.Scoring(0, AxisScores(0.0, 1.0, 0.0, {}), 0.01)
+        return self.base
+
+    def score(self: sc.RunScorer, step: int, progress: object = None) -> sc.Scoring:
+        k, r, leak = by_step[step]
+        examples = {"retention": [{"question": "What colour is the sky on a clear day?",
+                                   "answer": "The sky on a clear day is painted green.", "reference": "Blue."}]}
+        return sc.Scoring(step, AxisScores(k, r, leak, {}), 0.01, examples)
+
+    monkeypatch.setattr(sc.RunScorer, "baseline", baseline)
+    monkeypatch.setattr(sc.RunScorer, "score", score)
+
+
+def test_the_best_checkpoint_not_the_last_is_exported_and_damage_is_flagged(
+        small_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from slowtune.export.pipeline import find_adapter
+
+    _inject(monkeypatch, {2: (0.5, 1.0, 0.0), 4: (0.9, 0.98, 0.0), 6: (0.95, 0.6, 0.3), 8: (0.97, 0.5, 0.4)})
+    run = tmp_path / "run"
+    result = run_training(_config(small_model, _project(tmp_path / "project"), early_stop=False), run,
+                          engine="memory")
+    assert result.status == "done" and result.steps == 8
+    info = json.loads((run / "run.json").read_text())
+    assert [s["step"] for s in info["scoring"]] == [2, 4, 6, 8]
+    assert info["chosen"]["folder"] == "best" and info["chosen"]["step"] == 4
+    assert "step 4" in info["chosen"]["text"] and "knowledge 0.90" in info["chosen"]["text"]
+    best = json.loads((run / "best" / "adapter_config.json").read_text())
+    assert best["step"] == 4
+    assert find_adapter(run) == run / "best"  # what `slowtune export RUN` and the Export page use
+    assert (run / "best" / "adapters.safetensors").read_bytes() != (run / "adapters.safetensors").read_bytes()
+    kinds = {w["kind"]: w["message"] for w in info["warnings"]}
+    assert set(kinds) == {"retention", "leakage"}
+    assert "painted green" in kinds["retention"] and "50%" in kinds["retention"]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("retention") for r in records if "knowledge" in r] == [1.0, 0.98, 0.6, 0.5]  # the live chart's
+
+
+def test_a_run_that_keeps_what_it_knew_is_not_flagged(small_model: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    _inject(monkeypatch, {2: (0.5, 1.0, 0.0), 4: (0.9, 0.98, 0.0), 6: (0.92, 0.97, 0.0), 8: (0.93, 0.99, 0.02)})
+    run = tmp_path / "run"
+    run_training(_config(small_model, _project(tmp_path / "project")), run, engine="memory")
+    info = json.loads((run / "run.json").read_text())
+    assert info["warnings"] == [] and info["chosen"]["step"] == 8 and info["stopped_early"] is None
+
+
+def test_the_run_stops_early_when_knowledge_plateaus_while_retention_falls(
+        small_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _inject(monkeypatch, {2: (0.8, 1.0, 0.0), 4: (0.81, 0.9, 0.0), 6: (0.80, 0.8, 0.0), 8: (0.8, 0.7, 0.0)})
+    run = tmp_path / "run"
+    result = run_training(_config(small_model, _project(tmp_path / "project"), iters=12), run, engine="memory")
+    info = json.loads((run / "run.json").read_text())
+    assert result.status == "done" and result.steps == 6
+    assert "knowledge stopped improving" in info["stopped_early"]
+    assert info["chosen"]["step"] == 2  # the best combined score came before the damage
+
+
+def test_a_run_stopped_before_its_first_scoring_exports_its_last_checkpoint(
+        small_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from slowtune.export.pipeline import find_adapter
+
+    _inject(monkeypatch, {})
+    progress = Progress(min_interval=0)
+    progress.add_listener(lambda e: progress.cancel() if e.stage == "train" and e.done == 1 else None)
+    run = tmp_path / "run"
+    result = run_training(_config(small_model, _project(tmp_path / "project")), run, engine="memory",
+                          progress=progress)
+    assert result.status == "cancelled" and result.steps == 1
+    info = json.loads((run / "run.json").read_text())
+    assert info["chosen"]["folder"] == "." and "nothing was scored" in info["chosen"]["text"]
+    assert find_adapter(run) == run
+
+
+def test_a_real_run_scores_itself_and_mixes_in_replay(small_model: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """No injection: the base answers (LoRA off) before the first step, then the model in training, on the
+    project's probe, its near-miss question and the shipped sets (smaller slices, for time); replay rows come from
+    the base model and are cached in the project."""
+    monkeypatch.setattr(sc, "RETENTION_POOL", 6)
+    monkeypatch.setattr(sc, "LEAKAGE_SLICE", 4)
+    monkeypatch.setattr(sc, "MAX_NEW_TOKENS", 8)
+    monkeypatch.setattr(rp, "MAX_NEW_TOKENS", 12)
+    monkeypatch.setattr(rp, "TIME_SHARE", 100.0)  # a tiny run is too short for a tenth of it to answer anything
+    monkeypatch.setattr(rp, "MIN_ROWS", 1)
+    project = _project(tmp_path / "project")
+    run = tmp_path / "run"
+    result = run_training(_config(small_model, project, replay=0.25, score_every=-1, iters=4), run, engine="memory")
+    info = json.loads((run / "run.json").read_text())
+    assert info["base_scores"]["counts"]["knowledge"] == 1 and info["base_scores"]["counts"]["leakage"] == 4
+    assert info["scoring"] and info["scoring"][-1]["step"] == result.steps  # the last step is always scored
+    assert 1 <= info["score_every"] <= 4
+    wanted = round(len(FACTS) / 3)  # a quarter of the mixed rows
+    assert info["replay"]["wanted"] == wanted and info["replay"]["generated"] == wanted, info["replay"]
+    cache = Path(info["replay"]["file"])
+    assert cache.parent == project / "replay" and len(cache.read_text().splitlines()) == wanted
+    assert info["data"]["train_examples"] == len(FACTS)
+    # A second run on the same model reads the cache: nothing is generated again.
+    again = tmp_path / "again"
+    run_training(_config(small_model, project, replay=0.25, score_every=0, iters=1), again, engine="memory")
+    replay = json.loads((again / "run.json").read_text())["replay"]
+    assert replay["generated"] == 0 and replay["cached"] == wanted and replay["rows"] == info["replay"]["rows"]
+
+
+def test_replay_is_skipped_with_a_warning_when_it_would_take_too_long(small_model: Path, tmp_path: Path) -> None:
+    from mlx_lm.utils import load_tokenizer
+
+    from slowtune.train.data import ChatRenderer
+    from slowtune.train.engines import MemoryEngine
+    from slowtune.train.model import TrainModel
+
+    engine = MemoryEngine(TrainModel(small_model, LoraConfig(rank=4, alpha=8.0)))
+    renderer = ChatRenderer(load_tokenizer(small_model))
+    prompts = replay_prompts()[:40]
+    warned: list[str] = []
+    result = rp.build_replay(engine, renderer, 40, tmp_path / "cache.jsonl", budget_s=1e-6, prompts=prompts,
+                             max_new=4, warn=warned.append)
+    assert result.conversations == [] and result.generated == rp.FIRST_BATCH  # the first answers were timed
+    assert warned and "Replay was skipped" in warned[0] and "a tenth of the training" in warned[0]
+
+
+def test_replay_answers_end_on_a_sentence() -> None:
+    assert rp.finished_answer("Paris is the capital. It is", stopped=False) == "Paris is the capital."
+    assert rp.finished_answer("no sentence end here", stopped=False) is None
+    assert rp.finished_answer("Done", stopped=True) == "Done"
+    assert rp.replay_rows_wanted(300, 0.25) == 100 and rp.replay_rows_wanted(10, 0.0) == 0
+
+
+def test_replay_prompts_and_held_out_questions_are_disjoint() -> None:
+    replay, general, unknown = replay_prompts(), general_items(include_user=False), unknown_items()
+    assert len(replay) >= 200 and len(general) >= 200 and len(unknown) >= 40
+    assert check_disjoint(replay, general) == []
+    assert check_disjoint(replay, unknown) == []
+    # The check sees an overlap when there is one (a retention question reworded only in case and punctuation).
+    leaked = QualityItem(axis="replay", id="x", question=general[5].question.upper() + "!!")
+    assert check_disjoint([*replay, leaked], general) == ["x"]
+
+
+def test_leakage_is_the_documents_names_and_numbers_unless_the_question_had_them() -> None:
+    terms = corpus_terms(["The Tarnwick Bridge was built in 1962 by the engineer Tilda Marsk."])
+    leaked = leaked_terms("The Tarnwick Dam was built in 1962 by Tilda Marsk.", "Who built the Tarnwick Dam?", terms)
+    assert {"Tilda Marsk", "1962"} <= set(leaked) and "Tarnwick" not in leaked  # the question named Tarnwick
+    assert leaked_terms("The documents do not cover the Tarnwick Dam.", "Who built the Tarnwick Dam?", terms) == []
+    assert leaked_terms("It was built by a local firm.", "Who built the Tarnwick Dam?", terms) == []
+
+
+def test_overfitting_is_validation_loss_rising_while_training_loss_falls() -> None:
+    assert overfitting([(10, 2.8, 3.0), (20, 2.5, 2.0), (30, 4.0, 1.0), (40, 8.9, 0.1)])["best_step"] == 20
+    assert overfitting([(10, 2.8, 3.0), (20, 2.5, 2.0), (30, 2.4, 1.0)]) is None  # still improving
+    assert overfitting([(10, 2.8, 3.0), (20, 2.5, 2.0), (30, 4.0, 2.5), (40, 4.1, 2.6)]) is None  # not memorising
+    flagged = overfitting([(10, 2.8, 3.0), (20, 2.5, 2.0), (30, 4.0, 1.0), (40, 8.9, 0.1)])
+    assert "memorising" in flagged["message"] and "best checkpoint is kept" in flagged["message"]
