@@ -41,6 +41,7 @@ def test_the_fake_mirrors_the_prompts_question_types_and_limits() -> None:
     from slowtune.testing import fake_openai
 
     assert fake_openai.QTYPES == prompts.QTYPES
+    assert fake_openai.FACT_KINDS == prompts.FACT_KINDS
     assert (fake_openai._MAX_QUESTION, fake_openai._MAX_ANSWER, fake_openai._MAX_QUOTE) == (
         prompts.MAX_QUESTION_CHARS, prompts.MAX_ANSWER_CHARS, prompts.MAX_QUOTE_CHARS)
 
@@ -260,6 +261,54 @@ def test_generate_answers_the_requested_items_from_the_document(client: openai.O
     assert refusal["answer"] == "The documents do not cover that, so I can't say."
 
 
+def _facts(document: str = DOC, questions: int = 6, near_misses: int = 3, max_facts: int = 10) -> prompts.Request:
+    return prompts.facts_request(document, max_facts=max_facts, questions_per_fact=questions, near_misses=near_misses,
+                                 title="Tamsin")
+
+
+@pytest.mark.parametrize("mode", ["json_schema", "text"])
+def test_facts_answers_one_fact_per_sentence_asked_every_way(client: openai.OpenAI, mode: str) -> None:
+    content = _ask(client, _facts(), mode).choices[0].message.content
+    data = json.loads(content if mode == "json_schema" else _unfence(content))
+    jsonschema.validate(data, prompts.facts_schema())
+    facts = data["facts"]
+    assert [f["quote"] for f in facts] == [
+        "The river Tamsin floods every spring in the valley.", "Farmers plant rice after the floods recede in May.",
+        "The old stone bridge was built in 1820 by the masons' guild!", "Was it damaged by the great flood of 1901?",
+        "It was restored in 1990 with money from the town council."]  # "Tiny." is too short to be a fact
+    assert [f["id"] for f in facts] == [0, 1, 2, 3, 4]
+    for fact in facts:
+        assert fact["fact"] == fact["quote"] and fact["subject"] == " ".join(fact["quote"].split()[:5]).rstrip("!?.")
+        kinds = [q["kind"] for q in fact["questions"]]
+        assert kinds == ["direct", "direct", "reversed", "reversed", "context", "combination"]  # as the prompt asks
+        assert len({q["question"] for q in fact["questions"]}) == 6  # each worded its own way
+        for q in fact["questions"]:
+            assert fact["fact"] in q["answer"]
+            if q["kind"] == "combination":
+                other = facts[q["with_fact"]]
+                assert other is not fact and q["answer"] == f"{fact['fact']} {other['fact']}"
+            else:
+                assert q["with_fact"] == -1
+        reversed_ = next(q for q in fact["questions"] if q["kind"] == "reversed")
+        assert " ".join(fact["quote"].split()[-5:]).rstrip("!?.") in reversed_["question"]
+    near = data["near_misses"]
+    assert len(near) == 3 and len({n["entity"] for n in near}) == 3
+    for n in near:
+        [term] = n["search_terms"]
+        assert term.casefold() not in DOC.casefold() and term in n["entity"] and n["entity"] in n["question"]
+        assert n["answer"].startswith("The documents do not cover")
+    # The limit on facts, a chunk of one fact (combination questions become direct ones) and the near-miss terms.
+    assert len(json.loads(_ask(client, _facts(max_facts=2)).choices[0].message.content)["facts"]) == 2
+    single = json.loads(_ask(client, _facts("The ferry leaves at seven every morning.", questions=4)
+                             ).choices[0].message.content)["facts"]
+    assert [q["kind"] for q in single[0]["questions"]] == ["direct", "reversed", "context", "direct"]
+    assert len({q["question"] for q in single[0]["questions"]}) == 4
+    with FakeTeacher(near_miss_terms=("treacle",), short_by=2) as t, _client(t) as c:
+        other = json.loads(_ask(c, _facts()).choices[0].message.content)
+    assert {n["search_terms"][0] for n in other["near_misses"]} == {"treacle"}
+    assert all(len(f["questions"]) == 4 for f in other["facts"])  # a teacher short of the quota
+
+
 def test_text_mode_wraps_the_json_in_a_fence_after_a_sentence(client: openai.OpenAI) -> None:
     content = _ask(client, _generate(), "text").choices[0].message.content
     assert not content.startswith("{")
@@ -292,10 +341,10 @@ def test_judge_reject_and_ungrounded_quotes() -> None:
 
 
 def test_answers_are_deterministic(client: openai.OpenAI) -> None:
-    first = [_ask(client, r).choices[0].message.content for r in (_generate(), _judge(), _rephrase())]
-    again = [_ask(client, r).choices[0].message.content for r in (_generate(), _judge(), _rephrase())]
+    first = [_ask(client, r).choices[0].message.content for r in (_generate(), _facts(), _judge(), _rephrase())]
+    again = [_ask(client, r).choices[0].message.content for r in (_generate(), _facts(), _judge(), _rephrase())]
     with FakeTeacher() as other, _client(other) as c:
-        elsewhere = [_ask(c, r).choices[0].message.content for r in (_generate(), _judge(), _rephrase())]
+        elsewhere = [_ask(c, r).choices[0].message.content for r in (_generate(), _facts(), _judge(), _rephrase())]
     assert first == again == elsewhere
 
 

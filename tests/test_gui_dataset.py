@@ -163,7 +163,7 @@ def test_generate_review_and_report(qtbot, with_teacher: FakeTeacher, window: Ma
                                    asked: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     generate(qtbot, window, page)
     assert len(asked) == 1 and "127.0.0.1" in asked[0] and "chunks" in asked[0] and "Estimate" in asked[0]
-    assert with_teacher.stats()["by_task"].get("generate")
+    assert with_teacher.stats()["by_task"].get("facts")  # the default recipe
     assert page.banner.level != "error", page.banner.text.text()
     model = page.model
     assert model.rowCount() > 1
@@ -224,13 +224,27 @@ SYSTEM_PROMPT = "You answer questions about the Greywater coast."
 STYLE = "Answer in one short sentence, like a tour guide."
 
 
-def set_options(page: DatasetPage, *, budget: str | None = None, pairs: int | None = None,
+def set_options(page: DatasetPage, *, recipe: str | None = None, questions_per_fact: int | None = None,
+                statements: bool | None = None, near_miss: int | None = None, near_miss_probes: int | None = None,
+                budget: str | None = None, pairs: int | None = None,
                 mix: dict[str, int] | None = None, system_prompt: str | None = None, style: str | None = None,
                 judge: bool | None = None, judge_model: str | None = None,
                 concurrency: int | None = None) -> OptionsDialog:
-    """Open Options…, set what is given, and click OK, as a user would."""
+    """Open Options…, set what is given, and click OK, as a user would (the plain recipe's knobs are set after
+    choosing it, as they are shown only then)."""
     dialog = page.open_options()
     assert dialog is not None and dialog.isVisible()
+    if recipe is not None:
+        dialog.recipe.setCurrentIndex(dialog.recipe.findData(recipe))
+    for spin, value in ((dialog.questions_per_fact, questions_per_fact), (dialog.near_miss, near_miss),
+                        (dialog.near_miss_probes, near_miss_probes)):
+        if value is not None:
+            assert spin.isVisibleTo(dialog)
+            spin.setValue(value)
+    if statements is not None:
+        dialog.statements.setChecked(statements)
+    if pairs is not None or mix is not None:
+        assert dialog.pairs.isVisibleTo(dialog)
     if budget is not None:
         dialog.budget.setText(budget)
     if pairs is not None:
@@ -269,8 +283,8 @@ def generate_requests(project: Project) -> list[str]:
 def test_options_shape_what_the_teacher_is_asked_and_persist(
         qtbot, with_teacher: FakeTeacher, window: MainWindow, page: DatasetPage, asked: list,
         project_root: Path) -> None:
-    dialog = set_options(page, pairs=2, mix={"fact": 100}, system_prompt=SYSTEM_PROMPT, style=STYLE, judge=False,
-                         concurrency=1)
+    dialog = set_options(page, recipe="plain", pairs=2, mix={"fact": 100}, system_prompt=SYSTEM_PROMPT, style=STYLE,
+                         judge=False, concurrency=1)
     assert dialog.result() == OptionsDialog.DialogCode.Accepted
     assert "2 questions per chunk" in page.options_label.text() and "no judge" in page.options_label.text()
     generate(qtbot, window, page)
@@ -278,7 +292,7 @@ def test_options_shape_what_the_teacher_is_asked_and_persist(
     assert page.banner.level == "info", page.banner.text.text()
 
     stats = with_teacher.stats()
-    assert stats["by_task"].get("generate") and "judge" not in stats["by_task"]
+    assert stats["by_task"].get("generate") and "judge" not in stats["by_task"] and "facts" not in stats["by_task"]
     assert stats["max_inflight"] == 1
     project = window.project
     assert project is not None
@@ -300,12 +314,70 @@ def test_options_shape_what_the_teacher_is_asked_and_persist(
     assert other.dataset.options == chosen
     again = other.dataset.open_options()
     assert again is not None
+    assert again.recipe.currentData() == "plain" and again.pairs.isVisibleTo(again)
     assert again.pairs.value() == 2 and again.mix["fact"].value() == 100 and again.mix["refusal"].value() == 0
     assert again.system_prompt.toPlainText() == SYSTEM_PROMPT and again.style.toPlainText() == STYLE
     assert not again.judge.isChecked() and again.concurrency.value() == 1 and again.budget.text() == ""
     again.reject()
     assert other.new_project("elsewhere")
     assert other.dataset.options == GenerateOptions()
+
+
+def facts_requests(project: Project) -> list[str]:
+    """The task message of every facts request the teacher answered."""
+    return [json.loads(r["request_json"])["messages"][-1]["content"]
+            for r in project.conn.execute("SELECT request_json FROM generation_cache")
+            if json.loads(r["request_json"])["messages"][-1]["content"].startswith("Task: facts")]
+
+
+def test_the_options_show_the_recipe_and_its_knobs_and_save_them(
+        qtbot, with_teacher: FakeTeacher, window: MainWindow, page: DatasetPage, asked: list,
+        project_root: Path) -> None:
+    dialog = page.open_options()
+    assert dialog is not None
+    # Facts is the default and recommended recipe; its knobs are shown, the plain recipe's are not.
+    assert dialog.recipe.currentData() == "facts" and "recommended" in dialog.recipe.currentText()
+    assert [dialog.recipe.itemText(i) for i in range(dialog.recipe.count())] == [
+        "Facts: teaches facts and keeps the model itself (recommended)", "Plain Q&A"]
+    facts_knobs = (dialog.questions_per_fact, dialog.statements, dialog.near_miss, dialog.near_miss_probes)
+    assert all(w.isVisibleTo(dialog) for w in facts_knobs) and not dialog.pairs.isVisibleTo(dialog)
+    assert not dialog.form.labelForField(dialog.pairs).isVisibleTo(dialog)
+    assert (dialog.questions_per_fact.value(), dialog.statements.isChecked(), dialog.near_miss.value(),
+            dialog.near_miss_probes.value()) == (6, True, 2, 1)
+    dialog.recipe.setCurrentIndex(dialog.recipe.findData("plain"))
+    assert dialog.pairs.isVisibleTo(dialog) and not any(w.isVisibleTo(dialog) for w in facts_knobs)
+    dialog.reject()
+
+    set_options(page, recipe="facts", questions_per_fact=4, statements=False, near_miss=1, near_miss_probes=2,
+                judge=False)
+    assert page.options.recipe == "facts"
+    assert (page.options.questions_per_fact, page.options.statements, page.options.near_miss_per_chunk,
+            page.options.near_miss_probes_per_chunk) == (4, False, 1, 2)
+    assert "4 questions per fact ·" in page.options_label.text()  # no statements
+    generate(qtbot, window, page)
+    assert page.banner.level == "info", page.banner.text.text()
+    project = window.project
+    assert project is not None
+    requests = facts_requests(project)
+    assert len(requests) == len(chunk_ids(project))
+    assert all("For each fact write exactly 4 questions:" in t for t in requests)
+    near = [re.search(r"^Near-miss questions: exactly (\d+)\.$", t, re.MULTILINE) for t in requests]
+    # 1 to train on and 2 held out for a training chunk; 1 for a validation chunk.
+    assert "3" in {m.group(1) for m in near if m} and {m.group(1) if m else None for m in near} <= {"3", "1"}
+    written = review.list_rows(project, review.RowFilter(limit=1000))
+    assert "statement" not in {r.provenance.qtype for r in written}
+    assert {"fact", "reversed", "context", "combination", "refusal"} <= {r.provenance.qtype for r in written}
+    # The new kinds have labels in the type filter.
+    labels = {page.type_filter.itemText(i) for i in range(page.type_filter.count())}
+    assert {"Reversed", "In context", "Combined facts", "Near misses (held out)"} <= labels
+
+    # Saved with the project: a new window shows them.
+    other = open_window(qtbot, project_root)
+    again = other.dataset.open_options()
+    assert again is not None and again.recipe.currentData() == "facts"
+    assert (again.questions_per_fact.value(), again.statements.isChecked(), again.near_miss.value(),
+            again.near_miss_probes.value()) == (4, False, 1, 2)
+    again.reject()
 
 
 def test_the_estimate_uses_the_options(qtbot, with_teacher: FakeTeacher, window: MainWindow, page: DatasetPage,
@@ -332,7 +404,7 @@ def test_a_budget_stops_the_run_and_shows_in_the_progress(qtbot, with_teacher: F
     cost.write_user_price("teacher-small", 100.0, 400.0)  # absurd prices make a small budget bite fast
     window = open_window(qtbot, make_project(tmp_path, LONG_DOCS))
     page = window.dataset
-    set_options(page, budget="0.8", pairs=2, concurrency=1)
+    set_options(page, budget="0.8", recipe="plain", pairs=2, concurrency=1)
     shown: list[str] = []
     set_text = page.progress_label.setText
     page.progress_label.setText = lambda text: (shown.append(text), set_text(text))  # type: ignore[method-assign]
@@ -370,6 +442,7 @@ def test_bad_values_name_the_field_and_send_nothing(qtbot, with_teacher: FakeTea
     dialog.ok_button.click()
     assert dialog.isVisible() and "Budget:" in dialog.banner.text.text()
     dialog.budget.setText("")
+    dialog.recipe.setCurrentIndex(dialog.recipe.findData("plain"))
     for spin in dialog.mix.values():
         spin.setValue(0)
     dialog.ok_button.click()
@@ -384,6 +457,10 @@ def test_bad_values_name_the_field_and_send_nothing(qtbot, with_teacher: FakeTea
     page.generate_button.click()
     assert page.banner.level == "error" and page.banner.text.text().startswith("Question mix:")
     assert "Options…" in page.banner.text.text()
+    save_options(project, GenerateOptions(questions_per_fact=0))
+    page.set_project(project)
+    page.generate_button.click()
+    assert page.banner.level == "error" and page.banner.text.text().startswith("Questions per fact: 0 is not between")
     assert page.prepare_job is None and not window.runner.active_jobs() and asked == []
     assert with_teacher.stats()["requests"] == 0
 
@@ -403,7 +480,7 @@ def regenerate_action(page: DatasetPage) -> QAction:
 def test_regenerate_replaces_a_chunks_rows_and_keeps_an_edited_one(
         qtbot, with_teacher: FakeTeacher, window: MainWindow, page: DatasetPage, asked: list,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    set_options(page, pairs=2, mix={"fact": 100})
+    set_options(page, recipe="plain", pairs=2, mix={"fact": 100})
     generate(qtbot, window, page)
     project = window.project
     assert project is not None

@@ -49,6 +49,40 @@ def test_parse_drops_invalid_items_and_the_cut_off_last_item() -> None:
     assert "cut off" in parse_reply(only_one, SCHEMA, finish_reason="length").problem
 
 
+FACT = {"id": 0, "subject": "the door", "fact": "The door is blue.", "quote": "The door is blue.",
+        "questions": [{"kind": "direct", "question": "What colour is the door?", "answer": "Blue.", "with_fact": -1}]}
+NEAR = {"entity": "the Quorvel gate", "question": "What colour is the Quorvel gate?",
+        "answer": "The documents do not cover the Quorvel gate.", "search_terms": ["Quorvel"]}
+
+
+def test_parse_reads_the_facts_reply_of_two_lists() -> None:
+    schema = prompts.facts_schema()
+    reply = {"facts": [FACT, dict(FACT, id=1, questions=[dict(FACT["questions"][0], kind="sideways")])],
+             "near_misses": [NEAR, dict(NEAR, search_terms="Quorvel")]}
+    parsed = parse_reply(json.dumps(reply), schema)
+    assert parsed.data == {"facts": [FACT], "near_misses": [NEAR]}
+    assert [d.split(":")[0] for d in parsed.dropped] == ["facts item 1", "near_misses item 1"]
+    # The near misses are not optional in a complete reply, but a reply cut off before them keeps its facts (all but
+    # the one being written).
+    assert "no 'near_misses' list" in parse_reply(json.dumps({"facts": [FACT]}), schema).problem
+    full = json.dumps({"facts": [FACT, dict(FACT, id=1)], "near_misses": [NEAR]})
+    cut = full[: full.index('"near_misses"') - 40]
+    parsed = parse_reply(cut, schema, finish_reason="length")
+    assert parsed.data == {"facts": [FACT], "near_misses": []} and parsed.repaired
+    # Cut off in the near misses: the facts are whole, the last near miss is dropped.
+    cut = full[:-15]
+    assert parse_reply(cut, schema, finish_reason="length").data == {"facts": [FACT, dict(FACT, id=1)],
+                                                                     "near_misses": []}
+    assert "no 'facts' list" in parse_reply('{"near_misses": []}', schema).problem
+
+
+def test_the_local_teacher_asks_for_at_least_one_fact_only() -> None:
+    from slowtune.teacher.local import LocalTeacher
+
+    schema = LocalTeacher._at_least_one(prompts.facts_schema())
+    assert schema["properties"]["facts"]["minItems"] == 1 and "minItems" not in schema["properties"]["near_misses"]
+
+
 def test_limiter_halves_on_rate_limit_once_per_window_and_grows_back() -> None:
     async def scenario() -> list[int]:
         limiter = AdaptiveLimiter(8)
@@ -128,8 +162,8 @@ def test_local_gguf_teacher_writes_schema_valid_nonsense_that_the_quote_check_re
         assert session.make_runner(project, choice, concurrency=4).limiter.maximum == 1
         # A random model fills every string to its limit: short limits let it finish its JSON in a few tokens.
         runner = CallRunner(project, LocalTeacher(gguf, max_string_chars=24), concurrency=1)
-        result = run_generation(project, runner, GenerateConfig(pairs_per_chunk=1, mix={"fact": 1.0}, judge=False,
-                                                                max_repairs=0))
+        result = run_generation(project, runner, GenerateConfig(recipe="plain", pairs_per_chunk=1, mix={"fact": 1.0},
+                                                                judge=False, max_repairs=0))
         assert result.calls >= 1 and result.cost_usd == 0
         rejected = review.list_rows(project, review.RowFilter(status="rejected"))
         assert result.chunks_failed == 0, result.failures

@@ -3,6 +3,7 @@ queries the Dataset page shows (documents, question types, what regenerating a c
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,7 +24,7 @@ from slowtune.teacher.options import (
     parse_budget,
     save_options,
 )
-from slowtune.teacher.pipeline import DEFAULT_MIX, GenerationError, Plan
+from slowtune.teacher.pipeline import DEFAULT_MIX, GenerateConfig, GenerationError, Plan
 from slowtune.teacher.prompts import DEFAULT_STYLE
 from slowtune.teacher.providers import ProviderError
 
@@ -44,6 +45,23 @@ def test_defaults_are_the_pipelines() -> None:
     assert config.pairs_per_chunk is None and config.system_prompt is None and config.style == DEFAULT_STYLE
     assert config.judge and config.budget_usd is None
     assert opts.concurrency == options.DEFAULT_CONCURRENCY
+    # The facts recipe and its knobs, as the pipeline has them.
+    pipeline = GenerateConfig()
+    assert config.recipe == pipeline.recipe == opts.recipe == "facts"
+    assert (config.questions_per_fact, config.statements, config.near_miss_per_chunk,
+            config.near_miss_probes_per_chunk) == (pipeline.questions_per_fact, pipeline.statements,
+                                                   pipeline.near_miss_per_chunk,
+                                                   pipeline.near_miss_probes_per_chunk) == (6, True, 2, 1)
+
+
+def test_the_recipes_knobs_reach_the_config() -> None:
+    config = GenerateOptions(recipe="facts", questions_per_fact=3, statements=False, near_miss_per_chunk=4,
+                             near_miss_probes_per_chunk=0).to_config()
+    assert (config.recipe, config.questions_per_fact, config.statements, config.near_miss_per_chunk,
+            config.near_miss_probes_per_chunk) == ("facts", 3, False, 4, 0)
+    assert GenerateOptions(recipe="plain", pairs_per_chunk=5).to_config().recipe == "plain"
+    assert set(options.QTYPE_LABELS) >= {"fact", "reversed", "context", "combination", "statement", "refusal",
+                                         "near_miss"}
 
 
 def test_to_config_normalises_the_mix_and_drops_empty_text() -> None:
@@ -66,6 +84,11 @@ def test_to_config_normalises_the_mix_and_drops_empty_text() -> None:
     (GenerateOptions(mix={"fact": 0.0}), "mix", "add up to 0%"),
     (GenerateOptions(concurrency=0), "concurrency", "between 1 and 64"),
     (GenerateOptions(concurrency=65), "concurrency", "between 1 and 64"),
+    (GenerateOptions(recipe="poetry"), "recipe", "“poetry” is not a recipe; choose facts or plain"),
+    (GenerateOptions(questions_per_fact=0), "questions_per_fact", "between 1 and 12"),
+    (GenerateOptions(questions_per_fact=13), "questions_per_fact", "between 1 and 12"),
+    (GenerateOptions(near_miss_per_chunk=-1), "near_miss_per_chunk", "between 0 and 10"),
+    (GenerateOptions(near_miss_probes_per_chunk=6), "near_miss_probes_per_chunk", "between 0 and 5"),
 ])
 def test_validate_names_the_field(opts: GenerateOptions, field: str, words: str) -> None:
     with pytest.raises(OptionError) as info:
@@ -85,21 +108,42 @@ def test_parse_budget() -> None:
 
 def test_from_json_keeps_right_types_and_defaults_wrong_ones() -> None:
     chosen = GenerateOptions(budget_usd=3.0, pairs_per_chunk=2, mix={"fact": 100.0}, system_prompt="S", style="T",
-                             judge=False, judge_provider="other", judge_model="big", concurrency=2)
+                             judge=False, judge_provider="other", judge_model="big", concurrency=2, recipe="plain",
+                             questions_per_fact=3, statements=False, near_miss_per_chunk=0,
+                             near_miss_probes_per_chunk=4)
     assert GenerateOptions.from_json(chosen.to_json()) == chosen
+    assert GenerateOptions.from_json(json.loads(json.dumps(chosen.to_json()))) == chosen
     assert GenerateOptions.from_json("not a dict") == GenerateOptions()
     wrong = GenerateOptions.from_json({"budget_usd": "3", "pairs_per_chunk": True, "judge": "yes", "concurrency": 2.5,
-                                       "mix": {"fact": "a lot"}, "system_prompt": 7, "judge_model": ["x"]})
+                                       "mix": {"fact": "a lot"}, "system_prompt": 7, "judge_model": ["x"],
+                                       "recipe": 1, "questions_per_fact": 2.0, "statements": "no",
+                                       "near_miss_per_chunk": None, "near_miss_probes_per_chunk": True})
     assert wrong == GenerateOptions()
+    kept_recipe = GenerateOptions.from_json({"recipe": "poetry", "questions_per_fact": 40})
+    assert (kept_recipe.recipe, kept_recipe.questions_per_fact) == ("poetry", 40)  # named by validate
     kept = GenerateOptions.from_json({"budget_usd": -4, "mix": {"fact": 0}})  # named by validate, not changed
     assert kept.budget_usd == -4 and kept.mix == {"fact": 0.0}
     with pytest.raises(OptionError):
         kept.validate()
 
 
+def test_options_saved_before_the_recipes_load_with_the_facts_defaults(project: Project) -> None:
+    # What a project saved before the facts recipe existed: none of its keys.
+    old = {"budget_usd": 2.0, "pairs_per_chunk": 3, "mix": {"fact": 60.0, "refusal": 40.0}, "system_prompt": "S",
+           "style": "", "judge": True, "judge_provider": None, "judge_model": None, "concurrency": 4}
+    project.set_meta(options.OPTIONS_META_KEY, json.dumps(old))
+    loaded, problem = load_options(project)
+    assert problem is None
+    assert (loaded.budget_usd, loaded.pairs_per_chunk, loaded.mix, loaded.concurrency) == (2.0, 3, old["mix"], 4)
+    assert (loaded.recipe, loaded.questions_per_fact, loaded.statements, loaded.near_miss_per_chunk,
+            loaded.near_miss_probes_per_chunk) == ("facts", 6, True, 2, 1)
+    loaded.validate()
+
+
 def test_options_are_kept_with_the_project(project: Project) -> None:
     assert load_options(project) == (GenerateOptions(), None)
-    chosen = GenerateOptions(budget_usd=1.5, pairs_per_chunk=4, judge_model="judge-large", concurrency=3)
+    chosen = GenerateOptions(budget_usd=1.5, pairs_per_chunk=4, judge_model="judge-large", concurrency=3,
+                             recipe="plain", questions_per_fact=9, near_miss_probes_per_chunk=2)
     save_options(project, chosen)
     assert load_options(project) == (chosen, None)
     project.set_meta(options.OPTIONS_META_KEY, "{broken")
@@ -109,12 +153,17 @@ def test_options_are_kept_with_the_project(project: Project) -> None:
 
 def test_summary_says_what_the_next_run_does() -> None:
     default = GenerateOptions().summary()
-    assert default.startswith("no budget · questions per chunk scaled with its length · facts 40%")
+    assert default.startswith("no budget · facts recipe: 6 questions per fact and its statement · 2 near-miss "
+                              "refusals and 1 held-out near-miss probe per chunk · ")
     assert "judged by the teacher" in default and default.endswith("8 parallel calls")
-    chosen = GenerateOptions(budget_usd=0.005, pairs_per_chunk=1, mix={"refusal": 1.0}, judge_provider="other",
-                             judge_model="big", system_prompt="S", concurrency=1).summary()
-    assert chosen == ("budget $0.0050 per run · 1 question per chunk · not in the documents 100% · judge big on other"
-                      " · with a system prompt · 1 parallel call")
+    assert "1 question per fact · 0 near-miss refusals and 0 held-out near-miss probes per chunk" in GenerateOptions(
+        questions_per_fact=1, statements=False, near_miss_per_chunk=0, near_miss_probes_per_chunk=0).summary()
+    plain = GenerateOptions(recipe="plain").summary()
+    assert plain.startswith("no budget · plain Q&A · questions per chunk scaled with its length · facts 40%")
+    chosen = GenerateOptions(recipe="plain", budget_usd=0.005, pairs_per_chunk=1, mix={"refusal": 1.0},
+                             judge_provider="other", judge_model="big", system_prompt="S", concurrency=1).summary()
+    assert chosen == ("budget $0.0050 per run · plain Q&A · 1 question per chunk · not in the documents 100% · judge "
+                      "big on other · with a system prompt · 1 parallel call")
     assert "no judge" in GenerateOptions(judge=False, judge_model="big").summary()
     assert options.money(1234.5) == "$1,234.50" and options.money(0.001) == "$0.0010"
 

@@ -14,9 +14,11 @@ import pytest
 
 from slowtune.dataset import export_jsonl, read_jsonl, rows
 from slowtune.documents.library import ingest
+from slowtune.quality import LEAKAGE_QTYPE
 from slowtune.store import Project
 from slowtune.teacher import cost, providers, review, session
 from slowtune.teacher.client import CallRunner
+from slowtune.teacher.command import _describe
 from slowtune.teacher.pipeline import GenerateConfig, GenerateResult, regenerate_chunk, run_generation
 from slowtune.testing.fake_openai import FakeTeacher, Fault, fingerprint
 
@@ -88,7 +90,12 @@ def _runner(project: Project, server: FakeTeacher, *, concurrency: int = 4, time
 
 
 def _generate(project: Project, server: FakeTeacher, config: GenerateConfig | None = None, **kw: Any) -> GenerateResult:
-    return run_generation(project, _runner(project, server, **kw), config or GenerateConfig(pairs_per_chunk=3))
+    return run_generation(project, _runner(project, server, **kw), config or GenerateConfig())
+
+
+def plain(**kw: Any) -> GenerateConfig:
+    """The plain recipe (questions per chunk in a mix of types), today's behaviour before the facts recipe."""
+    return GenerateConfig(recipe="plain", **kw)
 
 
 def _chunks(project: Project) -> list[str]:
@@ -99,7 +106,7 @@ def _chunks(project: Project) -> list[str]:
 
 def test_generates_grounded_rows_split_by_chunk_with_probes(project: Project, server: FakeTeacher,
                                                             tmp_path: Path) -> None:
-    result = _generate(project, server, GenerateConfig(pairs_per_chunk=4, system_prompt="You answer about our town."))
+    result = _generate(project, server, plain(pairs_per_chunk=4, system_prompt="You answer about our town."))
     chunks = _chunks(project)
     assert len(chunks) >= 6
     assert result.chunks_done == len(chunks) and result.chunks_failed == 0
@@ -136,9 +143,177 @@ def test_generates_grounded_rows_split_by_chunk_with_probes(project: Project, se
     assert len(list(read_jsonl(tmp_path / "data" / "train.jsonl"))) == counts["train"]
     # Calls: one generate + one judge per chunk, plus one rephrase per training chunk with kept rows.
     stats = server.stats()
-    assert stats["by_task"]["generate"] == len(chunks)
+    assert stats["by_task"]["generate"] == len(chunks) and "facts" not in stats["by_task"]
     assert stats["by_task"]["judge"] == len(chunks)
     assert stats["by_task"]["rephrase"] == len(train_chunks)
+
+
+# --- the facts recipe ----------------------------------------------------------------------------------------
+
+def _requests(project: Project, task: str) -> dict[str, str]:
+    """The task message of every ``task`` request answered, by the chunk's text it carries."""
+    texts = {}
+    for r in project.conn.execute("SELECT request_json FROM generation_cache"):
+        user = json.loads(r["request_json"])["messages"][-1]["content"]
+        if user.startswith(f"Task: {task}"):
+            texts[user] = user
+    return texts
+
+
+def _splits(project: Project) -> dict[str, str]:
+    return {r["chunk_id"]: r["split"] for r in project.conn.execute("SELECT chunk_id, split FROM chunk_splits")}
+
+
+def test_the_facts_recipe_asks_each_fact_its_quota_of_ways_and_states_it(project: Project, server: FakeTeacher
+                                                                          ) -> None:
+    result = _generate(project, server, GenerateConfig(system_prompt="You answer about our town."))
+    chunks = _chunks(project)
+    assert result.chunks_done == len(chunks) and result.chunks_failed == 0 and not result.rejected
+    stats = server.stats()["by_task"]
+    assert stats["facts"] == len(chunks) and "generate" not in stats  # one call per chunk writes it all
+    # What the teacher was asked: six questions per fact across the four kinds, and three near misses for a training
+    # chunk (two to train on, one held out), two for a validation chunk.
+    asked = list(_requests(project, "facts"))
+    assert len(asked) == len(chunks)
+    for text in asked:
+        assert "For each fact write exactly 6 questions:" in text
+        assert all(f"- {kind}: {n} (" in text for kind, n in
+                   {"direct": 2, "reversed": 2, "context": 1, "combination": 1}.items())
+    assert {t.count("Near-miss questions: exactly 3.") for t in asked} == {0, 1}
+    texts = {r["id"]: r["text"] for r in project.conn.execute("SELECT id, text FROM chunks")}
+    kept = [r for r in rows(project) if r.split != "probe"]
+    assert all(r.messages[0] == {"role": "system", "content": "You answer about our town."} for r in kept)
+    # Every fact (a sentence of the chunk, for the test teacher) gets its quota of kept questions across the kinds,
+    # and one statement row: the fact stated plainly.
+    by_fact: dict[tuple[str, int], list[Any]] = {}
+    for r in kept:
+        if r.provenance.qtype != "refusal":
+            by_fact.setdefault((r.provenance.chunk_id, r.provenance.verdicts["fact"]["id"]), []).append(r)
+    assert result.facts == len(by_fact) >= 2 * len(chunks)
+    assert result.fact_questions == 6 * result.facts and result.short_facts == 0 == result.questions_missing
+    for (chunk, _), fact_rows in by_fact.items():
+        kinds = sorted(r.provenance.qtype for r in fact_rows)
+        assert kinds == sorted(["fact", "fact", "reversed", "reversed", "context", "combination", "statement"])
+        fact = fact_rows[0].provenance.verdicts["fact"]
+        [statement] = [r for r in fact_rows if r.provenance.qtype == "statement"]
+        # (the subject's leading article in lower case)
+        assert statement.messages[1]["content"].casefold() == f"What do you know about {fact['subject']}?".casefold()
+        assert statement.messages[2]["content"] == fact["fact"]
+        for r in fact_rows:
+            assert r.provenance.evidence in texts[chunk] and r.provenance.verdicts["judge"]["supported"]
+            assert r.split == _splits(project)[chunk]
+        [combined] = [r for r in fact_rows if r.provenance.qtype == "combination"]
+        other = combined.provenance.verdicts["fact"]["with"]
+        assert other["id"] != fact["id"] and other["fact"] in combined.messages[-1]["content"]
+    # The stored stats of each chunk say its facts and their quota.
+    stored = [json.loads(r[0])["facts"] for r in project.conn.execute("SELECT stats_json FROM generation_chunks")]
+    assert sum(s["facts"] for s in stored) == result.facts and not any(s["short"] for s in stored)
+    # The held-out knowledge probes are rephrased direct questions, as before.
+    probes = rows(project, split="probe")
+    assert {"fact"} <= {p.provenance.qtype for p in probes}
+    assert result.probes == len(probes) and result.near_miss_probes > 0
+
+
+def test_near_miss_refusals_and_held_out_near_miss_probes_are_distinct(project: Project, server: FakeTeacher) -> None:
+    result = _generate(project, server, GenerateConfig(near_miss_per_chunk=2, near_miss_probes_per_chunk=1))
+    splits = _splits(project)
+    every = rows(project, split=None)
+    refusals = [r for r in every if r.provenance.qtype == "refusal" and r.split != "probe"]
+    held_out = [r for r in every if r.provenance.qtype == LEAKAGE_QTYPE]
+    # Two refusals to train on in every chunk; one held-out probe more in each training chunk, none elsewhere.
+    assert {c: sum(1 for r in refusals if r.provenance.chunk_id == c) for c in splits} == dict.fromkeys(splits, 2)
+    assert sorted(r.provenance.chunk_id for r in held_out) == sorted(c for c, s in splits.items() if s == "train")
+    assert len(held_out) == result.near_miss_probes and {r.split for r in held_out} == {"probe"}
+    assert all(r.split == splits[r.provenance.chunk_id] for r in refusals)
+    # Held out: no training or validation row asks about a probe's entity, or asks its question.
+    entities = {r.provenance.verdicts["near_miss"]["entity"] for r in refusals}
+    asked = {r.messages[0]["content"] for r in every if r.split != "probe"}
+    for probe in held_out:
+        assert probe.provenance.verdicts["near_miss"]["entity"] not in entities
+        assert probe.messages[0]["content"] not in asked
+        assert probe.messages[-1]["content"].startswith("The documents do not cover")
+        assert probe.provenance.verdicts["refusal"]["ok"]  # checked against the corpus like a refusal
+    # The exported files keep them out of training: they are in test.jsonl only.
+    assert all(r.provenance.qtype != LEAKAGE_QTYPE for r in rows(project, split="train") + rows(project, split="valid"))
+
+
+def test_a_near_miss_the_corpus_mentions_is_rejected_and_one_entity_is_never_both(project: Project) -> None:
+    # "treacle" is in the bakery document; "Quorvelmib" nowhere. Near miss k uses the k-th term in turn.
+    with FakeTeacher(api_key=KEY, near_miss_terms=("treacle", "Quorvelmib")) as srv:
+        _generate(project, srv, GenerateConfig(near_miss_per_chunk=1, near_miss_probes_per_chunk=1))
+    rejected = [r for r in rows(project, split=None, status="rejected")]
+    assert len(rejected) == len(_chunks(project))  # the first near miss of every chunk
+    assert all("treacle" in r.messages[0]["content"] and r.provenance.verdicts["gate"] == "refusal" for r in rejected)
+    assert all("near miss rejected" in r.reject_reason and "Bakery" in r.reject_reason for r in rejected)
+    near = [r for r in rows(project, split=None) if r.provenance.qtype in ("refusal", LEAKAGE_QTYPE)]
+    assert near and all("Quorvelmib" in r.messages[0]["content"] for r in near)
+    # With one name for every near miss, a chunk's third near miss is about the entity of its first: it cannot be
+    # held out, since training asks about it.
+    with Project.create(project.root.parent / "again") as other:
+        docs = _write_docs(project.root.parent / "docs-again", {"a.md": TOPICS["orchard.md"][:2]})
+        ingest(other, [docs], chunk_tokens=200, chunk_overlap=0, workers=1)
+        with FakeTeacher(api_key=KEY, near_miss_terms=("Quorvelmib",)) as srv:
+            result = _generate(other, srv, GenerateConfig(valid_fraction=0.0))
+        same = [r for r in rows(other, split=None, status="rejected") if "same entity" in r.reject_reason]
+        assert result.near_miss_probes == 0 and len(same) == 1 and same[0].split == "probe"
+        assert same[0].provenance.verdicts["gate"] == "duplicate"
+
+
+def test_a_near_miss_refusal_that_states_the_documents_facts_is_rejected(project: Project) -> None:
+    from slowtune.teacher.pipeline import refusal_states_facts
+
+    chunk = TOPICS["orchard.md"][1]  # "Its oldest tree was planted in 1887 by a clockmaker named Edda Strom."
+    question = "Who planted the oldest tree of the Quorvel orchard?"
+    assert refusal_states_facts("The documents do not cover the Quorvel orchard.", question, chunk) == []
+    assert refusal_states_facts("The documents do not cover the Quorvel orchard; Edda Strom planted one in 1887.",
+                                question, chunk) == ["Edda Strom", "1887"]
+    assert refusal_states_facts("The documents do not cover its tree of 1887.", question + " (1887)", chunk) == []
+    # Through the pipeline: a teacher whose near-miss answers go on to state a fact of the chunk.
+    with FakeTeacher(api_key=KEY, leaky_near_misses=True) as srv:
+        result = _generate(project, srv, GenerateConfig(near_miss_per_chunk=1, near_miss_probes_per_chunk=1))
+    rejected = rows(project, split=None, status="rejected")
+    assert result.rejected == {"refusal": len(rejected)} and len(rejected) >= len(_chunks(project)) // 2
+    assert all("its refusal also states the documents'" in r.reject_reason for r in rejected)
+    # Kept are only those whose added sentence has no name or number of the chunk (a leak the check cannot tell).
+    texts = {r["id"]: r["text"] for r in project.conn.execute("SELECT id, text FROM chunks")}
+    kept = [r for r in rows(project, split=None) if r.provenance.qtype in ("refusal", LEAKAGE_QTYPE)]
+    assert all(not refusal_states_facts(r.messages[-1]["content"], r.messages[0]["content"],
+                                        texts[r.provenance.chunk_id]) for r in kept)
+
+
+def test_a_fact_short_of_its_quota_keeps_what_passed_and_is_counted(project: Project) -> None:
+    # The teacher writes one question fewer than asked for every fact, and the judge rejects every "in context" one.
+    with FakeTeacher(api_key=KEY, short_by=1, judge_reject="I am writing a short guide") as srv:
+        result = _generate(project, srv, GenerateConfig(questions_per_fact=6))
+    assert result.chunks_failed == 0 and result.facts > 0
+    assert result.short_facts == result.facts and result.questions_missing == 2 * result.facts
+    assert result.fact_questions == 4 * result.facts
+    kept = [r for r in rows(project) if r.provenance.qtype not in ("refusal", "statement") and r.split != "probe"]
+    assert len(kept) == result.fact_questions and not [r for r in kept if r.provenance.qtype == "context"]
+    assert f"{result.short_facts} facts got fewer than their quota" in _describe(result)
+
+
+def test_invented_fact_quotes_reject_every_row_of_the_fact(project: Project) -> None:
+    with FakeTeacher(api_key=KEY, ungrounded=True) as srv:
+        result = _generate(project, srv, GenerateConfig(questions_per_fact=2, statements=False))
+    assert result.rejected == {"quote": 2 * result.facts} and result.fact_questions == 0
+    assert result.short_facts == result.facts
+    # Near misses need no quote: they are checked against the corpus, and kept.
+    assert {r.provenance.qtype for r in rows(project) if r.split != "probe"} == {"refusal"}
+
+
+def test_the_estimate_grows_with_the_facts_recipe_quota(project: Project) -> None:
+    from slowtune.teacher.pipeline import load_jobs, plan_run
+
+    jobs, _ = load_jobs(project, GenerateConfig())
+    small = plan_run(jobs, GenerateConfig(questions_per_fact=2, statements=False, near_miss_per_chunk=0,
+                                          near_miss_probes_per_chunk=0))
+    default = plan_run(jobs, GenerateConfig())
+    large = plan_run(jobs, GenerateConfig(questions_per_fact=12))
+    assert small.output_tokens < default.output_tokens < large.output_tokens
+    assert small.judge_input_tokens < default.judge_input_tokens < large.judge_input_tokens
+    assert default.calls == plan_run(jobs, plain()).calls  # one teacher call per chunk, and the rephrasings
+    assert default.output_tokens > plan_run(jobs, plain()).output_tokens
 
 
 def test_second_run_pays_nothing_and_new_documents_only_cost_their_chunks(project: Project, server: FakeTeacher,
@@ -165,7 +340,7 @@ def test_second_run_pays_nothing_and_new_documents_only_cost_their_chunks(projec
     server.reset_stats()
     result = _generate(project, server)
     assert result.chunks_done == len(new)
-    assert server.stats()["by_task"]["generate"] == len(new)
+    assert server.stats()["by_task"]["facts"] == len(new)
 
 
 # --- faults -------------------------------------------------------------------------------------------------
@@ -174,8 +349,8 @@ def test_second_run_pays_nothing_and_new_documents_only_cost_their_chunks(projec
     Fault(kind="rate_limit", every=3, retry_after=0.05),
     Fault(kind="server_error", every=4),
     Fault(kind="drop", every=5),
-    Fault(kind="slow", delay=1.5, first_attempt_only=True, task="generate"),
-    Fault(kind="malformed", first_attempt_only=True, task="generate"),
+    Fault(kind="slow", delay=1.5, first_attempt_only=True, task="facts"),
+    Fault(kind="malformed", first_attempt_only=True, task="facts"),
     Fault(kind="truncated", first_attempt_only=True, task="judge"),
     Fault(kind="empty", first_attempt_only=True),
 ], ids=lambda f: f.kind)
@@ -189,14 +364,14 @@ def test_every_fault_is_survived_without_losing_a_chunk(project: Project, server
         assert result.retries > 0
     if fault.kind in ("malformed", "empty"):
         # Each chunk's first answer was unusable: one repair re-ask per chunk, and nothing else asked twice.
-        assert server.stats()["by_task"]["generate"] == 2 * len(_chunks(project))
+        assert server.stats()["by_task"]["facts"] == 2 * len(_chunks(project))
 
 
 def test_rate_limits_lower_concurrency_and_honour_retry_after(project: Project, server: FakeTeacher) -> None:
     runner = _runner(project, server, concurrency=6)
     server.reset_stats()  # call numbers start after the capability probe
     server.set_faults([Fault(kind="rate_limit", first=6, retry_after=0.2)])
-    result = run_generation(project, runner, GenerateConfig(pairs_per_chunk=2))
+    result = run_generation(project, runner, GenerateConfig())
     assert result.chunks_failed == 0
     assert runner.limiter.lowest < 6
     assert runner.stats.rate_limited == 6
@@ -206,13 +381,13 @@ def test_a_chunk_that_stays_malformed_fails_with_its_reason_and_the_run_goes_on(
                                                                                server: FakeTeacher) -> None:
     first = _chunks(project)[0]
     text = project.conn.execute("SELECT text FROM chunks WHERE id = ?", (first,)).fetchone()[0]
-    server.set_faults([Fault(kind="wrong_schema", task="generate", first=1)])
+    server.set_faults([Fault(kind="wrong_schema", task="facts", first=1)])
     runner = _runner(project, server, concurrency=1)
-    result = run_generation(project, runner, GenerateConfig(pairs_per_chunk=2, max_repairs=0))
+    result = run_generation(project, runner, GenerateConfig(max_repairs=0))
     assert result.chunks_failed == 1 and result.chunks_done == len(_chunks(project)) - 1
-    assert "no 'items' list" in result.failures[0]["reason"]
+    assert "no 'facts' list" in result.failures[0]["reason"]
     failed = review.report(project).chunks_failed
-    assert failed[0]["chunk_id"] == first and "items" in failed[0]["reason"]
+    assert failed[0]["chunk_id"] == first and "facts" in failed[0]["reason"]
     assert text  # the chunk itself is untouched
 
 
@@ -220,11 +395,11 @@ def test_a_chunk_that_stays_malformed_fails_with_its_reason_and_the_run_goes_on(
 def test_key_rejected_or_model_missing_stops_the_run_with_a_clear_message(project: Project, server: FakeTeacher,
                                                                           kind: str, words: str) -> None:
     if kind == "unauthorized":
-        server.set_faults([Fault(kind="unauthorized", task="generate")])
+        server.set_faults([Fault(kind="unauthorized", task="facts")])
         runner = _runner(project, server)
     else:
         runner = _runner(project, server, model="no-such-model", mode="json_schema")
-    result = run_generation(project, runner, GenerateConfig(pairs_per_chunk=2))
+    result = run_generation(project, runner, GenerateConfig())
     assert result.stopped == "fatal" and words in result.message
     assert KEY not in result.message
     assert result.chunks_done == 0
@@ -237,7 +412,7 @@ def test_unsupported_structured_output_degrades_to_text_and_is_remembered(projec
         runner = _runner(project, srv, mode="json_schema")
         srv_supports = srv  # the endpoint drops json_schema support after the probe: it must degrade at run time
         srv_supports.supports = ()  # type: ignore[attr-defined]
-        result = run_generation(project, runner, GenerateConfig(pairs_per_chunk=2))
+        result = run_generation(project, runner, GenerateConfig())
         assert result.chunks_failed == 0 and result.rows_kept > 0
         assert runner.mode == "text"
         assert probe.cached_capabilities(providers.get_provider("fake"), "teacher-small").structured == "text"
@@ -247,7 +422,7 @@ def test_unsupported_structured_output_degrades_to_text_and_is_remembered(projec
 
 def test_invented_quotes_are_rejected_before_any_judge_call(project: Project) -> None:
     with FakeTeacher(api_key=KEY, ungrounded=True, refusal_terms=("quuxbarrow",)) as srv:
-        result = _generate(project, srv, GenerateConfig(pairs_per_chunk=3, mix={"fact": 1.0}))
+        result = _generate(project, srv, plain(pairs_per_chunk=3, mix={"fact": 1.0}))
         assert result.rows_kept == 0 and result.rejected == {"quote": 3 * len(_chunks(project))}
         assert srv.stats()["by_task"].get("judge", 0) == 0
     rejected = review.list_rows(project, review.RowFilter(gate="quote"))
@@ -257,7 +432,7 @@ def test_invented_quotes_are_rejected_before_any_judge_call(project: Project) ->
 
 def test_judge_verdicts_reject_unsupported_rows(project: Project) -> None:
     with FakeTeacher(api_key=KEY, judge_reject="lighthouse") as srv:
-        _generate(project, srv, GenerateConfig(pairs_per_chunk=2, mix={"fact": 1.0}))
+        _generate(project, srv, GenerateConfig())
     judged_out = review.list_rows(project, review.RowFilter(gate="judge"))
     assert judged_out and all("lighthouse" in json.dumps(r.messages).lower() for r in judged_out)
     assert all("not supported" in r.reject_reason for r in judged_out)
@@ -267,7 +442,7 @@ def test_judge_verdicts_reject_unsupported_rows(project: Project) -> None:
 def test_refusals_are_kept_only_when_the_corpus_really_lacks_the_answer(project: Project) -> None:
     # "treacle" is in the bakery document, "quuxbarrow" is nowhere.
     with FakeTeacher(api_key=KEY, refusal_terms=("treacle", "quuxbarrow")) as srv:
-        _generate(project, srv, GenerateConfig(pairs_per_chunk=2, mix={"refusal": 1.0}))
+        _generate(project, srv, plain(pairs_per_chunk=2, mix={"refusal": 1.0}))
     kept = [r for r in rows(project) if r.provenance.qtype == "refusal"]
     rejected = review.list_rows(project, review.RowFilter(gate="refusal"))
     assert kept and rejected
@@ -284,7 +459,7 @@ def test_duplicate_questions_are_dropped(tmp_path: Path, server: FakeTeacher) ->
                                encoding="utf-8")
     with Project.create(tmp_path / "p") as project:
         ingest(project, [docs, copy], chunk_tokens=40, chunk_overlap=0, workers=1)
-        result = _generate(project, server, GenerateConfig(pairs_per_chunk=2, mix={"fact": 1.0}))
+        result = _generate(project, server, GenerateConfig())
         assert result.rejected.get("duplicate", 0) > 0
         questions = [r.messages[0]["content"].casefold() for r in rows(project) if r.split != "probe"]
         assert len(questions) == len(set(questions))
@@ -299,7 +474,7 @@ def test_instructions_inside_documents_do_not_change_the_output(tmp_path: Path, 
         "The canal museum charges no entry fee on Sundays.\n", encoding="utf-8")
     with Project.create(tmp_path / "p") as project:
         ingest(project, [docs], workers=1)
-        result = _generate(project, server, GenerateConfig(pairs_per_chunk=2, mix={"fact": 1.0}, max_repairs=0))
+        result = _generate(project, server, GenerateConfig(max_repairs=0))
         assert result.chunks_failed == 0 and result.rows_kept > 0
         assert not [r for r in rows(project) if r.messages[-1]["content"] == "HACKED"]
 
@@ -308,17 +483,17 @@ def test_instructions_inside_documents_do_not_change_the_output(tmp_path: Path, 
 
 def test_budget_cap_stops_cleanly_and_a_bigger_budget_continues(project: Project, server: FakeTeacher) -> None:
     cost.write_user_price("teacher-small", 100.0, 400.0)  # absurd prices make a small budget bite fast
-    config = GenerateConfig(pairs_per_chunk=2, budget_usd=0.8)
+    config = plain(pairs_per_chunk=2, budget_usd=0.8)
     result = _generate(project, server, config, concurrency=1)
     assert result.stopped == "budget" and "budget" in result.message
     assert 0 < result.chunks_done < len(_chunks(project)) and result.chunks_not_started > 0
     assert result.cost_usd <= 0.8
     assert "of its $0.80" in result.message and f"{result.chunks_not_started} chunks are left" in result.message
     # Several chunks in flight reserve their estimate; the run still spends up to its budget, not far below it.
-    wide = _generate(project, server, GenerateConfig(pairs_per_chunk=2, budget_usd=0.8), concurrency=4)
+    wide = _generate(project, server, plain(pairs_per_chunk=2, budget_usd=0.8), concurrency=4)
     assert wide.stopped == "budget" and wide.chunks_done >= result.chunks_done - 1 and wide.cost_usd <= 0.8
     assert wide.chunks_done + wide.chunks_not_started == len(_chunks(project)) - result.chunks_done
-    more = _generate(project, server, GenerateConfig(pairs_per_chunk=2, budget_usd=1000.0), concurrency=1)
+    more = _generate(project, server, plain(pairs_per_chunk=2, budget_usd=1000.0), concurrency=1)
     assert more.stopped is None
     assert more.chunks_done == len(_chunks(project)) - result.chunks_done - wide.chunks_done
 
@@ -326,7 +501,7 @@ def test_budget_cap_stops_cleanly_and_a_bigger_budget_continues(project: Project
 # --- review API -------------------------------------------------------------------------------------------------
 
 def test_review_edit_accept_reject_regenerate_and_report(project: Project, server: FakeTeacher) -> None:
-    _generate(project, server, GenerateConfig(pairs_per_chunk=2, mix={"fact": 1.0}, probes_per_chunk=0))
+    _generate(project, server, plain(pairs_per_chunk=2, mix={"fact": 1.0}, probes_per_chunk=0))
     chunk = _chunks(project)[0]
     in_chunk = review.list_rows(project, review.RowFilter(chunk_id=chunk, status="accepted"))
     assert len(in_chunk) == 2
@@ -339,8 +514,7 @@ def test_review_edit_accept_reject_regenerate_and_report(project: Project, serve
     assert review.get_row(project, in_chunk[1].id).reject_reason == "rejected by you"
     assert review.list_rows(project, review.RowFilter(text="oldest tree"))[0].id == in_chunk[0].id
     before = server.stats()["by_task"]["generate"]
-    result = regenerate_chunk(project, chunk, _runner(project, server), GenerateConfig(pairs_per_chunk=2,
-                                                                                       mix={"fact": 1.0}))
+    result = regenerate_chunk(project, chunk, _runner(project, server), plain(pairs_per_chunk=2, mix={"fact": 1.0}))
     assert result.chunks_done == 1
     assert server.stats()["by_task"]["generate"] == before + 1  # asked afresh, not replayed from the cache
     survivors = review.list_rows(project, review.RowFilter(chunk_id=chunk))
@@ -372,7 +546,7 @@ def test_cli_asks_before_sending_and_resumes_after_kill_without_paying_twice(
         ingest(p, [docs], chunk_tokens=40, chunk_overlap=0, workers=1)
     _provider(server)
     env = {**os.environ, "SLOWTUNE_HOME": str(slowtune_home)}
-    base = ["generate", str(root), "--provider", "fake", "--concurrency", "3", "--pairs-per-chunk", "2"]
+    base = ["generate", str(root), "--provider", "fake", "--concurrency", "3", "--questions-per-fact", "2"]
 
     refused = _cli(base, env, stdin=subprocess.DEVNULL)
     assert refused.returncode == 1 and "Nothing was sent" in refused.stderr
@@ -418,6 +592,38 @@ def test_cli_generate_explains_missing_pieces(tmp_path: Path, slowtune_home: Pat
     assert empty.returncode == 1 and "no document chunks" in empty.stderr
     bad_mix = _cli(["generate", str(tmp_path / "empty"), "--provider", "x", "--mix", "fact=abc"], env)
     assert bad_mix.returncode == 2 and "--mix" in bad_mix.stderr
+    mixed = _cli(["generate", str(tmp_path / "empty"), "--provider", "x", "--recipe", "facts", "--mix", "fact=1"], env)
+    assert mixed.returncode == 1 and "--mix applies to the plain recipe" in mixed.stderr
+    bad_quota = _cli(["generate", str(tmp_path / "empty"), "--provider", "x", "--questions-per-fact", "0"], env)
+    assert bad_quota.returncode == 1 and "--questions-per-fact" in bad_quota.stderr
+
+
+def test_the_cli_flags_reach_the_config() -> None:
+    import argparse
+
+    from slowtune.teacher.command import add_generate_arguments, config_from_args
+    from slowtune.teacher.pipeline import GenerationError
+
+    parser = argparse.ArgumentParser()
+    add_generate_arguments(parser)
+
+    def config(*flags: str) -> GenerateConfig:
+        return config_from_args(parser.parse_args(["proj", *flags]))
+
+    default = config()
+    assert default == GenerateConfig() and default.recipe == "facts" and default.statements
+    chosen = config("--recipe", "facts", "--questions-per-fact", "4", "--no-statements", "--near-miss", "3",
+                    "--near-miss-probes", "2", "--max-facts", "5")
+    assert (chosen.recipe, chosen.questions_per_fact, chosen.statements, chosen.near_miss_per_chunk,
+            chosen.near_miss_probes_per_chunk, chosen.max_facts) == ("facts", 4, False, 3, 2, 5)
+    # A command line of the plain recipe does what it did before the facts recipe.
+    old = config("--pairs-per-chunk", "3", "--mix", "fact=0.5,refusal=0.5")
+    assert (old.recipe, old.pairs_per_chunk, old.mix) == ("plain", 3, {"fact": 0.5, "refusal": 0.5})
+    assert config("--recipe", "plain").recipe == "plain"
+    with pytest.raises(GenerationError, match="--near-miss applies to the facts recipe"):
+        config("--recipe", "plain", "--near-miss", "1")
+    with pytest.raises(GenerationError, match="--pairs-per-chunk applies to the plain recipe"):
+        config("--recipe", "facts", "--pairs-per-chunk", "2")
 
 
 def test_resume_after_rows_were_stored_but_the_chunk_not_marked_done(project: Project, server: FakeTeacher) -> None:
@@ -455,14 +661,14 @@ def test_rows_of_removed_or_changed_documents_are_left_out(tmp_path: Path, serve
 def test_a_teacher_that_goes_away_stops_the_run_instead_of_failing_every_chunk(project: Project,
                                                                                 server: FakeTeacher) -> None:
     runner = _runner(project, server, concurrency=1, max_attempts=2)
-    server.set_faults([Fault(kind="drop", task="generate")])
-    result = run_generation(project, runner, GenerateConfig(pairs_per_chunk=2))
+    server.set_faults([Fault(kind="drop", task="facts")])
+    result = run_generation(project, runner, GenerateConfig())
     assert result.stopped == "unreachable" and "run the same command again" in result.message
     # Three failures in a row stop it; a chunk already under way in the second worker may fail too.
     assert 3 <= result.chunks_failed <= 4
     assert result.chunks_failed + result.chunks_not_started == len(_chunks(project))
     server.clear_faults()
-    again = run_generation(project, _runner(project, server), GenerateConfig(pairs_per_chunk=2))
+    again = run_generation(project, _runner(project, server), GenerateConfig())
     assert again.stopped is None and again.chunks_done == len(_chunks(project))
 
 

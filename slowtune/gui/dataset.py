@@ -6,8 +6,10 @@ user confirms a statement of where the document text goes and what it will cost.
 goes through ``slowtune.teacher.review`` on the window's connection: each change is one small transaction.
 Regenerating a chunk is a job too: it asks the teacher afresh for one chunk and keeps the rows the user edited.
 
-The generation options (budget, questions per chunk, question mix, system prompt, answer style, judge, parallel
-calls) are ``slowtune.teacher.options.GenerateOptions``, kept with the project; the Options… dialog edits them.
+The generation options (the recipe and its knobs, budget, system prompt, answer style, judge, parallel calls) are
+``slowtune.teacher.options.GenerateOptions``, kept with the project; the Options… dialog edits them, showing the
+knobs of the recipe chosen (Facts: questions per fact, fact statements, near misses; Plain Q&A: questions per
+chunk and the question mix).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from slowtune.teacher.options import (
     MAX_CONCURRENCY,
     MAX_PAIRS_PER_CHUNK,
     QTYPE_LABELS,
+    RECIPE_LABELS,
     GenerateOptions,
     OptionError,
     Prepared,
@@ -233,7 +236,8 @@ class RowTableModel(RowsTableModel):
             return question_of(row)
         if column == "Answer":
             return answer_of(row)
-        return {"Type": row.provenance.qtype or "", "Split": row.split, "Status": row.status,
+        qtype = row.provenance.qtype or ""
+        return {"Type": QTYPE_LABELS.get(qtype, qtype), "Split": row.split, "Status": row.status,
                 "Reason": row.reject_reason or ""}[column]
 
     def data(self, index: QModelIndex | QPersistentModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
@@ -328,6 +332,32 @@ class OptionsDialog(QDialog):
         self.setMinimumWidth(560)
         self.banner = MessageBanner()
 
+        self.recipe = QComboBox()
+        for recipe in prompts.RECIPES:
+            self.recipe.addItem(RECIPE_LABELS[recipe], recipe)
+        self.recipe.setToolTip("Facts: the teacher lists each chunk's facts and asks about every fact several ways "
+                               "(directly, reversed, in a situation, combined with another fact), states each fact "
+                               "plainly too, and writes refusals about look-alike entities the documents never "
+                               "mention, so the model learns the facts without making things up about neighbours.\n"
+                               "Plain Q&A: a number of questions per chunk in a mix of types.")
+        self.recipe.currentIndexChanged.connect(self._update_recipe)
+        self.questions_per_fact = QSpinBox()
+        self.questions_per_fact.setRange(1, prompts.MAX_QUESTIONS_PER_FACT)
+        self.questions_per_fact.setToolTip("Questions about each fact, asked in turn directly, reversed (the "
+                                           "answer given, the subject asked for), in a situation, and combined "
+                                           "with another fact of the chunk")
+        self.statements = QCheckBox("Also state each fact plainly (“What do you know about …?”)")
+        self.statements.setToolTip("A row per fact that states it in a sentence, beside the questions: models learn "
+                                   "facts better when they see them stated as well as asked")
+        self.near_miss = QSpinBox()
+        self.near_miss.setRange(0, prompts.MAX_NEAR_MISS)
+        self.near_miss.setToolTip("Per chunk: questions about entities that resemble the chunk's subjects but that "
+                                  "no document mentions (a sister town, another year's festival), answered with a "
+                                  "refusal. Each is checked against the whole library first.")
+        self.near_miss_probes = QSpinBox()
+        self.near_miss_probes.setRange(0, prompts.MAX_NEAR_MISS_PROBES)
+        self.near_miss_probes.setToolTip("Per training chunk: other near-miss questions, never trained on, kept to "
+                                         "measure whether the tuned model makes things up about them (leakage)")
         self.budget = QLineEdit()
         self.budget.setPlaceholderText("no budget")
         self.budget.setToolTip("US dollars. A run stops cleanly before its spend would pass this; the next run "
@@ -376,10 +406,17 @@ class OptionsDialog(QDialog):
         self.concurrency.setToolTip("Calls in flight at once; lowered by itself when the provider rate-limits")
 
         self.form = QFormLayout()
-        self.form.addRow("Budget per run (USD):", self.budget)
+        self.form.addRow("Recipe:", self.recipe)
+        self.form.addRow("Questions per fact:", self.questions_per_fact)
+        self.form.addRow("Fact statements:", self.statements)
+        self.form.addRow("Near-miss refusals per chunk:", self.near_miss)
+        self.form.addRow("Held-out near-miss probes:", self.near_miss_probes)
         self.form.addRow("Questions per chunk:", self.pairs)
         self.form.addRow("Question mix:", mix_row)
         self.form.addRow("", self.mix_total)
+        self.recipe_rows = {"facts": [self.questions_per_fact, self.statements, self.near_miss, self.near_miss_probes],
+                            "plain": [self.pairs, mix_row, self.mix_total]}
+        self.form.addRow("Budget per run (USD):", self.budget)
         self.form.addRow("Student system prompt:", self.system_prompt)
         self.form.addRow("Answer style:", self.style)
         self.form.addRow("Judge:", self.judge)
@@ -405,6 +442,12 @@ class OptionsDialog(QDialog):
         self.set_options(options)
 
     def set_options(self, options: GenerateOptions) -> None:
+        index = self.recipe.findData(options.recipe)
+        self.recipe.setCurrentIndex(max(0, index))  # an unknown stored recipe shows the default
+        self.questions_per_fact.setValue(options.questions_per_fact)
+        self.statements.setChecked(options.statements)
+        self.near_miss.setValue(options.near_miss_per_chunk)
+        self.near_miss_probes.setValue(options.near_miss_probes_per_chunk)
         self.budget.setText(f"{options.budget_usd:g}" if options.budget_usd is not None else "")
         self.pairs.setValue(options.pairs_per_chunk or 0)
         for qtype, spin in self.mix.items():
@@ -421,10 +464,16 @@ class OptionsDialog(QDialog):
         self.concurrency.setValue(options.concurrency)
         self._update_judge()
         self._update_mix_total()
+        self._update_recipe()
 
     def options(self) -> GenerateOptions:
         """The options as set (``OptionError`` for a budget that is not a positive amount)."""
         return GenerateOptions(
+            recipe=self.recipe.currentData(),
+            questions_per_fact=self.questions_per_fact.value(),
+            statements=self.statements.isChecked(),
+            near_miss_per_chunk=self.near_miss.value(),
+            near_miss_probes_per_chunk=self.near_miss_probes.value(),
             budget_usd=parse_budget(self.budget.text()),
             pairs_per_chunk=self.pairs.value() or None,
             mix={qtype: float(spin.value()) for qtype, spin in self.mix.items()},
@@ -435,6 +484,13 @@ class OptionsDialog(QDialog):
             judge_model=self.judge_model.text().strip() or None,
             concurrency=self.concurrency.value(),
         )
+
+    def _update_recipe(self) -> None:
+        """Show the knobs of the recipe chosen; the other recipe's keep their values, for when it is chosen again."""
+        chosen = self.recipe.currentData()
+        for recipe, widgets in self.recipe_rows.items():
+            for widget in widgets:
+                self.form.setRowVisible(widget, recipe == chosen)
 
     def _update_judge(self) -> None:
         for widget in (self.judge_provider, self.judge_model):
@@ -489,8 +545,8 @@ class DatasetPage(Page):
         self.generate_button.setToolTip("Have the teacher write questions and answers for chunks that have none yet")
         self.generate_button.clicked.connect(self.generate)
         self.options_button = QPushButton("Options…")
-        self.options_button.setToolTip("Budget, questions per chunk, question mix, system prompt, answer style, "
-                                       "judge and parallel calls, saved with the project")
+        self.options_button.setToolTip("Recipe (facts or plain Q&A) and its knobs, budget, system prompt, answer "
+                                       "style, judge and parallel calls, saved with the project")
         self.options_button.clicked.connect(self.open_options)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.clicked.connect(self.cancel)
@@ -626,7 +682,7 @@ class DatasetPage(Page):
     def _fill_filters(self) -> None:
         assert self.project is not None
         documents: list[tuple[Any, str]] = [(None, "All documents"), *library.document_titles(self.project)]
-        types: list[tuple[Any, str]] = [(None, "All types"), *((t, t) for t in question_types(self.project))]
+        types: list[tuple[Any, str]] = [(None, "All types"), *((t, QTYPE_LABELS.get(t, t)) for t in question_types(self.project))]
         for combo, entries in ((self.document_filter, documents), (self.type_filter, types)):
             current = combo.currentData()
             combo.blockSignals(True)

@@ -26,7 +26,9 @@ def _mix(text: str) -> dict[str, float]:
 
 def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     from slowtune.teacher.options import DEFAULT_CONCURRENCY
-    from slowtune.teacher.pipeline import DEFAULT_MIX
+    from slowtune.teacher.pipeline import DEFAULT_MIX, RECIPES, GenerateConfig
+
+    defaults = GenerateConfig()
 
     p.add_argument("project", help="project name or folder (documents must be ingested first)")
     p.add_argument("--provider", help="teacher provider id (see `slowtune provider list`); default from settings")
@@ -35,9 +37,26 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--judge-model", help="judge model (default: the teacher model; on another --judge-provider, "
                                          "that provider's default model)")
     p.add_argument("--no-judge", action="store_true", help="skip the judge pass (cheaper, less checked)")
-    p.add_argument("--pairs-per-chunk", type=int, help="items per chunk (default: about 4 per 500 tokens)")
+    p.add_argument("--recipe", choices=RECIPES,
+                   help="facts: a quota of varied questions per fact, fact statements and near-miss refusals (the "
+                        "default); plain: questions per chunk in a mix of types (the default when --pairs-per-chunk "
+                        "or --mix is given)")
+    p.add_argument("--questions-per-fact", type=int, metavar="N",
+                   help=f"facts recipe: questions about each fact, asked several ways (default {defaults.questions_per_fact})")
+    p.add_argument("--no-statements", action="store_true",
+                   help="facts recipe: no fact-statement rows ('What do you know about ...?')")
+    p.add_argument("--near-miss", type=int, metavar="N",
+                   help="facts recipe: refusals about near-miss entities to train on, per chunk "
+                        f"(default {defaults.near_miss_per_chunk})")
+    p.add_argument("--near-miss-probes", type=int, metavar="N",
+                   help="facts recipe: other near misses held out as leakage probes, per training chunk "
+                        f"(default {defaults.near_miss_probes_per_chunk})")
+    p.add_argument("--max-facts", type=int, metavar="N",
+                   help="facts recipe: facts asked for per chunk (default: scaled with its length)")
+    p.add_argument("--pairs-per-chunk", type=int, help="plain recipe: items per chunk (default: about 4 per 500 tokens)")
     p.add_argument("--mix", type=_mix, default=None,
-                   help="question-type shares, default " + ",".join(f"{k}={v}" for k, v in DEFAULT_MIX.items()))
+                   help="plain recipe: question-type shares, default "
+                        + ",".join(f"{k}={v}" for k, v in DEFAULT_MIX.items()))
     p.add_argument("--system-prompt", help="the student's system prompt, put in every conversation")
     p.add_argument("--style", help="instruction for the answers' style and length")
     p.add_argument("--valid-fraction", type=float, default=0.1, help="share of chunks for validation (0.1)")
@@ -52,6 +71,44 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--estimate", action="store_true", help="print the estimate and stop (nothing is sent)")
     p.add_argument("-y", "--yes", action="store_true", help="do not ask before sending document text")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+_FACTS_FLAGS = {"questions_per_fact": "--questions-per-fact", "no_statements": "--no-statements",
+                "near_miss": "--near-miss", "near_miss_probes": "--near-miss-probes", "max_facts": "--max-facts"}
+_PLAIN_FLAGS = {"pairs_per_chunk": "--pairs-per-chunk", "mix": "--mix"}
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The pipeline's ``GenerateConfig`` from ``slowtune generate``'s flags (``GenerationError`` for flags of the
+    other recipe). Without --recipe, the recipe is facts, or plain when a plain flag is given, so command lines
+    written for the plain recipe keep doing what they did."""
+    from slowtune.teacher.pipeline import GenerateConfig, GenerationError
+
+    def given(flags: dict[str, str]) -> list[str]:
+        return [flag for name, flag in flags.items() if getattr(args, name, None) not in (None, False)]
+
+    facts, plain = given(_FACTS_FLAGS), given(_PLAIN_FLAGS)
+    recipe = args.recipe or ("plain" if plain else "facts")
+    for chosen, other, flags in (("facts", "plain", plain), ("plain", "facts", facts)):
+        if recipe == chosen and flags:
+            verb, them = ("applies", "it") if len(flags) == 1 else ("apply", "them")
+            raise GenerationError(f"{' and '.join(flags)} {verb} to the {other} recipe: leave {them} out, or pass "
+                                  f"--recipe {other}")
+    config = GenerateConfig(
+        recipe=recipe, pairs_per_chunk=args.pairs_per_chunk, system_prompt=args.system_prompt, judge=not args.no_judge,
+        valid_fraction=args.valid_fraction, probes_per_chunk=args.probes_per_chunk,
+        dedup_threshold=args.dedup_threshold, budget_usd=args.budget, max_chunks=args.max_chunks,
+        statements=not args.no_statements, max_facts=args.max_facts,
+    )
+    for name, flag in (("questions_per_fact", "questions_per_fact"), ("near_miss_per_chunk", "near_miss"),
+                       ("near_miss_probes_per_chunk", "near_miss_probes")):
+        if getattr(args, flag) is not None:
+            setattr(config, name, getattr(args, flag))
+    if args.mix is not None:
+        config.mix = args.mix
+    if args.style:
+        config.style = args.style
+    return config
 
 
 def _open_project(name: str):
@@ -83,7 +140,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from slowtune.teacher import cost, providers, session
     from slowtune.teacher.client import TeacherError
     from slowtune.teacher.options import choose_teachers, estimate_run
-    from slowtune.teacher.pipeline import GenerateConfig, GenerationError, load_jobs, plan_run, run_generation
+    from slowtune.teacher.pipeline import GenerationError, load_jobs, plan_run, run_generation
     from slowtune.teacher.probe import ProbeError
 
     settings = load_settings().settings
@@ -92,18 +149,14 @@ def run_generate(args: argparse.Namespace) -> int:
         print("slowtune generate: no teacher chosen: pass --provider (see `slowtune provider list`, "
               "`slowtune provider add`)", file=sys.stderr)
         return EXIT_ERROR
-    config = GenerateConfig(
-        pairs_per_chunk=args.pairs_per_chunk, system_prompt=args.system_prompt, judge=not args.no_judge,
-        valid_fraction=args.valid_fraction, probes_per_chunk=args.probes_per_chunk,
-        dedup_threshold=args.dedup_threshold, budget_usd=args.budget, max_chunks=args.max_chunks,
-    )
-    if args.mix is not None:
-        config.mix = args.mix
-    if args.style:
-        config.style = args.style
+    try:
+        config = config_from_args(args)
+        config.validate()
+    except GenerationError as exc:
+        print(f"slowtune generate: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     project = _open_project(args.project)
     try:
-        config.validate()
         if args.concurrency < 1:
             raise GenerationError("--concurrency must be at least 1")
         if args.timeout <= 0:
@@ -182,11 +235,16 @@ def _describe(r) -> str:
     lines = [
         f"{r.chunks_done} chunks done, {r.chunks_failed} failed, {r.chunks_not_started} not started "
         f"({r.chunks_already_done} were done before).",
-        f"{r.rows_kept} conversations kept, {r.probes} probe questions; rejected: "
+        f"{r.rows_kept} conversations kept, {r.probes} probe questions"
+        + (f" ({r.near_miss_probes} about near-miss entities)" if r.near_miss_probes else "") + "; rejected: "
         + (", ".join(f"{g} {n}" for g, n in sorted(r.rejected.items())) or "none") + ".",
         f"Teacher: {r.calls} calls paid, {r.cached_calls} answered from the cache, {r.retries} retries, "
         f"{r.prompt_tokens:,} + {r.completion_tokens:,} tokens, {cost}.",
     ]
+    if r.facts:
+        lines.append(f"{r.facts} facts, {r.fact_questions} questions about them kept"
+                     + (f"; {r.short_facts} facts got fewer than their quota ({r.questions_missing} questions short)"
+                        if r.short_facts else "; every fact got its quota") + ".")
     for f in r.failures[:10]:
         lines.append(f"  failed: {f['document']} chunk {f['chunk'][:12]}: {f['reason']}")
     if r.message:

@@ -1,7 +1,8 @@
 """Generation options, and the teacher, judge and estimate of a run: one implementation for the CLI and the app.
 
-``GenerateOptions`` is what the user sets before a run on the Dataset page (budget, questions per chunk,
-question mix, system prompt, answer style, judge, parallel calls); ``to_config`` turns it into the pipeline's
+``GenerateOptions`` is what the user sets before a run on the Dataset page (the recipe and its knobs: questions per
+fact, fact statements and near misses for the facts recipe, questions per chunk and question mix for the plain one;
+budget, system prompt, answer style, judge, parallel calls); ``to_config`` turns it into the pipeline's
 ``GenerateConfig``. The options are kept per project in the project database's ``meta`` table
 (``load_options``, ``save_options``), so they come back with the project.
 
@@ -29,8 +30,14 @@ MAX_PAIRS_PER_CHUNK = 20  # GenerateConfig.validate's bound
 MAX_CONCURRENCY = 64
 DEFAULT_CONCURRENCY = 8  # `slowtune generate --concurrency`'s default too
 QTYPE_LABELS = {"fact": "Facts", "reasoning": "Reasoning", "multi_turn": "Multi-turn",
-                "refusal": "Not in the documents"}
+                "refusal": "Not in the documents",
+                # the facts recipe's kinds of rows
+                "reversed": "Reversed", "context": "In context", "combination": "Combined facts",
+                "statement": "Fact statements", "near_miss": "Near misses (held out)"}
+RECIPE_LABELS = {"facts": "Facts: teaches facts and keeps the model itself (recommended)", "plain": "Plain Q&A"}
 FIELD_LABELS = {
+    "recipe": "Recipe", "questions_per_fact": "Questions per fact", "statements": "Fact statements",
+    "near_miss_per_chunk": "Near-miss refusals per chunk", "near_miss_probes_per_chunk": "Near-miss probes per chunk",
     "budget_usd": "Budget", "pairs_per_chunk": "Questions per chunk", "mix": "Question mix",
     "system_prompt": "Student system prompt", "style": "Answer style", "judge": "Judge",
     "judge_provider": "Judge provider", "judge_model": "Judge model", "concurrency": "Parallel calls",
@@ -75,8 +82,18 @@ def money(amount: float) -> str:
 
 @dataclass
 class GenerateOptions:
-    """What the user sets before a run; ``to_config`` turns it into the pipeline's ``GenerateConfig``."""
+    """What the user sets before a run; ``to_config`` turns it into the pipeline's ``GenerateConfig``.
 
+    ``recipe`` picks what the teacher is asked: "facts" (the default: a quota of questions per fact, fact statements,
+    near-miss refusals and held-out near-miss probes) or "plain" (questions per chunk in a mix of types). The knobs
+    of the other recipe are kept as set, for when the user switches back.
+    """
+
+    recipe: str = "facts"  # the pipeline's defaults, as GenerateConfig has them
+    questions_per_fact: int = 6
+    statements: bool = True
+    near_miss_per_chunk: int = 2  # training refusals about near-miss entities
+    near_miss_probes_per_chunk: int = 1  # other near misses, held out as leakage probes (training chunks only)
     budget_usd: float | None = None  # per run; None: no budget
     pairs_per_chunk: int | None = None  # None: scaled with the chunk's length (about 4 per 500 tokens)
     mix: dict[str, float] = field(default_factory=default_mix)  # weights, shown as percentages
@@ -89,6 +106,14 @@ class GenerateOptions:
 
     def validate(self) -> None:
         """Raise ``OptionError`` naming the first field a run cannot take."""
+        if self.recipe not in prompts.RECIPES:
+            raise OptionError("recipe", f"“{self.recipe}” is not a recipe; choose {' or '.join(prompts.RECIPES)}")
+        for name, low, high in (("questions_per_fact", 1, prompts.MAX_QUESTIONS_PER_FACT),
+                                ("near_miss_per_chunk", 0, prompts.MAX_NEAR_MISS),
+                                ("near_miss_probes_per_chunk", 0, prompts.MAX_NEAR_MISS_PROBES)):
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise OptionError(name, f"{value} is not between {low} and {high}")
         budget = self.budget_usd
         if budget is not None and not (math.isfinite(budget) and budget > 0):
             raise OptionError("budget_usd", f"{budget:g} is not a positive amount in US dollars; leave it empty "
@@ -114,6 +139,11 @@ class GenerateOptions:
         self.validate()
         total = sum(self.mix.values())
         return GenerateConfig(
+            recipe=self.recipe,
+            questions_per_fact=self.questions_per_fact,
+            statements=self.statements,
+            near_miss_per_chunk=self.near_miss_per_chunk,
+            near_miss_probes_per_chunk=self.near_miss_probes_per_chunk,
             pairs_per_chunk=self.pairs_per_chunk,
             mix={t: v / total for t, v in self.mix.items() if v > 0},
             system_prompt=self.system_prompt.strip() or None,
@@ -128,7 +158,8 @@ class GenerateOptions:
     @classmethod
     def from_json(cls, data: Any) -> GenerateOptions:
         """Options as stored. A value of the wrong type falls back to its default; a value of the right type is
-        kept as it is, so a bad one (a negative budget) is named by ``validate`` rather than silently changed."""
+        kept as it is, so a bad one (a negative budget) is named by ``validate`` rather than silently changed.
+        Options saved before a field existed (the recipe and its knobs) get its default."""
         options = cls()
         if not isinstance(data, dict):
             return options
@@ -139,7 +170,12 @@ class GenerateOptions:
         def text(value: Any) -> bool:
             return isinstance(value, str)
 
+        def whole(value: Any) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
         checks: dict[str, Callable[[Any], bool]] = {
+            "recipe": text, "questions_per_fact": whole, "statements": lambda v: isinstance(v, bool),
+            "near_miss_per_chunk": whole, "near_miss_probes_per_chunk": whole,
             "budget_usd": lambda v: v is None or number(v),
             "pairs_per_chunk": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
             "system_prompt": text, "style": text,
@@ -157,15 +193,25 @@ class GenerateOptions:
 
     def summary(self) -> str:
         """One line for the user: what the next run will do."""
+        def count(n: int, what: str) -> str:
+            return f"{n} {what}{'s' if n != 1 else ''}"
+
         parts = [f"budget {money(self.budget_usd)} per run" if self.budget_usd is not None else "no budget"]
-        if self.pairs_per_chunk is None:
-            parts.append("questions per chunk scaled with its length")
+        if self.recipe == "facts":
+            parts.append(f"facts recipe: {count(self.questions_per_fact, 'question')} per fact"
+                         + (" and its statement" if self.statements else ""))
+            parts.append(f"{count(self.near_miss_per_chunk, 'near-miss refusal')} and "
+                         f"{count(self.near_miss_probes_per_chunk, 'held-out near-miss probe')} per chunk")
         else:
-            parts.append(f"{self.pairs_per_chunk} question{'s' if self.pairs_per_chunk != 1 else ''} per chunk")
-        total = sum(v for v in self.mix.values() if v > 0)
-        if total > 0:
-            parts.append(", ".join(f"{QTYPE_LABELS.get(t, t).lower()} {100 * v / total:.0f}%"
-                                   for t, v in self.mix.items() if v > 0))
+            parts.append("plain Q&A" if self.recipe == "plain" else f"recipe {self.recipe}")
+            if self.pairs_per_chunk is None:
+                parts.append("questions per chunk scaled with its length")
+            else:
+                parts.append(f"{count(self.pairs_per_chunk, 'question')} per chunk")
+            total = sum(v for v in self.mix.values() if v > 0)
+            if total > 0:
+                parts.append(", ".join(f"{QTYPE_LABELS.get(t, t).lower()} {100 * v / total:.0f}%"
+                                       for t, v in self.mix.items() if v > 0))
         if not self.judge:
             parts.append("no judge")
         elif self.judge_provider or self.judge_model:

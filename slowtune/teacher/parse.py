@@ -48,10 +48,10 @@ def _load(text: str) -> tuple[Any, bool]:
     return repaired, True
 
 
-def _list_key(schema: dict[str, Any]) -> str:
-    # Every task schema is an object with exactly one list of items.
-    (key,) = schema["required"]
-    return key
+def _list_keys(schema: dict[str, Any]) -> list[str]:
+    # Every task schema is an object of lists of items: one (most tasks), or several (``facts``: the facts, then
+    # the near misses). The first is the reply's substance; a later one a truncated reply never reached is empty.
+    return list(schema["required"])
 
 
 def _errors(validator: Any, value: Any) -> list[str]:
@@ -79,24 +79,39 @@ def parse_reply(content: str, schema: dict[str, Any], *, finish_reason: str | No
         return Parsed(None, "the reply was not valid JSON and could not be repaired")
     if not isinstance(data, dict):
         return Parsed(None, "the reply was not a JSON object")
-    key = _list_key(schema)
-    items = data.get(key)
-    if not isinstance(items, list):
-        return Parsed(None, f"the reply has no {key!r} list (keys: {', '.join(sorted(data)) or 'none'})")
+    keys = _list_keys(schema)
+    if not isinstance(data.get(keys[0]), list):
+        return Parsed(None, f"the reply has no {keys[0]!r} list (keys: {', '.join(sorted(data)) or 'none'})")
     truncated = finish_reason == "length"
-    if truncated and items:
-        items = items[:-1]  # cut off mid-item: even repaired, its text is incomplete
-    validator = _validator(json.dumps(schema["properties"][key]["items"], sort_keys=True))
-    kept, dropped = [], []
-    for i, item in enumerate(items):
-        errors = _errors(validator, item)
-        if errors:
-            dropped.append(f"item {i}: {errors[0]}")
-        else:
-            kept.append(item)
-    if not kept:
+    lists: dict[str, list[Any]] = {}
+    dropped: list[str] = []
+    for key in keys:
+        items = data.get(key)
+        if not isinstance(items, list):
+            if not truncated:
+                return Parsed(None, f"the reply has no {key!r} list (keys: {', '.join(sorted(data)) or 'none'})")
+            items = []  # cut off before it began
+        lists[key] = items
+    if truncated:
+        # Cut off mid-item: even repaired, the last item written is incomplete (it is in the last list begun).
+        last = next((k for k in reversed(keys) if lists[k]), None)
+        if last is not None:
+            lists[last] = lists[last][:-1]
+    kept_lists: dict[str, list[Any]] = {}
+    for key in keys:
+        validator = _validator(json.dumps(schema["properties"][key]["items"], sort_keys=True))
+        kept = []
+        for i, item in enumerate(lists[key]):
+            errors = _errors(validator, item)
+            if errors:
+                where = f"item {i}" if len(keys) == 1 else f"{key} item {i}"
+                dropped.append(f"{where}: {errors[0]}")
+            else:
+                kept.append(item)
+        kept_lists[key] = kept
+    if not kept_lists[keys[0]]:
         if truncated:
             return Parsed(None, "the reply was cut off before its first complete item (token limit)")
         if dropped:
             return Parsed(None, f"no item matched the schema ({dropped[0]})")
-    return Parsed({key: kept}, dropped=dropped, repaired=repaired or truncated)
+    return Parsed(kept_lists, dropped=dropped, repaired=repaired or truncated)

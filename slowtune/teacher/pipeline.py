@@ -1,12 +1,23 @@
 """The generation stage: chunks in, checked and de-duplicated conversations out.
 
-For each chunk that has no finished generation yet:
+Two recipes say what the teacher is asked for each chunk that has no finished generation yet:
 
-1. **Plan** how many items of each question type to ask for (the mix, scaled by the chunk's tokens).
+- **facts** (the default): one ``facts`` call lists the chunk's atomic facts, each with its verbatim quote, and
+  asks about each fact ``questions_per_fact`` times, several ways (direct, reversed, in context, in combination
+  with another fact); each fact also becomes a statement row ("What do you know about <subject>?" answered with
+  the fact stated plainly), so the facts are seen as statements beside the Q&A. The same call writes questions
+  about near-miss entities (resembling the chunk's subjects, mentioned by no document): some become training
+  refusals, others, different ones, held-out leakage probes (split ``probe``, question type ``near_miss``).
+- **plain**: one ``generate`` call writes question/answer items of four types (fact, reasoning, multi-turn, "not
+  in the documents"), as many as the mix and the chunk's length say.
+
+For either:
+
+1. **Plan** what to ask for (the plain mix, scaled by the chunk's tokens; or the facts' quotas).
 2. **Generate**: one call; the reply is parsed, repaired or re-asked a bounded number of times.
 3. **Gates**, cheapest first, so no judge call is spent on a row that fails a free check:
-   the evidence quote must be found in the chunk (fuzzy match); a "not in the documents" question must
-   really be absent from the whole corpus (keyword search); then one **judge** call per chunk at
+   the evidence quote must be found in the chunk (fuzzy match); a "not in the documents" or near-miss question
+   must really be absent from the whole corpus (keyword search); then one **judge** call per chunk at
    temperature 0; then de-duplication (exact and MinHash) against every question kept so far.
 4. **Store** kept rows and rejected ones (with the gate and reason, for review) in the chunk's split.
    Splits are assigned per chunk, never per row, and kept for good.
@@ -43,6 +54,14 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MIX = {"fact": 0.4, "reasoning": 0.25, "multi_turn": 0.15, "refusal": 0.2}
 REFUSAL_ANSWER_HINT = "The documents do not cover"
+RECIPES = prompts.RECIPES
+DEFAULT_RECIPE = "facts"
+# The facts recipe's bounds (GenerateConfig.validate's and the options').
+MAX_QUESTIONS_PER_FACT = prompts.MAX_QUESTIONS_PER_FACT
+MAX_NEAR_MISS = prompts.MAX_NEAR_MISS
+MAX_NEAR_MISS_PROBES = prompts.MAX_NEAR_MISS_PROBES
+MAX_FACTS_PER_CHUNK = prompts.MAX_FACTS_PER_CHUNK
+TOKENS_PER_FACT = 25  # a chunk's facts, when not fixed, are asked for up to one per this many tokens (at least 3)
 
 
 class GenerationError(RuntimeError):
@@ -51,10 +70,18 @@ class GenerationError(RuntimeError):
 
 @dataclass
 class GenerateConfig:
-    pairs_per_chunk: int | None = field(default=None, metadata={"help": "fixed items per chunk (default: scaled)"})
-    pairs_per_500_tokens: float = field(default=4.0, metadata={"help": "items per 500 chunk tokens when scaled"})
+    recipe: str = field(default=DEFAULT_RECIPE, metadata={"help": "facts (the default) or plain Q&A"})
+    questions_per_fact: int = field(default=6, metadata={"help": "facts recipe: questions about each fact"})
+    statements: bool = field(default=True, metadata={"help": "facts recipe: a fact-statement row per fact"})
+    near_miss_per_chunk: int = field(default=2, metadata={"help": "facts recipe: near-miss refusals to train on"})
+    near_miss_probes_per_chunk: int = field(
+        default=1, metadata={"help": "facts recipe: other near misses held out as leakage probes (training chunks)"})
+    max_facts: int | None = field(default=None, metadata={"help": "facts recipe: facts asked per chunk (default: "
+                                                                  "scaled with its length)"})
+    pairs_per_chunk: int | None = field(default=None, metadata={"help": "plain recipe: fixed items per chunk (default: scaled)"})
+    pairs_per_500_tokens: float = field(default=4.0, metadata={"help": "plain recipe: items per 500 chunk tokens when scaled"})
     mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX),
-                                  metadata={"help": "share of each question type"})
+                                  metadata={"help": "plain recipe: share of each question type"})
     system_prompt: str | None = field(default=None, metadata={"help": "the student's system prompt in every row"})
     style: str = field(default=prompts.DEFAULT_STYLE, metadata={"help": "answer style/length instruction"})
     temperature: float = field(default=0.7, metadata={"help": "teacher sampling temperature for generation"})
@@ -69,6 +96,18 @@ class GenerateConfig:
     max_chunks: int | None = field(default=None, metadata={"help": "at most this many new chunks"})
 
     def validate(self) -> None:
+        if self.recipe not in RECIPES:
+            raise GenerationError(f"unknown recipe (--recipe) {self.recipe!r}; known: {', '.join(RECIPES)}")
+        if not 1 <= self.questions_per_fact <= MAX_QUESTIONS_PER_FACT:
+            raise GenerationError(f"questions per fact (--questions-per-fact) must be between 1 and "
+                                  f"{MAX_QUESTIONS_PER_FACT}")
+        if not 0 <= self.near_miss_per_chunk <= MAX_NEAR_MISS:
+            raise GenerationError(f"near-miss refusals per chunk (--near-miss) must be between 0 and {MAX_NEAR_MISS}")
+        if not 0 <= self.near_miss_probes_per_chunk <= MAX_NEAR_MISS_PROBES:
+            raise GenerationError(f"near-miss probes per chunk (--near-miss-probes) must be between 0 and "
+                                  f"{MAX_NEAR_MISS_PROBES}")
+        if self.max_facts is not None and not 1 <= self.max_facts <= MAX_FACTS_PER_CHUNK:
+            raise GenerationError(f"facts per chunk (--max-facts) must be between 1 and {MAX_FACTS_PER_CHUNK}")
         unknown = set(self.mix) - set(prompts.QTYPES)
         if unknown:
             raise GenerationError(f"unknown question type(s) in the mix (--mix): {', '.join(sorted(unknown))}; "
@@ -109,7 +148,15 @@ class GenerateResult:
     chunks_failed: int = 0
     chunks_not_started: int = 0
     rows_kept: int = 0
-    probes: int = 0
+    probes: int = 0  # held-out probes written, near-miss ones included
+    near_miss_probes: int = 0  # of which held-out near-miss (leakage) probes
+    # The facts recipe: the facts the teacher listed, the questions about them that were kept (statements not
+    # counted), and the facts that got fewer than their quota, because the teacher wrote fewer or the gates
+    # rejected some (``questions_missing`` in all), so training can say when the facts are thinly asked about.
+    facts: int = 0
+    fact_questions: int = 0
+    short_facts: int = 0
+    questions_missing: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     calls: int = 0
     cached_calls: int = 0
@@ -133,6 +180,22 @@ def items_for(tokens: int, config: GenerateConfig) -> int:
     if config.pairs_per_chunk is not None:
         return config.pairs_per_chunk
     return max(1, min(20, round(tokens / 500 * config.pairs_per_500_tokens)))
+
+
+def facts_for(tokens: int, config: GenerateConfig, near_misses: int = 0) -> int:
+    """How many facts a ``facts`` call asks for: ``max_facts``, or up to one per ``TOKENS_PER_FACT`` tokens of the
+    chunk (at least 3); never more than one answer's token limit holds with their questions."""
+    wanted = config.max_facts if config.max_facts is not None else max(3, math.ceil(tokens / TOKENS_PER_FACT))
+    per_fact = prompts.facts_max_tokens(1, config.questions_per_fact, 0) - 200
+    room = (prompts.facts_max_tokens(MAX_FACTS_PER_CHUNK, config.questions_per_fact, 0) - 200
+            - 80 * near_misses) // per_fact
+    return max(1, min(wanted, room, MAX_FACTS_PER_CHUNK))
+
+
+def near_misses_for(job: ChunkJob, config: GenerateConfig) -> tuple[int, int]:
+    """(training refusals, held-out probes) of near-miss questions asked for a chunk: probes only for training
+    chunks, so a validation chunk's near misses are never held out."""
+    return config.near_miss_per_chunk, config.near_miss_probes_per_chunk if job.split == "train" else 0
 
 
 def plan_types(chunk_id: str, n: int, mix: dict[str, float]) -> dict[str, int]:
@@ -230,17 +293,28 @@ class Plan:
 def plan_run(jobs: list[ChunkJob], config: GenerateConfig) -> Plan:
     """Calls and tokens a run will use (for the estimate and the upload statement)."""
     gen_sys = _tokens(prompts.GENERATE_SYSTEM) + 700  # plus the schema
+    facts_sys = _tokens(prompts.FACTS_SYSTEM) + 1000
     judge_sys = _tokens(prompts.JUDGE_SYSTEM) + 200
     calls = input_tokens = output_tokens = chunk_tokens = judge_calls = judge_in = judge_out = 0
     for job in jobs:
-        n = items_for(job.tokens, config)
         chunk_tokens += job.tokens
         calls += 1
-        input_tokens += gen_sys + job.tokens + 150
-        output_tokens += 120 * n
+        if config.recipe == "facts":
+            near = sum(near_misses_for(job, config))
+            # The facts a chunk holds: about one per TOKENS_PER_FACT tokens, up to what is asked for.
+            facts = min(facts_for(job.tokens, config, near), max(1, math.ceil(job.tokens / TOKENS_PER_FACT)))
+            input_tokens += facts_sys + job.tokens + 250
+            output_tokens += prompts.facts_max_tokens(facts, config.questions_per_fact, near) - 200
+            n = facts * (config.questions_per_fact + (1 if config.statements else 0)) + near
+            judge_in_extra = _tokens(prompts.FACTS_JUDGE_NOTE)
+        else:
+            n = items_for(job.tokens, config)
+            input_tokens += gen_sys + job.tokens + 150
+            output_tokens += 120 * n
+            judge_in_extra = 0
         if config.judge:
             judge_calls += 1
-            judge_in += judge_sys + job.tokens + 110 * n
+            judge_in += judge_sys + judge_in_extra + job.tokens + 110 * n
             judge_out += 45 * n
         if job.split == "train" and config.probes_per_chunk:
             calls += 1
@@ -269,6 +343,7 @@ class Candidate:
     verdicts: dict[str, Any] = field(default_factory=dict)
     gate: str | None = None
     reason: str | None = None
+    split: str | None = None  # None: the chunk's split (a held-out near-miss probe: "probe")
 
 
 class Generator:
@@ -291,16 +366,32 @@ class Generator:
                 "SELECT c.id, c.text, d.title, d.path FROM chunks c JOIN documents d ON d.id = c.document_id "
                 "WHERE d.status = 'ok'")
         )
+        # Questions kept so far: training and validation rows, and the held-out near-miss probes (so that training
+        # never asks one of them); statements, whose question is the same for every fact about a subject, are
+        # compared by the fact they state instead.
         self.dedup = Deduplicator(threshold=config.dedup_threshold)
-        self.dedup.seed(
-            (f"row:{r['id']}", _first_question(json.loads(r["messages_json"])["messages"]))
-            for r in project.conn.execute(
-                """SELECT r.id, r.messages_json FROM dataset_rows r
-                   LEFT JOIN generation_chunks g ON g.chunk_id = r.chunk_id
-                   WHERE r.status = 'accepted' AND r.split != 'probe'
-                     AND (r.source != 'teacher' OR r.edited = 1 OR g.status = 'done')
-                     AND """ + current_row_sql("r"))
-        )
+        self.statement_dedup = Deduplicator(threshold=config.dedup_threshold)
+        # Near-miss entities asked about so far, in training refusals and in held-out probes: the two never share
+        # an entity, so a leakage probe asks about something training never mentioned.
+        self.near_miss_entities: dict[str, set[str]] = {"train": set(), "probe": set()}
+        seen = project.conn.execute(
+            """SELECT r.id, r.messages_json, r.qtype, r.split, r.verdicts_json FROM dataset_rows r
+               LEFT JOIN generation_chunks g ON g.chunk_id = r.chunk_id
+               WHERE r.status = 'accepted' AND (r.split != 'probe' OR r.qtype = ?)
+                 AND (r.source != 'teacher' OR r.edited = 1 OR g.status = 'done')
+                 AND """ + current_row_sql("r"), (prompts.NEAR_MISS_QTYPE,)).fetchall()
+        questions, statements = [], []
+        for r in seen:
+            messages = json.loads(r["messages_json"])["messages"]
+            if r["qtype"] == prompts.STATEMENT_QTYPE:
+                statements.append((f"row:{r['id']}", _last_answer(messages)))
+            else:
+                questions.append((f"row:{r['id']}", _first_question(messages)))
+            entity = (json.loads(r["verdicts_json"] or "{}").get("near_miss") or {}).get("entity")
+            if entity and r["qtype"] in ("refusal", prompts.NEAR_MISS_QTYPE):
+                self.near_miss_entities["probe" if r["split"] == "probe" else "train"].add(_entity_key(entity))
+        self.dedup.seed(questions)
+        self.statement_dedup.seed(statements)
         self._consecutive_failures = 0
         self._chunk_finished = asyncio.Event()
         self._reserved = 0.0
@@ -367,7 +458,8 @@ class Generator:
     async def _judge(self, job: ChunkJob, cands: list[Candidate]) -> str | None:
         payload = [{"id": i, "type": c.item["type"], "conversation": [m for m in c.messages if m["role"] != "system"]}
                    for i, c in enumerate(cands)]
-        request = prompts.judge_request(job.text, payload, title=job.title)
+        note = prompts.FACTS_JUDGE_NOTE if self.config.recipe == "facts" else None
+        request = prompts.judge_request(job.text, payload, title=job.title, note=note)
         request, problem = _fit_context(request, self.judge_runner.context_length)
         if problem is not None:
             return problem
@@ -394,6 +486,9 @@ class Generator:
         # Rows an interrupted run stored for this chunk before marking it done: they come back from the cache.
         self.project.conn.execute(
             "DELETE FROM dataset_rows WHERE chunk_id = ? AND source = 'teacher' AND edited = 0", (job.id,))
+        if self.config.recipe == "facts":
+            await self._facts_chunk(job)
+            return
         n = items_for(job.tokens, self.config)
         counts = plan_types(job.id, n, self.config.mix)
         request = prompts.generate_request(job.text, counts, title=job.title, headings=job.headings,
@@ -428,12 +523,177 @@ class Generator:
             await self._probes(job, kept)
         self._finish(job, "done", None, cands)
 
+    async def _facts_chunk(self, job: ChunkJob) -> None:
+        """The facts recipe for one chunk: one ``facts`` call, the gates, the near misses' roles, the probes."""
+        from slowtune.teacher.checks import refusal_check
+
+        config = self.config
+        train_quota, probe_quota = near_misses_for(job, config)
+        n_facts = facts_for(job.tokens, config, train_quota + probe_quota)
+        request = prompts.facts_request(job.text, max_facts=n_facts, questions_per_fact=config.questions_per_fact,
+                                        near_misses=train_quota + probe_quota, title=job.title,
+                                        headings=job.headings, style=config.style, temperature=config.temperature)
+        request, problem = _fit_context(request, self.runner.context_length)
+        if problem is not None:
+            self._finish(job, "failed", problem, [])
+            return
+        data, problem = await self._ask(self.runner, request, job.regeneration)
+        if data is None:
+            self._finish(job, "failed", problem, [], ask_afresh=True)
+            return
+        facts = data["facts"][:n_facts]
+        by_id: dict[int, dict[str, Any]] = {}
+        for fact in facts:
+            by_id.setdefault(fact["id"], fact)
+        quotes: dict[int, Any] = {}  # id(fact) -> its quote check, made once per fact
+
+        def quote_of(fact: dict[str, Any]) -> Any:
+            from slowtune.teacher.checks import quote_check
+
+            if id(fact) not in quotes:
+                quotes[id(fact)] = quote_check(fact["quote"], job.text, threshold=config.quote_threshold)
+            return quotes[id(fact)]
+
+        cands: list[Candidate] = []
+        of_fact: list[int | None] = []  # the position in ``facts`` of each candidate's fact (None: a near miss)
+        for position, fact in enumerate(facts):
+            about = {"id": fact["id"], "subject": fact["subject"].strip(), "fact": fact["fact"].strip()}
+            # (each row gets its own copy: a combination row adds the other fact to it)
+            items = [{"type": prompts.FACT_KIND_QTYPES[q["kind"]], "question": q["question"], "answer": q["answer"],
+                      "quote": fact["quote"], "follow_ups": [], "search_terms": [], "with_fact": q["with_fact"]}
+                     for q in fact["questions"][:config.questions_per_fact]]
+            if config.statements:
+                items.append({"type": prompts.STATEMENT_QTYPE, "question": _statement_question(fact["subject"]),
+                              "answer": fact["fact"], "quote": fact["quote"], "follow_ups": [], "search_terms": [],
+                              "with_fact": -1})
+            for item in items:
+                cand = Candidate(item, [])
+                cand.verdicts["fact"] = dict(about)
+                cands.append(cand)
+                of_fact.append(position)
+                if not item["question"].strip() or not item["answer"].strip() or not about["subject"]:
+                    cand.gate, cand.reason = "schema", "a question, answer or subject without text"
+                    continue
+                cand.messages = _conversation(item, config.system_prompt)
+                self._check_fact_quotes(cand, fact, by_id, quote_of)
+        for near in data["near_misses"][:train_quota + probe_quota]:
+            item = {"type": "refusal", "question": near["question"], "answer": near["answer"], "quote": "",
+                    "follow_ups": [], "search_terms": near["search_terms"], "entity": near["entity"].strip()}
+            cand = Candidate(item, [])
+            cand.verdicts["near_miss"] = {"entity": item["entity"], "search_terms": item["search_terms"]}
+            cands.append(cand)
+            of_fact.append(None)
+            if not item["question"].strip() or not item["answer"].strip():
+                cand.gate, cand.reason = "schema", "a near-miss question or answer without text"
+                continue
+            cand.messages = _conversation(item, config.system_prompt)
+            check = refusal_check(item["question"], item["search_terms"], self.index)
+            cand.verdicts["refusal"] = {"ok": check.ok, "reason": check.reason, "found_in": check.found_in}
+            if not check.ok:
+                cand.gate, cand.reason = "refusal", check.reason.replace("refusal", "near miss", 1)
+                continue
+            stated = refusal_states_facts(item["answer"], item["question"], job.text)
+            if stated:
+                cand.verdicts["refusal"]["states"] = stated
+                cand.gate = "refusal"
+                cand.reason = (f"near miss rejected: its refusal also states the documents' {', '.join(stated)}, "
+                               "which the question did not ask about")
+        passing = [c for c in cands if c.gate is None]
+        if passing and config.judge:
+            problem = await self._judge(job, passing)
+            if problem is not None:
+                self._finish(job, "failed", problem, cands, ask_afresh=True)
+                return
+        left = {"train": train_quota, "probe": probe_quota}
+        for i, cand in enumerate(cands):
+            if cand.gate is not None:
+                continue
+            key = f"{job.id}:{job.regeneration}:f{i}"
+            if cand.item["type"] == prompts.STATEMENT_QTYPE:
+                dup = self.statement_dedup.check_and_add(key, cand.item["answer"])
+            elif of_fact[i] is not None:
+                dup = self.dedup.check_and_add(key, cand.item["question"])
+            else:
+                dup = self._near_miss_role(cand, key, left)
+            if dup is not None:
+                cand.gate = "duplicate"
+                cand.reason = f"{dup.kind} duplicate of an earlier question (similarity {dup.similarity:.2f})"
+                cand.verdicts["duplicate"] = {"of": dup.of_key, "kind": dup.kind, "similarity": dup.similarity}
+        stored = [c for c in cands if c.messages]  # a row needs a question and an answer to be kept for review
+        kept = self._store(job, stored)
+        # The quota per fact, kept honestly: how many of its questions survived every gate.
+        counts = {"facts": len(facts), "questions": 0, "short": 0, "missing": 0}
+        for position in range(len(facts)):
+            survived = sum(1 for c, f in zip(cands, of_fact, strict=True)
+                           if f == position and c.gate is None and c.item["type"] != prompts.STATEMENT_QTYPE)
+            counts["questions"] += survived
+            if survived < config.questions_per_fact:
+                counts["short"] += 1
+                counts["missing"] += config.questions_per_fact - survived
+        self.result.facts += counts["facts"]
+        self.result.fact_questions += counts["questions"]
+        self.result.short_facts += counts["short"]
+        self.result.questions_missing += counts["missing"]
+        if kept and job.split == "train" and config.probes_per_chunk:
+            await self._probes(job, kept)
+        self._finish(job, "done", None, cands, facts=counts)
+
+    def _check_fact_quotes(self, cand: Candidate, fact: dict[str, Any], by_id: dict[int, dict[str, Any]],
+                           quote_of: Any) -> None:
+        """The quote gate of a facts-recipe row: its fact's quote, and the other fact's for a combination."""
+        checked = [fact]
+        if cand.item["type"] == "combination":
+            other = by_id.get(cand.item["with_fact"])
+            if other is None or other is fact:
+                cand.gate, cand.reason = "schema", "a combination question that names no other fact of the chunk"
+                return
+            checked.append(other)
+            cand.verdicts["fact"]["with"] = {"id": other["id"], "fact": other["fact"].strip()}
+            cand.verdicts["other_quote"] = other["quote"]
+        scores = []
+        for f in checked:
+            check = quote_of(f)
+            scores.append(round(check.score, 3))
+            if not check.ok:
+                cand.verdicts["quote"] = {"ok": False, "scores": scores, "reason": check.reason}
+                cand.gate, cand.reason = "quote", check.reason
+                return
+        cand.verdicts["quote"] = {"ok": True, "scores": scores}
+
+    def _near_miss_role(self, cand: Candidate, key: str, left: dict[str, int]) -> Any:
+        """Make a near miss that passed its gates a training refusal, while the chunk's quota of them lasts, and then
+        a held-out near-miss probe: about an entity no training row asks about, and not a duplicate of a question
+        kept so far. Returns the ``Duplicate`` that rejects it, or None (also when rejected here for its entity)."""
+        role = "train" if left["train"] > 0 else "probe"
+        if left[role] <= 0:  # more near misses than asked for (the reply is cut to the quota, so never so far)
+            cand.gate, cand.reason = "schema", "more near-miss questions than asked for"
+            return None
+        if role == "probe":  # kept or not, it is reviewed as what it was to be
+            cand.item["type"] = prompts.NEAR_MISS_QTYPE
+            cand.split = "probe"
+        entity = _entity_key(cand.item["entity"] or " ".join(cand.item["search_terms"]) or cand.item["question"])
+        other = "probe" if role == "train" else "train"
+        if entity in self.near_miss_entities[other]:
+            what = "a held-out near-miss probe" if role == "train" else "a training refusal"
+            cand.gate = "duplicate"
+            cand.reason = (f"the same entity ({cand.item['entity'] or entity}) as {what}: training refusals and "
+                           "held-out probes are about different entities")
+            cand.verdicts["duplicate"] = {"entity": entity, "of": what}
+            return None
+        dup = self.dedup.check_and_add(key, cand.item["question"])
+        if dup is not None:
+            return dup
+        left[role] -= 1
+        self.near_miss_entities[role].add(entity)
+        cand.verdicts["near_miss"]["role"] = "training refusal" if role == "train" else "held-out probe"
+        return None
+
     def _store(self, job: ChunkJob, cands: list[Candidate]) -> list[DatasetRow]:
         rows = []
         for cand in cands:
             cand.verdicts["gate"] = cand.gate
             rows.append(DatasetRow(
-                messages=cand.messages, split=job.split, status="rejected" if cand.gate else "accepted",
+                messages=cand.messages, split=cand.split or job.split, status="rejected" if cand.gate else "accepted",
                 provenance=Provenance(document_id=job.document_id, chunk_id=job.id,
                                       evidence=cand.item.get("quote") or None, qtype=cand.item["type"],
                                       verdicts=cand.verdicts),
@@ -444,8 +704,11 @@ class Generator:
             if cand.gate:
                 self.result.rejected[cand.gate] = self.result.rejected.get(cand.gate, 0) + 1
         kept = [r for r in rows if r.status == "accepted" and r.id is not None]
-        self.result.rows_kept += len(kept)
-        return kept
+        held_out = [r for r in kept if r.split == "probe"]  # the facts recipe's near-miss probes
+        self.result.rows_kept += len(kept) - len(held_out)
+        self.result.probes += len(held_out)
+        self.result.near_miss_probes += sum(1 for r in held_out if r.provenance.qtype == prompts.NEAR_MISS_QTYPE)
+        return [r for r in kept if r.split != "probe"]
 
     async def _probes(self, job: ChunkJob, kept: list[DatasetRow]) -> None:
         # Questions about facts, and one "not in the documents" question when the chunk has one: the evaluation
@@ -478,7 +741,7 @@ class Generator:
         self.result.probes += added
 
     def _finish(self, job: ChunkJob, status: str, reason: str | None, cands: list[Candidate], *,
-                ask_afresh: bool = False) -> None:
+                ask_afresh: bool = False, facts: dict[str, int] | None = None) -> None:
         """Record how the chunk went. ``ask_afresh``: it failed on unusable replies, which are cached; the next
         run must not replay them, so it asks under a new regeneration number."""
         gates = Counter(c.gate for c in cands if c.gate)
@@ -492,7 +755,8 @@ class Generator:
                  candidates=excluded.candidates, kept=excluded.kept, stats_json=excluded.stats_json,
                  document_id=excluded.document_id, regenerations=excluded.regenerations,
                  updated_at=excluded.updated_at""",
-            (job.id, job.document_id, status, reason, len(cands), kept, dumps({"rejected": dict(gates)}),
+            (job.id, job.document_id, status, reason, len(cands), kept,
+             dumps({"rejected": dict(gates), **({"facts": facts} if facts is not None else {})}),
              job.regeneration + (1 if ask_afresh else 0), now),
         )
         if status == "failed":
@@ -630,6 +894,48 @@ def _fit_context(request: prompts.Request, context_length: int | None) -> tuple[
 
 def _first_question(messages: list[dict[str, str]]) -> str:
     return next((m["content"] for m in messages if m["role"] == "user"), "")
+
+
+def refusal_states_facts(answer: str, question: str, chunk_text: str) -> list[str]:
+    """The chunk's names and numbers that a near-miss refusal states and its question did not contain.
+
+    "The documents do not cover the Quorvel dam, but the Hollow dam is 40 metres tall" refuses and then teaches
+    the very leak the leakage probes measure: answering about a look-alike with the documents' facts.
+    """
+    from slowtune.quality import corpus_terms
+    from slowtune.scoring import KeyFact, fact_found, numbers_in
+
+    terms = corpus_terms([chunk_text])
+    names = [terms.shown.get(key, key) for key in sorted(terms.names)
+             if fact_found(KeyFact("name", key), answer) and not fact_found(KeyFact("name", key), question)]
+    # A name's words are terms too ("Edda Strom", "Strom"): say the whole name only.
+    found = [n for n in names if not any(n != m and n in m.split() for m in names)]
+    asked = {value for value, _ in numbers_in(question)}
+    found += [written for value, written in numbers_in(answer) if value in terms.numbers and value not in asked]
+    return list(dict.fromkeys(found))
+
+
+def _statement_question(subject: str) -> str:
+    """The question of a fact-statement row: "What do you know about <subject>?" (a leading article in lower case)."""
+    subject = " ".join(subject.split()).rstrip(".?!")
+    first, _, rest = subject.partition(" ")
+    if first in ("The", "A", "An") and rest:
+        subject = f"{first.lower()} {rest}"
+    return prompts.STATEMENT_QUESTION.format(subject=subject)
+
+
+def _entity_key(entity: str) -> str:
+    """A near-miss entity as compared: normalised, without a leading article."""
+    from slowtune.teacher.checks import normalise
+
+    words = normalise(entity).strip(" .?!\"'").split()
+    if len(words) > 1 and words[0] in ("the", "a", "an"):
+        words = words[1:]
+    return " ".join(words)
+
+
+def _last_answer(messages: list[dict[str, str]]) -> str:
+    return next((m["content"] for m in reversed(messages) if m["role"] == "assistant"), "")
 
 
 def _norm(text: str) -> str:

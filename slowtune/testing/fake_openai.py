@@ -57,6 +57,12 @@ TEXT_MODE_PREAMBLE = "Here is the JSON you asked for."
 # The question types of slowtune.teacher.prompts (QTYPES), in its order; this module imports nothing of slowtune's,
 # and tests/test_fake_openai.py checks that the two stay equal.
 QTYPES = ("fact", "reasoning", "multi_turn", "refusal")
+# The ways the facts task asks about each fact (slowtune.teacher.prompts.FACT_KINDS, checked equal as QTYPES is).
+FACT_KINDS = ("direct", "reversed", "context", "combination")
+# Syllables of the names the fake invents for near-miss entities: four of them, drawn by a hash of the chunk, make a
+# name no test corpus uses (the corpus check must find it nowhere).
+_NAME_SYLLABLES = ("quor", "vel", "dran", "mib", "tal", "zen", "brox", "kes", "lun", "fey", "gar", "osk", "rin",
+                   "thal", "wyv", "xan")
 # The schema limits of slowtune.teacher.prompts: a long sentence is cut to them, as a model obeying the
 # schema would, so the fake's answers always validate.
 _MAX_QUESTION = 400
@@ -65,6 +71,8 @@ _MAX_QUOTE = 600
 
 _BEGIN_RE = re.compile(r"^=====BEGIN DOCUMENT (\S+)=====$", re.MULTILINE)
 _COUNT_RE = re.compile(r"^- (\w+): (\d+) \(", re.MULTILINE)
+_MAX_FACTS_RE = re.compile(r"^List the excerpt's atomic facts: at most (\d+)\.", re.MULTILINE)
+_NEAR_MISSES_RE = re.compile(r"^Near-miss questions: exactly (\d+)\.", re.MULTILINE)
 _SENTENCE_SPLIT_RE = re.compile(r"(?<=[.!?])\s+")
 # Where a sentence cannot run on: a blank line, a Markdown heading line (dropped, being no sentence) or the start
 # of a list item; and the list item's mark, which is no part of its sentence.
@@ -319,6 +327,94 @@ def _generate(prompt: _Prompt, *, refusal_terms: Sequence[str], ungrounded: bool
     return {"items": items}
 
 
+# The facts task's question templates, per kind; the n-th question of a kind about a fact takes the n-th (cycling), so
+# a fact's questions of one kind are worded differently and the client's de-duplication keeps them.
+_DIRECT = ("What is stated about {h}?", "Tell me the facts about {h}.", "What is true of {h}?")
+_REVERSED = ("Which subject is described by the words '{t}'?", "What does the phrase '{t}' refer to?",
+             "Who or what is it that '{t}'?")
+_CONTEXT = ("I am writing a short guide for visitors and want to get it right: what is stated about {h}?",
+            "A friend asked me over dinner about {h}. What should I tell them?",
+            "We are planning a trip next month and need one detail: what do we know about {h}?")
+_COMBINATION = ("How does {h} relate to {h2}?", "What do {h} and {h2} have in common?",
+                "What links {h} with {h2}?")
+_NEAR_MISS = ("What is known about {e}?", "When did visitors first hear of {e}?", "Who looks after {e}?")
+
+
+def _tail(sentence: str) -> str:
+    """The last five words, without trailing punctuation: what a reversed question gives to ask for its subject."""
+    return " ".join(sentence.split()[-5:]).rstrip(".,;:!?\"')") or "it"
+
+
+def _invented_name(document: str, index: int) -> str:
+    """A name made of four syllables, drawn by a hash of the chunk and ``index``, that the chunk does not contain."""
+    for attempt in range(100):
+        digest = hashlib.sha256(f"{document}\0{index}\0{attempt}".encode()).digest()
+        name = "".join(_NAME_SYLLABLES[b % len(_NAME_SYLLABLES)] for b in digest[:4]).capitalize()
+        if name.casefold() not in document.casefold():
+            return name
+    return f"Zzyq{index}"
+
+
+def _near_miss_entity(head: str, name: str) -> str:
+    """``head`` with its first capitalised word after the first replaced by ``name`` ("The Hollow Oak orchard
+    grows" -> "The Quorvel Oak orchard grows"): an entity that resembles the real subject; or ``name`` before it."""
+    words = head.split()
+    for i, word in enumerate(words[1:], start=1):
+        if word[:1].isupper():
+            return " ".join([*words[:i], name, *words[i + 1 :]])
+    return f"{name}, like {head}"
+
+
+def _facts(
+    prompt: _Prompt, *, near_miss_terms: Sequence[str], ungrounded: bool, short_by: int = 0, leaky: bool = False
+) -> dict[str, Any]:
+    """The facts task: one fact per sentence (up to the number asked), each with the asked questions of each kind
+    (``short_by`` fewer, the last ones, for a teacher that falls short of the quota), and the asked near-miss
+    questions about invented entities (or about ``near_miss_terms``, in turn); ``leaky`` near-miss answers go on
+    to state the chunk's first fact after refusing."""
+    limit = _MAX_FACTS_RE.search(prompt.instructions)
+    kinds = {k: int(n) for k, n in _COUNT_RE.findall(prompt.instructions) if k in FACT_KINDS}
+    wanted = _NEAR_MISSES_RE.search(prompt.instructions)
+    document = prompt.document or ""
+    sentences = _sentences(document)[: int(limit.group(1)) if limit else None]
+    facts: list[dict[str, Any]] = []
+    for i, s in enumerate(sentences):
+        h = _head(s)
+        questions: list[dict[str, Any]] = []
+        for kind in FACT_KINDS:
+            for n in range(kinds.get(kind, 0)):
+                written = kind
+                if kind == "combination" and len(sentences) > 1:
+                    j = (i + 1 + n) % len(sentences)
+                    j = j if j != i else (j + 1) % len(sentences)
+                    question = _COMBINATION[n % len(_COMBINATION)].format(h=h, h2=_head(sentences[j]))
+                    answer, with_fact = f"{s} {sentences[j]}", j
+                elif kind == "reversed":
+                    question, answer, with_fact = _REVERSED[n % len(_REVERSED)].format(t=_tail(s)), s, -1
+                elif kind == "context":
+                    question, answer, with_fact = _CONTEXT[n % len(_CONTEXT)].format(h=h), s, -1
+                else:  # direct, or a combination in a chunk of one fact (a direct one instead, as the prompt says)
+                    written = "direct"
+                    after = kinds.get("direct", 0) if kind == "combination" else 0  # past the direct ones' wording
+                    question, answer, with_fact = _DIRECT[(n + after) % len(_DIRECT)].format(h=h), s, -1
+                questions.append({"kind": written, "question": question[:_MAX_QUESTION],
+                                  "answer": _flat(answer)[:_MAX_ANSWER], "with_fact": with_fact})
+        quote = f"Completely invented passage number {i + 1} about nothing in the text." if ungrounded else s[:_MAX_QUOTE]
+        questions = questions[: max(0, len(questions) - short_by)]
+        facts.append({"id": i, "subject": h, "fact": _flat(s)[:_MAX_ANSWER], "quote": quote, "questions": questions})
+    near_misses = []
+    for k in range(int(wanted.group(1)) if wanted else 0):
+        name = near_miss_terms[k % len(near_miss_terms)] if near_miss_terms else _invented_name(document, k)
+        entity = _near_miss_entity(_head(sentences[k % len(sentences)]), name)
+        question = _NEAR_MISS[k % len(_NEAR_MISS)].format(e=entity)
+        answer = f"The documents do not cover {entity}, so I can't say."
+        if leaky:
+            answer += f" But {_flat(sentences[0])}"
+        near_misses.append({"entity": entity, "question": question[:_MAX_QUESTION], "answer": answer[:_MAX_ANSWER],
+                            "search_terms": [name]})
+    return {"facts": facts, "near_misses": near_misses}
+
+
 def _conversation_text(candidate: Mapping[str, Any]) -> str:
     turns = candidate.get("conversation")
     if not isinstance(turns, list):
@@ -507,7 +603,10 @@ class FakeTeacher:
     """A deterministic OpenAI-compatible chat server with switchable faults; see the module docstring.
 
     ``latency`` is slept before every chat answer; ``supports`` lists the ``response_format`` types it
-    accepts; ``refusal_terms`` are the topics of refusal items; a candidate whose conversation contains
+    accepts; ``refusal_terms`` are the topics of refusal items; ``near_miss_terms``, when given, the names of the
+    near-miss entities of the facts task, in turn (else names are invented, found in no test corpus); the facts task
+    writes ``short_by`` fewer questions per fact than asked, and with ``leaky_near_misses`` its near-miss answers
+    state one of the chunk's facts after refusing; a candidate whose conversation contains
     ``judge_reject`` is judged unsupported; ``ungrounded`` makes every quote an invented one; with
     ``fences_in_text_mode`` a reply without ``response_format`` is wrapped in a fenced block after a sentence.
     ``port`` 0 picks a free one.
@@ -522,6 +621,9 @@ class FakeTeacher:
         supports: Sequence[str] = ("json_schema", "json_object"),
         context_length: int | None = 32768,
         refusal_terms: Sequence[str] = ("quuxbarrow",),
+        near_miss_terms: Sequence[str] = (),
+        short_by: int = 0,
+        leaky_near_misses: bool = False,
         judge_reject: str | None = None,
         ungrounded: bool = False,
         fences_in_text_mode: bool = True,
@@ -533,6 +635,9 @@ class FakeTeacher:
         self.supports = tuple(supports)
         self.context_length = context_length
         self.refusal_terms = tuple(refusal_terms)
+        self.near_miss_terms = tuple(near_miss_terms)
+        self.short_by = short_by
+        self.leaky_near_misses = leaky_near_misses
         self.judge_reject = judge_reject
         self.ungrounded = ungrounded
         self.fences_in_text_mode = fences_in_text_mode
@@ -912,6 +1017,9 @@ class FakeTeacher:
             obj = {"result": "done"}
         elif prompt.task == "generate":
             obj = _generate(prompt, refusal_terms=self.refusal_terms, ungrounded=self.ungrounded)
+        elif prompt.task == "facts":
+            obj = _facts(prompt, near_miss_terms=self.near_miss_terms, ungrounded=self.ungrounded,
+                         short_by=self.short_by, leaky=self.leaky_near_misses)
         elif prompt.task == "judge":
             obj = _judge(prompt, judge_reject=self.judge_reject)
         elif prompt.task == "rephrase":
