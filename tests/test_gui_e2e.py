@@ -204,6 +204,8 @@ def test_from_an_empty_app_to_a_chat_with_the_tuned_model(qtbot, window: MainWin
     dataset.options_button.click()
     options = dataset.options_dialog
     assert isinstance(options, OptionsDialog) and options.isVisible()
+    # The plain Q&A recipe: four questions per chunk are enough for the tiny model to learn in this walk.
+    options.recipe.setCurrentIndex(options.recipe.findData("plain"))
     options.pairs.setValue(4)
     options.mix["fact"].setValue(75)
     for qtype in ("reasoning", "multi_turn"):

@@ -187,6 +187,13 @@ def test_replay_is_skipped_with_a_warning_when_it_would_take_too_long(small_mode
                              max_new=4, warn=warned.append)
     assert result.conversations == [] and result.generated == rp.FIRST_BATCH  # the first answers were timed
     assert warned and "Replay was skipped" in warned[0] and "a tenth of the training" in warned[0]
+    # When the base model's scoring timed its answers, nothing is started that cannot finish in time: one batch
+    # of 4-token answers at 1 s a step takes 5 s, so a budget of 6 s answers one batch and 4 s none.
+    one = rp.build_replay(engine, renderer, 40, tmp_path / "c2.jsonl", budget_s=6.0, prompts=prompts, max_new=4,
+                          step_s=1.0)
+    none = rp.build_replay(engine, renderer, 40, tmp_path / "c3.jsonl", budget_s=4.0, prompts=prompts, max_new=4,
+                           step_s=1.0)
+    assert one.generated == rp.BATCH and none.generated == 0 and none.conversations == []
 
 
 def test_replay_answers_end_on_a_sentence() -> None:

@@ -122,7 +122,7 @@ def _generate(root: Path, concurrency: int) -> tuple[Any, float]:
     from slowtune.teacher.pipeline import GenerateConfig, Generator, load_jobs
 
     with Project.open(root) as project:
-        config = GenerateConfig(pairs_per_chunk=2, mix={"fact": 0.5, "reasoning": 0.5})
+        config = GenerateConfig(recipe="plain", pairs_per_chunk=2, mix={"fact": 0.5, "reasoning": 0.5})
         runner = session.make_runner(project, session.choose("bench", None), concurrency=concurrency, timeout=30)
         runner.backoff = 0.1
         generator = Generator(project, runner, config)

@@ -29,10 +29,11 @@ from slowtune.quality import QualityItem, replay_prompts
 __all__ = ["DEFAULT_REPLAY", "ReplayResult", "build_replay", "cache_file", "replay_rows_wanted"]
 
 DEFAULT_REPLAY = 0.25
-MAX_NEW_TOKENS = 160
+MAX_NEW_TOKENS = 128
 TIME_SHARE = 0.10  # of the estimated training time, at most
 MIN_ROWS = 8  # fewer replay rows than this are not worth mixing in
-FIRST_BATCH = 8
+FIRST_BATCH = 8  # timed first when nothing says how fast the model answers
+BATCH = 32  # prompts answered together: on a CPU a batch costs little more than one prompt
 _SENTENCE_END = re.compile(r"[.!?](?:[\"'”’)\]]*)(?=\s|$)")
 
 
@@ -118,10 +119,14 @@ class ReplayResult:
 
 def build_replay(engine: Any, renderer: Any, wanted: int, cache: Path, *, budget_s: float | None,
                  prompts: list[QualityItem] | None = None, max_new: int = MAX_NEW_TOKENS,
-                 progress: Progress | None = None, warn: Callable[[str], None] | None = None) -> ReplayResult:
+                 step_s: float | None = None, progress: Progress | None = None,
+                 warn: Callable[[str], None] | None = None) -> ReplayResult:
     """``wanted`` replay conversations (fewer when there are not so many prompts or not so much time).
 
     ``budget_s``: the most seconds generating may take (None: no limit). Cached answers cost nothing.
+    ``step_s``: seconds one decoding step of a batch takes, when known (the run's scoring of the base model
+    measured it): then only the batches that fit in the budget are started. Without it, a first small batch is
+    timed and the rest follows as the budget allows.
     """
     from slowtune.train.decode import greedy
 
@@ -150,12 +155,15 @@ def build_replay(engine: Any, renderer: Any, wanted: int, cache: Path, *, budget
             answers[item.id] = finished_answer(text, len(out) <= max_new)
         result.generated += len(batch)
 
+    if step_s is not None and budget_s is not None and step_s > 0:
+        batches = int(budget_s // (step_s * (max_new + 1)))
+        missing = missing[: batches * BATCH]
     started = time.perf_counter()
     done = 0
     while done < len(missing):
         progress.report("replay", result.cached + done, len(items), status="the base model answers general prompts")
-        size = FIRST_BATCH if done == 0 else 32
-        if done > 0 and budget_s is not None:
+        size = BATCH if step_s is not None or budget_s is None else FIRST_BATCH if done == 0 else BATCH
+        if done > 0 and budget_s is not None and step_s is None:
             per = (time.perf_counter() - started) / done
             affordable = int((budget_s - (time.perf_counter() - started)) / per) if per > 0 else len(missing)
             if affordable <= 0:

@@ -44,6 +44,7 @@ RETENTION_POOL = 64  # general questions the base answers first; those it gets r
 RETENTION_SLICE = 32
 LEAKAGE_SLICE = 16
 MAX_NEW_TOKENS = 40
+BATCH = 32  # questions answered together
 PLATEAU = 0.02  # knowledge gains below this count as no gain
 
 
@@ -159,6 +160,7 @@ class RunScorer:
         self.retention: list[QualityItem] = []  # the pool's questions the base answers right
         self.base: Scoring | None = None
         self.notes = list(items.notes)
+        self.step_s: float | None = None  # seconds a decoding step of a batch took at the last scoring (at least)
 
     @property
     def active(self) -> bool:
@@ -177,8 +179,12 @@ class RunScorer:
 
         if not items:
             return []
+        started = time.perf_counter()
         outs = greedy(self.engine, [self._encode(i) for i in items], self.max_new, set(self.renderer.end_of_turn_ids),
-                      lora=lora, progress=progress)
+                      lora=lora, batch=BATCH, progress=progress)
+        # Decoding steps run: each batch runs until its longest answer ends (the prompts' pass counts as one).
+        steps = math.ceil(len(items) / BATCH) * (max(len(o) for o in outs) + 1)
+        self.step_s = (time.perf_counter() - started) / steps
         return [self.renderer.tokenizer.decode(o, skip_special_tokens=True).strip() for o in outs]
 
     def baseline(self, progress: Progress | None = None) -> Scoring:
@@ -195,6 +201,14 @@ class RunScorer:
             self.notes.append("Retention is not scored: the base model answered none of the general questions right.")
         self.base = self._score(0, items, answers, time.perf_counter() - started, base=True)
         return self.base
+
+    def scoring_estimate(self) -> float:
+        """Seconds a scoring will take: the base model's took this long for its (larger) set of questions."""
+        if self.base is None:
+            return 0.0
+        asked = len(self.items.knowledge) + len(self.items.retention_pool) + len(self.items.leakage)
+        scored = len(self.items.knowledge) + len(self.retention) + len(self.items.leakage)
+        return self.base.seconds * scored / max(asked, 1)
 
     def score(self, step: int, progress: Progress | None = None) -> Scoring:
         """The model as trained so far, on the three slices."""

@@ -258,31 +258,34 @@ def run_training(cfg: TrainConfig, run_dir: Path, *, engine: str, progress: Prog
     if cfg.replay > 0 or (items is not None and cfg.score_every < 0):
         probe_batches = tdata.make_batches(train, cfg.batch_size, seed=cfg.seed, epoch=0, pad_id=pad_id)
         step_s = _timed_step(eng, probe_batches[: cfg.grad_accum])
+    # The base model's scores first (LoRA off): they also time how fast it answers, which sizes replay.
+    scorer = None
+    base_scoring = None
+    if items is not None:
+        scorer = sc.RunScorer(eng, prepared.renderer, items)
+        progress.report("prepare", 2, 3, status="scoring the base model")
+        base_scoring = scorer.baseline(progress)
     replay_info = None
     if cfg.replay > 0:
         wanted = rp.replay_rows_wanted(len(train), cfg.replay)
         estimate = step_s * _total_steps(cfg, len(train) + wanted)
         replay = rp.build_replay(eng, prepared.renderer, wanted, rp.cache_file(Path(cfg.data), model_dir),
-                                 budget_s=rp.TIME_SHARE * estimate, progress=progress)
+                                 budget_s=rp.TIME_SHARE * estimate, step_s=scorer.step_s if scorer else None,
+                                 progress=progress)
         encoded, _ = tdata.encode_all(prepared.renderer, replay.conversations, cfg.max_seq_len)
         train = train + encoded
         replay_info = replay.to_json()
         if replay.warning:
             warnings.append({"kind": "replay", "step": 0, "message": replay.warning})
     total = _total_steps(cfg, len(train))
-    scorer = None
     history: list[Any] = []
-    base_scoring = None
     interval = 0
-    if items is not None:
-        scorer = sc.RunScorer(eng, prepared.renderer, items)
-        progress.report("prepare", 2, 3, status="scoring the base model")
-        base_scoring = scorer.baseline(progress)
+    if scorer is not None and base_scoring is not None:
         if not scorer.active:
             scorer = None
         else:
             interval = (cfg.score_every if cfg.score_every > 0
-                        else sc.choose_interval(base_scoring.seconds, step_s, total))
+                        else sc.choose_interval(scorer.scoring_estimate(), step_s, total))
             history = [sc.Scoring(step=int(h["step"]), axes=_axes(h), seconds=float(h.get("seconds") or 0.0),
                                   examples=h.get("examples") or {}) for h in before.get("scoring", [])]
     progress.report("prepare", 3, 3, status=f"{len(train)} conversations, {engine} engine")
