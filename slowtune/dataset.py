@@ -258,6 +258,7 @@ class DataSummary:
     pending: int
     tokens: int  # train + valid, by slowtune's fixed counter (the model's tokenizer differs a little)
     lengths: tuple[int, ...]  # tokens per training conversation
+    shortfall: str | None = None  # too few questions per fact to learn them (recipe_shortfall), in words
 
     @property
     def longest(self) -> int:
@@ -277,7 +278,36 @@ def data_summary(project: Project) -> DataSummary:
     valid = [tokens(r.messages) for r in rows(project, "valid")]
     probe = len(rows(project, "probe"))
     pending = project.conn.execute("SELECT count(*) FROM dataset_rows WHERE status = 'pending'").fetchone()[0]
-    return DataSummary(len(train), len(valid), probe, int(pending), sum(train) + sum(valid), tuple(train))
+    return DataSummary(len(train), len(valid), probe, int(pending), sum(train) + sum(valid), tuple(train),
+                       recipe_shortfall(project))
+
+
+MIN_QUESTIONS_PER_FACT = 3  # fewer accepted training questions per fact than this rarely teach the fact
+
+
+def questions_per_fact(project: Project) -> dict[tuple[str, int], int]:
+    """Accepted training questions about each fact the teacher listed (the facts recipe records the fact of each row),
+    by (chunk id, fact id); empty for data that records no facts (the plain recipe, imported rows)."""
+    counts: dict[tuple[str, int], int] = {}
+    for row in rows(project, "train"):
+        fact = row.provenance.verdicts.get("fact") if isinstance(row.provenance.verdicts, dict) else None
+        if isinstance(fact, dict) and isinstance(fact.get("id"), int) and row.provenance.chunk_id:
+            key = (row.provenance.chunk_id, int(fact["id"]))
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def recipe_shortfall(project: Project) -> str | None:
+    """A sentence for the user when the facts have too few questions to be learned, with what to do; else None."""
+    counts = questions_per_fact(project)
+    if not counts:
+        return None
+    short = sorted(n for n in counts.values() if n < MIN_QUESTIONS_PER_FACT)
+    if len(short) * 4 < len(counts):  # a few thin facts are normal (the judge and de-duplication drop questions)
+        return None
+    return (f"{len(short)} of the {len(counts)} facts in the training data have fewer than {MIN_QUESTIONS_PER_FACT} "
+            "questions each, too few for the model to learn them. Generate more: Dataset, Options, Questions per fact "
+            "(slowtune generate --questions-per-fact 6), or accept more of the rejected rows.")
 
 
 def has_training_data(project: Project) -> bool:

@@ -142,6 +142,9 @@ def load_items(path: Path, axis: str, *, source: str) -> list[QualityItem]:
                 if not isinstance(group, list) or not group or not all(isinstance(a, str) and a.strip()
                                                                        for a in group):
                     raise QualityError(f"{where}: each group of 'facts' must be a list of non-empty strings")
+                if empty := [a for a in group if not normalise(a)]:
+                    raise QualityError(f"{where}: the fact {empty[0]!r} is only an article or punctuation, which no "
+                                       "answer can be checked for")
                 facts.append(tuple(group))
         pattern = data.get("pattern")
         if pattern is not None:

@@ -170,7 +170,10 @@ def _number_value(text: str) -> float:
 
 
 def _word_numbers(text: str) -> list[tuple[float, str]]:
-    """Numbers spelled out ("forty-two", "two hundred and seventeen"), as (value, the words)."""
+    """Numbers spelled out ("forty-two", "two hundred and seventeen"), as (value, the words).
+
+    A number ends at punctuation and where its words stop composing: "five and eight" and "one, two, three" are
+    several numbers, "twenty one" and "two hundred and five" one."""
     found: list[tuple[float, str]] = []
     total = group = 0
     words: list[str] = []
@@ -184,17 +187,22 @@ def _word_numbers(text: str) -> list[tuple[float, str]]:
         total = group = 0
         words = []
 
-    for token in re.findall(r"[a-z]+", text.casefold().replace("-", " ")):
+    for token in re.findall(r"[a-z]+|[^a-z\s]", text.casefold().replace("-", " ")):
+        last = words[-1] if words else None
         if token in _UNITS:
+            if last in _UNITS:  # "five five", "eight nine": two numbers
+                emit()
             group += _UNITS[token]
         elif token in _TENS:
+            if last in _UNITS or last in _TENS:
+                emit()
             group += _TENS[token]
-        elif token == "hundred" and words:
+        elif token == "hundred" and words and last != "and":
             group = max(group, 1) * 100
-        elif token in _SCALES and token != "hundred" and words:
+        elif token in _SCALES and token != "hundred" and words and last != "and":
             total += max(group, 1) * _SCALES[token]
             group = 0
-        elif token == "and" and words:
+        elif token == "and" and last in _SCALES:  # "two hundred and five", not "five and eight"
             words.append(token)
             continue
         else:
@@ -350,9 +358,16 @@ _REFUSAL_PATTERNS = [re.compile(p) for p in (
     r"\s*(?:[.,;!?]|$)",
     # "I'm not sure" (but not "I'm not sure, but I think it is 7:40"), "we are unable to"
     r"\b(?:i|we)(?:'m|'re|\s+am|\s+are)\s+(?:not\s+(?:sure|certain|aware)|unable|not able)\b(?![^.?!]*\bbut\b)",
-    # "I can't say", "we don't know", "I cannot find that"
+    # "I can't say", "we don't know", "I cannot find that" (but not "I don't know who, but it was John Smith")
     rf"\b(?:i|we)\s+(?:really\s+|simply\s+|just\s+)?{_NOT}\s+(?:\w+\s+){{0,2}}?"
-    r"(?:know|say|answer|tell|find|determine|confirm|locate|see|help|access|information|details)\b",
+    r"(?:know|say|answer|tell|find|determine|confirm|locate|see|help|access|information|details)\b"
+    r"(?![^.?!]*\bbut\b)",
+    # "I am not familiar with", "I have never heard of it", "there is no such ship", "it does not appear to exist"
+    r"\b(?:i|we)(?:'m|'re|\s+am|\s+are)\s+not\s+familiar\s+with\b(?![^.?!]*\bbut\b)",
+    r"\b(?:i|we)(?:'ve|\s+have)\s+never\s+heard\s+of\b(?![^.?!]*\bbut\b)",
+    r"\bthere(?:'s|\s+is|\s+are)\s+no\s+such\b",  # ("there is no record of rain in 1901" answers)
+    r"\b(?:does|do)(?:n't|\s+not)\s+(?:appear|seem)\s+to\s+exist\b",
+    r"\b(?:seems|appears)\s+to\s+be\s+(?:fictional|made\s+up|fictitious)\b",
     r"\b(?:i|we)\s+(?:have|has)\s+(?:no|not\s+(?:got\s+)?(?:any|enough))\s+(?:\w+\s+)?"
     r"(?:information|details|data|knowledge|record|idea|way)\b",
     # "No information is available about that", "there is no mention of it"

@@ -54,7 +54,7 @@ def test_the_demo_documents_make_readable_grounded_questions(tmp_path: Path) -> 
         ingest(project, [docs[0].parent], chunk_tokens=128, chunk_overlap=16, workers=1)
         providers.add_provider("demo", "custom", base_url=teacher.base_url, model="teacher-small", key="sk-demo")
         runner = session.make_runner(project, session.choose("demo", None), concurrency=4, timeout=10)
-        result = run_generation(project, runner, GenerateConfig(pairs_per_chunk=screenshot.QUESTIONS_PER_CHUNK,
+        result = run_generation(project, runner, GenerateConfig(recipe="plain", pairs_per_chunk=screenshot.QUESTIONS_PER_CHUNK,
                                                                 system_prompt=screenshot.SYSTEM_PROMPT))
         assert result.chunks_failed == 0 and result.rows_kept >= 10
         texts = {r["id"]: r["text"] for r in project.conn.execute("SELECT id, text FROM chunks")}

@@ -227,3 +227,61 @@ def test_overfitting_is_validation_loss_rising_while_training_loss_falls() -> No
     assert overfitting([(10, 2.8, 3.0), (20, 2.5, 2.0), (30, 4.0, 2.5), (40, 4.1, 2.6)]) is None  # not memorising
     flagged = overfitting([(10, 2.8, 3.0), (20, 2.5, 2.0), (30, 4.0, 1.0), (40, 8.9, 0.1)])
     assert "memorising" in flagged["message"] and "best checkpoint is kept" in flagged["message"]
+
+
+@pytest.mark.parametrize(("text", "values"), [
+    ("five and eight", [5, 8]),  # two numbers, not thirteen
+    ("one, two, three", [1, 2, 3]),
+    ("It is five. Five more.", [5, 5]),
+    ("eight, nine or ten legs", [8, 9, 10]),
+    ("twenty one", [21]),
+    ("two hundred and seventeen", [217]),
+    ("one thousand two hundred", [1200]),
+])
+def test_spelled_out_numbers_end_where_their_words_stop_composing(text: str, values: list[int]) -> None:
+    from slowtune.scoring import numbers_in
+
+    assert [v for v, _ in numbers_in(text)] == values
+
+
+def test_a_hedge_that_goes_on_to_invent_is_not_a_refusal_and_can_leak() -> None:
+    from slowtune.scoring import is_refusal
+
+    hedge = "I don't know who built it, but it was probably built in 1962 by Tilda Marsk."
+    assert not is_refusal(hedge)
+    terms = corpus_terms(["The Tarnwick Bridge was built in 1962 by the engineer Tilda Marsk."])
+    assert "1962" in leaked_terms(hedge, "Who built the Tarnwick Dam?", terms)
+    for refusal in ("I am not familiar with the Tarnwick Dam.", "I have never heard of it.",
+                    "There is no such dam in Tarnwick.", "The Tarnwick Dam does not appear to exist."):
+        assert is_refusal(refusal), refusal
+
+
+def test_a_quality_set_with_an_uncheckable_fact_is_refused_naming_the_line(tmp_path: Path) -> None:
+    from slowtune.quality import QualityError, load_items
+
+    path = tmp_path / "general-questions.jsonl"
+    path.write_text('{"id": "a", "question": "Q?", "facts": [["Paris"]]}\n'
+                    '{"id": "b", "question": "Which letter comes first?", "facts": [["A"]]}\n')
+    with pytest.raises(QualityError, match=r"general-questions.jsonl, line 2: the fact 'A' is only an article"):
+        load_items(path, "retention", source="user")
+
+
+def test_too_few_questions_per_fact_are_said_before_training(tmp_path: Path) -> None:
+    from slowtune.dataset import data_summary, recipe_shortfall
+
+    def rows(per_fact: int) -> list[DatasetRow]:
+        return [DatasetRow([{"role": "user", "content": f"Q{fact}-{n}?"}, {"role": "assistant", "content": f"A{fact}."}],
+                           source="import", provenance=Provenance(chunk_id="c1", qtype="fact", verdicts={"fact": {"id": fact}}))
+                for fact in range(4) for n in range(per_fact)]
+
+    with Project.create(tmp_path / "thin") as project:
+        add_rows(project, rows(1))
+        message = recipe_shortfall(project)
+        assert message is not None and "4 of the 4 facts" in message and "Questions per fact" in message
+        assert data_summary(project).shortfall == message  # what the Train wizard's Data step shows
+    with Project.create(tmp_path / "enough") as project:
+        add_rows(project, rows(3))
+        assert recipe_shortfall(project) is None
+    with Project.create(tmp_path / "plain") as project:  # rows that record no facts (plain recipe, imports)
+        add_rows(project, [DatasetRow([{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}])])
+        assert recipe_shortfall(project) is None

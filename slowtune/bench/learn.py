@@ -100,6 +100,17 @@ def _slowtune(env: dict[str, str], *args: Any, timeout: float = 7200) -> dict[st
     return json.loads(proc.stdout[proc.stdout.index("{"):])
 
 
+def _imported_model(env: dict[str, str]) -> Path:
+    """The SmolLM2 folder: ``slowtune models import`` of the package's GGUF, or the earlier import of it."""
+    from slowtune.models.gguf_import import imported_root
+
+    source = _smollm2_gguf()
+    earlier = imported_root() / source.stem
+    if (earlier / "config.json").is_file() and any(earlier.glob("*.safetensors")):
+        return earlier
+    return Path(_slowtune(env, "models", "import", source, "--json", timeout=1800)["folder"])
+
+
 # --- the projects --------------------------------------------------------------------------------------------
 
 def _build_project(root: Path, recipe: str, quick: bool) -> dict[str, Any]:
@@ -290,8 +301,7 @@ def bench_learn(args: argparse.Namespace) -> dict[str, Any]:
     env, blas = _env()
     work = (args.work or cache_dir() / "bench-learn").expanduser().resolve()
     work.mkdir(parents=True, exist_ok=True)
-    imported = _slowtune(env, "models", "import", _smollm2_gguf(), "--json", timeout=1800)
-    model = Path(imported["folder"])
+    model = _imported_model(env)
     items = _items(args.quick)
     recipes = [args.only] if args.only else ["recipe", "plain"]
     runs = {r: _train_and_export(env, model, work, r, args) for r in recipes}

@@ -22,6 +22,7 @@ from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QButtonGroup,
+    QCheckBox,
     QComboBox,
     QDialog,
     QDoubleSpinBox,
@@ -454,6 +455,8 @@ class DataWizardPage(QWizardPage):
                 f"<p>About <b>{s.tokens:,}</b> tokens in all; the longest conversation has about {s.longest:,}. "
                 "(Counted by slowtune's own counter; the model's tokenizer counts a little differently.)</p>",
             ]
+            if s.shortfall:
+                parts.append(f"<p style='color:#d9480f'>{html.escape(s.shortfall)}</p>")
             if not s.valid:
                 parts.append("<p>No validation conversations: the chart will show the training loss only.</p>")
             if s.pending:
@@ -523,6 +526,18 @@ class SettingsWizardPage(QWizardPage):
         self.batch_size = QSpinBox()
         self.batch_size.setRange(1, 64)
         self.batch_size.setToolTip("Conversations per step; smaller needs less memory")
+        self.replay = QSpinBox()
+        self.replay.setRange(0, 75)
+        self.replay.setSuffix(" %")
+        self.replay.setSpecialValueText("None")
+        self.replay.setToolTip("Share of the training rows that are the base model's own answers to general questions, "
+                               "written on this Mac before training: they keep the model itself where the documents "
+                               "say nothing. Skipped, with a warning, when writing them would take more than a tenth "
+                               "of the training.")
+        self.scoring = QCheckBox("Check knowledge, retention and leakage as it trains, and keep the best checkpoint")
+        self.scoring.setToolTip("Every few steps (at most a tenth of the training time) the model answers held-out "
+                                "questions; export uses the checkpoint with the best balance, and the run stops early "
+                                "when it stops learning the documents and starts forgetting what it knew.")
         length = QHBoxLayout()
         length.addWidget(self.length_kind)
         length.addWidget(self.epochs)
@@ -536,9 +551,13 @@ class SettingsWizardPage(QWizardPage):
         form.addRow("Sequence length", self.max_seq_len)
         form.addRow("Layers", self.lora_layers)
         form.addRow("Batch size", self.batch_size)
+        form.addRow("Replay", self.replay)
+        form.addRow("", self.scoring)
         self.advanced.hide()
-        for widget in (self.rank, self.epochs, self.steps, self.max_seq_len, self.lora_layers, self.batch_size):
+        for widget in (self.rank, self.epochs, self.steps, self.max_seq_len, self.lora_layers, self.batch_size,
+                       self.replay):
             widget.valueChanged.connect(self._edited)
+        self.scoring.toggled.connect(self._edited)
         # One width for the fields, so they line up and "All blocks" or "1,024 tokens" is not squeezed.
         for widget in (self.rank, self.learning_rate, self.max_seq_len, self.lora_layers, self.batch_size):
             widget.setMinimumWidth(130)
@@ -582,6 +601,8 @@ class SettingsWizardPage(QWizardPage):
             self.max_seq_len.setValue(settings.max_seq_len)
             self.lora_layers.setValue(max(0, settings.lora_layers))
             self.batch_size.setValue(settings.batch_size)
+            self.replay.setValue(round(settings.replay * 100))
+            self.scoring.setChecked(settings.score_every != 0)
         finally:
             self._filling = False
         self._edited()
@@ -601,7 +622,9 @@ class SettingsWizardPage(QWizardPage):
             epochs=self.epochs.value(), iters=self.steps.value() if by_steps else 0,
             max_seq_len=self.max_seq_len.value(), lora_layers=self.lora_layers.value() or -1,
             batch_size=self.batch_size.value(), val_every=self.base.val_every, save_every=self.base.save_every,
-            seed=self.base.seed)
+            seed=self.base.seed, replay=self.replay.value() / 100,
+            score_every=(self.base.score_every or -1) if self.scoring.isChecked() else 0,
+            early_stop=self.base.early_stop)
         values.preset = values.matching_preset() or "custom"
         return values
 

@@ -168,6 +168,13 @@ def run(args: argparse.Namespace) -> int:
                         "(--no-export-check trains it anyway)")
         cfg = config_from_args(args, model_dir)
         run_dir, project_root = default_run_dir(data.resolve())
+        if project_root is not None:
+            from slowtune.dataset import recipe_shortfall
+            from slowtune.store import Project
+
+            with Project.open(project_root) as project:
+                if shortfall := recipe_shortfall(project):
+                    print(f"Warning: {shortfall}", file=sys.stderr)
         if args.out:
             # A run trained on a project's data belongs to that project wherever its folder is (the app puts it
             # under the project's runs/ itself): it is recorded there, and the Export page lists it.

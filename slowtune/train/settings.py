@@ -148,5 +148,7 @@ class TrainSettings:
         name = PRESETS[self.preset].title if self.preset in PRESETS else "Custom"
         length = f"{self.iters:,} steps" if self.iters else f"{self.epochs:g} epoch{'s' if self.epochs != 1 else ''}"
         layers = "all blocks" if self.lora_layers < 0 else f"top {self.lora_layers} blocks"
+        keep = (f", {self.replay:.0%} replay" if self.replay > 0 else ", no replay") + (
+            ", best checkpoint by knowledge, retention and leakage" if self.score_every != 0 else "")
         return (f"{name}: rank {self.rank}, learning rate {self.learning_rate:g}, {length}, batch {self.batch_size}, "
-                f"up to {self.max_seq_len:,} tokens, {layers}")
+                f"up to {self.max_seq_len:,} tokens, {layers}{keep}")

@@ -253,6 +253,15 @@ def run_training(cfg: TrainConfig, run_dir: Path, *, engine: str, progress: Prog
 
     # Replay and scoring both need to know how long a step takes; one step is timed and thrown away.
     warnings: list[dict[str, Any]] = []
+    from slowtune.store import DB_NAME
+
+    if project is not None and (project / DB_NAME).exists():
+        from slowtune.dataset import recipe_shortfall
+        from slowtune.store import Project
+
+        with Project.open(project) as opened:
+            if shortfall := recipe_shortfall(opened):
+                warnings.append({"kind": "recipe", "step": 0, "message": shortfall})
     items = sc.load_run_items(Path(cfg.data), prepared.conversations) if cfg.score_every != 0 else None
     step_s = 0.0
     if cfg.replay > 0 or (items is not None and cfg.score_every < 0):
