@@ -65,7 +65,7 @@ def _config(model: Path, data: Path, **changes: object) -> TrainConfig:
     return TrainConfig(**base)  # type: ignore[arg-type]
 
 
-def _inject(monkeypatch: pytest.MonkeyPatch, by_step: dict[int, tuple[float, float, float]]) -> None:
+def _inject(monkeypatch: pytest.MonkeyPatch, by_step: dict[int, tuple[float | None, float, float]]) -> None:
     """The scorer answers nothing; each scoring returns the figures given for its step."""
     def baseline(self: sc.RunScorer, progress: object = None) -> sc.Scoring:
         self.retention = [QualityItem(axis="retention", id="g1", question="2+2?", facts=(("4",),))]
@@ -159,7 +159,10 @@ def test_a_real_run_scores_itself_and_mixes_in_replay(small_model: Path, tmp_pat
     info = json.loads((run / "run.json").read_text())
     assert info["base_scores"]["counts"]["knowledge"] == 1 and info["base_scores"]["counts"]["leakage"] == 4
     assert info["scoring"] and info["scoring"][-1]["step"] == result.steps  # the last step is always scored
-    assert 1 <= info["score_every"] <= 4
+    # K: the smallest interval at which scoring takes at most a tenth of the training time, from the timings
+    # the run recorded.
+    expected = sc.choose_interval(info["scoring_estimate_s"], info["step_s_estimate"], info["total_steps"])
+    assert abs(info["score_every"] - expected) <= 1 and info["picked_by"] == "scores"
     wanted = round(len(FACTS) / 3)  # a quarter of the mixed rows
     assert info["replay"]["wanted"] == wanted and info["replay"]["generated"] == wanted, info["replay"]
     cache = Path(info["replay"]["file"])
@@ -285,3 +288,60 @@ def test_too_few_questions_per_fact_are_said_before_training(tmp_path: Path) -> 
     with Project.create(tmp_path / "plain") as project:  # rows that record no facts (plain recipe, imports)
         add_rows(project, [DatasetRow([{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}])])
         assert recipe_shortfall(project) is None
+
+
+def test_without_held_out_questions_the_scores_only_warn(small_model: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retention and leakage are at their best before any training: without a knowledge score they would always
+    pick the first checkpoint. They warn; the last checkpoint (or the lowest validation loss) is exported."""
+    from slowtune.dataset import write_jsonl
+
+    _inject(monkeypatch, {2: (None, 1.0, 0.0), 4: (None, 0.9, 0.1), 6: (None, 0.8, 0.2), 8: (None, 0.7, 0.3)})
+    data = tmp_path / "data"
+    data.mkdir()
+    write_jsonl([[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in FACTS],
+                data / "train.jsonl")
+    run = tmp_path / "run"
+    run_training(_config(small_model, data, early_stop=False), run, engine="memory")
+    info = json.loads((run / "run.json").read_text())
+    assert info["picked_by"] == "last" and info["chosen"]["folder"] == "." and not (run / "best").exists()
+    assert {w["kind"] for w in info["warnings"]} == {"retention", "leakage"}
+    assert any("Knowledge is not scored" in note for note in info["scoring_notes"])
+
+
+def test_a_paused_run_resumes_with_the_same_replay_and_scoring(small_model: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    monkeypatch.setattr(sc, "RETENTION_POOL", 6)
+    monkeypatch.setattr(sc, "LEAKAGE_SLICE", 4)
+    monkeypatch.setattr(sc, "MAX_NEW_TOKENS", 6)
+    monkeypatch.setattr(rp, "MAX_NEW_TOKENS", 10)
+    monkeypatch.setattr(rp, "TIME_SHARE", 100.0)
+    monkeypatch.setattr(rp, "MIN_ROWS", 1)
+    project = _project(tmp_path / "project")
+    config = _config(small_model, project, replay=0.25, score_every=2, iters=8, save_every=1)
+    straight, paused = tmp_path / "straight", tmp_path / "paused"
+    run_training(config, straight, engine="memory")
+    progress = Progress(min_interval=0)
+    progress.add_listener(lambda e: progress.cancel() if e.stage == "train" and e.done == 3 else None)
+    assert run_training(config, paused, engine="memory", progress=progress).status == "cancelled"
+    # The replay cache is lost in between: the resumed run makes the same rows again, no more and no fewer.
+    for cache in (project / "replay").glob("*.jsonl"):
+        cache.unlink()
+    result = run_training(config, paused, engine="memory", resume=True)
+    assert result.status == "done" and result.steps == 8
+    one, two = (json.loads((r / "run.json").read_text()) for r in (straight, paused))
+    assert two["replay"]["ids"] == one["replay"]["ids"] and two["total_steps"] == one["total_steps"]
+    assert [h["step"] for h in two["scoring"]] == [h["step"] for h in one["scoring"]] == [2, 4, 6, 8]
+    import mlx.core as mx
+
+    a, b = (mx.load(str(r / "adapters.safetensors")) for r in (straight, paused))
+    assert all(np.allclose(np.array(a[k]), np.array(b[k]), atol=1e-5) for k in a)
+
+
+def test_a_run_from_before_replay_resumes_without_it() -> None:
+    old = TrainConfig(model="m", data="d").to_dict()
+    del old["replay"], old["score_every"]
+    restored = TrainConfig.from_dict(old)
+    assert (restored.replay, restored.score_every) == (0.0, 0)

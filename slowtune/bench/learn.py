@@ -207,7 +207,12 @@ def _items(quick: bool) -> dict[str, Any]:
     general = general_items(include_user=False)
     in_run = {i.id for i in _spread(list(general), RETENTION_POOL)}
     general = [i for i in general if i.id not in in_run]
-    unknown = unknown_items()[8:]  # the run scores itself on the first ones
+    # The run scores itself on the first unknown-entity questions: as many as its leakage slice leaves beside the
+    # project's near-miss half (slowtune.train.scorer.load_run_items).
+    from slowtune.train.scorer import LEAKAGE_SLICE
+
+    in_run = LEAKAGE_SLICE - min(len(_jsonl(corpus / "near_miss.jsonl")) // 2, LEAKAGE_SLICE // 2)
+    unknown = unknown_items()[in_run:]
     if quick:
         probes, near, general, unknown = probes[:6], near[:4], general[:40], unknown[:8]
     documents = {p.name: p.read_text(encoding="utf-8") for p in (corpus / "documents").glob("*.md")}

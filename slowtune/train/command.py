@@ -240,7 +240,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
     else:
         for warning in summary["warnings"] or []:
-            print(f"Warning: {warning.get('message')}", file=sys.stderr)
+            if warning.get("kind") != "recipe":  # said before training
+                print(f"Warning: {warning.get('message')}", file=sys.stderr)
         if summary["stopped_early"]:
             print(f"Stopped early: {summary['stopped_early']}.")
         if summary["chosen"]:

@@ -99,6 +99,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         data = dict(data)
+        # A run started before replay and the quality scoring existed continues as it began: without them.
+        data.setdefault("replay", 0.0)
+        data.setdefault("score_every", 0)
         lora = LoraConfig(**{**data.pop("lora", {})})
         lora.keys = tuple(lora.keys)
         stream = StreamConfig(**data.pop("stream", {}))

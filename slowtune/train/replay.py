@@ -68,24 +68,25 @@ def cache_file(data: Path, model_dir: Path, *, max_new: int = MAX_NEW_TOKENS) ->
     return cache_dir() / "replay" / f"{key}.jsonl"
 
 
-def _read_cache(path: Path) -> dict[str, str | None]:
-    """Answers by prompt id; None for a prompt whose answer was not kept (it ran out of tokens mid-sentence)."""
-    out: dict[str, str | None] = {}
+def _read_cache(path: Path) -> dict[str, tuple[str, str | None]]:
+    """(prompt, answer) by prompt id; the answer is None when it was not kept (cut off mid-sentence)."""
+    out: dict[str, tuple[str, str | None]] = {}
     if not path.exists():
         return out
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             data = json.loads(line)
-            out[str(data["id"])] = None if data["answer"] is None else str(data["answer"])
+            out[str(data["id"])] = (str(data.get("prompt") or ""), None if data["answer"] is None else str(data["answer"]))
         except (ValueError, KeyError, TypeError):
             continue  # a torn or foreign line: that answer is generated again
     return out
 
 
-def _write_cache(path: Path, prompts: dict[str, str], answers: dict[str, str | None]) -> None:
+def _write_cache(path: Path, entries: dict[str, tuple[str, str | None]]) -> None:
+    """Every answer kept so far, this run's and earlier runs' (a smaller run keeps a larger one's answers)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, "".join(json.dumps({"id": k, "prompt": prompts.get(k, ""), "answer": v}) + "\n"
-                                    for k, v in sorted(answers.items())))
+    atomic_write_text(path, "".join(json.dumps({"id": k, "prompt": p, "answer": a}) + "\n"
+                                    for k, (p, a) in sorted(entries.items())))
 
 
 def finished_answer(text: str, stopped: bool) -> str | None:
@@ -109,9 +110,10 @@ class ReplayResult:
     budget_s: float | None = None
     file: str | None = None
     warning: str | None = None
+    ids: list[str] = field(default_factory=list)  # the prompts used: a resumed run uses exactly these
 
     def to_json(self) -> dict[str, Any]:
-        return {"rows": len(self.conversations), "wanted": self.wanted, "cached": self.cached,
+        return {"rows": len(self.conversations), "ids": self.ids, "wanted": self.wanted, "cached": self.cached,
                 "generated": self.generated, "seconds": round(self.seconds, 2),
                 "budget_s": None if self.budget_s is None else round(self.budget_s, 1), "file": self.file,
                 "warning": self.warning}
@@ -132,11 +134,12 @@ def build_replay(engine: Any, renderer: Any, wanted: int, cache: Path, *, budget
 
     progress = ensure(progress)
     result = ReplayResult(wanted=wanted, budget_s=budget_s, file=str(cache))
-    if wanted <= 0:
+    if wanted < MIN_ROWS:  # a handful of rows would not matter either way: nothing is generated
         return result
-    items = (replay_prompts() if prompts is None else prompts)[:wanted]
-    texts = {i.id: i.question for i in items}
-    answers = _read_cache(cache)
+    available = replay_prompts() if prompts is None else prompts
+    items = available[:wanted]
+    entries = _read_cache(cache)
+    answers = {k: a for k, (_, a) in entries.items()}
     result.cached = sum(1 for i in items if i.id in answers)
     missing = [i for i in items if i.id not in answers]
     stop = set(renderer.end_of_turn_ids)
@@ -153,10 +156,13 @@ def build_replay(engine: Any, renderer: Any, wanted: int, cache: Path, *, budget
         for item, out in zip(batch, outs, strict=True):
             text = renderer.tokenizer.decode(out[:max_new], skip_special_tokens=True)
             answers[item.id] = finished_answer(text, len(out) <= max_new)
+            entries[item.id] = (item.question, answers[item.id])
         result.generated += len(batch)
 
+    short_of_time = False
     if step_s is not None and budget_s is not None and step_s > 0:
         batches = int(budget_s // (step_s * (max_new + 1)))
+        short_of_time = batches * BATCH < len(missing)
         missing = missing[: batches * BATCH]
     started = time.perf_counter()
     done = 0
@@ -167,23 +173,29 @@ def build_replay(engine: Any, renderer: Any, wanted: int, cache: Path, *, budget
             per = (time.perf_counter() - started) / done
             affordable = int((budget_s - (time.perf_counter() - started)) / per) if per > 0 else len(missing)
             if affordable <= 0:
+                short_of_time = True
                 break
             size = min(size, affordable)
         generate(missing[done:done + size])
         done += size
-        _write_cache(cache, texts, {k: v for k, v in answers.items() if k in texts})
+        _write_cache(cache, entries)
     result.seconds = time.perf_counter() - started
     usable = [i for i in items if answers.get(i.id) is not None]
+    answered = sum(1 for i in items if i.id in answers)
+    drift = " The tuned model may drift from the base where the documents say nothing."
+    why = (f"answering more general prompts with the base model would take longer than a tenth of the training "
+           f"({budget_s or 0:.0f} s)" if short_of_time else
+           f"only {len(available)} general prompts ship with slowtune" if len(available) < wanted else
+           f"{answered - len(usable)} of the base model's answers ran past {max_new} tokens without finishing a "
+           "sentence")
     if len(usable) < MIN_ROWS:
-        result.warning = (f"Replay was skipped: the base model could answer only {len(usable)} general prompts in the "
-                          f"time allowed (a tenth of the training, {budget_s or 0:.0f} s). The tuned model may drift "
-                          "from the base where the documents say nothing.")
+        result.warning = f"Replay was skipped: {why}.{drift}"
         usable = []
     elif len(usable) < wanted:
-        result.warning = (f"Replay uses {len(usable)} of the {wanted} general prompts wanted: generating more would take "
-                          "longer than a tenth of the training.")
+        result.warning = f"Replay uses {len(usable)} of the {wanted} general prompts wanted: {why}."
     if result.warning and warn is not None:
         warn(result.warning)
+    result.ids = [i.id for i in usable]
     result.conversations = [[{"role": "user", "content": i.question},
                              {"role": "assistant", "content": str(answers[i.id])}] for i in usable]
     return result

@@ -278,7 +278,8 @@ def chosen_checkpoint(run_dir: Path) -> dict[str, Any]:
         except (OSError, ValueError):
             meta = {}
         if isinstance(meta, dict) and isinstance(meta.get("step"), int):
-            why = meta.get("chosen_by") or "the best checkpoint"
+            why = meta.get("chosen_by") or (f"the lowest validation loss ({meta['val_loss']:.3f})"
+                                            if isinstance(meta.get("val_loss"), int | float) else "the run")
             return {"folder": "best", "step": meta["step"], "why": str(why),
                     "text": f"the checkpoint of step {meta['step']}, chosen by {why}"}
     steps = None

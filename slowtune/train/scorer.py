@@ -108,7 +108,8 @@ def load_run_items(data: Path, conversations: dict[str, list[Any]], *, general: 
                     knowledge.append(knowledge_item(f"row-{row.id}", question, answer, system=system))
             texts = [r["text"] for r in project.conn.execute("SELECT text FROM chunks")]
     else:
-        held = conversations.get("test") or conversations.get("valid") or []
+        # The validation split first: a test split is what the user may report on afterwards, untouched.
+        held = conversations.get("valid") or conversations.get("test") or []
         for n, messages in enumerate(held):
             turn = _last_turn(messages)
             if turn is not None:

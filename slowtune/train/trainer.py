@@ -185,16 +185,16 @@ def quality_warnings(base: Any, last: Any) -> list[dict[str, Any]]:
         said = (f" Asked \u201c{example['question']}\u201d, it now says \u201c{_short(example['answer'])}\u201d."
                 if example else "")
         out.append({"kind": "retention", "step": last.step, "value": axes.retention,
-                    "message": (f"The model is losing what it knew: it still answers {axes.retention:.0%} of the "
-                                f"general questions the base model answered right.{said}")})
+                    "message": (f"The model is losing what it knew: at step {last.step} it still answers "
+                                f"{axes.retention:.0%} of the general questions the base model answered right.{said}")})
     base_leak = base.axes.leakage if base is not None and base.axes.leakage is not None else 0.0
     if axes.leakage is not None and axes.leakage > LEAKAGE_LIMIT and axes.leakage > base_leak:
         example = (last.examples.get("leakage") or [{}])[0]
         said = (f" Asked \u201c{example['question']}\u201d, it said \u201c{_short(example['answer'])}\u201d."
                 if example else "")
         out.append({"kind": "leakage", "step": last.step, "value": axes.leakage,
-                    "message": (f"The model answers {axes.leakage:.0%} of questions about things the documents do not "
-                                f"mention with the documents' names or numbers.{said}")})
+                    "message": (f"At step {last.step} the model answers {axes.leakage:.0%} of questions about things "
+                                f"the documents do not mention with the documents' names or numbers.{said}")})
     return out
 
 
@@ -231,7 +231,8 @@ def run_training(cfg: TrainConfig, run_dir: Path, *, engine: str, progress: Prog
         # The run continues with the configuration it started with.
         cfg = TrainConfig.from_dict(restored.config)
     if not 0 <= cfg.replay < 1:
-        raise TrainError(f"The replay share (replay) must be at least 0 and below 1, not {cfg.replay}.")
+        raise TrainError(f"The replay share must be at least 0 and below 1 (a share of the training rows), not "
+                         f"{cfg.replay}.")
 
     if not (model_dir / "config.json").exists():
         raise TrainError(f"The base model {model_dir} is not there any more (no config.json); the run needs it.")
@@ -275,28 +276,39 @@ def run_training(cfg: TrainConfig, run_dir: Path, *, engine: str, progress: Prog
         progress.report("prepare", 2, 3, status="scoring the base model")
         base_scoring = scorer.baseline(progress)
     replay_info = None
-    if cfg.replay > 0:
+    resumed_replay = (before.get("replay") or {}).get("ids") if restored is not None else None
+    if cfg.replay > 0 and isinstance(resumed_replay, list):
+        # A resumed run trains on exactly the rows it started with: the same prompts, from the cache.
+        chosen_prompts = [p for p in rp.replay_prompts() if p.id in set(resumed_replay)]
+        replay = rp.build_replay(eng, prepared.renderer, len(chosen_prompts), rp.cache_file(Path(cfg.data), model_dir),
+                                 budget_s=None, prompts=chosen_prompts, progress=progress)
+    elif cfg.replay > 0:
         wanted = rp.replay_rows_wanted(len(train), cfg.replay)
         estimate = step_s * _total_steps(cfg, len(train) + wanted)
         replay = rp.build_replay(eng, prepared.renderer, wanted, rp.cache_file(Path(cfg.data), model_dir),
                                  budget_s=rp.TIME_SHARE * estimate, step_s=scorer.step_s if scorer else None,
                                  progress=progress)
+    if cfg.replay > 0:
         encoded, _ = tdata.encode_all(prepared.renderer, replay.conversations, cfg.max_seq_len)
         train = train + encoded
         replay_info = replay.to_json()
         if replay.warning:
             warnings.append({"kind": "replay", "step": 0, "message": replay.warning})
     total = _total_steps(cfg, len(train))
-    history: list[Any] = []
     interval = 0
+    scoring_notes = (scorer.notes if scorer is not None else items.notes if items is not None
+                     else ["Knowledge, retention and leakage were not checked during this run (turned off)."])
     if scorer is not None and base_scoring is not None:
         if not scorer.active:
             scorer = None
+        elif isinstance(before.get("score_every"), int) and before["score_every"] > 0:
+            interval = before["score_every"]  # a resumed run scores at the steps it would have
         else:
             interval = (cfg.score_every if cfg.score_every > 0
                         else sc.choose_interval(scorer.scoring_estimate(), step_s, total))
-            history = [sc.Scoring(step=int(h["step"]), axes=_axes(h), seconds=float(h.get("seconds") or 0.0),
-                                  examples=h.get("examples") or {}) for h in before.get("scoring", [])]
+    # Without held-out questions about the data, scores cannot tell a trained checkpoint from an untrained one
+    # (retention and leakage are best before any training): they only warn, and the validation loss picks.
+    by_scores = scorer is not None and bool(scorer.items.knowledge)
     progress.report("prepare", 3, 3, status=f"{len(train)} conversations, {engine} engine")
 
     optimizer = optim.AdamW(learning_rate=make_schedule(cfg, total), weight_decay=cfg.weight_decay)
@@ -306,6 +318,15 @@ def run_training(cfg: TrainConfig, run_dir: Path, *, engine: str, progress: Prog
         optimizer.state = restored.optimizer_state
         state = restored.state
     optimizer.init(tm.lora_parameters())
+    # What a resumed run keeps: the scorings up to its checkpoint, and the best checkpoint kept so far (it may be
+    # later than the checkpoint: it stays the one to beat).
+    history = [sc.Scoring(step=int(h["step"]), axes=_axes(h), seconds=float(h.get("seconds") or 0.0),
+                          examples=h.get("examples") or {})
+               for h in before.get("scoring", []) if isinstance(h, dict) and int(h.get("step", 0)) <= state.step]
+    if restored is not None and by_scores:
+        kept = _json_dict(run_dir / "best" / "adapter_config.json").get("axes")
+        if isinstance(kept, dict) and isinstance(kept.get("score"), int | float):
+            state.best_score = max(state.best_score or 0.0, float(kept["score"]))
     valid_batches = tdata.make_batches(valid, cfg.batch_size, seed=cfg.seed, epoch=0, pad_id=pad_id) if valid else []
     if cfg.val_batches >= 0:
         valid_batches = valid_batches[: cfg.val_batches]
@@ -317,8 +338,10 @@ def run_training(cfg: TrainConfig, run_dir: Path, *, engine: str, progress: Prog
         "config": cfg.to_dict(), "engine": engine, "data": data_info, "total_steps": total, "status": "running",
         "project": str(project) if project else None, "replay": replay_info,
         "base_scores": base_scoring.to_json() if base_scoring is not None else None,
-        "score_every": interval or None, "scoring_notes": scorer.notes if scorer is not None else
-        (items.notes if items is not None else ["Scoring during training is off (score_every 0)."]),
+        "score_every": interval or None, "scoring_notes": scoring_notes, "picked_by": (
+            "scores" if by_scores else "validation loss" if valid_batches else "last"),
+        "step_s_estimate": round(step_s, 3) or None,
+        "scoring_estimate_s": round(scorer.scoring_estimate(), 3) if scorer is not None else None,
         "scoring": [h.to_json() for h in history], "warnings": warnings}
     atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2, default=str))
     metrics = _Metrics(run_dir / "metrics.jsonl", state.step if restored else None)
@@ -355,9 +378,8 @@ def run_training(cfg: TrainConfig, run_dir: Path, *, engine: str, progress: Prog
     steps_this_session = 0
     status = "done"
     stopped_early: str | None = None
-    val_history: list[tuple[int, float, float | None]] = []
-    losses_since_val: list[float] = []
-    overfit: dict[str, Any] | None = None
+    val_history, losses_since_val = _validation_history(run_dir / "metrics.jsonl") if restored else ([], [])
+    overfit: dict[str, Any] | None = overfitting(val_history)
     try:
         while state.step < total:
             micro = []
@@ -401,20 +423,18 @@ def run_training(cfg: TrainConfig, run_dir: Path, *, engine: str, progress: Prog
                     overfit = overfit or overfitting(val_history)
                     if state.best_val is None or val_loss < state.best_val:
                         state.best_val, state.best_step = val_loss, state.step
-                        if scorer is None:  # without scores, the lowest validation loss picks the checkpoint
-                            save_adapter(run_dir / "best", tm.lora_parameters(), tm.adapter_config(),
-                                         {"step": state.step, "val_loss": val_loss,
-                                          "chosen_by": f"the lowest validation loss ({val_loss:.3f})"})
+                        if not by_scores:  # without scores, the lowest validation loss picks the checkpoint
+                            _save_best(run_dir, tm, {"step": state.step, "val_loss": val_loss,
+                                                     "chosen_by": f"the lowest validation loss ({val_loss:.3f})"})
             if scorer is not None and (state.step % interval == 0 or state.step == total):
                 scored = scorer.score(state.step, progress)
                 history.append(scored)
                 record.update({k: v for k, v in scored.axes.to_json().items() if k != "counts"})
                 combined = scored.axes.combined
-                if combined is not None and (state.best_score is None or combined > state.best_score):
+                if by_scores and combined is not None and (state.best_score is None or combined > state.best_score):
                     state.best_score, state.best_score_step = combined, state.step
-                    save_adapter(run_dir / "best", tm.lora_parameters(), tm.adapter_config(),
-                                 {"step": state.step, "axes": scored.axes.to_json(),
-                                  "chosen_by": f"the best combined score ({_axes_text(scored.axes)})"})
+                    _save_best(run_dir, tm, {"step": state.step, "axes": scored.axes.to_json(),
+                                             "chosen_by": f"the best combined score ({_axes_text(scored.axes)})"})
                 if cfg.early_stop:
                     stopped_early = sc.plateaued_and_forgetting(history)
                 write_summary()
@@ -442,6 +462,51 @@ def run_training(cfg: TrainConfig, run_dir: Path, *, engine: str, progress: Prog
     write_summary(status=status, steps=state.step, train_loss=last_loss, val_loss=val_loss, best_val=state.best_val,
                   stopped_early=stopped_early, chosen=chosen_checkpoint(run_dir))
     return RunResult(run_dir, status, engine, state.step, last_loss, val_loss, state.best_val, data_info)
+
+
+def _save_best(run_dir: Path, tm: TrainModel, meta: dict[str, Any]) -> None:
+    """Replace ``best/`` whole: written beside it and renamed into place, so a crash never pairs one checkpoint's
+    weights with another's step."""
+    import os
+    import shutil
+
+    tmp = run_dir / f".best-{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_adapter(tmp, tm.lora_parameters(), tm.adapter_config(), meta)
+    best = run_dir / "best"
+    old = run_dir / f".best-{os.getpid()}.old"
+    if best.exists():
+        os.replace(best, old)
+    os.replace(tmp, best)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _json_dict(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _validation_history(path: Path) -> tuple[list[tuple[int, float, float | None]], list[float]]:
+    """(step, validation loss, mean training loss since the one before) from a run's metrics, and the training
+    losses since its last validation: what a resumed run needs to go on watching for overfitting."""
+    history: list[tuple[int, float, float | None]] = []
+    losses: list[float] = []
+    if not path.exists():
+        return history, losses
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record.get("loss"), int | float):
+            losses.append(float(record["loss"]))
+        if isinstance(record.get("val_loss"), int | float):
+            history.append((int(record["step"]), float(record["val_loss"]), sum(losses) / len(losses) if losses else None))
+            losses = []
+    return history, losses
 
 
 def _axes(data: dict[str, Any]) -> Any:
