@@ -345,3 +345,36 @@ def test_a_run_from_before_replay_resumes_without_it() -> None:
     del old["replay"], old["score_every"]
     restored = TrainConfig.from_dict(old)
     assert (restored.replay, restored.score_every) == (0.0, 0)
+
+
+def test_replay_of_an_imported_model_is_answered_by_llama_cpp_on_its_gguf(small_model: Path, tmp_path: Path) -> None:
+    """A model imported from a GGUF file answers the replay prompts through llama.cpp on that file, while the budget
+    lasts; a file changed since the import is not used."""
+    import shutil
+
+    from mlx_lm.utils import load_tokenizer
+
+    from slowtune.export.gguf_writer import write_gguf
+    from slowtune.models.gguf_import import RECORD, source_gguf
+    from slowtune.train.data import ChatRenderer
+    from slowtune.train.engines import MemoryEngine
+    from slowtune.train.model import TrainModel
+
+    folder = tmp_path / "imported"
+    shutil.copytree(small_model, folder)
+    gguf = write_gguf(small_model, tmp_path / "source.gguf", out_type="f32", name="tiny")
+    (folder / RECORD).write_text(json.dumps({"source": str(gguf), "source_bytes": gguf.stat().st_size}))
+    assert source_gguf(folder) == gguf
+    engine = MemoryEngine(TrainModel(folder, LoraConfig(rank=4, alpha=8.0)))
+    renderer = ChatRenderer(load_tokenizer(folder))
+    prompts = replay_prompts()[:12]
+    result = rp.build_replay(engine, renderer, 12, tmp_path / "cache.jsonl", budget_s=None, prompts=prompts,
+                             max_new=8, gguf=source_gguf(folder))
+    assert result.generator == "llama.cpp (source.gguf)" and result.generated == 12
+    assert len((tmp_path / "cache.jsonl").read_text().splitlines()) == 12
+    starved = rp.build_replay(engine, renderer, 12, tmp_path / "starved.jsonl", budget_s=1e-9, prompts=prompts,
+                              max_new=8, gguf=gguf)
+    assert starved.generated == 1 and "longer than a tenth of the training" in (starved.warning or "")
+    with gguf.open("ab") as f:
+        f.write(b"\0")  # changed since the import
+    assert source_gguf(folder) is None

@@ -615,6 +615,19 @@ class ImportedModel:
     origin: dict[str, Any]
 
 
+def source_gguf(folder: Path) -> Path | None:
+    """The GGUF file an imported folder was made from, when it is still there unchanged (same size); else None.
+    llama.cpp answers with it much faster than MLX decodes on a CPU (replay uses it)."""
+    try:
+        record = json.loads((Path(folder) / RECORD).read_text(encoding="utf-8"))
+        source = Path(record["source"])
+        if source.is_file() and source.stat().st_size == int(record["source_bytes"]):
+            return source
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
 def imported_models(root: Path | None = None) -> list[ImportedModel]:
     """The folders ``slowtune models import`` wrote, newest first."""
     root = root or imported_root()

@@ -1,7 +1,8 @@
 """Replay: the base model's own answers to general prompts, mixed into training so the tuned model stays itself.
 
 Where the documents say nothing, the tuned model should answer as the base did. So before the first step the base
-model (the model in training with its LoRA switched off) answers shipped general prompts (``resources/quality/
+model (the model in training with its LoRA switched off; or llama.cpp on the GGUF file a model was imported from,
+which answers much faster on a CPU) answers shipped general prompts (``resources/quality/
 replay.jsonl``, never the retention questions), greedily, on this Mac: no teacher call, nothing leaves the machine.
 The answers are cached beside the data (a project's ``replay/`` folder, else slowtune's cache folder), keyed by the
 model, so the next run on the same model generates nothing.
@@ -89,6 +90,34 @@ def _write_cache(path: Path, entries: dict[str, tuple[str, str | None]]) -> None
                                     for k, (p, a) in sorted(entries.items())))
 
 
+def _generate_llama(gguf: Path, missing: list[QualityItem], entries: dict[str, tuple[str, str | None]],
+                    answers: dict[str, str | None], result: ReplayResult, budget_s: float | None, max_new: int,
+                    progress: Progress) -> bool:
+    """Answer ``missing`` with llama.cpp on ``gguf`` (greedy), while the budget lasts; True when it ran out."""
+    from slowtune.llama import complete_chat, load_gguf
+
+    started = time.perf_counter()
+    llm = load_gguf(gguf, n_ctx=2048)
+    try:
+        for done, item in enumerate(missing):
+            elapsed = time.perf_counter() - started
+            if budget_s is not None and done and elapsed + elapsed / done > budget_s:
+                return True
+            progress.report("replay", result.cached + done, result.cached + len(missing),
+                            status="the base model answers general prompts (llama.cpp)")
+            progress.check()
+            reply = complete_chat(llm, [{"role": "user", "content": item.question}], temperature=0.0,
+                                  max_tokens=max_new, seed=0)
+            choice = reply["choices"][0]
+            answers[item.id] = finished_answer(choice["message"]["content"] or "", choice.get("finish_reason") == "stop")
+            entries[item.id] = (item.question, answers[item.id])
+            result.generated += 1
+    finally:
+        llm.close()
+        result.generator = f"llama.cpp ({gguf.name})"
+    return False
+
+
 def finished_answer(text: str, stopped: bool) -> str | None:
     """The answer as kept: whole when the model ended it, else cut after its last full sentence (None when none)."""
     text = text.strip()
@@ -111,9 +140,11 @@ class ReplayResult:
     file: str | None = None
     warning: str | None = None
     ids: list[str] = field(default_factory=list)  # the prompts used: a resumed run uses exactly these
+    generator: str = "MLX"  # what answered: the model in training (LoRA off), or llama.cpp on its source GGUF
 
     def to_json(self) -> dict[str, Any]:
-        return {"rows": len(self.conversations), "ids": self.ids, "wanted": self.wanted, "cached": self.cached,
+        return {"rows": len(self.conversations), "ids": self.ids, "generator": self.generator,
+                "wanted": self.wanted, "cached": self.cached,
                 "generated": self.generated, "seconds": round(self.seconds, 2),
                 "budget_s": None if self.budget_s is None else round(self.budget_s, 1), "file": self.file,
                 "warning": self.warning}
@@ -121,7 +152,7 @@ class ReplayResult:
 
 def build_replay(engine: Any, renderer: Any, wanted: int, cache: Path, *, budget_s: float | None,
                  prompts: list[QualityItem] | None = None, max_new: int = MAX_NEW_TOKENS,
-                 step_s: float | None = None, progress: Progress | None = None,
+                 step_s: float | None = None, gguf: Path | None = None, progress: Progress | None = None,
                  warn: Callable[[str], None] | None = None) -> ReplayResult:
     """``wanted`` replay conversations (fewer when there are not so many prompts or not so much time).
 
@@ -129,6 +160,8 @@ def build_replay(engine: Any, renderer: Any, wanted: int, cache: Path, *, budget
     ``step_s``: seconds one decoding step of a batch takes, when known (the run's scoring of the base model
     measured it): then only the batches that fit in the budget are started. Without it, a first small batch is
     timed and the rest follows as the budget allows.
+    ``gguf``: the GGUF file the base model was imported from (unchanged): llama.cpp answers with it, one prompt at a
+    time, as long as the budget allows.
     """
     from slowtune.train.decode import greedy
 
@@ -160,6 +193,10 @@ def build_replay(engine: Any, renderer: Any, wanted: int, cache: Path, *, budget
         result.generated += len(batch)
 
     short_of_time = False
+    if gguf is not None and missing:
+        short_of_time = _generate_llama(gguf, missing, entries, answers, result, budget_s, max_new, progress)
+        missing = []
+        _write_cache(cache, entries)
     if step_s is not None and budget_s is not None and step_s > 0:
         batches = int(budget_s // (step_s * (max_new + 1)))
         short_of_time = batches * BATCH < len(missing)

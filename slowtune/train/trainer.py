@@ -280,14 +280,18 @@ def run_training(cfg: TrainConfig, run_dir: Path, *, engine: str, progress: Prog
     if cfg.replay > 0 and isinstance(resumed_replay, list):
         # A resumed run trains on exactly the rows it started with: the same prompts, from the cache.
         chosen_prompts = [p for p in rp.replay_prompts() if p.id in set(resumed_replay)]
+        from slowtune.models.gguf_import import source_gguf
+
         replay = rp.build_replay(eng, prepared.renderer, len(chosen_prompts), rp.cache_file(Path(cfg.data), model_dir),
-                                 budget_s=None, prompts=chosen_prompts, progress=progress)
+                                 budget_s=None, prompts=chosen_prompts, gguf=source_gguf(model_dir), progress=progress)
     elif cfg.replay > 0:
         wanted = rp.replay_rows_wanted(len(train), cfg.replay)
         estimate = step_s * _total_steps(cfg, len(train) + wanted)
+        from slowtune.models.gguf_import import source_gguf
+
         replay = rp.build_replay(eng, prepared.renderer, wanted, rp.cache_file(Path(cfg.data), model_dir),
                                  budget_s=rp.TIME_SHARE * estimate, step_s=scorer.step_s if scorer else None,
-                                 progress=progress)
+                                 gguf=source_gguf(model_dir), progress=progress)
     if cfg.replay > 0:
         encoded, _ = tdata.encode_all(prepared.renderer, replay.conversations, cfg.max_seq_len)
         train = train + encoded
