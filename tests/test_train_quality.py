@@ -103,7 +103,10 @@ def test_the_best_checkpoint_not_the_last_is_exported_and_damage_is_flagged(
     assert set(kinds) == {"retention", "leakage"}
     assert "painted green" in kinds["retention"] and "50%" in kinds["retention"]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r.get("retention") for r in records if "knowledge" in r] == [1.0, 0.98, 0.6, 0.5]  # the live chart's
+    # The live chart's points: the base model's first (step 0), then each scoring.
+    assert [(r["step"], r.get("retention")) for r in records if "knowledge" in r] == \
+        [(0, 1.0), (2, 1.0), (4, 0.98), (6, 0.6), (8, 0.5)]
+    assert "loss" not in records[0] and records[0]["base"] is True
 
 
 def test_a_run_that_keeps_what_it_knew_is_not_flagged(small_model: Path, tmp_path: Path,

@@ -349,6 +349,10 @@ def run_training(cfg: TrainConfig, run_dir: Path, *, engine: str, progress: Prog
         "scoring": [h.to_json() for h in history], "warnings": warnings}
     atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2, default=str))
     metrics = _Metrics(run_dir / "metrics.jsonl", state.step if restored else None)
+    if scorer is not None and base_scoring is not None and restored is None:
+        # The base model's scores start the quality chart (step 0: no loss, no training yet).
+        metrics.write({"step": 0, "base": True,
+                       **{k: v for k, v in base_scoring.axes.to_json().items() if k != "counts"}})
     epoch_batches = tdata.make_batches(train, cfg.batch_size, seed=cfg.seed, epoch=state.epoch, pad_id=pad_id)
 
     def save() -> None:
