@@ -193,15 +193,15 @@ def build_replay(engine: Any, renderer: Any, wanted: int, cache: Path, *, budget
         result.generated += len(batch)
 
     short_of_time = False
+    started = time.perf_counter()
     if gguf is not None and missing:
         short_of_time = _generate_llama(gguf, missing, entries, answers, result, budget_s, max_new, progress)
         missing = []
         _write_cache(cache, entries)
-    if step_s is not None and budget_s is not None and step_s > 0:
+    elif step_s is not None and budget_s is not None and step_s > 0:
         batches = int(budget_s // (step_s * (max_new + 1)))
         short_of_time = batches * BATCH < len(missing)
         missing = missing[: batches * BATCH]
-    started = time.perf_counter()
     done = 0
     while done < len(missing):
         progress.report("replay", result.cached + done, len(items), status="the base model answers general prompts")
