@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from slowtune.resources import resource_path
 from slowtune.scoring import (
     STOPWORDS,
     CorpusVocabulary,
@@ -100,10 +101,6 @@ class QualityItem:
                 "source": self.source}
 
 
-def _resource(name: str) -> Path:
-    from slowtune.resources import resource_path
-
-    return resource_path("quality", name)
 
 
 def load_items(path: Path, axis: str, *, source: str) -> list[QualityItem]:
@@ -162,7 +159,7 @@ def load_items(path: Path, axis: str, *, source: str) -> list[QualityItem]:
 def general_items(*, user_file: Path | None = None, include_user: bool = True) -> list[QualityItem]:
     """The retention questions: the shipped ones, then the user's own (``user_file``, by default
     ``general-questions.jsonl`` in the config folder, when it exists)."""
-    items = load_items(_resource("general.jsonl"), "retention", source="shipped")
+    items = load_items(resource_path("quality", "general.jsonl"), "retention", source="shipped")
     if include_user:
         if user_file is None:
             from slowtune.paths import config_dir
@@ -176,12 +173,12 @@ def general_items(*, user_file: Path | None = None, include_user: bool = True) -
 def unknown_items() -> list[QualityItem]:
     """The shipped questions about unrelated unknown entities (leakage)."""
     return [QualityItem(axis="leakage", id=i.id, question=i.question, category="unknown", source="shipped")
-            for i in load_items(_resource("unknown.jsonl"), "leakage", source="shipped")]
+            for i in load_items(resource_path("quality", "unknown.jsonl"), "leakage", source="shipped")]
 
 
 def replay_prompts() -> list[QualityItem]:
     """The shipped general prompts the base model answers for replay (never retention questions)."""
-    return load_items(_resource("replay.jsonl"), "replay", source="shipped")
+    return load_items(resource_path("quality", "replay.jsonl"), "replay", source="shipped")
 
 
 def check_disjoint(replay: Sequence[QualityItem], held_out: Sequence[QualityItem]) -> list[str]:

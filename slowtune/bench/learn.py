@@ -63,7 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _corpus_dir() -> Path:
     from slowtune.resources import resource_path
 
-    return resource_path("bench-learn")
+    return resource_path("bench-learn", "facts.jsonl").parent
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
