@@ -35,6 +35,7 @@ from slowtune.quality import (
     leaked_terms,
     unknown_items,
 )
+from slowtune.scoring import key_fact_recall
 
 __all__ = ["SCORING_SHARE", "RunScorer", "Scoring", "choose_interval", "load_run_items"]
 
@@ -228,7 +229,10 @@ class RunScorer:
         vocabulary = self.items.terms.vocabulary if self.items.terms else None
         knowledge = retention = leakage = None
         if by_axis["knowledge"]:
-            right = [is_correct(i, a, vocabulary=vocabulary) for i, a in by_axis["knowledge"]]
+            # Scored as the evaluation scores probes: the share of the reference's key facts the answer states (or,
+            # where the item lists its facts, whether it states them all).
+            right = [float(is_correct(i, a)) if i.facts else key_fact_recall(a, i.reference, vocabulary=vocabulary)
+                     for i, a in by_axis["knowledge"]]
             knowledge = sum(right) / len(right)
         if by_axis["retention"] and not base:
             kept = [is_correct(i, a) for i, a in by_axis["retention"]]
