@@ -219,6 +219,21 @@ def test_replay_prompts_and_held_out_questions_are_disjoint() -> None:
     assert check_disjoint([*replay, leaked], general) == ["x"]
 
 
+def test_the_runs_retention_pool_keeps_the_general_sets_proportions() -> None:
+    # World facts are most of the general set and the first to be damaged; a pool with as many formatting questions
+    # as world facts scored a run at 0.88 retention that kept 0.53 of the rest (bench learn, session 6).
+    items = [QualityItem("retention", f"{c}{i}", f"{c} {i}?", category=c)
+             for c, n in (("knowledge", 60), ("arithmetic", 20), ("formatting", 10), ("mine", 1)) for i in range(n)]
+    pool = sc._spread(items, 18)
+    assert len(pool) == len({i.id for i in pool}) == 18
+    counts = {c: sum(i.category == c for i in pool) for c in ("knowledge", "arithmetic", "formatting", "mine")}
+    assert counts == {"knowledge": 11, "arithmetic": 4, "formatting": 2, "mine": 1}
+    assert [i.id for i in pool if i.category == "knowledge"][:3] == ["knowledge0", "knowledge5", "knowledge10"]
+    head = [i.category for i in pool[:6]]  # any leading part keeps the proportions
+    assert head.count("knowledge") >= 3 and "arithmetic" in head
+    assert sc._spread(items, 18) == pool and sc._spread(items[:5], 18) == items[:5]
+
+
 def test_leakage_is_the_documents_names_and_numbers_unless_the_question_had_them() -> None:
     terms = corpus_terms(["The Tarnwick Bridge was built in 1962 by the engineer Tilda Marsk."])
     leaked = leaked_terms("The Tarnwick Dam was built in 1962 by Tilda Marsk.", "Who built the Tarnwick Dam?", terms)

@@ -50,17 +50,30 @@ PLATEAU = 0.02  # knowledge gains below this count as no gain
 
 
 def _spread(items: list[QualityItem], limit: int) -> list[QualityItem]:
-    """``limit`` items taken round-robin over categories, in a fixed order."""
+    """``limit`` items, each category in proportion to its size, taken evenly through it, interleaved so that any
+    leading part of the result keeps the proportions (the retention slice is the first of those the base answers
+    right). Deterministic. A category of the general set is as likely to be damaged as its share says: the world
+    facts, the largest part, are the ones a model taught new names forgets first."""
     by: dict[str, list[QualityItem]] = {}
     for item in items:
         by.setdefault(item.category, []).append(item)
-    queues = [list(q) for q in by.values()]
-    chosen: list[QualityItem] = []
-    while len(chosen) < limit and any(queues):
-        for q in queues:
-            if q and len(chosen) < limit:
-                chosen.append(q.pop(0))
-    return chosen
+    if len(items) <= limit:
+        return list(items)
+    total = len(items)
+    exact = {c: limit * len(q) / total for c, q in by.items()}
+    quota = {c: max(1, int(x)) for c, x in exact.items()}
+    for c in sorted(by, key=lambda c: exact[c] - int(exact[c]), reverse=True):
+        if sum(quota.values()) >= limit:
+            break
+        quota[c] += 1
+    while sum(quota.values()) > limit:  # the minimum of one each overran: take from the largest
+        quota[max(quota, key=quota.get)] -= 1  # type: ignore[arg-type]
+    placed: list[tuple[float, int, QualityItem]] = []
+    for order, (c, q) in enumerate(by.items()):
+        k = quota[c]
+        for j in range(k):
+            placed.append(((j + 0.5) / k, order, q[int(j * len(q) / k)]))
+    return [item for _, _, item in sorted(placed, key=lambda t: (t[0], t[1]))]
 
 
 def _last_turn(messages: list[dict[str, str]]) -> tuple[str | None, str, str] | None:
