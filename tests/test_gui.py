@@ -32,7 +32,9 @@ from slowtune.gui import app as app_module
 from slowtune.gui.app import PAGES, MainWindow, make_app, window_state
 from slowtune.gui.preferences import PreferencesDialog
 from slowtune.gui.projects import NewProjectDialog, OpenProjectDialog
+from slowtune.gui.widgets import MessageBanner, developer_text, visible_texts
 from slowtune.gui.workers import Job
+from slowtune.logs import setup_logging
 from slowtune.progress import Progress
 from slowtune.settings import load_settings
 from slowtune.store import Project, list_projects
@@ -134,8 +136,8 @@ def test_the_window_has_every_page_menus_with_standard_shortcuts_and_the_icon(op
     for row, name in enumerate(PAGES):
         window.sidebar.setCurrentRow(row)
         assert window.pages.currentWidget().objectName() == f"page-{name.lower()}"
-    placeholder = window.pages.widget(2)
-    assert "slowtune generate" in placeholder.label.text()  # an honest placeholder points to the command
+    window.sidebar.setCurrentRow(2)
+    assert not window.copy_command_action.isEnabled()  # no project: the Dataset page has nothing to generate
     assert "No project open" in window.project_label.text()
 
     menus = [a.text().replace("&", "") for a in window.menuBar().actions()]
@@ -390,6 +392,7 @@ def test_documents_added_while_an_ingest_runs_are_queued_behind_it(qtbot, open_w
 
 def test_an_error_in_the_core_shows_in_the_page_with_details(qtbot, open_window, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    log_file = setup_logging()
     window = open_window()
     window.new_project("Errors")
 
@@ -402,10 +405,16 @@ def test_an_error_in_the_core_shows_in_the_page_with_details(qtbot, open_window,
     banner = window.library.banner
     assert banner.isVisible() and banner.level == "error"
     assert banner.text.text() == "Adding documents stopped: Permission denied: /Volumes/locked"
-    assert banner.details_button.isVisible() and "Traceback" in banner.details.toPlainText()
-    assert not banner.details.isVisible()
-    banner.details_button.click()
-    assert banner.details.isVisible()
+    # The traceback is never on screen: it is in the log, and one click puts it on the clipboard.
+    texts = visible_texts(window)
+    assert texts and not [t for t in texts if developer_text(t)], texts
+    assert "Traceback" in banner.details.toPlainText() and banner.copy_button.isVisible()
+    assert "Traceback" in log_file.read_text(encoding="utf-8")
+    QGuiApplication.clipboard().clear()
+    banner.copy_button.click()
+    copied = QGuiApplication.clipboard().text()
+    assert "Adding documents stopped" in copied and "Traceback" in copied and "PermissionError" in copied
+    assert str(log_file) in copied and banner.copy_button.text() == "Details Copied"
 
 
 def test_the_ui_stays_responsive_and_shows_the_job_while_many_files_are_read(qtbot, open_window,
@@ -520,6 +529,69 @@ def test_documents_dropped_with_no_project_go_into_a_new_one(qtbot, open_window,
     qtbot.waitUntil(lambda: window.project is not None and bool(_rows(window)), timeout=TIMEOUT_MS)
     assert asked == ["Field notes"]  # named after the dropped folder
     assert window.project.name == "Field notes" and _rows(window)["guide.md"][0] == "ok"
+
+
+def test_an_unexpected_error_is_one_sentence_and_a_banner_button_acts(qtbot, open_window,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    window = open_window()
+    window.new_project("Surprises")
+
+    def fails(*args: object, **kwargs: object) -> None:
+        raise KeyError({"pre_tokenizer": {"type": "Split"}})  # a library's error, its text a dump
+
+    monkeypatch.setattr("slowtune.gui.library.ingest", fails)
+    window.library.add_paths([Path(__file__)])
+    _wait_idle(qtbot, window)
+    banner = window.library.banner
+    assert banner.isVisible() and "failed unexpectedly. Copy the details for a bug report." in banner.text.text()
+    assert "KeyError" not in banner.text.text() and "pre_tokenizer" in banner.details.toPlainText()
+    assert not [t for t in visible_texts(window) if developer_text(t)]
+
+    chosen: list[str] = []
+    banner.show_message("No model is chosen.", level="warning",
+                        actions=[("Choose a Model…", lambda: chosen.append("model")),
+                                 ("Open Settings", lambda: chosen.append("settings"))])
+    assert [b.text() for b in banner.action_buttons] == ["Choose a Model…", "Open Settings"]
+    assert all(b.isVisible() for b in banner.action_buttons) and not banner.copy_button.isVisible()
+    banner.action_buttons[1].click()
+    banner.action_buttons[0].click()
+    assert chosen == ["settings", "model"]
+    banner.show_message("Done.")  # the next message has its own buttons, or none
+    qtbot.waitUntil(lambda: not [b for b in banner.findChildren(type(banner.close_button)) if b.text() == "Open Settings"])
+    assert banner.action_buttons == []
+    with pytest.raises(ValueError):
+        MessageBanner().show_message("Too many.", actions=[("A", print)] * 3)
+
+
+def test_developer_text_is_recognised() -> None:
+    for text in ('Traceback (most recent call last):', '  File "/x.py", line 3', 'use --judge PROVIDER',
+                 'tokenizer {"type": "Split", "pattern": {"Regex": "x"}}'):
+        assert developer_text(text), text
+    for text in ("Exporting failed unexpectedly. Copy the details for a bug report.", "Q4_K_M — 1.2 GB",
+                 "a {curly} word", "2024-06-01 — done", "well-known"):
+        assert not developer_text(text), text
+
+
+def test_no_page_shows_commands_and_copy_as_command_gives_the_pages_command(open_window) -> None:
+    window = open_window()
+    for row, name in enumerate(PAGES):  # no project: the empty states
+        window.show_page(row)
+        texts = visible_texts(window.pages.currentWidget())
+        assert not [t for t in texts if developer_text(t) or "Terminal" in t or "slowtune " in t], (name, texts)
+    window.new_project("Garden club")
+    root = window.project.root
+    expected = {"Library": None, "Providers": None,
+                "Dataset": f"slowtune generate '{root}'",
+                "Train": f"slowtune train --model MODEL --data '{root}'"}
+    for row, name in enumerate(PAGES):
+        window.show_page(row)
+        texts = visible_texts(window.pages.currentWidget())
+        assert texts and not [t for t in texts if developer_text(t) or "Terminal" in t], (name, texts)
+        if name in expected:
+            assert window.copy_command_action.isEnabled() == (expected[name] is not None), name
+            QGuiApplication.clipboard().setText("before")
+            window.copy_command_action.trigger()
+            assert QGuiApplication.clipboard().text() == (expected[name] or "before"), name
 
 
 def test_settings_that_cannot_be_read_are_reported_in_the_window(open_window) -> None:

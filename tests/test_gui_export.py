@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 from PySide6.QtCore import Qt
+from PySide6.QtGui import QGuiApplication
 
 from slowtune.dataset import write_jsonl
 from slowtune.gui import export as page_module
 from slowtune.gui.export import ExportPage
+from slowtune.gui.widgets import developer_text, visible_texts
 from slowtune.gui.workers import JobRunner
 from slowtune.progress import Progress
 from slowtune.settings import Settings
@@ -129,7 +131,11 @@ def test_runs_are_listed_newest_first_and_unfinished_ones_say_why(page: ExportPa
     assert page.name_edit.text() == "field-notes"
     assert page.selected_quants() == ["Q4_K_M"] and page.quant_boxes["Q4_K_M"].text() == "Q4_K_M"
     assert "Recommended" in page.quant_notes["Q4_K_M"].text() and "MB for this model" in page.quant_notes["Q4_K_M"].text()
-    assert "slowtune export" in page.command_label.text() and "Q4_K_M" in page.command_label.text()
+    # The page shows no command; Copy as Command gets it from the page.
+    command = page.command_line()
+    assert command is not None and command.startswith("slowtune export") and "Q4_K_M" in command
+    texts = visible_texts(page)
+    assert texts and not [t for t in texts if developer_text(t) or "slowtune export" in t], texts
     assert page.no_exports.isVisibleTo(page) and not page.result_box.isVisibleTo(page)
     # select_run with the stopped run says why it cannot be exported.
     page.select_run(str(project_root / "runs" / STOPPED))
@@ -270,10 +276,10 @@ def test_lora_only_export_to_a_folder_of_ones_choice(qtbot, page: ExportPage, pr
     (out / "notes.txt").write_text("mine")
     monkeypatch.setattr(page_module, "choose_folder", lambda parent, title, start: str(out))
     page.choose_button.click()
-    assert page.destination.text() == str(out) and "--out" in page.command_label.text()
+    assert page.destination.text() == str(out) and "--out" in page.command_line()
     page.lora_box.setChecked(True)
     assert not page.quant_boxes["Q4_K_M"].isEnabled() and not page.base_box.isEnabled()
-    assert "--lora-only" in page.command_label.text()
+    assert "--lora-only" in page.command_line()
     run_export(qtbot, page)
     assert len(asked) == 1 and "is not empty" in asked[0]  # the folder held a file: asked before writing there
     assert page.banner.level == "info", page.banner.text.text()
@@ -298,7 +304,11 @@ def test_lora_only_export_to_a_folder_of_ones_choice(qtbot, page: ExportPage, pr
     with qtbot.waitSignal(page.chat_requested, timeout=1000) as chat:
         page.chat_button.click()
     assert chat.args == [str(out / "field-notes-lora.gguf"), str(out / "base-F16.gguf")]
-    assert "--lora field-notes-lora.gguf" in page.usage_label.text()
+    assert "field-notes-lora.gguf" in page.usage_label.text() and "README" in page.usage_label.text()
+    texts = visible_texts(page)
+    assert texts and not [t for t in texts if developer_text(t)], texts
+    page.details_button.click()  # the check's figures go to the clipboard, not the page
+    assert "top-1 agreement" in QGuiApplication.clipboard().text()
 
 
 @pytest.mark.parametrize("damage", ["deleted", "truncated"])

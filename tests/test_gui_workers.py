@@ -78,7 +78,9 @@ def test_a_flood_of_reports_is_coalesced_and_the_final_one_still_arrives(qtbot, 
     [
         (StoreError("No slowtune project at /x (no project.sqlite there)."), "No slowtune project at /x"),
         (FileNotFoundError(2, "No such file or directory", "/tmp/gone.pdf"), "No such file or directory: /tmp/gone.pdf"),
-        (KeyError("chunk"), "Unexpected error (KeyError): 'chunk'."),
+        (KeyError("chunk"), "Breaking failed unexpectedly. Copy the details for a bug report."),
+        # Python's own ValueError, raised outside slowtune's code: its text is for a developer.
+        (ValueError("invalid literal for int() with base 10: '{\"a\": 1}'"), "Breaking failed unexpectedly."),
     ],
 )
 def test_an_exception_becomes_a_readable_message_with_details(qtbot, runner: JobRunner, error: Exception,
@@ -92,8 +94,18 @@ def test_an_exception_becomes_a_readable_message_with_details(qtbot, runner: Job
     message, details = failed.args
     assert message.startswith(expected)
     assert "Traceback" not in message and "Traceback" in details and type(error).__name__ in details
+    assert type(error).__name__ not in message
     assert job.state == "failed"
     assert describe_error(MemoryError())[0].startswith("Ran out of memory")
+
+
+def test_a_sentence_slowtune_raises_itself_reaches_the_user_as_it_is(tmp_path) -> None:
+    from slowtune.fsutil import atomic_writer
+
+    with pytest.raises(ValueError) as info, atomic_writer(tmp_path / "x", "r"):
+        pass
+    message, details = describe_error(info.value, "Writing")
+    assert message == "atomic_writer needs a write mode, got 'r'" and "Traceback" in details
 
 
 def test_cancel_stops_the_job_at_its_next_check(qtbot, runner: JobRunner) -> None:

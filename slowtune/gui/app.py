@@ -51,6 +51,7 @@ from slowtune.gui.dataset import DatasetPage
 from slowtune.gui.export import ExportPage
 from slowtune.gui.firstpaint import SHOWN_MARKER_ENV, report_when_painted
 from slowtune.gui.library import LibraryPage
+from slowtune.gui.page import Page
 from slowtune.gui.preferences import PreferencesDialog
 from slowtune.gui.projects import (
     NewProjectDialog,
@@ -216,6 +217,12 @@ class MainWindow(QMainWindow):
         self._action(edit, "Copy", lambda: self._focused_call("copy"), keys.Copy)
         self._action(edit, "Select All", lambda: self._focused_call("selectAll"), keys.SelectAll)
         edit.addSeparator()
+        # The page's work as a slowtune command line, for scripts and Terminal; pages do not show commands.
+        self.copy_command_action = self._action(edit, "Copy as Command", self.copy_command)
+        edit.aboutToShow.connect(self._update_copy_command)
+        self.pages.currentChanged.connect(lambda _index: self._update_copy_command())
+        self._update_copy_command()
+        edit.addSeparator()
         # On a Mac PreferencesRole moves it into the application menu, as Cmd+, expects.
         self.preferences_action = self._action(edit, "Preferences…", self.show_preferences, keys.Preferences,
                                                role.PreferencesRole, "Ctrl+,")
@@ -243,6 +250,25 @@ class MainWindow(QMainWindow):
             action.triggered.connect(lambda _checked=False, p=path: self.open_project(p))
         if not self.settings.recent_projects:
             self.recent_menu.addAction("No recent projects").setEnabled(False)
+
+    def current_command(self) -> str | None:
+        """The shown page's work as a command line (``Page.command_line``), or None."""
+        page = self.pages.currentWidget()
+        return page.command_line() if isinstance(page, Page) else None
+
+    def _update_copy_command(self) -> None:
+        command = self.current_command()
+        self.copy_command_action.setEnabled(command is not None)
+        self.copy_command_action.setToolTip(command or "This page has no command-line equivalent")
+
+    def copy_command(self) -> None:
+        """Edit › Copy as Command: the shown page's command line to the clipboard."""
+        command = self.current_command()
+        if command is None:
+            self.statusBar().showMessage("This page has no command-line equivalent.", 6000)
+            return
+        QGuiApplication.clipboard().setText(command)
+        self.statusBar().showMessage("Copied the command for this page.", 6000)
 
     def _focused_call(self, method: str) -> None:
         widget = QApplication.focusWidget()

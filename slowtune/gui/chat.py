@@ -99,8 +99,7 @@ NO_PROJECT_TEXT = ("<h3>Chat</h3><p>Chat with a model offline: nothing you type 
                    "<p>Open a project (File › Open Project) to chat with the models exported from it, or choose "
                    "<b>Open GGUF file…</b> in the Model list above to chat with any GGUF file.</p>")
 NO_EXPORTS_TEXT = ("<h3>Chat</h3><p>This project has no exported model yet. Train it on the <b>Train</b> page and "
-                   "export it on the <b>Export</b> page (or from Terminal: <code>slowtune export RUN</code>); the "
-                   "exported files then appear in the Model list above.</p><p>You can also choose <b>Open GGUF "
+                   "export it on the <b>Export</b> page; the exported files then appear in the Model list above.</p><p>You can also choose <b>Open GGUF "
                    "file…</b> in the Model list to chat with any GGUF file.</p>")
 CHOOSE_TEXT = ("<h3>Chat</h3><p>Choose a model in the list above: a tuned export of this project, its base model, or "
                "any GGUF file. Add a model under <b>Compare with</b> to see two answers side by side.</p>")
@@ -113,8 +112,7 @@ EVAL_NO_MODELS = ("<p>There is no model to evaluate yet: train and export one fi
 EVAL_ABOUT = ("<h3>Evaluation</h3>Each held-out probe (a question kept out of training) is answered greedily by the tuned model and by "
               "the base, and scored against the teacher's reference answer. Both also answer general questions "
               "(has the tuned model kept what it knew?) and questions about things the documents do not mention "
-              "(does it invent answers from them?). Nothing is sent anywhere. For an LLM judge's grades, use "
-              "<code>slowtune eval {project} --judge PROVIDER</code> in Terminal.")
+              "(does it invent answers from them?). Nothing is sent anywhere.")
 
 
 # --- what can be chatted with ----------------------------------------------------------------------------------
@@ -1084,12 +1082,36 @@ class ChatPage(Page):
         except sqlite3.Error:
             return 0
 
+    def command_line(self) -> str | None:
+        """What the tab shown does, as a command line (the window's Copy as Command): ``slowtune chat`` with the
+        models chosen, or ``slowtune eval`` of the project with the tuned model and its base. None when no model
+        is chosen (or, for the evaluation, no project is open)."""
+        def with_lora(choice: ModelChoice) -> list[str]:
+            return [choice.path] + (["--lora", choice.lora] if choice.lora else [])
+
+        if self.tabs.currentIndex() == 0:
+            model, compare = self._selected
+            if model is None:
+                return None
+            parts = ["slowtune", "chat", *with_lora(model)]
+            if compare is not None:
+                parts += ["--compare", compare.path]
+            if self.project is not None:
+                parts += ["--project", str(self.project.root)]
+            return shlex.join(parts)
+        tuned, base = self._eval_selected
+        if tuned is None or self.project is None:
+            return None
+        parts = ["slowtune", "eval", str(self.project.root), "--model", *with_lora(tuned)]
+        if base is not None:
+            parts += ["--base", base.path]
+        return shlex.join(parts)
+
     def evaluating(self) -> bool:
         return self.eval_job is not None and not self.eval_job.is_over
 
     def _refresh_eval(self) -> None:
-        name = html.escape(shlex.quote(self.project.name)) if self.project is not None else "PROJECT"
-        self.eval_about.setText(EVAL_ABOUT.format(project=name))
+        self.eval_about.setText(EVAL_ABOUT)
         probes = self.probe_count()
         if self.project is None:
             empty = EVAL_NO_PROJECT

@@ -83,8 +83,6 @@ NO_DOCUMENTS_TEXT = ("<h2>Dataset</h2><p>This project has no documents yet. Add 
 NO_TEACHER_TEXT = "No teacher chosen: choose one on the <b>Providers</b> page (select a provider, Use as Teacher)."
 NO_TEACHER_MESSAGE = ("No teacher chosen: choose one on the Providers page (select a provider and click Use as "
                       "Teacher).")
-COMMAND_HINT = "The same from Terminal: <code>slowtune generate {project}</code>, <code>slowtune dataset report " \
-               "{project}</code>."
 
 
 # --- the core calls, as run in a worker thread ---------------------------------------------------------------
@@ -643,6 +641,16 @@ class DatasetPage(Page):
         if self.options_problem:
             self.banner.show_message(self.options_problem, level="warning")
 
+    def command_line(self) -> str | None:
+        """Generating the project's dataset, as a ``slowtune generate`` command line (the window's Copy as
+        Command); None without a project."""
+        if self.project is None:
+            return None
+        # Quoted for a shell: a path with a space ("Garden club") must reach the command as one argument.
+        provider = self._settings().teacher_provider
+        return shlex.join(["slowtune", "generate", str(self.project.root)]
+                          + (["--provider", provider] if provider else []))
+
     def has_chunks(self) -> bool:
         if self.project is None:
             return False
@@ -652,15 +660,12 @@ class DatasetPage(Page):
         """Also when shown: documents, settings or rows may have changed while the page was hidden."""
         settings = self._settings()
         ready = self.has_chunks()
-        # Quoted for a shell: a name with a space ("Garden club") must reach the command as one argument.
-        name = html.escape(shlex.quote(self.project.name)) if self.project is not None else "PROJECT"
-        hint = "<p style='color:gray'>" + COMMAND_HINT.format(project=name) + "</p>"
         if self.project is None:
-            self.label.setText(NO_PROJECT_TEXT + hint)
+            self.label.setText(NO_PROJECT_TEXT)
         elif not ready:
-            self.label.setText(NO_DOCUMENTS_TEXT + hint)
+            self.label.setText(NO_DOCUMENTS_TEXT)
         else:
-            self.label.setText("<h2 style='margin:0'>Dataset</h2>" + hint)
+            self.label.setText("<h2 style='margin:0'>Dataset</h2>")
         for widget in (self.generate_button, self.options_button, self.options_label, self.teacher_label,
                        self.splitter):
             widget.setVisible(ready)

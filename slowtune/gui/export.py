@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import html
 import re
-import shlex
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import Qt, QTimer, QUrl, Signal
-from PySide6.QtGui import QColor, QDesktopServices
+from PySide6.QtGui import QColor, QDesktopServices, QGuiApplication, QTextDocument
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -37,7 +36,6 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QLineEdit,
-    QPlainTextEdit,
     QProgressBar,
     QPushButton,
     QScrollArea,
@@ -63,6 +61,7 @@ from slowtune.export.pipeline import ExportFailed, find_adapter
 from slowtune.gui.page import PAGE_MARGINS, Page
 from slowtune.gui.qtcompat import emit
 from slowtune.gui.widgets import ask_yes as ask  # module-level name: tests answer it
+from slowtune.gui.widgets import bug_report_text, plain_text
 from slowtune.gui.workers import Job, JobRunner
 from slowtune.progress import format_duration
 from slowtune.safetensors import parameter_count
@@ -103,7 +102,6 @@ NO_RUNS_TEXT = ("<h2>Export</h2><p>This project has no training runs yet. Train 
 NONE_READY_TEXT = "None of the runs can be exported yet: the State column says why."
 RUN_ROWS_SHOWN = 5  # the run list grows to this many rows, then scrolls
 NO_EXPORTS_TEXT = "This run has not been exported yet. Choose what to write above and click <b>Export</b>."
-COMMAND_HINT = "The same from Terminal: <code>{command}</code>"
 
 
 # --- module-level actions, replaced by tests -----------------------------------------------------------------
@@ -199,8 +197,8 @@ def _run_problem(run: RunInfo) -> str:
     base = config.get("base_model")
     run.base_dir = Path(base) if isinstance(base, str) and base else None
     if run.base_dir is None or not (run.base_dir / "config.json").exists():
-        return (f"Its base model is no longer at {run.base_dir or '(unknown)'}: download it again (slowtune models "
-                f"download {run.model}) to export this run.")
+        return (f"Its base model is no longer at {run.base_dir or '(unknown)'}: download {run.model} again (Train "
+                "page, New Training Run…, Download) to export this run.")
     return ""
 
 
@@ -433,10 +431,6 @@ class ExportPage(Page):
         run_row.addWidget(self.cancel_button)
         run_row.addWidget(self.progress_bar, 1)
         run_row.addStretch(0)
-        self.command_label = QLabel()
-        self.command_label.setWordWrap(True)
-        self.command_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.command_label.setStyleSheet("color: gray;")
 
         # --- results ---
         self.results = QGroupBox("Exports of this run")
@@ -467,13 +461,11 @@ class ExportPage(Page):
         self.reveal_button.clicked.connect(self.reveal_selected)
         self.chat_button = QPushButton("Chat with It")
         self.chat_button.clicked.connect(self.request_chat)
-        self.details_button = QPushButton("Show Details")
-        self.details_button.setCheckable(True)
-        self.details_button.toggled.connect(self._toggle_details)
-        self.details = QPlainTextEdit()
-        self.details.setReadOnly(True)
-        self.details.setMaximumHeight(160)
-        self.details.hide()
+        # The check's figures are for a bug report, not the page: copied (with the folder), never shown.
+        self.details = QTextDocument(self)
+        self.details_button = QPushButton("Copy Details for a Bug Report")
+        self.details_button.setToolTip("Copy the folder and the check's figures, to paste into a bug report")
+        self.details_button.clicked.connect(self.copy_details)
         buttons = QHBoxLayout()
         buttons.addWidget(self.reveal_button)
         buttons.addWidget(self.chat_button)
@@ -487,7 +479,6 @@ class ExportPage(Page):
         result_layout.addWidget(self.checks_label)
         result_layout.addWidget(self.usage_label)
         result_layout.addLayout(buttons)
-        result_layout.addWidget(self.details)
         results_layout = QVBoxLayout(self.results)
         results_layout.addWidget(self.export_picker)
         results_layout.addWidget(self.no_exports)
@@ -504,7 +495,6 @@ class ExportPage(Page):
         body.addWidget(options)
         body.addLayout(run_row)
         body.addWidget(self.progress_label)
-        body.addWidget(self.command_label)
         body.addWidget(self.results)
         body.addStretch(1)
         scroll = QScrollArea()
@@ -605,7 +595,7 @@ class ExportPage(Page):
         self.runs_note.setVisible(has_runs and not ready)
         for widget in (self.run_caption, self.run_tree):
             widget.setVisible(has_runs)
-        for widget in (self.options, self.export_button, self.command_label, self.results):
+        for widget in (self.options, self.export_button, self.results):
             widget.setVisible(ready)
 
     def current_run(self) -> RunInfo | None:
@@ -667,6 +657,12 @@ class ExportPage(Page):
     def selected_quants(self) -> list[str]:
         return [q for q, box in self.quant_boxes.items() if box.isChecked()]
 
+    def command_line(self) -> str | None:
+        """The export the page would start, as a ``slowtune export`` command line (the window's Copy as Command);
+        None when nothing can be exported."""
+        request, _problem = self.build_request()
+        return request.command() if request is not None else None
+
     def build_request(self) -> tuple[ExportRequest | None, str]:
         """The export the options describe, or (None, what to fix)."""
         run = self.current_run()
@@ -701,14 +697,12 @@ class ExportPage(Page):
         request, problem = self.build_request()
         if request is None:
             self.files_preview.setText(problem if self.current_run() is not None else "")
-            self.command_label.setText("")
             self.export_button.setEnabled(False)
             return
         self.export_button.setEnabled(not busy)
         names = [n for n in request.planned_files() if n.endswith(".gguf")]
         self.files_preview.setText("Writes " + ", ".join(names) + (" and a Modelfile" if request.ollama else "")
                                    + ".")
-        self.command_label.setText(COMMAND_HINT.format(command=html.escape(request.command())))
 
     # --- exporting ---------------------------------------------------------------------------------------------
     def page_jobs(self) -> tuple[Job | None]:
@@ -952,19 +946,19 @@ class ExportPage(Page):
                 "Modelfile": "Ollama Modelfile", "README": "How to use these files"}.get(f.kind, "GGUF file")
 
     def _usage_html(self, export: ExportInfo) -> str:
-        folder = shlex.quote(str(export.folder))
+        # In words: the commands are in the folder's README (and Copy as Command gives the export's own).
         parts = []
         if (export.folder / "Modelfile").is_file():
-            model = shlex.quote(default_name(self.project)) if self.project is not None else "my-model"
-            parts.append(f"Ollama: <code>cd {html.escape(folder)} &amp;&amp; ollama create {html.escape(model)} "
-                         "-f Modelfile</code>")
+            parts.append("Ollama: create a model from the <b>Modelfile</b> in the folder")
         lora, base = export.file(LORA_KIND), export.file(BASE_KIND)
         if lora is not None and base is not None:
-            parts.append(f"llama.cpp: <code>llama-cli -m {html.escape(base.path.name)} --lora "
-                         f"{html.escape(lora.path.name)}</code>")
+            parts.append(f"llama.cpp: load <b>{html.escape(base.path.name)}</b> with the adapter "
+                         f"<b>{html.escape(lora.path.name)}</b>")
         chat = export.chat_file()
         if chat is not None:
-            parts.append(f"LM Studio or llama.cpp: open <code>{html.escape(chat.path.name)}</code>")
+            parts.append(f"LM Studio or llama.cpp: open <b>{html.escape(chat.path.name)}</b>")
+        if parts and (export.folder / "README.md").is_file():
+            parts.append("the README in the folder says how, step by step")
         return "<span style='color:gray'>" + " · ".join(parts) + "</span>" if parts else ""
 
     def selected_file(self) -> Path | None:
@@ -1029,6 +1023,6 @@ class ExportPage(Page):
         model, base = target
         emit(self.chat_requested, str(model), str(base) if base is not None else "")
 
-    def _toggle_details(self, shown: bool) -> None:
-        self.details.setVisible(shown)
-        self.details_button.setText("Hide Details" if shown else "Show Details")
+    def copy_details(self) -> None:
+        QGuiApplication.clipboard().setText(bug_report_text(plain_text(self.summary.text()),
+                                                             self.details.toPlainText()))

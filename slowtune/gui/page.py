@@ -6,7 +6,7 @@ project through :meth:`Page.set_project`: the page forgets what belonged to the 
 (:meth:`Page.project_set`, which clears the banner) and draws itself again (:meth:`Page.refresh`). Showing a page
 draws it again too, unless :meth:`Page.refresh_on_show` says no (while a job of it runs, say). Long work goes
 through :meth:`Page.start_job`, and :meth:`Page.busy` says whether one of the page's jobs (:meth:`Page.page_jobs`)
-has not ended yet.
+has not ended yet. :meth:`Page.command_line` is the page's work as a command line (Copy as Command).
 """
 
 from __future__ import annotations
@@ -67,6 +67,11 @@ class Page(QWidget):
         super().showEvent(event)
         if self.refresh_on_show():
             self.refresh()
+
+    def command_line(self) -> str | None:
+        """What the page does, as a ``slowtune`` command line, for the window's Edit › Copy as Command (pages
+        never show commands themselves); None where the page has no such command (the menu item is disabled)."""
+        return None
 
     # --- jobs --------------------------------------------------------------------------------------------------
     def page_jobs(self) -> Iterable[Job | None]:

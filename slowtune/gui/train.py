@@ -88,8 +88,6 @@ NO_DATA_TEXT = ("<p><b>This project has no training data yet.</b> Generate quest
 INTRO_TEXT = ("<h2 style='margin:0'>Train</h2><p>Train a small LoRA adapter on this project's accepted questions "
               "and answers. The base model stays as it is; the adapter holds what it learned. Models larger than "
               "this Mac's memory are trained layer by layer from disk.</p>")
-COMMAND_HINT = ("The same from Terminal: <code>slowtune train --model MODEL --data {project}</code>; "
-                "<code>slowtune train --resume RUN_FOLDER</code>.")
 
 
 # --- the training job -----------------------------------------------------------------------------------------
@@ -159,10 +157,6 @@ class StartView(QWidget):
         self.runs = new_table(("Started", "Base model", "Status", "Steps", "Loss", "Validation loss"), stretch=1)
         self.open_button = QPushButton("Open")
         self.resume_button = QPushButton("Resume")
-        self.hint = QLabel()
-        self.hint.setWordWrap(True)
-        self.hint.setStyleSheet("color: gray;")
-        self.hint.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         top = QHBoxLayout()
         top.addWidget(self.new_button)
         top.addStretch(1)
@@ -178,9 +172,8 @@ class StartView(QWidget):
         layout.addWidget(self.runs_label)
         layout.addWidget(self.runs, 1)
         layout.addLayout(runs_buttons)
-        layout.addWidget(self.hint)
-        # Without runs the table is hidden; this spacer then takes the spare height, so the text, the button and the
-        # hint stay together at the top instead of spreading over the page.
+        # Without runs the table is hidden; this spacer then takes the spare height, so the text and the button stay
+        # together at the top instead of spreading over the page.
         layout.addStretch(0)
         self._layout = layout
         self._spacer_index = layout.count() - 1
@@ -344,8 +337,6 @@ class TrainPage(Page):
         """The start view: runs, the resume offer, and the empty states."""
         view = self.start_view
         project = self.project
-        name = html.escape(shlex.quote(project.name)) if project is not None else "PROJECT"
-        view.hint.setText(COMMAND_HINT.format(project=name))
         if project is None:
             view.intro.setText(NO_PROJECT_TEXT)
             view.offer.hide()
@@ -383,7 +374,7 @@ class TrainPage(Page):
             view.offer_new.setEnabled(not self.busy())
             if offer.training:
                 how = ("slowtune was closed while it trained" if offer.live_pid is not None else
-                       "started outside this app, perhaps with slowtune train in Terminal")
+                       "it was started outside this app")
                 view.offer_label.setText(
                     f"<b>A training run is still going on in the background</b> ({html.escape(model_name(offer.model))}"
                     f", started {offer.started_text}): {how}.")
@@ -400,6 +391,20 @@ class TrainPage(Page):
                     f"Its checkpoint is at step {offer.checkpoint_step:,}{total}; Resume continues from there.")
                 view.offer_resume.setText("Resume")
                 view.offer_resume.setEnabled(not self.busy())
+
+    def command_line(self) -> str | None:
+        """What the page does, as a ``slowtune train`` command line (the window's Copy as Command): resuming the
+        run shown or selected when it can be resumed, else a new run on the project (with the model of its latest
+        run, or MODEL to fill in). None without a project."""
+        if self.project is None:
+            return None
+        shown = read_run(self.run_dir) if self.run_dir is not None and not self.busy() else None
+        run = shown or (self._selected_run() if self.stack.currentWidget() is self.start_view else None)
+        if run is not None and run.resumable:
+            return shlex.join(["slowtune", "train", "--resume", str(run.run_dir)])
+        runs = list_runs(self.project)
+        model = str(runs[0].model) if runs and runs[0].model else "MODEL"
+        return shlex.join(["slowtune", "train", "--model", model, "--data", str(self.project.root)])
 
     def _selected_run(self) -> RunInfo | None:
         runs = self.start_view.runs
@@ -564,8 +569,8 @@ class TrainPage(Page):
                 text = ("Training in another process (started before slowtune was last closed). Stop asks it to "
                         "save a checkpoint and stop; you can resume it later.")
             else:
-                text = ("Training in another process, started outside this app (perhaps slowtune train in "
-                        "Terminal). Ctrl-C there stops it with a checkpoint.")
+                text = ("Training in another process, started outside this app. It can be stopped only where it "
+                        "was started; stopping it there saves a checkpoint, and you can resume it here.")
             self._set_state("background", text)
             self.run_view.stop_button.setVisible(run.live_pid is not None)
             self.background_timer.start()

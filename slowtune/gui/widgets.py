@@ -1,10 +1,15 @@
-"""Small widgets shared by the window and its pages: a message banner, the job status, the drop overlay."""
+"""Small widgets shared by the window and its pages: a message banner, the job status, the drop overlay; and
+:func:`visible_texts` / :func:`developer_text`, which tests use to check that a window speaks to its user."""
 
 from __future__ import annotations
 
+import logging
+import re
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
+from PySide6 import QtGui
 from PySide6.QtCore import (
     QAbstractTableModel,
     QEvent,
@@ -14,22 +19,31 @@ from PySide6.QtCore import (
     Qt,
     Signal,
 )
-from PySide6.QtGui import QColor, QPainter, QPalette, QPen
+from PySide6.QtGui import QColor, QGuiApplication, QPainter, QPalette, QPen, QTextDocument
 from PySide6.QtWidgets import (
+    QAbstractButton,
+    QComboBox,
     QFrame,
+    QGroupBox,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QMessageBox,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
     QSizePolicy,
+    QTextEdit,
     QVBoxLayout,
     QWidget,
 )
 
+from slowtune import paths
 from slowtune.gui.qtcompat import emit
 from slowtune.gui.workers import Job
+
+log = logging.getLogger(__name__)
+_LOG_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 # Banner tints, mixed into the window colour so they read in light and dark mode alike.
 _TINTS = {"info": QColor("#3b82f6"), "warning": QColor("#f59e0b"), "error": QColor("#ef4444")}
@@ -44,10 +58,23 @@ def _mix(base: QColor, tint: QColor, amount: float) -> QColor:
 
 
 class MessageBanner(QFrame):
-    """A readable message in the page it belongs to, with the details (a traceback, a file list) one click away.
+    """A message in the page it belongs to, written for the user, with up to two buttons that act on it.
 
-    Errors from the core land here instead of in a traceback dialog.
+    ``show_message(message, level=..., details=..., actions=...)``:
+
+    - ``message``: what happened and what to do, in a sentence or two (plain words: no traceback, no type names);
+    - ``level``: ``"info"``, ``"warning"`` or ``"error"`` (the tint);
+    - ``details``: what a developer needs (a traceback, a file list, a program's output). It is never shown: it
+      goes to the log, and a "Copy Details for a Bug Report" button puts it on the clipboard;
+    - ``actions``: up to :data:`MAX_ACTIONS` ``(label, callback)`` pairs, shown as buttons beside the message
+      (``("Choose a Model…", page.choose_model)``); a click calls ``callback()`` and leaves the banner as it is.
+
+    ``clear()`` hides it. ``details`` holds the last details (a ``QTextDocument``: ``details.toPlainText()``), and
+    ``action_buttons`` the buttons of the last message. Errors from the core land here instead of in a dialog.
     """
+
+    MAX_ACTIONS = 2
+    COPY_LABEL = "Copy Details for a Bug Report"
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -59,32 +86,34 @@ class MessageBanner(QFrame):
         self.text.setWordWrap(True)
         self.text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.text.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-        self.details_button = QPushButton("Show Details")
-        self.details_button.setCheckable(True)
-        self.details_button.toggled.connect(self._toggle_details)
+        self.details = QTextDocument(self)  # kept for the clipboard, never drawn
+        self.action_buttons: list[QPushButton] = []
+        self.copy_button = QPushButton(self.COPY_LABEL)
+        self.copy_button.setToolTip("Copy what went wrong, in full, to paste into a bug report")
+        self.copy_button.clicked.connect(self.copy_details)
         self.close_button = QPushButton("Dismiss")
         self.close_button.clicked.connect(self.clear)
-        self.details = QPlainTextEdit()
-        self.details.setReadOnly(True)
-        self.details.setMaximumHeight(160)
-        self.details.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
-        self.details.hide()
-        row = QHBoxLayout()
-        row.addWidget(self.text, 1)
-        row.addWidget(self.details_button, 0, Qt.AlignmentFlag.AlignTop)
-        row.addWidget(self.close_button, 0, Qt.AlignmentFlag.AlignTop)
+        self._row = QHBoxLayout()
+        self._row.addWidget(self.text, 1)
+        self._row.addWidget(self.copy_button, 0, Qt.AlignmentFlag.AlignTop)
+        self._row.addWidget(self.close_button, 0, Qt.AlignmentFlag.AlignTop)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(12, 8, 8, 8)
-        layout.addLayout(row)
-        layout.addWidget(self.details)
+        layout.addLayout(self._row)
         self.hide()
 
-    def show_message(self, message: str, *, level: str = "info", details: str = "") -> None:
+    def show_message(self, message: str, *, level: str = "info", details: str = "",
+                     actions: Sequence[tuple[str, Callable[[], object]]] = ()) -> None:
+        if len(actions) > self.MAX_ACTIONS:
+            raise ValueError(f"a banner has at most {self.MAX_ACTIONS} actions, got {len(actions)}")
         self.level = level
         self.text.setText(message)
         self.details.setPlainText(details)
-        self.details_button.setVisible(bool(details))
-        self.details_button.setChecked(False)
+        if details:
+            log.log(_LOG_LEVELS.get(level, logging.INFO), "%s\n%s", message, details)
+        self.copy_button.setText(self.COPY_LABEL)
+        self.copy_button.setVisible(bool(details))
+        self._set_actions(actions)
         palette = self.palette()
         window = self.window().palette().color(QPalette.ColorRole.Window) if self.window() else QColor("white")
         palette.setColor(QPalette.ColorRole.Window, _mix(window, _TINTS[level], 0.18))
@@ -94,11 +123,81 @@ class MessageBanner(QFrame):
     def clear(self) -> None:
         self.text.clear()
         self.details.clear()
+        self._set_actions(())
         self.hide()
 
-    def _toggle_details(self, shown: bool) -> None:
-        self.details.setVisible(shown)
-        self.details_button.setText("Hide Details" if shown else "Show Details")
+    def copy_details(self) -> None:
+        """Put the message and its details on the clipboard, as a bug report wants them (keys redacted)."""
+        QGuiApplication.clipboard().setText(bug_report_text(self.text.text(), self.details.toPlainText()))
+        self.copy_button.setText("Details Copied")
+
+    def _set_actions(self, actions: Sequence[tuple[str, Callable[[], object]]]) -> None:
+        for button in self.action_buttons:
+            self._row.removeWidget(button)
+            button.deleteLater()
+        self.action_buttons = []
+        for i, (label, callback) in enumerate(actions):
+            button = QPushButton(label)
+            button.clicked.connect(lambda _checked=False, callback=callback: callback())
+            self._row.insertWidget(1 + i, button, 0, Qt.AlignmentFlag.AlignTop)
+            button.show()  # a child added to a shown banner is not shown by itself
+            self.action_buttons.append(button)
+        if self.action_buttons:
+            self.action_buttons[0].setDefault(True)
+
+
+def bug_report_text(message: str, details: str) -> str:
+    """What "Copy Details for a Bug Report" copies: the version, the message, the details and where the log is."""
+    from slowtune import __version__
+    from slowtune.logs import LOG_FILE_NAME, redact
+
+    text = f"slowtune {__version__}\n\n{message}\n\n{details}\n\nLog file: {paths.log_dir() / LOG_FILE_NAME}\n"
+    return redact(text)
+
+
+# --- what a user should never read ------------------------------------------------------------------------------
+
+_DEVELOPER_TEXT = re.compile(
+    r"Traceback|File \"|\{\s*\"[^\"\n]*\"\s*:.*\}|(?<![\w-])--[A-Za-z][\w-]*", re.DOTALL)
+
+
+def developer_text(text: str) -> bool:
+    """Whether ``text`` holds something meant for a developer: a traceback (``Traceback``, ``File "``), a JSON
+    dump (a ``{"key": ...}`` block) or a command-line flag (``--something``)."""
+    return _DEVELOPER_TEXT.search(text) is not None
+
+
+def plain_text(text: str) -> str:
+    """A label's text as a user reads it (rich text rendered to plain text)."""
+    if QtGui.Qt.mightBeRichText(text):  # QtGui's Qt namespace holds it, not QtCore's
+        document = QTextDocument()
+        document.setHtml(text)
+        return document.toPlainText()
+    return text
+
+
+def visible_texts(widget: QWidget) -> list[str]:
+    """The text of every visible widget in ``widget`` (itself included): labels (as plain text), buttons, group
+    titles, line and text edits, combo boxes. Tooltips are not included. Empty texts are left out."""
+    texts: list[str] = []
+    for child in [widget, *widget.findChildren(QWidget)]:
+        if not child.isVisible():
+            continue
+        if isinstance(child, QLabel):
+            text = plain_text(child.text())
+        elif isinstance(child, QAbstractButton | QLineEdit):
+            text = child.text()
+        elif isinstance(child, QGroupBox):
+            text = child.title()
+        elif isinstance(child, QPlainTextEdit | QTextEdit):
+            text = child.toPlainText()
+        elif isinstance(child, QComboBox):
+            text = child.currentText()
+        else:
+            continue
+        if text.strip():
+            texts.append(text)
+    return texts
 
 
 def format_count(value: float) -> str:

@@ -27,33 +27,60 @@ log = logging.getLogger(__name__)
 
 JobFunction = Callable[[Progress], Any]
 
-# Errors whose message is already written for a user: shown as they are, without the exception's type name.
+# Python's own errors of these types carry a sentence when slowtune's code raises them (the core's error types
+# derive from them); raised inside a library, their text is for a developer.
 _USER_FACING = (ValueError, RuntimeError)
+UNEXPECTED = "{what} failed unexpectedly. Copy the details for a bug report."
 
 
-def describe_error(exc: BaseException) -> tuple[str, str]:
-    """A message a user can read, and the details (type and traceback) for whoever asks for them."""
+def _raised_by_slowtune(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised in slowtune's own code (its innermost traceback frame is in the package)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return str(tb.tb_frame.f_globals.get("__name__", "")).startswith("slowtune")
+
+
+def written_for_user(exc: BaseException) -> bool:
+    """Whether the text of ``exc`` is meant for a user: one of the core's own error types (``StoreError``,
+    ``ExportError``, ``TeacherError``..., all defined in slowtune), or a ``ValueError``/``RuntimeError`` slowtune
+    raised itself with a sentence."""
+    if not str(exc).strip():
+        return False
+    if type(exc).__module__.startswith("slowtune"):
+        return True
+    return isinstance(exc, _USER_FACING) and _raised_by_slowtune(exc)
+
+
+def describe_error(exc: BaseException, title: str = "") -> tuple[str, str]:
+    """A message a user can read, and the details (type and traceback) for the log and a bug report.
+
+    ``title`` names the work that failed ("Exporting"), for the message about an unexpected error.
+    """
     details = "".join(traceback.format_exception(exc)).rstrip()
     text = str(exc).strip()
     if isinstance(exc, MemoryError):
         message = "Ran out of memory. Close other apps, or work on fewer documents at a time."
-    elif isinstance(exc, OSError):
+    elif isinstance(exc, OSError) and not type(exc).__module__.startswith("slowtune"):
         # OSError's str() reads "[Errno 2] No such file or directory: 'x'"; the parts read better apart.
-        what = exc.strerror or text or type(exc).__name__
+        what = exc.strerror or text or "The file could not be read or written"
         message = f"{what}: {exc.filename}" if exc.filename else what
-    elif isinstance(exc, _USER_FACING) and text:
+    elif written_for_user(exc):
         message = text
     else:
-        message = f"Unexpected error ({type(exc).__name__}){': ' + text if text else ''}."
+        message = UNEXPECTED.format(what=title or "The work")
     return message, details
 
 
 class _JobThread(QThread):
     """Runs the function once and keeps the outcome; the Job reads it in the GUI thread when the thread ends."""
 
-    def __init__(self, fn: JobFunction, progress: Progress) -> None:
+    def __init__(self, fn: JobFunction, progress: Progress, title: str = "") -> None:
         super().__init__()
         self._fn = fn
+        self._title = title
         self._progress = progress
         self.outcome: tuple[str, Any] = ("failed", ("The job did not run.", ""))
 
@@ -63,8 +90,8 @@ class _JobThread(QThread):
         except Cancelled:
             self.outcome = ("cancelled", None)
         except BaseException as exc:  # a worker must never take the app down; the user gets the message
-            log.exception("background job failed")
-            self.outcome = ("failed", describe_error(exc))
+            log.exception("background job %r failed", self._title)
+            self.outcome = ("failed", describe_error(exc, self._title))
         else:
             self.outcome = ("finished", result)
 
@@ -76,7 +103,8 @@ class Job(QObject):
       ``started()``;
       ``progress(stage, done, total, metrics, status)`` - ``total`` is a float or None, ``metrics`` a dict;
       ``finished(result)`` - the function's return value;
-      ``failed(message, details)`` - a readable message, and the traceback for a "Details" view;
+      ``failed(message, details)`` - a message written for the user (see :func:`describe_error`), and the
+      traceback, which is logged and goes to a banner's ``details`` (copied for a bug report, never shown);
       ``cancelled()`` - the user stopped it (or it was cancelled while still queued);
       ``done()`` - after whichever of the three above, exactly once.
     """
@@ -147,7 +175,7 @@ class Job(QObject):
         if self.state != "waiting":
             raise RuntimeError(f"job {self.title!r} was already started")
         self.state = "running"
-        self._thread = _JobThread(self._fn, self._progress)
+        self._thread = _JobThread(self._fn, self._progress, self.title)
         self._thread.finished.connect(self._on_thread_finished)
         emit(self.started)
         self._thread.start()
