@@ -140,7 +140,11 @@ def statuses(project: Project) -> dict[int, str]:
 
 def test_the_page_replaces_the_placeholder(window: MainWindow, page: DatasetPage) -> None:
     assert window.pages.widget(2) is page and page.objectName() == "page-dataset"
-    assert "slowtune generate" in page.label.text()
+    # No command on the page; the window's Copy as Command has it.
+    assert "slowtune generate" not in page.label.text() and "Terminal" not in page.label.text()
+    command = page.command_line()
+    assert page.project is not None and command is not None and command.startswith("slowtune generate ")
+    assert str(page.project.root) in command
 
 
 def test_empty_states_say_what_to_do(qtbot, tmp_path: Path) -> None:

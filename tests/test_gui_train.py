@@ -162,7 +162,8 @@ def test_a_run_a_terminal_is_training_is_not_offered_for_resume(qtbot, runner: J
     assert info is not None and info.state == "training" and not info.resumable
     page = _page(qtbot, runner, project_root)
     view = page.start_view
-    assert "still going on" in view.offer_label.text() and "Terminal" in view.offer_label.text()
+    assert "still going on" in view.offer_label.text() and "started outside this app" in view.offer_label.text()
+    assert "Terminal" not in view.offer_label.text() and "slowtune train" not in view.offer_label.text()
     view.offer_resume.click()
     assert page.state == "background" and not page.run_view.stop_button.isVisibleTo(page)
     assert [x for x, _ in page.run_view.chart.points("Training loss")] == [5.0]

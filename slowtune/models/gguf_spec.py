@@ -427,7 +427,13 @@ def _byte_level_pre(tokenizer_json: Mapping[str, Any], path: Path) -> str:
     try:
         return pretokenizers.identify(tokenizer_json.get("pre_tokenizer")).name
     except pretokenizers.UnknownPreTokenizer as exc:
-        raise ExportError(f"{path}: unsupported byte-level pre-tokenizer: {exc}") from exc
+        # The sentence for the user; what the check found (and llama.cpp's names) in a note, for a bug report.
+        error = ExportError(
+            f"{path}: this model's tokenizer splits text in a way llama.cpp cannot reproduce (an unsupported "
+            "byte-level pre-tokenizer), so the model cannot be exported to GGUF. Tokenizers llama.cpp knows are "
+            f"those of {pretokenizers.known_families()}")
+        error.add_note(f"Pre-tokenizer check: {exc}")
+        raise error from exc
 
 
 def _spm_space_prefix(tokenizer_json: Mapping[str, Any]) -> bool | None:
@@ -558,9 +564,12 @@ def read_vocab(model_dir: Path, n_vocab: int | None = None) -> GGUFVocab:
         vocab.merges = merges
         normalizers = [n.get("type") for n in _as_list(tj.get("normalizer"), "normalizers")]
         if any(n != "NFC" for n in normalizers):
-            raise ExportError(
-                f"{tokenizer_path}: normaliser {normalizers} is not one llama.cpp applies for byte-level BPE"
+            error = ExportError(
+                f"{tokenizer_path}: this model's tokenizer changes text ({', '.join(map(str, normalizers))}) in a "
+                "way llama.cpp does not before it splits it, so the model cannot be exported to GGUF"
             )
+            error.add_note(f"Normalisers of the byte-level BPE tokenizer: {normalizers}; llama.cpp applies NFC only")
+            raise error
 
     ids = {t: i for i, t in enumerate(tokens)}
 

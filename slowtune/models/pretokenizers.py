@@ -155,3 +155,8 @@ def identify(pre_tokenizer_json: Mapping[str, Any] | None) -> PreTokenizer:
 
 def known_names() -> str:
     return ", ".join(f"{p.name} ({p.families})" for p in PRE_TOKENIZERS)
+
+
+def known_families() -> str:
+    """The model families whose tokenizers llama.cpp splits text for, in words ("Llama 3.x, Qwen2, ...")."""
+    return ", ".join(p.families for p in PRE_TOKENIZERS)
