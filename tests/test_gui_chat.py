@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shlex
 import shutil
 import threading
 import time
@@ -215,6 +216,9 @@ def test_a_lora_export_is_offered_on_its_base_and_open_file_can_be_cancelled(
     monkeypatch.setattr(page, "_sync_models", lambda: None)  # no loading here: the LoRA file is not a real adapter
     page.open_model(str(folder / "model-lora.gguf"))
     assert page.model_combo.currentText() == entry.label
+    # Edit › Copy as Command: the same chat from the command line.
+    assert page.command_line() == shlex.join(["slowtune", "chat", entry.path, "--lora", entry.lora,
+                                              "--project", str(page.project.root)])  # type: ignore[union-attr]
     # Open GGUF file…, then Cancel in the dialog: the picker shows the model chosen before.
     monkeypatch.setattr(page_module, "choose_gguf_file", lambda parent: None)
     _pick(page.model_combo, "Open GGUF file…")
@@ -229,6 +233,8 @@ def test_empty_states_say_what_to_do(qtbot, runner: JobRunner, tmp_path: Path) -
         page.set_project(bare)
         assert "no exported model yet" in page.transcript.placeholder.text()
         assert "Export" in page.transcript.placeholder.text()
+        assert "Terminal" not in page.transcript.placeholder.text() and "--" not in page.eval_about.text()
+        assert page.command_line() is None  # no model chosen: nothing to copy as a command
         assert "no held-out probes yet" in page.eval_empty.text() and "Dataset" in page.eval_empty.text()
         assert not page.send_button.isEnabled()
         page.set_project(None)
