@@ -337,6 +337,22 @@ def key_fact_recall(answer: str, reference: str, *, vocabulary: CorpusVocabulary
     return sum(fact_found(f, answer) for f in facts) / len(facts)
 
 
+def new_fact_recall(answer: str, question: str, reference: str, *,
+                    vocabulary: CorpusVocabulary | None = None, max_words: int = 3) -> float:
+    """:func:`key_fact_recall` over what the reference adds to the question: its key facts that the question does
+    not already state, or when the question states them all, its rarest content words that the question lacks.
+    Echoing the question's own names ("The Sorrelwyn Society wears violet hats") earns nothing."""
+    facts = [f for f in key_facts(reference, vocabulary=vocabulary) if not fact_found(f, question)]
+    if not facts:
+        asked = set(_content_words(question))
+        words = sorted({w for w in _content_words(reference) if w not in asked},
+                       key=lambda w: (-(vocabulary.rarity(w) if vocabulary else 0.0), -len(w), w))
+        facts = [KeyFact("word", w) for w in words[:max_words]]
+    if not facts:
+        return 1.0 if answer.strip() else 0.0
+    return sum(fact_found(f, answer) for f in facts) / len(facts)
+
+
 # --- refusals --------------------------------------------------------------------------------------------
 
 _DOCS = (r"(?:(?:the|these|those|this|that|your|my|our|any|provided|available|given|uploaded|supplied)\s+)*"

@@ -25,6 +25,7 @@ from slowtune.quality import (
     replay_prompts,
     unknown_items,
 )
+from slowtune.scoring import key_fact_recall, new_fact_recall
 from slowtune.store import Project
 from slowtune.testing.tiny_project import FACTS, tiny_model
 from slowtune.train import replay as rp
@@ -232,6 +233,21 @@ def test_the_runs_retention_pool_keeps_the_general_sets_proportions() -> None:
     head = [i.category for i in pool[:6]]  # any leading part keeps the proportions
     assert head.count("knowledge") >= 3 and "arithmetic" in head
     assert sc._spread(items, 18) == pool and sc._spread(items[:5], 18) == items[:5]
+
+
+def test_in_run_knowledge_gives_no_credit_for_echoing_the_question() -> None:
+    # Plain key-fact recall scored the untrained base 0.56 on bench learn's probes: their key facts were the names
+    # the question already gives. In the run, only what the reference adds to the question counts.
+    q, ref = "When was the Vellacorn Lighthouse opened?", "The Vellacorn Lighthouse opened in 1888."
+    echo = "The Vellacorn Lighthouse was opened in 1742."
+    assert key_fact_recall(echo, ref) == 0.5 and new_fact_recall(echo, q, ref) == 0.0
+    assert new_fact_recall("It opened in 1888.", q, ref) == 1.0
+    # A question naming every key fact: the reference's words the question lacks are what counts.
+    q = "What do members of the Sorrelwyn Society wear at their meetings?"
+    ref = "Sorrelwyn Society members wear green hats at their meetings."
+    assert key_fact_recall("Sorrelwyn Society members wear violet scarves.", ref) == 1.0
+    assert new_fact_recall("Sorrelwyn Society members wear violet scarves.", q, ref) == 0.0
+    assert new_fact_recall("They wear green hats.", q, ref) == 1.0
 
 
 def test_leakage_is_the_documents_names_and_numbers_unless_the_question_had_them() -> None:
