@@ -133,6 +133,11 @@ def test_the_window_has_every_page_menus_with_standard_shortcuts_and_the_icon(op
     assert not app.windowIcon().isNull(), "the app icon from resources/ did not load"
     window = open_window()
     assert [window.sidebar.item(i).text() for i in range(window.sidebar.count())] == list(PAGES)
+    # In the order a user works: the chat runs the exported file, so Export comes before Chat.
+    assert list(PAGES) == ["Library", "Providers", "Dataset", "Train", "Export", "Chat"]
+    view = next(a.menu() for a in window.menuBar().actions() if a.text() == "&View")
+    shortcuts = {a.text(): a.shortcut().toString() for a in view.actions()}
+    assert shortcuts["Export"] == "Ctrl+5" and shortcuts["Chat"] == "Ctrl+6"
     for row, name in enumerate(PAGES):
         window.sidebar.setCurrentRow(row)
         assert window.pages.currentWidget().objectName() == f"page-{name.lower()}"
@@ -226,8 +231,9 @@ def test_the_welcome_appears_once_on_a_first_start(qtbot, open_window) -> None:
     first = open_window(welcome_seen=False)
     qtbot.waitUntil(lambda: first.welcome is not None and first.welcome.isVisible(), timeout=TIMEOUT_MS)
     steps = first.welcome.intro.text()
-    for name in PAGES:
-        assert name in steps
+    # The steps in the sidebar's order (Export before Chat), numbered by the list.
+    positions = [steps.index(f"<b>{name}</b>") for name in PAGES]
+    assert positions == sorted(positions)
     first.welcome.name.setText("First steps")
     first.welcome.accept()
     assert first.project is not None and first.project.name == "First steps"

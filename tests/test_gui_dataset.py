@@ -425,14 +425,68 @@ def test_a_budget_stops_the_run_and_shows_in_the_progress(qtbot, with_teacher: F
     assert review.report(project).chunks_generated == result.chunks_done
 
 
-def test_a_budget_needs_a_price(qtbot, with_teacher: FakeTeacher, window: MainWindow, page: DatasetPage,
-                                asked: list) -> None:
-    set_options(page, budget="1")
+def test_a_teacher_on_this_computer_is_free(qtbot, with_teacher: FakeTeacher, window: MainWindow, page: DatasetPage,
+                                           asked: list) -> None:
+    """The test teacher listens on 127.0.0.1: no price is needed, even with a budget, and none is asked for."""
+    set_options(page, budget="1", recipe="plain", pairs=1, concurrency=1)
+    asked.append(False)  # the confirmation is enough; nothing needs sending
     generate(qtbot, window, page)
-    assert asked == []
-    assert page.banner.level == "error" and "needs a price for model teacher-small" in page.banner.text.text()
-    assert "prices.json" in page.banner.text.text()
+    assert len(asked) == 2, page.banner.text.text()
+    assert "free: runs on this computer" in asked[1]
+    assert "prices.json" not in asked[1] and "price" not in asked[1].lower()
     assert with_teacher.stats()["by_task"] == {}
+
+
+@pytest.fixture
+def teacher_without_model(teacher: FakeTeacher) -> FakeTeacher:
+    """The test teacher added as a custom server with no default model, and chosen as the teacher."""
+    pv.add_provider("fake", "custom", base_url=teacher.base_url, key=KEY, replace=True)
+    settings = load_settings().settings
+    settings.teacher_provider, settings.teacher_model = "fake", None
+    save_settings(settings)
+    return teacher
+
+
+def test_generate_without_a_model_asks_for_one(qtbot, teacher_without_model: FakeTeacher, window: MainWindow,
+                                               page: DatasetPage, asked: list) -> None:
+    assert page.generate() is None
+    dialog = page.model_dialog
+    assert dialog is not None and dialog.isVisible()
+    # The provider is asked for its models in a job; they fill the box (which still takes a typed name).
+    qtbot.waitUntil(lambda: dialog.model.count() == 2, timeout=TIMEOUT_MS)
+    assert [dialog.model.itemText(i) for i in range(2)] == ["judge-small", "teacher-small"]
+    assert dialog.model.isEditable() and not dialog.ok_button.isEnabled()
+    shown = " ".join([dialog.text.text(), dialog.status.text(), page.banner.text.text(),
+                      page.banner.details.toPlainText(), window.statusBar().currentMessage()])
+    assert "--model" not in shown and "slowtune provider" not in shown and "Traceback" not in shown
+    assert "no default model" in page.banner.text.text()
+    dialog.model.setCurrentIndex(1)
+    assert dialog.ok_button.isEnabled()
+    asked.append(False)  # the run's confirmation comes next: the choice went on into Generate
+    dialog.ok_button.click()
+    qtbot.waitUntil(lambda: len(asked) == 2, timeout=TIMEOUT_MS)
+    assert "teacher-small" in asked[1]
+    assert load_settings().settings.teacher_model == "teacher-small"
+    assert "teacher-small" in page.teacher_label.text()
+
+
+def test_the_options_choose_the_teachers_model_from_the_listed_ones(
+        qtbot, teacher_without_model: FakeTeacher, window: MainWindow, page: DatasetPage) -> None:
+    assert pv.check_provider(pv.get_provider("fake")).ok  # a test on the Providers page lists the models
+    dialog = page.open_options()
+    assert dialog is not None and dialog.teacher_model.isEnabled() and dialog.teacher_model.isEditable()
+    assert [dialog.teacher_model.itemText(i) for i in range(dialog.teacher_model.count())] == [
+        "judge-small", "teacher-small"]
+    assert dialog.teacher_model.currentText() == ""
+    dialog.teacher_model.setCurrentIndex(0)
+    dialog.ok_button.click()
+    assert dialog.result() == OptionsDialog.DialogCode.Accepted
+    assert load_settings().settings.teacher_model == "judge-small"
+    again = page.open_options()
+    assert again is not None and again.teacher_model.currentText() == "judge-small"
+    again.teacher_model.setEditText("typed-by-hand")
+    again.ok_button.click()
+    assert load_settings().settings.teacher_model == "typed-by-hand"
 
 
 def test_bad_values_name_the_field_and_send_nothing(qtbot, with_teacher: FakeTeacher, window: MainWindow,

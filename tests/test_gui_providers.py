@@ -10,7 +10,11 @@ import secrets as pysecrets
 from collections.abc import Iterator
 from pathlib import Path
 
+import keyring
 import pytest
+from keyring.backend import KeyringBackend
+from keyring.backends import fail
+from keyring.errors import PasswordDeleteError, PasswordSetError
 from PySide6.QtWidgets import QLabel, QLineEdit
 
 from slowtune import secrets
@@ -77,7 +81,7 @@ def add_through_dialog(page: ProvidersPage, preset: str, pid: str, *, base_url: 
     dialog.preset.setCurrentIndex(dialog.preset.findData(preset))
     dialog.provider_id.setText(pid)
     dialog.base_url.setText(base_url)
-    dialog.model.setText(model)
+    dialog.model.setEditText(model)
     dialog.gguf_path.setText(gguf)
     dialog.key.setText(key)
     dialog.ok_button.click()
@@ -92,6 +96,12 @@ def widget_texts(page: ProvidersPage) -> str:
             texts.append(item.text() if item else "")
     texts.append(page.banner.details.toPlainText())
     return "\n".join(texts)
+
+
+def window_of(page: ProvidersPage) -> MainWindow:
+    window = page.window()
+    assert isinstance(window, MainWindow)
+    return window
 
 
 def column(page: ProvidersPage, name: str, row: int = 0) -> str:
@@ -124,7 +134,7 @@ def test_a_custom_provider_with_a_key_goes_to_the_keychain_only(
     edit = page.edit_selected()
     assert edit is not None and edit.key.text() == "" and "stored in the keychain" in edit.key.placeholderText()
     assert edit.provider_id.isReadOnly() and edit.base_url.text() == teacher.base_url
-    edit.model.setText("judge-small")
+    edit.model.setEditText("judge-small")
     edit.ok_button.click()
     assert pv.get_provider("fake").default_model == "judge-small"
     assert secrets.get_secret(secrets.provider_key_name("fake")) == key
@@ -135,8 +145,26 @@ def test_a_custom_provider_with_a_key_goes_to_the_keychain_only(
     assert job is not None and column(page, "Last check") == "Testing…"
     qtbot.waitUntil(lambda: not page.jobs, timeout=TIMEOUT_MS)
     result = column(page, "Last check")
-    assert result.startswith("OK: 2 models (judge-small available)") and result.endswith(" ms")
+    assert result.startswith("OK: judge-small available; 2 models: judge-small, teacher-small") and result.endswith(" ms")
     assert key not in widget_texts(page)
+    assert window_of(page).statusBar().currentMessage() == "Testing fake: done"
+
+    # Edit offers the models the test found, in a box that still takes a typed name.
+    page.select("fake")
+    edit = page.edit_selected()
+    assert edit is not None and edit.model.isEditable()
+    assert [edit.model.itemText(i) for i in range(edit.model.count())] == ["judge-small", "teacher-small"]
+    assert edit.model.currentText() == "judge-small"
+    edit.model.setEditText("a-name-it-does-not-list")
+    edit.ok_button.click()
+    assert pv.get_provider("fake").default_model == "a-name-it-does-not-list"
+    # So does Add, for the same server under another name.
+    add = page.add_provider()
+    add.preset.setCurrentIndex(add.preset.findData("custom"))
+    add.base_url.setText(teacher.base_url)
+    add.base_url.editingFinished.emit()
+    assert [add.model.itemText(i) for i in range(add.model.count())] == ["judge-small", "teacher-small"]
+    add.reject()
 
 
 def test_a_wrong_key_is_reported_as_rejected(qtbot, page: ProvidersPage, teacher: FakeTeacher) -> None:
@@ -197,16 +225,67 @@ def test_mistakes_show_in_the_banner_and_keep_the_dialog_open(page: ProvidersPag
     again.reject()
 
 
-def test_a_key_the_keychain_refuses_is_a_warning_not_a_traceback(
-        page: ProvidersPage, key: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(name: str, value: str) -> None:
-        raise secrets.NoKeychainError(f"Cannot save the key for {name}: no keychain.")
+class RefusingKeyring(KeyringBackend):
+    """A keyring backend whose set_password raises, as a locked or broken keychain does."""
 
-    monkeypatch.setattr(secrets, "set_secret", refuse)
-    dialog = add_through_dialog(page, "openai", "no-keychain", key=key)
-    assert dialog.result() == ProviderDialog.DialogCode.Accepted  # the provider itself was saved
-    assert page.banner.level == "warning" and "SLOWTUNE_KEY_PROVIDER_NO_KEYCHAIN" in page.banner.text.text()
-    assert column(page, "API key") == "missing" and key not in widget_texts(page)
+    priority = 1  # type: ignore[assignment]
+
+    def get_password(self, service: str, username: str) -> str | None:
+        return None
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        raise PasswordSetError("the keychain is locked")
+
+    def delete_password(self, service: str, username: str) -> None:
+        raise PasswordDeleteError("nothing stored")
+
+
+@pytest.mark.parametrize("backend", ["refusing", "none"])
+def test_a_key_the_keychain_cannot_store_saves_nothing_and_says_why(
+        page: ProvidersPage, key: str, backend: str) -> None:
+    previous = keyring.get_keyring()
+    keyring.set_keyring(RefusingKeyring() if backend == "refusing" else fail.Keyring())
+    try:
+        dialog = add_through_dialog(page, "custom", "srv", base_url="http://127.0.0.1:9/v1", key=key)
+    finally:
+        keyring.set_keyring(previous)
+    # Not half-saved: the dialog stays open with what was typed, and nothing is in the list.
+    assert dialog.isVisible() and dialog.result() != ProviderDialog.DialogCode.Accepted
+    assert pv.list_providers() == [] and page.table.rowCount() == 0
+    said = dialog.banner.text.text()
+    assert "could not be stored in the keychain" in said or "refused to store the key" in said
+    assert "nothing was saved" in said and "empty the API key field" in said  # the custom preset's key is optional
+    assert "SLOWTUNE_KEY" not in said and "export" not in said and "`" not in said
+    assert key not in said + page.banner.text.text() and dialog.key.text() == key  # kept, masked, to try again
+    dialog.reject()
+
+
+def test_an_optional_key_left_empty_never_blocks_the_test(qtbot, window: MainWindow, page: ProvidersPage) -> None:
+    with FakeTeacher(api_key=None) as open_server:  # a server that wants no key
+        add_through_dialog(page, "custom", "open", base_url=open_server.base_url)
+        assert column(page, "API key") == "none (optional)"
+        page.select("open")
+        page.test_selected()
+        qtbot.waitUntil(lambda: not page.jobs, timeout=TIMEOUT_MS)
+        assert column(page, "Last check").startswith("OK: 2 models: judge-small, teacher-small")
+
+
+def test_the_status_bar_says_a_failed_test_failed(qtbot, window: MainWindow, page: ProvidersPage,
+                                                  teacher: FakeTeacher) -> None:
+    add_through_dialog(page, "custom", "fake", base_url=teacher.base_url, key="sk-wrong-" + "x" * 20)
+    page.select("fake")
+    page.test_selected()
+    qtbot.waitUntil(lambda: not page.jobs, timeout=TIMEOUT_MS)
+    message = window.statusBar().currentMessage()
+    assert message.startswith("Testing fake: failed") and "rejected" in message and "done" not in message
+
+
+def test_a_missing_required_key_is_worded_for_the_app(qtbot, page: ProvidersPage) -> None:
+    add_through_dialog(page, "openai", "oa")
+    page.select("oa")
+    page.test_selected()
+    qtbot.waitUntil(lambda: not page.jobs, timeout=TIMEOUT_MS)
+    assert column(page, "Last check") == "No API key: click Edit… and paste the key."
 
 
 def test_the_hugging_face_token_is_saved_masked_and_forgotten(page: ProvidersPage) -> None:

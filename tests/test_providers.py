@@ -152,7 +152,7 @@ def test_presets_and_urls_are_checked() -> None:
         pv.add_provider("x", "custom")
     custom = pv.add_provider("x", "custom", base_url="https://llm.example.org:8443/v1/")
     assert custom.base_url == "https://llm.example.org:8443/v1" and not custom.needs_key
-    assert pv.key_status(custom) == "not needed"
+    assert pv.key_status(custom) == "optional"  # none stored, and the server may not want one
     assert pv.destination(custom) == "llm.example.org:8443"
     # A preset's URL can be pointed elsewhere (a proxy, a regional endpoint).
     assert pv.add_provider("oa", "openai", base_url="https://eu.example.com/v1").base_url == "https://eu.example.com/v1"
@@ -190,7 +190,7 @@ def test_local_servers_are_described_as_this_machine() -> None:
     assert pv.is_remote(other) and pv.destination(other) == "192.168.1.20:8080"
 
 
-def test_without_a_keychain_the_provider_is_saved_and_the_env_var_is_explained(
+def test_without_a_keychain_nothing_is_saved_and_the_env_var_is_named(
     key: str, monkeypatch: pytest.MonkeyPatch, slowtune_home: Path
 ) -> None:
     import keyring
@@ -202,9 +202,13 @@ def test_without_a_keychain_the_provider_is_saved_and_the_env_var_is_explained(
         with pytest.raises(pv.KeyNotStoredError) as info:
             pv.add_provider("groq", "groq", key=key)
         message = str(info.value)
-        assert "SLOWTUNE_KEY_PROVIDER_GROQ" in message and "was saved" in message
+        assert "could not be stored in the keychain" in message and "nothing was saved" in message
+        assert info.value.env_var == "SLOWTUNE_KEY_PROVIDER_GROQ" and info.value.no_keychain
         assert key not in message
-        assert pv.get_provider("groq").needs_key
+        # Not half-saved: no provider that would then fail for want of the key the user typed.
+        assert pv.list_providers() == [] and not pv.registry_file().exists()
+        # Added without a key, it takes the key from the environment for a run.
+        pv.add_provider("groq", "groq")
         assert pv.key_status(pv.get_provider("groq")) == "missing"
         monkeypatch.setenv("SLOWTUNE_KEY_PROVIDER_GROQ", key)
         assert pv.key_status(pv.get_provider("groq")) == "environment"
@@ -212,6 +216,38 @@ def test_without_a_keychain_the_provider_is_saved_and_the_env_var_is_explained(
     finally:
         keyring.set_keyring(previous)
     _assert_no_leak(key, slowtune_home)
+
+
+def test_a_keychain_that_refuses_on_replace_leaves_the_provider_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    from keyring.errors import PasswordSetError
+
+    pv.add_provider("srv", "custom", base_url="http://127.0.0.1:9000/v1", model="m1")
+
+    def refuse(*_args: object) -> None:
+        raise PasswordSetError("the keychain is locked")
+
+    import keyring
+
+    monkeypatch.setattr(keyring, "set_password", refuse)
+    with pytest.raises(pv.KeyNotStoredError) as info:
+        pv.add_provider("srv", "custom", base_url="http://127.0.0.1:9001/v1", model="m2", key="sk-" + "y" * 24,
+                        replace=True)
+    assert not info.value.no_keychain
+    kept = pv.get_provider("srv")
+    assert (kept.base_url, kept.default_model) == ("http://127.0.0.1:9000/v1", "m1")
+
+
+def test_an_optional_key_is_never_required() -> None:
+    # An entry written by an earlier version, which marked a typed optional key as needed.
+    path = pv.registry_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"version": 1, "providers": [
+        {"id": "srv", "preset": "custom", "base_url": "http://127.0.0.1:9/v1", "default_model": None,
+         "needs_key": True, "added_at": "2025-01-01T00:00:00Z"}]}))
+    provider = pv.get_provider("srv")
+    assert not provider.needs_key and pv.key_status(provider) == "optional"
+    # No key, and no refusal before asking: the check goes to the server (nothing listens on port 9).
+    assert pv.check_provider(provider, timeout=2).status == "unreachable"
 
 
 def test_a_corrupt_registry_is_set_aside_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
@@ -276,10 +312,15 @@ def test_check_ok_lists_models_with_latency(teacher: FakeTeacher, key: str, slow
     check = pv.check_provider(provider)
     assert check.status == "ok" and check.ok
     assert check.models == ["judge-small", "teacher-small"]
-    assert check.message.startswith("OK: 2 models, ") and check.message.endswith(" ms")
+    # The message names the models, so the user can pick one without another tool.
+    assert check.message.startswith("OK: 2 models: judge-small, teacher-small; ") and check.message.endswith(" ms")
     assert check.latency_ms is not None and check.latency_ms >= 0
     with_model = pv.check_provider(provider, "teacher-small")
-    assert with_model.ok and "teacher-small available" in with_model.message
+    assert with_model.ok and with_model.message.startswith("OK: teacher-small available; 2 models: judge-small, ")
+    # The list is kept for the model pickers, by URL: the same server added again offers the same models.
+    assert pv.known_models(provider) == ["judge-small", "teacher-small"]
+    assert pv.known_models(pv.add_provider("again", "custom", base_url=teacher.base_url)) == check.models
+    assert pv.known_models(pv.add_provider("other", "custom", base_url="http://127.0.0.1:9/v1")) == []
     assert teacher.stats()["chat_calls"] == 0  # listing models costs nothing
     _assert_no_leak(key, slowtune_home, check.message, caplog.text)
 
@@ -408,7 +449,8 @@ def test_check_falls_back_to_a_one_token_chat_without_a_model_list() -> None:
         missing = pv.check_provider(provider, "m2")
         assert missing.status == "model_not_found" and "'m2'" in missing.message
         no_model = pv.check_provider(provider)
-        assert no_model.status == "error" and "--model" in no_model.message
+        assert no_model.status == "error" and "give the name of a model" in no_model.message
+        assert "--" not in no_model.message
         # The probe copes too: no context length, but the modes are still tried.
         caps = pr.probe(provider, "m1")
         assert caps.context_length is None and caps.structured == "text"  # "O" is no JSON
@@ -612,7 +654,7 @@ def test_cli_add_list_test_probe_remove(teacher: FakeTeacher, key: str, slowtune
     assert row["remote"] is False
 
     code, out, _ = cli("test", "fake")
-    assert code == 0 and out.startswith("OK: 2 models (teacher-small available), ")
+    assert code == 0 and out.startswith("OK: teacher-small available; 2 models: judge-small, teacher-small; ")
     code, out, _ = cli("test", "fake", "--model", "teacher-big", "--json")
     assert code == 1 and json.loads(out)["status"] == "model_not_found"
 
@@ -669,7 +711,7 @@ def test_cli_never_takes_a_key_from_argv(monkeypatch: pytest.MonkeyPatch,
     assert pv.key_status(pv.get_provider("oa")) == "missing"
 
 
-def test_cli_add_without_a_keychain_exits_1_but_saves(monkeypatch: pytest.MonkeyPatch, key: str,
+def test_cli_add_without_a_keychain_exits_1_and_saves_nothing(monkeypatch: pytest.MonkeyPatch, key: str,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     import keyring
     from keyring.backends import fail
@@ -681,9 +723,9 @@ def test_cli_add_without_a_keychain_exits_1_but_saves(monkeypatch: pytest.Monkey
                               stdin=key + "\n")
     finally:
         keyring.set_keyring(previous)
-    assert code == 1 and "SLOWTUNE_KEY_PROVIDER_TG" in err and "api.together.xyz" in out
+    assert code == 1 and "SLOWTUNE_KEY_PROVIDER_TG" in err and "nothing was saved" in err
     assert key not in out + err
-    assert pv.get_provider("tg").preset == "together"
+    assert pv.list_providers() == []
 
 
 def test_cli_presets_and_gguf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -699,3 +741,27 @@ def test_cli_presets_and_gguf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert code == 0 and json.loads(out)["status"] == "ok"
     code, out, _ = _cli(["probe", "g"], monkeypatch, capsys)
     assert code == 0 and "json_schema" in out and "unknown" in out
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "[::1]"])
+def test_a_server_on_this_computer_is_free_unless_the_user_priced_its_model(host: str) -> None:
+    from slowtune.teacher import cost, session
+
+    local = pv.add_provider("srv", "custom", base_url=f"http://{host}:8000/v1")
+    # A list price is never charged for a server on this computer (a local model may share a paid model's name).
+    assert cost.price_for("gpt-4o-mini") is not None and session.is_free(local, "gpt-4o-mini")
+    assert cost.estimate("gpt-4o-mini", 3, 1000, 100, free=True).describe().endswith("free: runs on this computer")
+    # A local proxy to a paid service: the price the user gave counts.
+    cost.write_user_price("proxied-model", 1.0, 2.0)
+    assert not session.is_free(local, "proxied-model")
+    remote = pv.add_provider("far", "custom", base_url="https://llm.example.org/v1")
+    assert not session.is_free(remote, "some-model")
+
+
+def test_no_model_is_a_typed_error_without_command_line_words() -> None:
+    from slowtune.teacher import session
+
+    pv.add_provider("srv", "custom", base_url="http://127.0.0.1:9/v1")
+    with pytest.raises(pv.NoModelError) as info:
+        session.choose("srv", None)
+    assert info.value.provider_id == "srv" and "--" not in str(info.value) and "slowtune " not in str(info.value)

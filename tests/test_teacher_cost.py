@@ -322,7 +322,7 @@ def test_estimate_with_unknown_price() -> None:
 def test_estimate_for_free_teachers() -> None:
     est = estimate("llama3.1:8b", 50, 20_000, 5_000, free=True)
     assert est.cost_usd == 0.0
-    assert est.describe() == "≈ 50 calls, 20k input + 5k output tokens, no cost (a model on this computer)"
+    assert est.describe() == "≈ 50 calls, 20k input + 5k output tokens, free: runs on this computer"
     free_variant = estimate("meta-llama/llama-3.1-8b-instruct:free", 1, 1000, 1000)
     assert free_variant.cost_usd == 0.0
     assert free_variant.describe().endswith("no cost (a free variant of the model)")

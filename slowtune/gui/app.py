@@ -78,9 +78,10 @@ PAGES = {
                "them before training.",
     "Train": "Pick a base model, check that it fits, and train a LoRA adapter with a live loss chart. Models larger "
              "than memory are trained layer by layer from disk.",
-    "Chat": "Chat offline with the tuned model beside its base, and score both on held-out questions.",
+    # Export before Chat: the chat runs the exported GGUF file.
     "Export": "Fuse the adapter into the base model, convert it to GGUF, quantise it, and verify the files against the "
               "trained model. Ollama Modelfile included.",
+    "Chat": "Chat offline with the tuned model beside its base, and score both on held-out questions.",
 }
 STOP_WAIT_S = 10.0  # how long quitting waits for a cancelled job to reach a safe point
 DEFAULT_SIZE = (1180, 760)
@@ -130,7 +131,7 @@ class MainWindow(QMainWindow):
         self.library.new_project_requested.connect(self.choose_new_project)
         self.library.open_project_requested.connect(self.choose_project_to_open)
         self.providers = ProvidersPage(self.runner, lambda: self.settings, self.update_settings)
-        self.dataset = DatasetPage(self.runner, lambda: self.settings)
+        self.dataset = DatasetPage(self.runner, lambda: self.settings, self.update_settings)
         self.train = TrainPage(self.runner, lambda: self.settings)
         self.export = ExportPage(self.runner, lambda: self.settings)
         self.chat = ChatPage(self.runner, lambda: self.settings)
@@ -405,7 +406,11 @@ class MainWindow(QMainWindow):
 
     # --- jobs --------------------------------------------------------------------------------------------
     def _job_done(self, job: Job) -> None:
-        outcome = {"finished": "done", "failed": "stopped by an error", "cancelled": "cancelled"}[job.state]
+        outcome = {"finished": "done", "failed": "failed", "cancelled": "cancelled"}[job.state]
+        if job.state == "failed" and job.error:
+            outcome = f"failed: {job.error[0]}"
+        elif job.state == "finished" and job.failure:
+            outcome = f"failed: {job.failure}"
         self.statusBar().showMessage(f"{job.title}: {outcome}", 6000)
 
     def _stop_jobs(self, action: str) -> bool:

@@ -47,6 +47,7 @@ from PySide6.QtWidgets import (
 from slowtune.dataset import DatasetError, DatasetRow, count_rows, question_types
 from slowtune.documents import library
 from slowtune.gui.page import Page
+from slowtune.gui.providers import fill_models, model_combo
 from slowtune.gui.qtcompat import emit
 from slowtune.gui.widgets import MessageBanner, RowsTableModel
 from slowtune.gui.widgets import ask_yes as ask  # module-level name: tests answer it
@@ -323,12 +324,23 @@ class OptionsDialog(QDialog):
     so a bad value can be fixed without setting everything again."""
 
     def __init__(self, save: Callable[[OptionsDialog], bool], options: GenerateOptions, provider_ids: list[str],
-                 parent: QWidget | None = None) -> None:
+                 parent: QWidget | None = None, *, teacher: str | None = None, teacher_model: str | None = None,
+                 models: list[str] | None = None, default_model: str | None = None) -> None:
         super().__init__(parent)
         self._save = save
         self.setWindowTitle("Generation Options")
         self.setMinimumWidth(560)
         self.banner = MessageBanner()
+
+        # The teacher's model: the app's setting (not the project's), beside the options it goes with.
+        self.teacher_model = model_combo(
+            f"the provider's default model ({default_model})" if default_model
+            else "a model name (a test on the Providers page lists them)")
+        fill_models(self.teacher_model, models or [], teacher_model or "")
+        self.teacher_model.setEnabled(teacher is not None)
+        self.teacher_model.setToolTip("The teacher's model for every run; the list is what a test of the provider "
+                                      "found, and any name can be typed" if teacher else
+                                      "Choose a teacher on the Providers page first")
 
         self.recipe = QComboBox()
         for recipe in prompts.RECIPES:
@@ -404,6 +416,7 @@ class OptionsDialog(QDialog):
         self.concurrency.setToolTip("Calls in flight at once; lowered by itself when the provider rate-limits")
 
         self.form = QFormLayout()
+        self.form.addRow("Teacher model:", self.teacher_model)
         self.form.addRow("Recipe:", self.recipe)
         self.form.addRow("Questions per fact:", self.questions_per_fact)
         self.form.addRow("Fact statements:", self.statements)
@@ -483,6 +496,9 @@ class OptionsDialog(QDialog):
             concurrency=self.concurrency.value(),
         )
 
+    def chosen_teacher_model(self) -> str | None:
+        return self.teacher_model.currentText().strip() or None
+
     def _update_recipe(self) -> None:
         """Show the knobs of the recipe chosen; the other recipe's keep their values, for when it is chosen again."""
         chosen = self.recipe.currentData()
@@ -511,6 +527,53 @@ class OptionsDialog(QDialog):
             super().accept()
 
 
+class ModelDialog(QDialog):
+    """Asked when Generate finds no model: the teacher has no default model and none was chosen. The box offers
+    the models the provider lists (filled in when the page's test of the provider comes back); any name can be
+    typed. OK keeps the choice as the teacher's model and goes on with Generate."""
+
+    def __init__(self, provider_id: str, models: list[str], parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Choose the Teacher's Model")
+        self.setMinimumWidth(460)
+        self.text = QLabel(f"The teacher <b>{html.escape(provider_id)}</b> has no default model. Which of its "
+                           "models should write the questions and answers?")
+        self.text.setWordWrap(True)
+        self.model = model_combo("a model name")
+        fill_models(self.model, models, models[0] if len(models) == 1 else "")
+        self.status = QLabel("" if models else "Asking the provider for its models…")
+        self.status.setStyleSheet("color: gray;")
+        self.status.setWordWrap(True)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        self.ok_button = buttons.button(QDialogButtonBox.StandardButton.Ok)
+        self.ok_button.setText("Use This Model")
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        self.model.currentTextChanged.connect(lambda _t: self._update_ok())
+        form = QFormLayout()
+        form.addRow("Model:", self.model)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.text)
+        layout.addLayout(form)
+        layout.addWidget(self.status)
+        layout.addWidget(buttons)
+        self._update_ok()
+
+    def chosen(self) -> str:
+        return self.model.currentText().strip()
+
+    def show_models(self, models: list[str], problem: str = "") -> None:
+        fill_models(self.model, models, self.chosen() or (models[0] if len(models) == 1 else ""))
+        if models:
+            self.status.setText(f"The provider offers {len(models)} model{'s' if len(models) != 1 else ''}.")
+        else:
+            self.status.setText((problem + " " if problem else "") + "Type the model's name.")
+        self._update_ok()
+
+    def _update_ok(self) -> None:
+        self.ok_button.setEnabled(bool(self.chosen()))
+
+
 # --- the page ------------------------------------------------------------------------------------------------
 
 STATUS_FILTERS: list[tuple[str, str | None, str | None]] = [
@@ -523,8 +586,13 @@ STATUS_FILTERS: list[tuple[str, str | None, str | None]] = [
 class DatasetPage(Page):
     """Generate with the teacher, review the rows, and read the report."""
 
-    def __init__(self, runner: JobRunner, settings: Callable[[], Settings], parent: QWidget | None = None) -> None:
+    def __init__(self, runner: JobRunner, settings: Callable[[], Settings],
+                 update_settings: Callable[[Callable[[Settings], None]], None] | None = None,
+                 parent: QWidget | None = None) -> None:
         super().__init__("dataset", runner, settings, parent)
+        self._update_settings = update_settings
+        self.model_dialog: ModelDialog | None = None
+        self.models_job: Job | None = None
         self.prepare_job: Job | None = None
         self.generate_job: Job | None = None
         self.regenerate_job: Job | None = None
@@ -908,6 +976,69 @@ class DatasetPage(Page):
                     break
         self._update_regenerate()
 
+    # --- the teacher's model --------------------------------------------------------------------------------
+    def set_teacher_model(self, model: str | None) -> None:
+        """Keep ``model`` as the teacher's model (the app's settings, shared with the Providers page)."""
+        def change(settings: Settings) -> None:
+            settings.teacher_model = model
+
+        if self._update_settings is not None:
+            self._update_settings(change)
+
+    def ask_for_model(self, provider: Any) -> ModelDialog:
+        """The model dialog, filled with the models the provider listed before, and with those it lists now (a
+        test of the provider in a job)."""
+        from slowtune.teacher import providers
+
+        if self.model_dialog is not None:
+            self.model_dialog.reject()
+        known = providers.known_models(provider)
+        dialog = ModelDialog(provider.id, known, self)
+        dialog.accepted.connect(lambda: self._model_chosen(dialog.chosen()))
+        dialog.finished.connect(dialog.deleteLater)
+        dialog.finished.connect(lambda _code: setattr(self, "model_dialog", None))
+        self.model_dialog = dialog
+        self.banner.show_message(f"The teacher {provider.id} has no default model: choose one to generate with.",
+                                 level="warning")
+        dialog.open()
+        if not known and self.models_job is None:
+            self._list_models(provider)
+        return dialog
+
+    def _list_models(self, provider: Any) -> None:
+        from slowtune.teacher import providers
+
+        def run(progress: Progress) -> Any:
+            return providers.check_provider(provider)
+
+        job = Job(f"Listing the models of {provider.id}", run, key=f"provider-check:{provider.id}")
+        self.models_job = job
+
+        def finished(check: object) -> None:
+            models = list(getattr(check, "models", []) or [])
+            if not getattr(check, "ok", False):
+                job.failure = str(getattr(check, "message", ""))
+            if self.model_dialog is not None:
+                problem = "" if models else "The provider did not list its models."
+                self.model_dialog.show_models(models, problem)
+
+        def failed(message: str, _details: str) -> None:
+            if self.model_dialog is not None:
+                self.model_dialog.show_models([], f"The provider could not be asked ({message}).")
+
+        if not self.start_job(job, finished=finished, failed=failed,
+                              done=lambda: setattr(self, "models_job", None)):
+            self.models_job = None
+            if self.model_dialog is not None:
+                self.model_dialog.show_models([])
+
+    def _model_chosen(self, model: str) -> None:
+        if not model:
+            return
+        self.set_teacher_model(model)
+        self.refresh()
+        self.generate()
+
     # --- options -------------------------------------------------------------------------------------------
     def open_options(self) -> OptionsDialog | None:
         """The options dialog (window-modal, non-blocking); OK saves the options with the project."""
@@ -919,7 +1050,13 @@ class DatasetPage(Page):
             provider_ids = [p.id for p in providers.list_providers()]
         except providers.ProviderError:
             provider_ids = []  # the Providers page says what is wrong with the list; "same as the teacher" works
-        dialog = OptionsDialog(self._save_options, self.options, provider_ids, self)
+        settings = self._settings()
+        teacher = settings.teacher_provider
+        provider = next((p for p in providers.list_providers() if p.id == teacher), None) if teacher else None
+        dialog = OptionsDialog(self._save_options, self.options, provider_ids, self, teacher=teacher,
+                               teacher_model=settings.teacher_model,
+                               models=providers.known_models(provider) if provider is not None else [],
+                               default_model=provider.default_model if provider is not None else None)
         dialog.finished.connect(dialog.deleteLater)
         dialog.finished.connect(lambda _code: setattr(self, "options_dialog", None))
         self.options_dialog = dialog
@@ -935,6 +1072,9 @@ class DatasetPage(Page):
             return False
         if self.project is None:
             return False
+        model = dialog.chosen_teacher_model()
+        if dialog.teacher_model.isEnabled() and model != self._settings().teacher_model:
+            self.set_teacher_model(model)
         save_options(self.project, options)
         self.options = options
         self.options_problem = None
@@ -968,6 +1108,16 @@ class DatasetPage(Page):
         except OptionError as exc:
             self.banner.show_message(f"{exc}. Fix it in Options… (next to Generate); nothing was sent.",
                                      level="error")
+            return None
+        from slowtune.teacher import providers
+
+        try:
+            provider = providers.get_provider(settings.teacher_provider)
+        except providers.ProviderError as exc:
+            self.banner.show_message(str(exc), level="error")
+            return None
+        if not (settings.teacher_model or provider.default_model):
+            self.ask_for_model(provider)  # Generate goes on when a model is chosen
             return None
         self.banner.clear()
         job = Job("Preparing generation", prepare_function(self.project.root, settings.teacher_provider,

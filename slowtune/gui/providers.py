@@ -52,7 +52,48 @@ EMPTY_TEXT = (
     "files, and are not shown again once saved.</p>"
 )
 KEY_STATUS_TEXT = {"keychain": "in the keychain", "environment": "from the environment", "missing": "missing",
-                   "not needed": "not needed"}
+                   "optional": "none (optional)", "not needed": "not needed"}
+NO_KEY_TEXT = "No API key: click Edit… and paste the key."
+NO_KEYCHAIN_TEXT = (
+    "The key could not be stored in the keychain, because this computer has no keychain slowtune can use, so "
+    "nothing was saved. Set up the system keychain (on Linux: GNOME Keyring or KWallet) and click OK again{optional}.")
+KEYCHAIN_REFUSED_TEXT = (
+    "The keychain refused to store the key, so nothing was saved. Unlock the keychain (or allow slowtune to use "
+    "it when asked) and click OK again{optional}.")
+OPTIONAL_KEY_TEXT = "; or, if this server needs no key, empty the API key field"
+
+
+def check_text(check: pv.ProviderCheck) -> str:
+    """A check's result in the app's words: the core's message for a missing key names a command-line way."""
+    if check.status != "no_key":
+        return check.message
+    if "asks for an API key" in check.message:
+        return "The server asks for an API key: click Edit… and paste it."
+    return NO_KEY_TEXT
+
+
+def keychain_problem(exc: pv.KeyNotStoredError, preset: pv.Preset) -> str:
+    """Why the key was not stored and what to do, in words (no environment variables, no commands)."""
+    optional = OPTIONAL_KEY_TEXT if not preset.needs_key else ""
+    return (NO_KEYCHAIN_TEXT if exc.no_keychain else KEYCHAIN_REFUSED_TEXT).format(optional=optional)
+
+
+def fill_models(combo: QComboBox, models: list[str], current: str | None = None) -> None:
+    """An editable combo box of model names: the names the provider listed, and whatever the user types."""
+    text = combo.currentText() if current is None else current
+    combo.blockSignals(True)
+    combo.clear()
+    combo.addItems(models)
+    combo.setEditText(text)
+    combo.blockSignals(False)
+
+
+def model_combo(placeholder: str) -> QComboBox:
+    combo = QComboBox()
+    combo.setEditable(True)  # a name the list does not have (or a server that lists none) can be typed
+    combo.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+    combo.lineEdit().setPlaceholderText(placeholder)
+    return combo
 CHECK_COLORS = {"ok": "#2f9e44", "running": "#868e96"}  # anything else failed: red
 FAILED_COLOR = "#e03131"
 GGUF_FILTER = "GGUF models (*.gguf);;All files (*)"
@@ -95,8 +136,7 @@ class ProviderDialog(QDialog):
         self.provider_id.setPlaceholderText("a short name, e.g. openai or my-server")
         self.base_url = QLineEdit()
         self.base_url.setPlaceholderText("https://host/v1")
-        self.model = QLineEdit()
-        self.model.setPlaceholderText("e.g. gpt-4o-mini (optional)")
+        self.model = model_combo("e.g. gpt-4o-mini (optional; Test lists the server's models)")
         self.gguf_path = QLineEdit()
         self.gguf_path.setPlaceholderText("/path/to/model.gguf")
         browse = QPushButton("Choose…")
@@ -139,7 +179,7 @@ class ProviderDialog(QDialog):
             if existing.in_process:
                 self.gguf_path.setText(existing.default_model or "")
             else:
-                self.model.setText(existing.default_model or "")
+                fill_models(self.model, pv.known_models(existing), existing.default_model or "")
                 # Only a URL the user typed is shown: the preset's own URL follows the preset.
                 if existing.base_url and existing.base_url != preset.base_url:
                     self.base_url.setText(existing.base_url)
@@ -147,6 +187,9 @@ class ProviderDialog(QDialog):
             self.provider_id.setText(self.preset_id)
         self._last_preset = self.preset_id
         self.preset.currentIndexChanged.connect(self._preset_changed)
+        self.base_url.editingFinished.connect(self._offer_known_models)
+        if existing is None:
+            self._offer_known_models()
         self._update_fields()
 
     @property
@@ -158,7 +201,18 @@ class ProviderDialog(QDialog):
         if self.existing is None and self.provider_id.text().strip() in ("", self._last_preset):
             self.provider_id.setText(self.preset_id)
         self._last_preset = self.preset_id
+        self._offer_known_models()
         self._update_fields()
+
+    def _offer_known_models(self) -> None:
+        """The models a test of this server found before (the same URL under any name), in the model box."""
+        preset = pv.PRESETS[self.preset_id]
+        url = self.base_url.text().strip() or preset.base_url
+        if preset.id == "gguf" or not url:
+            return
+        probe = pv.Provider(id="new", preset=preset.id, base_url=url.rstrip("/"), default_model=None,
+                            needs_key=False, added_at="")
+        fill_models(self.model, pv.known_models(probe))
 
     def _update_fields(self) -> None:
         preset = pv.PRESETS[self.preset_id]
@@ -195,12 +249,16 @@ class ProviderDialog(QDialog):
             "provider_id": self.provider_id.text().strip(),
             "preset": self.preset_id,
             "base_url": (self.base_url.text().strip() or None) if self.preset_id == "custom" else None,
-            "model": (self.gguf_path.text().strip() if gguf else self.model.text().strip()) or None,
+            "model": (self.gguf_path.text().strip() if gguf else self.model.currentText().strip()) or None,
             "key": key or None,
         }
 
     def show_error(self, message: str) -> None:
         self.banner.show_message(message, level="error")
+
+    def show_models(self, models: list[str]) -> None:
+        """The models a test of this provider found, offered in the model box (what is typed there stays)."""
+        fill_models(self.model, models)
 
     def accept(self) -> None:
         if self._save(self):
@@ -377,6 +435,7 @@ class ProvidersPage(Page):
     def _open_dialog(self, existing: pv.Provider | None) -> ProviderDialog:
         dialog = ProviderDialog(self._save_dialog, existing, self)
         dialog.finished.connect(dialog.deleteLater)
+        dialog.finished.connect(lambda _code: setattr(self, "dialog", None) if self.dialog is dialog else None)
         self.dialog = dialog
         dialog.open()  # window-modal and non-blocking, as the welcome dialog
         return dialog
@@ -388,12 +447,11 @@ class ProvidersPage(Page):
             pv.add_provider(pid, values["preset"] or "", base_url=values["base_url"], model=values["model"],
                             key=values["key"], replace=dialog.existing is not None)
         except pv.KeyNotStoredError as exc:
-            # The provider itself was saved: close the dialog, and say how to give the key instead.
-            self.checks.pop(pid, None)
-            self.refresh()
-            self.select(pid)
-            self.banner.show_message(str(exc), level="warning")
-            return True
+            # Nothing was saved: the dialog stays open with what was typed (the key too), and says why.
+            message = keychain_problem(exc, pv.PRESETS[values["preset"] or "custom"])
+            dialog.show_error(message)
+            self.banner.show_message(message, level="error")
+            return False
         except pv.ProviderError as exc:
             dialog.show_error(str(exc))
             self.banner.show_message(str(exc), level="error")
@@ -421,7 +479,7 @@ class ProvidersPage(Page):
         job = Job(f"Testing {provider.id}", run, key=f"provider-check:{provider.id}")
         self.jobs[provider.id] = job
         self.checks[provider.id] = ("running", "Testing…")
-        if not self.start_job(job, finished=partial(self._check_finished, provider.id),
+        if not self.start_job(job, finished=partial(self._check_finished, provider.id, job),
                               failed=partial(self._check_failed, provider.id),
                               done=partial(self._check_done, provider.id)):
             del self.jobs[provider.id]
@@ -429,9 +487,16 @@ class ProvidersPage(Page):
         self.refresh()
         return job
 
-    def _check_finished(self, provider_id: str, check: object) -> None:
+    def _check_finished(self, provider_id: str, job: Job, check: object) -> None:
         if isinstance(check, pv.ProviderCheck):
-            self.checks[provider_id] = (check.status, check.message)
+            text = check_text(check)
+            self.checks[provider_id] = (check.status, text)
+            if not check.ok:
+                job.failure = text  # the status bar says the test failed, not that it is done
+            dialog = self.dialog
+            if check.models and dialog is not None and dialog.existing is not None \
+                    and dialog.existing.id == provider_id and dialog.isVisible():
+                dialog.show_models(check.models)
 
     def _check_failed(self, provider_id: str, message: str, details: str) -> None:
         self.checks[provider_id] = ("error", message)

@@ -186,7 +186,7 @@ def providers(tour: Tour, teacher: Any, key: str) -> None:
     dialog.preset.setCurrentIndex(dialog.preset.findData("custom"))
     dialog.provider_id.setText(TEACHER_ID)
     dialog.base_url.setText(teacher.base_url)
-    dialog.model.setText(TEACHER_MODEL)
+    dialog.model.setEditText(TEACHER_MODEL)
     dialog.key.setText(key)
     tour.pump(0.2)
     tour.grab(dialog, "2-providers-add")

@@ -13,8 +13,8 @@ STEPS = (
     ("Providers", "Add a teacher: an API key for a large model, or a local model. Keys stay in the keychain."),
     ("Dataset", "The teacher writes questions and answers grounded in your chunks. You review what it wrote."),
     ("Train", "A small model learns from that data on your Mac, layer by layer if it does not fit in memory."),
-    ("Chat", "Talk to the tuned model offline, next to the model it started from."),
-    ("Export", "Take the model with you as a GGUF file for llama.cpp, Ollama or LM Studio."),
+    ("Export", "Save the tuned model as a GGUF file, for the chat here and for llama.cpp, Ollama or LM Studio."),
+    ("Chat", "Talk to the exported model offline, next to the model it started from."),
 )
 
 

@@ -137,6 +137,9 @@ class Job(QObject):
         self.last_event: ProgressEvent | None = None
         self.result: Any = None
         self.error: tuple[str, str] | None = None
+        # Set by a page's ``finished`` handler when the job ran to its end but what it found is a failure (a
+        # provider test that got no answer): the status bar then says the job failed, and why, not "done".
+        self.failure: str | None = None
         self._fn = fn
         # The core throttles per stage (first and last reports always pass); see slowtune.progress.
         self._progress = Progress(self._collect, min_interval=min_interval)

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 from slowtune.logs import redact
 from slowtune.store import Project, dumps
 from slowtune.teacher.prompts import PROMPT_VERSION
+from slowtune.teacher.providers import NO_KEY_PLACEHOLDER
 
 log = logging.getLogger(__name__)
 
@@ -149,14 +150,16 @@ class RemoteTeacher:
             raise Transient("rate limited (429)", retry_after=_retry_after(exc.response.headers),
                             rate_limited=True) from None
         except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
-            what = "the key was rejected by" if self.provider.needs_key else "access was refused by"
-            raise TeacherError(f"{what} {self.host} ({exc.status_code}); check it with "
-                               f"'slowtune provider test {self.provider.id}'", fatal=True,
-                               status=exc.status_code) from None
+            # Whether a key went with the request, not whether the preset requires one (a custom server's key is
+            # optional, and may have been given).
+            sent_key = getattr(self._client, "api_key", None) not in (None, "", NO_KEY_PLACEHOLDER)
+            what = "the key was rejected by" if sent_key else "access was refused by"
+            # Worded for the app and the CLI alike: a test of the provider is the Test button or `provider test`.
+            raise TeacherError(f"{what} {self.host} ({exc.status_code}); test the provider {self.provider.id!r} "
+                               "to check it", fatal=True, status=exc.status_code) from None
         except openai.NotFoundError:
-            raise TeacherError(f"model {self.model!r} was not found at {self.host} (404); "
-                               f"'slowtune provider test {self.provider.id}' lists the models", fatal=True,
-                               status=404) from None
+            raise TeacherError(f"model {self.model!r} was not found at {self.host} (404); a test of the provider "
+                               f"{self.provider.id!r} lists its models", fatal=True, status=404) from None
         except openai.BadRequestError as exc:
             text = redact(str(getattr(exc, "message", "") or ""))
             error_body = exc.body if isinstance(exc.body, dict) else {}

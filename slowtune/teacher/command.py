@@ -218,6 +218,10 @@ def run_generate(args: argparse.Namespace) -> int:
         finally:
             if bar:
                 bar.__exit__(None, None, None)
+    except providers.NoModelError as exc:
+        print(f"slowtune generate: {exc} Pass --model NAME (`slowtune provider test {exc.provider_id}` lists the "
+              "models), or give the provider a default model.", file=sys.stderr)
+        return EXIT_ERROR
     except (GenerationError, providers.ProviderError, ProbeError, TeacherError, cost.CostError) as exc:
         print(f"slowtune generate: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -3,7 +3,8 @@
 Prices are US dollars per million tokens, from ``resources/prices.json`` (public list prices, which go out of
 date) with the user's own ``config_dir()/prices.json`` merged over it, so a user can add a model or correct a
 price without waiting for a release. A server on the user's machine and the in-process model cost nothing;
-callers say so with ``free=True``.
+callers say so with ``free=True`` (``session.choose`` decides: a server on this computer is free unless the user
+priced its model, as they would for a local proxy to a paid service).
 
 A broken user file raises ``CostError`` naming the file and the problem, so the app can show it instead of a
 traceback; nothing here ever guesses a price for a model it does not know (the cost is ``None``).
@@ -197,6 +198,15 @@ def price_for(model: str) -> Price | None:
     return None
 
 
+def user_price_for(model: str) -> Price | None:
+    """The user's own price of ``model`` (their ``prices.json`` only), or None. ``CostError``: a broken file."""
+    prices = user_prices()
+    for name in _lookup_names(model)[0]:
+        if name in prices:
+            return prices[name]
+    return None
+
+
 def cost_usd(model: str, prompt_tokens: int, completion_tokens: int, *, free: bool = False) -> float | None:
     """Dollars for one call: 0.0 for a free teacher (a local server, the in-process model); None: unknown."""
     _check_tokens(prompt_tokens, completion_tokens)
@@ -275,7 +285,7 @@ class Estimate:
             f"{_tokens(self.input_tokens)} input + {_tokens(self.output_tokens)} output tokens"
         )
         if self.free:
-            return f"{size}, no cost (a model on this computer)"
+            return f"{size}, free: runs on this computer"
         if self.price is None or self.cost_usd is None:
             example = json.dumps({"models": {self.model: {"input": 0.15, "output": 0.6}}})
             return (

@@ -104,14 +104,13 @@ def _add(args: argparse.Namespace) -> int:
     has_saved_key = args.replace and secrets.secret_source(key_name) == "keychain"
     key = _read_key(args, preset, has_saved_key)
 
-    code = 0
     try:
         provider = pv.add_provider(args.id, args.preset, base_url=args.base_url, model=args.model, key=key,
                                    replace=args.replace)
     except pv.KeyNotStoredError as exc:
-        provider = exc.provider
-        print(f"slowtune provider: {exc}", file=sys.stderr)
-        code = 1
+        return _fail(f"{exc} To use it without a keychain, add it without a key and set {exc.env_var} in the "
+                     f"environment of each run (for example `export {exc.env_var}=...` in the shell that runs "
+                     "slowtune).")
     except pv.ProviderError as exc:
         return _fail(str(exc))
 
@@ -121,21 +120,22 @@ def _add(args: argparse.Namespace) -> int:
         print(f"Document text will be sent to {where}.")
     else:
         print(f"Document text stays on {where}.")
-    if code == 0:
-        status = pv.key_status(provider)
-        env_var = secrets.env_var_for(key_name)
-        if key:
-            print("Key stored in the keychain.")
-        elif status == "keychain":
-            print("The key saved earlier is kept (keychain).")
-        elif status == "environment":
-            print(f"No key stored; the key comes from {env_var}.")
-        elif provider.needs_key:
-            print(f"No key stored. Give one with `slowtune provider add {provider.id} --preset {provider.preset} "
-                  f"--replace --key-stdin`, or set {env_var} for each run.")
-        else:
-            print("No key needed.")
-    return code
+    status = pv.key_status(provider)
+    env_var = secrets.env_var_for(key_name)
+    if key:
+        print("Key stored in the keychain.")
+    elif status == "keychain":
+        print("The key saved earlier is kept (keychain).")
+    elif status == "environment":
+        print(f"No key stored; the key comes from {env_var}.")
+    elif provider.needs_key:
+        print(f"No key stored. Give one with `slowtune provider add {provider.id} --preset {provider.preset} "
+              f"--replace --key-stdin`, or set {env_var} for each run.")
+    elif status == "optional":
+        print("No key stored (optional: the server says whether it wants one).")
+    else:
+        print("No key needed.")
+    return 0
 
 
 def _provider_row(provider: Any) -> dict[str, Any]:

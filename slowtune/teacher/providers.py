@@ -55,12 +55,23 @@ class ProviderError(ValueError):
 
 
 class KeyNotStoredError(ProviderError):
-    """The provider was saved but its key could not go to the keychain; the message says what to do instead."""
+    """The key could not go to the keychain, so nothing was saved (neither the key nor the provider). The message
+    says so in words; the CLI and the app each add what their user can do (``env_var`` gives a key for one run)."""
 
-    def __init__(self, message: str, provider: Provider, env_var: str) -> None:
+    def __init__(self, message: str, provider_id: str, env_var: str, no_keychain: bool) -> None:
         super().__init__(message)
-        self.provider = provider
+        self.provider_id = provider_id
         self.env_var = env_var
+        self.no_keychain = no_keychain  # True: there is no usable keychain at all; False: the keychain refused
+
+
+class NoModelError(ProviderError):
+    """No model was given and the provider has no default model. The message names no command-line option: the
+    CLI adds its own hint, the app asks for a model."""
+
+    def __init__(self, provider_id: str) -> None:
+        super().__init__(f"Provider {provider_id!r} has no default model, and no model was chosen.")
+        self.provider_id = provider_id
 
 
 @dataclass(frozen=True)
@@ -144,6 +155,9 @@ class Provider:
         needs_key = raw.get("needs_key", PRESETS[preset].needs_key)
         if not isinstance(needs_key, bool):
             raise ValueError(f"provider {pid!r}: needs_key is not true/false")
+        # Whether a key is needed is the preset's: earlier versions marked an optional key as needed once one was
+        # typed, and then refused to call without it after the keychain lost it.
+        needs_key = PRESETS[preset].needs_key
         known = {"id", "preset", "base_url", "default_model", "needs_key", "added_at"}
         return cls(
             id=pid,
@@ -340,8 +354,8 @@ def add_provider(
     """Save a provider (and its key, in the keychain).
 
     Without ``key`` an existing key for this id is kept, so ``replace=True`` can change the URL or the model
-    without asking for the key again. Raises KeyNotStoredError, after saving the provider, when the key could
-    not go to the keychain; its message says how to give the key through the environment instead.
+    without asking for the key again. Raises KeyNotStoredError when the key could not go to the keychain; then
+    nothing was written (the provider as it was, if any, and its key are unchanged).
     """
     validate_id(provider_id)
     p = get_preset(preset)
@@ -374,47 +388,44 @@ def add_provider(
         if model is not None:
             model = model.strip() or None
 
+    key_name = secrets.provider_key_name(provider_id)
     with _registry_lock:
-        provider = _save_provider(provider_id, p, url, model, key, replace)
+        if not replace and any(q.id == provider_id for q in list_providers()):
+            raise ProviderError(f"A provider {provider_id!r} exists already; replace it explicitly (--replace) "
+                                "or choose another id.")
+        if key:
+            # The key first: a provider saved without the key it was given would fail its first check for want
+            # of a key the user did type. When the keychain refuses, nothing at all is written.
+            try:
+                secrets.set_secret(key_name, key)
+            except secrets.SecretsError as exc:
+                raise KeyNotStoredError(
+                    f"The key for provider {provider_id!r} could not be stored in the keychain, so nothing was "
+                    f"saved: {exc}", provider_id, secrets.env_var_for(key_name),
+                    isinstance(exc, secrets.NoKeychainError)) from None
+        provider = _save_provider(provider_id, p, url, model, replace)
     log.info("provider %s saved (preset %s, destination %s)", provider_id, p.id, destination(provider))
 
-    key_name = secrets.provider_key_name(provider_id)
     if p.id == "gguf" and secrets.secret_source(key_name) == "keychain":
         # A key left over from an earlier remote provider of this id would otherwise linger unused.
         secrets.delete_secret(key_name)
-    if key:
-        try:
-            secrets.set_secret(key_name, key)
-        except secrets.SecretsError as exc:
-            env_var = secrets.env_var_for(key_name)
-            raise KeyNotStoredError(
-                f"Provider {provider_id!r} was saved, but its key was not: {exc} To give the key for one run, "
-                f"set the environment variable {env_var} (for example `export {env_var}=...` in the shell "
-                "that runs slowtune).",
-                provider,
-                env_var,
-            ) from None
     return provider
 
 
-def _save_provider(
-    provider_id: str, p: Preset, url: str | None, model: str | None, key: str | None, replace: bool
-) -> Provider:
+def _save_provider(provider_id: str, p: Preset, url: str | None, model: str | None, replace: bool) -> Provider:
     providers = list_providers()
     existing = next((q for q in providers if q.id == provider_id), None)
     if existing and not replace:
         raise ProviderError(f"A provider {provider_id!r} exists already; replace it explicitly (--replace) "
                             "or choose another id.")
-    key_name = secrets.provider_key_name(provider_id)
-    had_key = secrets.secret_source(key_name) == "keychain"
-    needs_key = p.needs_key or bool(key) or (p.id != "gguf" and had_key)
-
     provider = Provider(
         id=provider_id,
         preset=p.id,
         base_url=url,
         default_model=model,
-        needs_key=needs_key,
+        # The preset's rule: an optional key is sent when there is one, and its absence never blocks a call
+        # (the server says whether it wants one).
+        needs_key=p.needs_key,
         added_at=existing.added_at if existing else _now_iso(),
         extra=existing.extra if existing else {},
     )
@@ -452,13 +463,16 @@ def api_key(provider: Provider) -> str | None:
 
 
 def key_status(provider: Provider) -> str:
-    """"keychain", "environment", "missing" or "not needed"; reads no key out."""
+    """"keychain", "environment", "missing", "optional" (none, and the server may not want one) or "not needed";
+    reads no key out."""
     if provider.in_process:
         return "not needed"
     source = secrets.secret_source(secrets.provider_key_name(provider.id))
     if source:
         return source
-    return "missing" if provider.needs_key else "not needed"
+    if provider.needs_key:
+        return "missing"
+    return "not needed" if PRESETS[provider.preset].local else "optional"
 
 
 def missing_key_message(provider: Provider) -> str:
@@ -604,6 +618,60 @@ def tiny_chat(client: Any, model: str, messages: list[dict[str, Any]], *, max_to
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The models a provider offered at its last check (for the model pickers)
+
+MODELS_CACHE_FILE = "provider-models.json"
+MODEL_NAMES_SHOWN = 8  # names in a check's message; the full list is in ProviderCheck.models
+_models_lock = threading.Lock()
+
+
+def model_list_text(ids: list[str], limit: int = MODEL_NAMES_SHOWN) -> str:
+    """"2 models: judge-small, teacher-small" (the first ``limit`` names, then how many more)."""
+    if not ids:
+        return "no models listed"
+    head = f"{len(ids)} model{'s' if len(ids) != 1 else ''}: " + ", ".join(ids[:limit])
+    return head + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+def _models_cache() -> Path:
+    return paths.cache_dir() / MODELS_CACHE_FILE
+
+
+def _models_key(provider: Provider) -> str:
+    # By URL, not id: the same server under another name, or added again, offers the same models.
+    return provider.base_url or f"gguf:{provider.id}"
+
+
+def _read_models_cache() -> dict[str, Any]:
+    try:
+        raw = json.loads(_models_cache().read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}  # a cache: missing or broken, it is rebuilt by the next check
+    return raw if isinstance(raw, dict) else {}
+
+
+def remember_models(provider: Provider, ids: list[str]) -> None:
+    """Keep the models the provider listed, for ``known_models`` (a cache: failing to write it is harmless)."""
+    with _models_lock:
+        entries = _read_models_cache()
+        entries[_models_key(provider)] = {"models": list(ids), "at": _now_iso()}
+        try:
+            atomic_write_text(_models_cache(), json.dumps(entries, indent=2, sort_keys=True) + "\n")
+        except OSError as exc:
+            log.info("model list cache %s not written (%s)", _models_cache(), exc)
+
+
+def known_models(provider: Provider) -> list[str]:
+    """The models the provider listed at its last check ([] when it was never checked or lists none)."""
+    if provider.in_process:
+        return [provider.default_model] if provider.default_model else []
+    with _models_lock:
+        entry = _read_models_cache().get(_models_key(provider))
+    models = entry.get("models") if isinstance(entry, dict) else None
+    return [m for m in models if isinstance(m, str)] if isinstance(models, list) else []
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Checking that a provider works
 
 
@@ -640,11 +708,11 @@ def check_provider(provider: Provider, model: str | None = None, *, timeout: flo
         latency = (time.perf_counter() - started) * 1000
         # An empty list says nothing about a model (some servers list none): ask the model directly below.
         listed = ids is not None and not (model and not ids)
+        if ids:
+            remember_models(provider, ids)
         if listed and (not model or model in ids):
-            what = f"{len(ids)} model{'s' if len(ids) != 1 else ''}"
-            if model:
-                what += f" ({model} available)"
-            return ProviderCheck("ok", f"OK: {what}, {latency:.0f} ms", latency, ids)
+            what = f"{model} available; " if model else ""
+            return ProviderCheck("ok", f"OK: {what}{model_list_text(ids)}; {latency:.0f} ms", latency, ids)
         if listed:
             close = difflib.get_close_matches(model, ids, n=5, cutoff=0.4) or ids[:5]
             return ProviderCheck(
@@ -656,7 +724,7 @@ def check_provider(provider: Provider, model: str | None = None, *, timeout: flo
         if not model:
             return ProviderCheck(
                 "error",
-                f"{host} does not list its models; give a model to test with (--model NAME).",
+                f"{host} does not list its models; give the name of a model to test with.",
                 latency,
                 [],
             )

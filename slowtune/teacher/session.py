@@ -28,9 +28,7 @@ def choose(provider_id: str, model: str | None, *, mode: str | None = None, refr
     provider = providers.get_provider(provider_id)
     model = model or provider.default_model
     if not model:
-        raise providers.ProviderError(
-            f"No model given for provider {provider.id!r} and it has no default model: pass --model "
-            "(`slowtune provider test ID` lists the models).")
+        raise providers.NoModelError(provider.id)
     if provider.in_process:
         providers.check_gguf_file(model)
     if mode is None:
@@ -38,11 +36,22 @@ def choose(provider_id: str, model: str | None, *, mode: str | None = None, refr
         mode, context = caps.structured, caps.context_length
     else:
         context = None
-    # Free: in-process, or a preset for a local server (Ollama, LM Studio, llama.cpp). A custom URL on this
-    # machine may be a proxy to a paid API, so it is priced like any other endpoint.
-    free = provider.in_process or (providers.get_preset(provider.preset).local and not providers.is_remote(provider))
+    free = is_free(provider, model)
     return TeacherChoice(provider=provider, model=model, mode=mode, context_length=context, free=free,
                          destination=providers.destination(provider), remote=providers.is_remote(provider))
+
+
+def is_free(provider: Any, model: str) -> bool:
+    """Whether calls cost nothing: the in-process model, or a server on this computer (localhost, 127.0.0.1, ::1).
+    A server on this computer may be a proxy to a paid service; a price the user gave the model (their
+    ``prices.json``) then counts, but a list price never does."""
+    from slowtune.teacher import cost, providers
+
+    if provider.in_process:
+        return True
+    if providers.is_remote(provider):
+        return False
+    return providers.get_preset(provider.preset).local or cost.user_price_for(model) is None
 
 
 def open_teacher(choice: TeacherChoice, *, timeout: float) -> Teacher:
