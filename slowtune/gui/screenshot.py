@@ -258,6 +258,7 @@ def train(tour: Tour, home: Path) -> Path:
     settings.length_kind.setCurrentIndex(1)
     settings.steps.setValue(TRAIN_STEPS)
     settings.learning_rate.setText(LEARNING_RATE)  # a tiny random model learns its answers quickly at a large step
+    settings.commit_learning_rate()
     settings.max_seq_len.setValue(256)
     tour.grab(window, "4-train-wizard-settings")
     wizard.next()

@@ -469,6 +469,25 @@ class DataWizardPage(QWizardPage):
         return self.summary is not None and self.summary.train > 0
 
 
+LEARNING_RATE_ERROR = "The learning rate must be a number between 0 and 1, such as 1e-4."
+
+
+def parse_learning_rate(text: str) -> float | None:
+    """The learning rate typed (``1e-4``, ``0.0005``), or None when it is not a number between 0 and 1."""
+    try:
+        value = float(text.strip())
+    except ValueError:
+        return None
+    return value if 0 < value < 1 and math.isfinite(value) else None
+
+
+def _keep_space(widget: QWidget) -> None:
+    """Hidden, ``widget`` keeps its place in the layout: showing it moves nothing (nothing jumps under the pointer)."""
+    policy = widget.sizePolicy()
+    policy.setRetainSizeWhenHidden(True)
+    widget.setSizePolicy(policy)
+
+
 class SettingsWizardPage(QWizardPage):
     def __init__(self, owner: Page, wizard: TrainWizard) -> None:
         super().__init__()
@@ -492,6 +511,7 @@ class SettingsWizardPage(QWizardPage):
             presets.addWidget(caption)
         self.custom_label = QLabel("Custom values (from Advanced)")
         self.custom_label.setStyleSheet("font-style: italic;")
+        _keep_space(self.custom_label)  # shown or not, the fields below never move
         presets.addWidget(self.custom_label)
 
         self.advanced_button = QToolButton()
@@ -505,6 +525,13 @@ class SettingsWizardPage(QWizardPage):
         self.rank.setToolTip("Size of the adapter: higher learns more, needs more memory")
         self.learning_rate = QLineEdit()
         self.learning_rate.setToolTip("Peak learning rate, e.g. 1e-4 (warm-up, then cosine decay)")
+        # Checked when the value is committed (Return, leaving the field, Next), never while typing: "0." and "1e-"
+        # are on the way to a number. The message has its own place beside the field, kept while hidden.
+        self.learning_rate_error = QLabel(LEARNING_RATE_ERROR)
+        self.learning_rate_error.setStyleSheet("color: #e03131;")
+        _keep_space(self.learning_rate_error)
+        self.learning_rate_error.hide()
+        self._committed_rate: float | None = None
         self.length_kind = QComboBox()
         self.length_kind.addItems(["Epochs", "Steps"])
         self.epochs = QDoubleSpinBox()
@@ -546,7 +573,10 @@ class SettingsWizardPage(QWizardPage):
         form = QFormLayout(self.advanced)
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.FieldsStayAtSizeHint)
         form.addRow("LoRA rank", self.rank)
-        form.addRow("Learning rate", self.learning_rate)
+        rate = QHBoxLayout()
+        rate.addWidget(self.learning_rate)
+        rate.addWidget(self.learning_rate_error)
+        form.addRow("Learning rate", rate)
         form.addRow("Length", length)
         form.addRow("Sequence length", self.max_seq_len)
         form.addRow("Layers", self.lora_layers)
@@ -556,6 +586,8 @@ class SettingsWizardPage(QWizardPage):
         self.advanced.hide()
         for widget in (self.rank, self.epochs, self.steps, self.max_seq_len, self.lora_layers, self.batch_size,
                        self.replay):
+            # valueChanged when the value is committed, not at each key: typing "30" is not a 3, then a 30.
+            widget.setKeyboardTracking(False)
             widget.valueChanged.connect(self._edited)
         self.scoring.toggled.connect(self._edited)
         # One width for the fields, so they line up and "All blocks" or "1,024 tokens" is not squeezed.
@@ -563,7 +595,7 @@ class SettingsWizardPage(QWizardPage):
             widget.setMinimumWidth(130)
         self.steps.setMinimumWidth(100)
         self.epochs.setMinimumWidth(100)
-        self.learning_rate.textChanged.connect(self._edited)
+        self.learning_rate.editingFinished.connect(self.commit_learning_rate)
         self.length_kind.currentIndexChanged.connect(self._edited)
         self.summary = QLabel()
         self.summary.setWordWrap(True)
@@ -595,6 +627,8 @@ class SettingsWizardPage(QWizardPage):
             self.base = settings
             self.rank.setValue(settings.rank)
             self.learning_rate.setText(f"{settings.learning_rate:g}")
+            self._committed_rate = settings.learning_rate
+            self.learning_rate_error.hide()
             self.length_kind.setCurrentIndex(1 if settings.iters else 0)
             self.epochs.setValue(settings.epochs)
             self.steps.setValue(settings.iters or 100)
@@ -608,11 +642,28 @@ class SettingsWizardPage(QWizardPage):
         self._edited()
 
     def _learning_rate(self) -> float | None:
-        try:
-            value = float(self.learning_rate.text().strip())
-        except ValueError:
-            return None
-        return value if 0 < value < 1 and math.isfinite(value) else None
+        """The learning rate committed last (None when the text committed is not one)."""
+        return self._committed_rate
+
+    def commit_learning_rate(self) -> bool:
+        """Check the learning rate's text (Return, leaving the field, Next); the message beside it says what is
+        wrong. True when it is a number between 0 and 1."""
+        value = parse_learning_rate(self.learning_rate.text())
+        changed = value != self._committed_rate
+        self._committed_rate = value
+        self.learning_rate_error.setVisible(value is None)
+        if changed:
+            self._edited()
+        return value is not None
+
+    def validatePage(self) -> bool:
+        for widget in (self.rank, self.epochs, self.steps, self.max_seq_len, self.lora_layers, self.batch_size,
+                       self.replay):
+            widget.interpretText()  # a value typed and not yet committed counts
+        ok = self.commit_learning_rate()
+        if not ok:
+            self.learning_rate.setFocus()
+        return ok
 
     def settings(self) -> TrainSettings:
         by_steps = self.length_kind.currentIndex() == 1
@@ -634,8 +685,6 @@ class SettingsWizardPage(QWizardPage):
         by_steps = self.length_kind.currentIndex() == 1
         self.epochs.setVisible(not by_steps)
         self.steps.setVisible(by_steps)
-        ok = self._learning_rate() is not None
-        self.learning_rate.setStyleSheet("" if ok else "color: #e03131;")
         preset = self.settings().preset
         self._filling = True
         try:
@@ -655,8 +704,7 @@ class SettingsWizardPage(QWizardPage):
 
     def _update_summary(self) -> None:
         if self._learning_rate() is None:
-            self.summary.setText("<span style='color:#e03131'>The learning rate must be a number between 0 and 1, "
-                                 "such as 1e-4.</span>")
+            self.summary.setText(f"<span style='color:#e03131'>{LEARNING_RATE_ERROR}</span>")
             return
         settings = self.settings()
         data_page = getattr(self.train_wizard, "data_page", None)
@@ -673,8 +721,7 @@ class SettingsWizardPage(QWizardPage):
                              "learned).</span>")
         self.summary.setText("<p>" + " ".join(parts) + "</p>")
 
-    def isComplete(self) -> bool:
-        return self._learning_rate() is not None
+    # isComplete is not overridden: Next stays enabled while a value is being typed, and validatePage checks it.
 
 
 class PreflightWizardPage(QWizardPage):

@@ -1,0 +1,127 @@
+"""The Train wizard's Settings step as a user types into it: values typed at any speed come out exact, a value is
+checked when it is committed (with the message beside the field), and nothing moves under the pointer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import QPoint, Qt
+from PySide6.QtTest import QTest
+from PySide6.QtWidgets import QApplication, QWidget
+from test_gui_train import TRAIN, VALID, _page, _rows
+
+from slowtune.dataset import add_rows
+from slowtune.gui.train import TrainPage
+from slowtune.gui.workers import JobRunner
+from slowtune.store import Project
+
+
+@pytest.fixture
+def runner(qapp: object) -> Iterator[JobRunner]:
+    jobs = JobRunner()
+    yield jobs
+    jobs.cancel_all()
+    assert jobs.wait_all(60)
+
+
+@pytest.fixture
+def page(qtbot, runner: JobRunner, tmp_path: Path) -> Iterator[TrainPage]:
+    with Project.create(tmp_path / "proj") as project:
+        add_rows(project, _rows(TRAIN, "train") + _rows(VALID, "valid"))
+    page = _page(qtbot, runner, tmp_path / "proj")
+    yield page
+    if page.project is not None:
+        page.project.close()
+
+
+def _settled() -> None:
+    for _ in range(3):
+        QApplication.processEvents()
+
+
+def _type(field: QWidget, text: str) -> None:
+    """Replace the field's text by typing ``text`` key by key, as a user does (not committed yet)."""
+    field.setFocus()
+    editor = field.lineEdit() if hasattr(field, "lineEdit") else field
+    editor.selectAll()
+    QTest.keyClicks(field, text)
+
+
+def _commit(field: QWidget) -> None:
+    """Leave the field, as a user does with Tab: its value is committed."""
+    field.clearFocus()
+    _settled()
+
+
+def test_typed_values_come_out_exact_and_nothing_moves(qtbot, page: TrainPage) -> None:
+    page.new_run()
+    assert page.wizard.isVisible()
+    settings = page.wizard.settings_page
+    page.wizard.setStartId(page.wizard.pageIds()[2])
+    page.wizard.restart()
+    assert page.wizard.currentPage() is settings
+    settings.preset_buttons["balanced"].click()
+    settings.advanced_button.click()
+    _settled()
+    fields = [settings.rank, settings.learning_rate, settings.length_kind, settings.max_seq_len,
+              settings.batch_size, settings.replay, settings.summary]
+    before = [f.mapTo(settings, QPoint(0, 0)) for f in fields]
+    assert not settings.custom_label.isVisibleTo(settings)
+    settings.length_kind.setCurrentIndex(1)
+    _settled()
+
+    _type(settings.learning_rate, "0.0005")
+    assert settings.learning_rate.text() == "0.0005"
+    _settled()
+    assert [f.mapTo(settings, QPoint(0, 0)) for f in fields] == before  # nothing moved while typing
+    _commit(settings.learning_rate)
+    assert settings.settings().learning_rate == 0.0005
+
+    _type(settings.steps, "30")
+    assert settings.steps.text() == "30"
+    _commit(settings.steps)
+    assert settings.steps.value() == 30 and settings.settings().iters == 30
+
+    _type(settings.learning_rate, "1e-")  # on the way to 1e-4: no message yet, the keys keep coming
+    _settled()
+    assert settings.learning_rate.text() == "1e-" and not settings.learning_rate_error.isVisibleTo(settings)
+    QTest.keyClicks(settings.learning_rate, "4")
+    _commit(settings.learning_rate)
+    assert settings.settings().learning_rate == 1e-4 and not settings.learning_rate_error.isVisibleTo(settings)
+
+    # Custom values are shown in the place kept for them: still nothing has moved.
+    assert settings.custom_label.isVisibleTo(settings) and settings.settings().preset == "custom"
+    assert [f.mapTo(settings, QPoint(0, 0)) for f in fields] == before
+    assert "30 steps" in settings.summary.text()
+
+
+def test_a_learning_rate_that_is_not_a_number_is_refused_when_committed(qtbot, page: TrainPage) -> None:
+    page.new_run()
+    wizard = page.wizard
+    settings = wizard.settings_page
+    wizard.setStartId(wizard.pageIds()[2])
+    wizard.restart()
+    settings.advanced_button.click()
+    _settled()
+    position = settings.rank.mapTo(settings, QPoint(0, 0))
+    _type(settings.learning_rate, "0.")
+    assert not settings.learning_rate_error.isVisibleTo(settings)  # not judged while typing
+    assert settings.isComplete()  # Next stays enabled while typing
+    _commit(settings.learning_rate)
+    assert settings.learning_rate_error.isVisibleTo(settings)
+    assert "between 0 and 1" in settings.learning_rate_error.text()
+    assert settings.rank.mapTo(settings, QPoint(0, 0)) == position
+    # Next does not go on with it, and says why beside the field.
+    _type(settings.learning_rate, "2")
+    wizard.next()
+    assert wizard.currentPage() is settings and settings.learning_rate_error.isVisibleTo(settings)
+    # A value typed and not committed is taken by Next.
+    _type(settings.learning_rate, "3e-4")
+    _type(settings.rank, "12")
+    assert settings.validatePage()
+    assert settings.settings().learning_rate == 3e-4 and settings.settings().rank == 12
+    assert not settings.learning_rate_error.isVisibleTo(settings)
+    QTest.keyClick(settings.learning_rate, Qt.Key.Key_A)  # still takes keys after all that
+    assert settings.learning_rate.text().endswith("a")
