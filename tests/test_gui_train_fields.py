@@ -125,3 +125,56 @@ def test_a_learning_rate_that_is_not_a_number_is_refused_when_committed(qtbot, p
     assert not settings.learning_rate_error.isVisibleTo(settings)
     QTest.keyClick(settings.learning_rate, Qt.Key.Key_A)  # still takes keys after all that
     assert settings.learning_rate.text().endswith("a")
+
+
+# --- the model step: its check, and its parameters ------------------------------------------------------------
+
+def test_a_model_the_export_refuses_is_flagged_before_the_data_step(qtbot, page: TrainPage, tiny_llama: Path,
+                                                                    tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import shutil
+
+    from slowtune.gui import trainwizard as wizard_module
+
+    folder = tmp_path / "odd-tokenizer"
+    shutil.copytree(tiny_llama, folder)
+    tokenizer = json.loads((folder / "tokenizer.json").read_text())
+    tokenizer["pre_tokenizer"] = {"type": "Metaspace", "replacement": "_", "prepend_scheme": "never", "split": True}
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
+    monkeypatch.setattr(wizard_module, "choose_folder", lambda parent: folder)
+    page.new_run()
+    wizard = page.wizard
+    models = wizard.model_page
+    models.folder_button.click()
+    row = models.current_row()
+    assert row is not None and row.path == folder.resolve()
+    assert not models.isComplete() and "Checking" in models.detail.text()
+    qtbot.waitUntil(models.checked, timeout=30_000)
+    detail = models.detail.text()
+    assert "cannot be used" in detail and "llama.cpp" in detail and "Models that work:" in detail
+    assert "--" not in detail and "Traceback" not in detail
+    assert not models.isComplete()
+    assert not wizard.button(wizard.WizardButton.NextButton).isEnabled()  # the Data step is not reached
+
+    # A model that works says so, and Next goes on.
+    monkeypatch.setattr(wizard_module, "choose_folder", lambda parent: tiny_llama)
+    models.folder_button.click()
+    qtbot.waitUntil(models.checked, timeout=30_000)
+    assert "Ready" in models.detail.text() and models.isComplete()
+    assert wizard.button(wizard.WizardButton.NextButton).isEnabled()
+
+
+def test_a_chosen_folder_shows_its_parameters_from_its_weights(qtbot, page: TrainPage, tiny_llama: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from slowtune.gui import trainwizard as wizard_module
+    from slowtune.models.check import format_parameters, parameter_count
+
+    monkeypatch.setattr(wizard_module, "choose_folder", lambda parent: tiny_llama)
+    page.new_run()
+    models = page.wizard.model_page
+    models.folder_button.click()
+    row = models.current_row()
+    assert row is not None and row.params == format_parameters(parameter_count(tiny_llama))
+    index = models.rows.index(row)
+    assert models.table.item(index, 1).text() == row.params and "llama" not in row.params

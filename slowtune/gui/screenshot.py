@@ -247,6 +247,7 @@ def train(tour: Tour, home: Path) -> Path:
     models = wizard.model_page
     trainwizard.choose_folder = lambda parent: model_dir  # the folder dialog, answered
     models.folder_button.click()
+    tour.wait(models.checked, "the model's check")
     tour.check(models.isComplete(), f"the model folder was not accepted: {models.banner.text.text()}")
     tour.grab(window, "4-train-wizard-model")
     wizard.next()

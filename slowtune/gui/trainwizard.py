@@ -54,6 +54,7 @@ from slowtune.gui.widgets import MessageBanner
 from slowtune.gui.workers import Job
 from slowtune.models import catalog
 from slowtune.models.catalog import ModelError, describe_local
+from slowtune.models.check import alternatives, check_model
 from slowtune.progress import Progress, format_duration
 from slowtune.train.fit import ModelRow, PreflightResult, gb, gui_text, model_rows, preflight_function
 from slowtune.train.settings import PRESETS, TrainSettings
@@ -61,6 +62,7 @@ from slowtune.train.settings import PRESETS, TrainSettings
 CATALOG = catalog.CATALOG  # module-level name: tests offer a model of the fake hub through it
 
 DOWNLOAD_KEY = "model-download"  # downloads are not tied to a project: one at a time, beside a project's job
+CHECK_KEY = "model-check"  # the check of a picked model: queued one behind the other, beside a project's job
 PREFLIGHT_STAGES = {"preflight": "checking"}
 FIT_COLORS = {"memory": "#2f9e44", "streamed": "#d9480f", "too_large": "#e03131", "unsupported": "#e03131",
               "unknown": "#868e96"}
@@ -94,6 +96,13 @@ def choose_gguf(parent: QWidget) -> Path | None:
     """A GGUF file picked by the user, or None. Module-level so tests can answer it."""
     file, _ = QFileDialog.getOpenFileName(parent, "Import a GGUF Model", str(Path.home()), "GGUF models (*.gguf)")
     return Path(file) if file else None
+
+
+def check_function(folder: Path) -> Callable[[Progress], list[str]]:
+    def run(progress: Progress) -> list[str]:
+        return check_model(folder)
+
+    return run
 
 
 def import_function(source: Path, *, name: str | None = None,
@@ -148,6 +157,8 @@ class ModelWizardPage(QWizardPage):
         self.rows: list[ModelRow] = []
         self.folders: list[Path] = []
         self.download_job: Job | None = None
+        self.checks: dict[Path, list[str]] = {}  # what check_model found for each folder picked (a job each)
+        self.check_jobs: dict[Path, Job] = {}
         self.banner = MessageBanner()
         self.machine_label = QLabel()
         self.table = new_table(self.COLUMNS)
@@ -192,6 +203,7 @@ class ModelWizardPage(QWizardPage):
 
     def initializePage(self) -> None:
         self.banner.clear()
+        self.checks.clear()  # the folders may have changed since the last pass
         self.fill()
 
     def fill(self) -> None:
@@ -251,8 +263,48 @@ class ModelWizardPage(QWizardPage):
         self.ollama_button.setVisible(row is not None and row.ollama is not None)
         self.ollama_button.setEnabled(not importing)
         self.gguf_button.setEnabled(not importing)
+        if row is not None and row.path is not None and row.path not in self.checks:
+            self.check_model(row.path)
         self.detail.setText(self._describe(row) if row else "Choose a model, or a model folder on this Mac.")
         emit(self.completeChanged)
+
+    # --- can it be trained and exported? -------------------------------------------------------------------
+    def check_model(self, folder: Path) -> Job | None:
+        """Check ``folder`` in a job (its files are read, the page keeps answering); the answer shows when done."""
+        if folder in self.check_jobs and not self.check_jobs[folder].is_over:
+            return self.check_jobs[folder]
+        job = Job(f"Checking {folder.name}", check_function(folder), key=CHECK_KEY)
+        self.check_jobs[folder] = job
+        self.owner.start_job(job, queue=True, finished=partial(self._model_checked, folder),
+                             failed=partial(self._model_check_failed, folder))
+        return job
+
+    def checked(self) -> bool:
+        """Whether the chosen model's check is over (whatever it found)."""
+        path = self.model_path()
+        return path is not None and path in self.checks
+
+    def _model_checked(self, folder: Path, problems: object) -> None:
+        self.checks[folder] = list(problems) if isinstance(problems, list) else []
+        self._selection_changed()
+
+    def _model_check_failed(self, folder: Path, message: str, _details: str) -> None:
+        self.checks[folder] = [f"It could not be checked: {message}"]
+        self._selection_changed()
+
+    def _check_text(self, row: ModelRow) -> str:
+        assert row.path is not None
+        problems = self.checks.get(row.path)
+        if problems is None:
+            return "<i>Checking that it can be trained and exported…</i>"
+        if not problems:
+            return (f"<span style='color:{FIT_COLORS['memory']}'>Ready</span>: it can be trained here, then "
+                    "exported for llama.cpp, Ollama and LM Studio.")
+        items = "".join(f"<li>{html.escape(p)}</li>" for p in problems)
+        others = ", ".join(alternatives(CATALOG))
+        return (f"<span style='color:{FIT_COLORS['too_large']}'><b>This model cannot be used.</b></span>"
+                f"<ul style='margin-top:0'>{items}</ul>Models that work: {html.escape(others)} (in the list above; "
+                "Download fetches one).")
 
     def _describe(self, row: ModelRow) -> str:
         parts = [f"<b>{html.escape(row.name)}</b>"]
@@ -271,18 +323,16 @@ class ModelWizardPage(QWizardPage):
             parts.append(f"An Ollama model ({html.escape(str(row.ollama.gguf))}). Import from Ollama converts it "
                          "into a model folder slowtune trains (Ollama's copy is not changed).")
         parts.extend(html.escape(n) for n in row.notes)
-        if row.export_problem:
-            parts.append(f"<span style='color:{FIT_COLORS['too_large']}'>Not exportable</span>: after training, this model "
-                         f"could not be written as a GGUF for llama.cpp, Ollama or LM Studio. "
-                         f"{html.escape(row.export_problem)}")
         parts.append(f"<span style='color:{FIT_COLORS[row.fit.kind]}'>{html.escape(row.fit.label.capitalize())}"
                      f"</span>: {html.escape(row.fit.reason)}")
+        if row.path is not None:
+            parts.append(self._check_text(row))
         return "<br>".join(parts)
 
     def isComplete(self) -> bool:
         row = self.current_row()
         return (row is not None and row.path is not None and row.export_problem is None
-                and row.fit.kind != "unsupported")
+                and row.fit.kind != "unsupported" and self.checks.get(row.path) == [])
 
     def model_path(self) -> Path | None:
         row = self.current_row()
@@ -299,7 +349,9 @@ class ModelWizardPage(QWizardPage):
             self.banner.show_message(str(exc), level="error")
             return
         if info.problem:  # refused when chosen, not after training: the family, or the vision tower, and the list
-            self.banner.show_message(info.problem, level="error")
+            words = " ".join(check_model(folder)) or info.problem
+            self.banner.show_message(f"{folder.name} cannot be used. {words} Models that work: "
+                                     f"{', '.join(alternatives(CATALOG))}.", level="error")
             return
         self.banner.clear()
         folder = folder.expanduser().resolve()

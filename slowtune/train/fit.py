@@ -21,6 +21,7 @@ from typing import Any
 from slowtune import system
 from slowtune.models import catalog
 from slowtune.models.catalog import CatalogModel, ModelError, describe_local
+from slowtune.models.check import format_parameters, parameter_count
 from slowtune.progress import Progress
 from slowtune.train.command import export_problem
 from slowtune.train.settings import TrainSettings
@@ -191,7 +192,10 @@ def folder_row(path: Path, memory: system.Memory) -> ModelRow:
         return ModelRow(str(path), path.name, "—", "—", "Folder", None, Fit("unknown", str(exc)),
                         notes=[str(exc)])
     quant = f", {info.quantization.bits}-bit" if info.quantization and info.quantization.bits else ""
-    params = f"{info.architecture}{quant}"
+    try:
+        params = f"{format_parameters(parameter_count(info.path))}{quant}"
+    except ModelError:
+        params = "—"
     if info.problem:  # another family, or a vision-language checkpoint: nothing else about it matters
         return ModelRow(str(path), path.name, params, gb(info.weight_bytes), "Folder", info.path,
                         Fit("unsupported", info.problem))
