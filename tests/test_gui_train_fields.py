@@ -178,3 +178,56 @@ def test_a_chosen_folder_shows_its_parameters_from_its_weights(qtbot, page: Trai
     assert row is not None and row.params == format_parameters(parameter_count(tiny_llama))
     index = models.rows.index(row)
     assert models.table.item(index, 1).text() == row.params and "llama" not in row.params
+
+
+# --- a run that memorised ---------------------------------------------------------------------------------------
+
+def _memorised_run(root: Path, *, warned: bool) -> Path:
+    """A finished run whose validation loss rose from 2.80 to 8.90 while its training loss fell to 0."""
+    import json
+
+    run_dir = root / "runs" / "20250301-090000-abcdef"
+    run_dir.mkdir(parents=True)
+    lines = []
+    for step, loss, val in ((10, 1.2, 2.80), (20, 0.3, 5.1), (30, 0.0, 8.9)):
+        lines += [{"step": step - 1, "loss": loss + 0.1}, {"step": step, "loss": loss, "val_loss": val}]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    info = {"status": "done", "steps": 30, "total_steps": 30, "engine": "memory", "train_loss": 0.0,
+            "val_loss": 8.9, "best_val": 2.8, "config": {"model": "/models/SmolLM2-135M-Instruct"},
+            "chosen": {"folder": "best", "step": 10, "why": "the lowest validation loss (2.800)",
+                       "text": "the checkpoint of step 10, chosen by the lowest validation loss (2.800)"}}
+    if warned:
+        info["warnings"] = [{"kind": "overfitting", "step": 30, "best_step": 10,
+                             "message": "The model is memorising: validation loss rose from 2.80 (step 10) to 8.90 "
+                                        "(step 30) while training loss fell from 1.25 to 0.05. The best checkpoint "
+                                        "is kept."}]
+    (run_dir / "run.json").write_text(json.dumps(info))
+    return run_dir
+
+
+@pytest.mark.parametrize("warned", [True, False])
+def test_a_run_that_memorised_is_not_shown_as_a_plain_success(qtbot, page: TrainPage, warned: bool) -> None:
+    run_dir = _memorised_run(page.project.root, warned=warned)
+    page.open_run(run_dir)
+    view = page.run_view
+    assert page.state == "finished"
+    assert page.verdict_color != "#2f9e44"  # not green
+    status = view.status.text()
+    assert "memorised" in status and "#2f9e44" not in status
+    assert "Export will use the checkpoint of step 10" in status
+    assert view.advice.isVisibleTo(page)
+    advice = view.advice.text()
+    assert "Validation loss is rising while training loss falls" in advice and "memorising" in advice
+    assert "best checkpoint is kept" in advice and "Export will use the checkpoint of step 10" in advice
+    assert "--" not in status + advice
+
+
+def test_a_run_that_learns_is_green_and_has_no_advice(qtbot, page: TrainPage) -> None:
+    import json
+
+    run_dir = _memorised_run(page.project.root, warned=False)
+    lines = [{"step": s, "loss": 2.0 - s / 20, "val_loss": 2.5 - s / 30} for s in (10, 20, 30)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    page.open_run(run_dir)
+    assert page.verdict_color == "#2f9e44" and not page.run_view.advice.isVisibleTo(page)
+    assert "memoris" not in page.run_view.status.text()
