@@ -88,3 +88,19 @@ def test_the_parameter_count_is_read_from_the_weights(tiny_llama: Path, tmp_path
     assert format_parameters(134_515_008) == "135 M" and format_parameters(1_543_714_304) == "1.54 B"
     with pytest.raises(ModelError):
         parameter_count(tmp_path)
+
+
+@pytest.mark.parametrize("available", [8_000_000_000, 1_000])
+def test_the_checks_estimates_are_in_words_without_options_or_caveats(tiny_llama: Path, available: int) -> None:
+    from slowtune.train.fit import estimate_text
+    from slowtune.train.preflight import preflight
+    from slowtune.train.settings import TrainSettings
+
+    settings = TrainSettings.from_preset("balanced")
+    report = preflight(tiny_llama, settings.config(tiny_llama, tiny_llama), available_bytes=available,
+                       disk_gbps=1.0, compute_gflops=1.0)
+    assert "--max-seq-len" in report.summary()  # the developer's summary; the app shows estimate_text
+    text = estimate_text(report)
+    assert "--" not in text and "upper bound" not in text
+    assert "In memory: about" in text and "s a step" in text
+    assert ("does not fit" in text) == (report.choice is None or available < 10_000)

@@ -56,7 +56,15 @@ from slowtune.models import catalog
 from slowtune.models.catalog import ModelError, describe_local
 from slowtune.models.check import alternatives, check_model
 from slowtune.progress import Progress, format_duration
-from slowtune.train.fit import ModelRow, PreflightResult, gb, gui_text, model_rows, preflight_function
+from slowtune.train.fit import (
+    ModelRow,
+    PreflightResult,
+    estimate_text,
+    gb,
+    gui_text,
+    model_rows,
+    preflight_function,
+)
 from slowtune.train.settings import PRESETS, TrainSettings
 
 CATALOG = catalog.CATALOG  # module-level name: tests offer a model of the fake hub through it
@@ -877,7 +885,7 @@ class PreflightWizardPage(QWizardPage):
         if report.choice is None:
             self.status.setText("<b>Training cannot start with these settings.</b> Go Back to choose a smaller "
                                 "model, or lower the sequence length or batch size in Settings › Advanced.")
-            self.banner.show_message(gui_text(report.reason), level="error", details=report.summary())
+            self.banner.show_message(gui_text(report.reason), level="error", details=estimate_text(report))
         else:
             key = "memory+ckpt" if report.grad_checkpoint else report.choice
             estimate = report.estimates[key]
@@ -901,7 +909,7 @@ class PreflightWizardPage(QWizardPage):
                                     f"(at most {estimate.step_seconds:.1f} s a step; shorter conversations go "
                                     "faster).")
             self.status.setText(html.escape(gui_text(report.reason[:1].upper() + report.reason[1:])) + ".")
-            self.details.setText(html.escape(report.summary()).replace("\n", "<br>"))
+            self.details.setText(html.escape(estimate_text(report)).replace("\n", "<br>"))
         emit(self.completeChanged)
 
     def _failed(self, job: Job, message: str, details: str) -> None:

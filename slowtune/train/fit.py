@@ -26,7 +26,7 @@ from slowtune.progress import Progress
 from slowtune.train.command import export_problem
 from slowtune.train.settings import TrainSettings
 
-__all__ = ["FIT_LABELS", "GB", "Fit", "ModelRow", "PreflightResult", "catalog_fit", "downloaded_folder", "folder_fit",
+__all__ = ["FIT_LABELS", "GB", "Fit", "ModelRow", "PreflightResult", "catalog_fit", "downloaded_folder", "estimate_text", "folder_fit",
            "folder_row", "gb", "gui_text", "model_rows", "preflight_function"]
 
 GB = 1e9
@@ -136,6 +136,23 @@ def downloaded_folder(repo_id: str) -> Path | None:
     if commit and (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
         return folder
     return None
+
+
+ENGINE_WORDS = {"memory": "In memory", "memory+ckpt": "In memory, recomputing each block",
+                "streamed": "Layer-streamed from disk"}
+
+
+def estimate_text(report: Any) -> str:
+    """The preflight's estimates for each way of training, in words for the app (no options, no caveats meant for
+    developers): one line per engine, then the choice."""
+    lines = []
+    for key, estimate in report.estimates.items():
+        fits = "fits" if estimate.fits else "does not fit"
+        lines.append(f"{ENGINE_WORDS.get(key, key)}: about {gb(estimate.peak_bytes)} at most ({fits}), up to "
+                     f"{estimate.step_seconds:.1f} s a step.")
+    if report.reason:
+        lines.append(gui_text(report.reason[:1].upper() + report.reason[1:]).rstrip(".") + ".")
+    return "\n".join(lines)
 
 
 @dataclass
