@@ -258,6 +258,7 @@ def test_from_an_empty_app_to_a_chat_with_the_tuned_model(qtbot, window: MainWin
     models.folder_button.click()
     row = models.current_row()
     assert row is not None and row.path == base.resolve() and row.where == "Folder", models.banner.text.text()
+    qtbot.waitUntil(models.checked, timeout=30_000)
     assert row.fit.kind == "memory" and models.isComplete()
     wizard.button(QWizard.WizardButton.NextButton).click()
     data = wizard.data_page

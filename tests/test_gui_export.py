@@ -112,6 +112,24 @@ def shown_files(page: ExportPage) -> dict[str, tuple[str, str]]:
             for i in range(tree.topLevelItemCount())}
 
 
+def test_a_run_that_memorised_says_so_and_names_the_checkpoint_exported(qtbot, page: ExportPage,
+                                                                          project_root: Path) -> None:
+    run_dir = project_root / "runs" / FINISHED
+    info = json.loads((run_dir / "run.json").read_text())
+    info["warnings"] = [{"kind": "overfitting", "step": 25, "best_step": 10,
+                         "message": "The model is memorising: validation loss rose from 2.80 (step 10) to 8.90 "
+                                    "(step 25) while training loss fell from 1.20 to 0.00. The best checkpoint is "
+                                    "kept."}]
+    info["chosen"] = {"folder": "best", "step": 10, "why": "the lowest validation loss (2.796)",
+                      "text": "the checkpoint of step 10, chosen by the lowest validation loss (2.796)"}
+    (run_dir / "run.json").write_text(json.dumps(info))
+    page.refresh()
+    item = next(page.run_tree.topLevelItem(i) for i in range(page.run_tree.topLevelItemCount())
+                if Path(page.run_tree.topLevelItem(i).data(0, Qt.ItemDataRole.UserRole)).name == FINISHED)
+    assert item.text(4) == "Finished, memorised · exports step 10, the best one"
+    assert "step 10, chosen by the lowest validation loss" in item.toolTip(4) and "memorising" in item.toolTip(4)
+
+
 def test_runs_are_listed_newest_first_and_unfinished_ones_say_why(page: ExportPage, project_root: Path) -> None:
     tree = page.run_tree
     assert tree.topLevelItemCount() == 2
@@ -121,8 +139,11 @@ def test_runs_are_listed_newest_first_and_unfinished_ones_say_why(page: ExportPa
     # The stopped run is there, disabled, with the reason and where it stopped; the finished one is selected.
     assert stopped.isDisabled() and "Stopped at step 2 of 25" in stopped.text(4)
     assert "Train page" in stopped.text(4)
-    assert finished.text(4) == "Finished" and finished.text(2) == "25"
     run_json = json.loads((project_root / "runs" / FINISHED / "run.json").read_text())
+    # Which checkpoint the export takes: nothing was validated or scored, so the last one, at step 25.
+    assert run_json["chosen"]["folder"] == "." and run_json["chosen"]["step"] == 25
+    assert finished.text(4) == "Finished · exports step 25, the last one" and finished.text(2) == "25"
+    assert "Export uses the last checkpoint (step 25)" in finished.toolTip(4)
     assert finished.text(3).startswith(f"{run_json['train_loss']:.3f}")
     assert finished.text(1) == Path(run_json["config"]["model"]).name
     assert page.current_run() is not None and page.current_run().run_dir == project_root / "runs" / FINISHED

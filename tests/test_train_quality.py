@@ -412,3 +412,22 @@ def test_replay_of_an_imported_model_is_answered_by_llama_cpp_on_its_gguf(small_
     with gguf.open("ab") as f:
         f.write(b"\0")  # changed since the import
     assert source_gguf(folder) is None
+
+
+def test_a_finished_run_that_memorised_is_found_from_its_metrics(tmp_path: Path) -> None:
+    """Two validations, the second far above the first while the training loss fell: the run memorised. The
+    trainer, while running, waits for one more validation; a finished run's record does not."""
+    from slowtune.train.runs import read_run
+
+    history = [(10, 2.8, 1.2), (20, 8.9, 0.0)]
+    assert overfitting(history) is None and overfitting(history, after=1) is not None
+    assert overfitting([(10, 2.8, 1.2), (20, 2.85, 0.0)], after=1) is None  # within noise
+    run_dir = tmp_path / "20250301-090000-abcdef"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (
+        {"step": 9, "loss": 1.3}, {"step": 10, "loss": 1.1, "val_loss": 2.8}, {"step": 20, "loss": 0.0,
+                                                                              "val_loss": 8.9})))
+    (run_dir / "run.json").write_text(json.dumps({"status": "done", "steps": 20, "config": {"model": "m"}}))
+    run = read_run(run_dir)
+    assert run is not None and run.overfitting is not None and "2.80 (step 10) to 8.90" in run.overfitting["message"]
+    assert run.chosen is not None and run.checkpoint_words == "the last one"  # no adapter was saved here

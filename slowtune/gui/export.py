@@ -332,7 +332,7 @@ class ExportPage(Page):
 
         # --- the run ---
         self.run_tree = QTreeWidget()
-        self.run_tree.setHeaderLabels(["Run", "Base model", "Steps", "Final loss", "State"])
+        self.run_tree.setHeaderLabels(["Run", "Base model", "Steps", "Final loss", "State and checkpoint"])
         self.run_tree.setRootIsDecorated(False)
         self.run_tree.setUniformRowHeights(True)
         self.run_tree.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
@@ -566,15 +566,24 @@ class ExportPage(Page):
     def _run_item(self, run: RunInfo) -> QTreeWidgetItem:
         loss = f"{run.train_loss:.3f}" if run.train_loss is not None else "–"
         if run.validation_loss is not None:
-            loss += f" (validation {run.validation_loss:.3f})"
+            loss += f" (best validation {run.validation_loss:.3f})" if run.best_val is not None \
+                else f" (validation {run.validation_loss:.3f})"
         steps = str(run.steps) if run.steps is not None else "–"
-        state = "Finished" if run.exportable else run.problem
+        if run.exportable:
+            # Which checkpoint the export takes; a run that memorised says so (its best checkpoint is the one).
+            state = ("Finished, memorised" if run.overfitting else "Finished") + f" · exports {run.checkpoint_words}"
+        else:
+            state = run.problem
         item = QTreeWidgetItem([format_time(run.created_at) if run.created_at else run.run_id, run.base_label,
                                 steps, loss, state])
         item.setData(0, Qt.ItemDataRole.UserRole, str(run.run_dir))
         item.setToolTip(0, str(run.run_dir))
         item.setToolTip(1, run.model)
-        item.setToolTip(4, state)
+        item.setToolTip(4, state if not run.exportable or not run.chosen else
+                        f"Export uses {run.chosen.get('text', 'the best checkpoint')}."
+                        + (f" {run.overfitting['message']}" if run.overfitting else ""))
+        if run.exportable and run.overfitting:
+            item.setForeground(4, QColor("#d9480f"))
         if not run.exportable:
             item.setFlags(item.flags() & ~(Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable))
             item.setForeground(4, QColor("#e8590c"))

@@ -247,6 +247,7 @@ def train(tour: Tour, home: Path) -> Path:
     models = wizard.model_page
     trainwizard.choose_folder = lambda parent: model_dir  # the folder dialog, answered
     models.folder_button.click()
+    tour.wait(models.checked, "the model's check")
     tour.check(models.isComplete(), f"the model folder was not accepted: {models.banner.text.text()}")
     tour.grab(window, "4-train-wizard-model")
     wizard.next()
@@ -258,6 +259,7 @@ def train(tour: Tour, home: Path) -> Path:
     settings.length_kind.setCurrentIndex(1)
     settings.steps.setValue(TRAIN_STEPS)
     settings.learning_rate.setText(LEARNING_RATE)  # a tiny random model learns its answers quickly at a large step
+    settings.commit_learning_rate()
     settings.max_seq_len.setValue(256)
     tour.grab(window, "4-train-wizard-settings")
     wizard.next()

@@ -63,9 +63,11 @@ from slowtune.train.runs import (
     METRICS_NAME,
     MetricsTail,
     RunInfo,
+    history_from_records,
     list_runs,
     model_name,
     new_run_dir,
+    overfitting,
     read_run,
     reconcile_runs,
     run_json,
@@ -78,6 +80,7 @@ TRAIN_COLOR, VALID_COLOR = "#3b82f6", "#f59e0b"
 # The three quality axes scored during the run (slowtune.train.scorer), on a chart of their own (0..1).
 QUALITY_SERIES = {"knowledge": ("Knowledge", "#2f9e44"), "retention": ("Retention", "#7048e8"),
                   "leakage": ("Leakage", "#e03131")}
+WARNING_COLOR = "#d9480f"
 STATE_COLORS = {"finished": "#2f9e44", "failed": "#e03131", "interrupted": "#d9480f", "training": "#3b82f6"}
 
 NO_PROJECT_TEXT = ("<h2>Train</h2><p>No project is open. Create or open one (File › New Project), add documents on "
@@ -196,6 +199,11 @@ class RunView(QWidget):
         self.title.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.status = QLabel()
         self.status.setWordWrap(True)
+        # Said plainly when validation loss rises while training loss falls: the model memorises.
+        self.advice = QLabel()
+        self.advice.setWordWrap(True)
+        self.advice.setStyleSheet(f"color: {WARNING_COLOR};")
+        self.advice.hide()
         self.bar = QProgressBar()
         self.bar.setTextVisible(False)
         self.bar.setMaximumHeight(12)
@@ -244,6 +252,7 @@ class RunView(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.title)
         layout.addWidget(self.status)
+        layout.addWidget(self.advice)
         layout.addWidget(self.bar)
         charts = QHBoxLayout()
         charts.addWidget(self.chart, 3)
@@ -529,6 +538,8 @@ class TrainPage(Page):
         self._last_record = {}
         self._last_scores: dict[str, Any] = {}
         self._best_val = None
+        self._loss_records: list[dict[str, Any]] = []  # step, loss, val_loss: is the model memorising?
+        rv.advice.hide()
         self.stack.setCurrentWidget(rv)
 
     def open_run(self, run_dir: Path) -> None:
@@ -589,7 +600,9 @@ class TrainPage(Page):
     def _finished_text(self, run: RunInfo | None) -> str:
         if run is None:
             return "Finished."
-        parts = [f"Finished: {run.step:,} steps"]
+        memorised = run.overfitting is not None
+        parts = [f"Finished, but the model memorised: {run.step:,} steps" if memorised
+                 else f"Finished: {run.step:,} steps"]
         if run.loss is not None:
             parts.append(f"training loss {run.loss:.3f}")
         if run.best_val is not None:
@@ -598,7 +611,8 @@ class TrainPage(Page):
         if run.stopped_early:
             text += f" It stopped early: {run.stopped_early}."
         for warning in run.warnings:
-            text += f" {warning['message']}"
+            if warning is not run.overfitting:  # said beside it, with what Export uses
+                text += f" {warning['message']}"
         if run.chosen:
             text += f" Export will use {run.chosen.get('text', 'the best checkpoint')}."
         return text + " Export turns it into a GGUF file you can chat with."
@@ -606,9 +620,11 @@ class TrainPage(Page):
     def _set_state(self, state: str, text: str) -> None:
         self.state = state
         rv = self.run_view
-        color = {"finished": "#2f9e44", "failed": "#e03131", "stopping": "#d9480f"}.get(state)
+        color = {"finished": "#2f9e44", "failed": "#e03131", "stopping": WARNING_COLOR}.get(state)
         if state == "finished" and self.run is not None and self.run.warnings:
-            color = "#d9480f"  # a run that memorised, forgot or leaks is not shown as a plain success
+            color = WARNING_COLOR  # a run that memorised, forgot or leaks is not shown as a plain success
+        self.verdict_color = color
+        self._show_advice()
         style = f" style='color:{color}'" if color else ""
         rv.status.setText(f"<b{style}>{html.escape(text)}</b>")
         live = state in ("starting", "running")
@@ -673,7 +689,32 @@ class TrainPage(Page):
                 self._last_scores = record
         if records:
             self._last_record = records[-1]
+        self._loss_records += [{k: r[k] for k in ("step", "loss", "val_loss") if k in r} for r in records]
+        if reset or any("val_loss" in r for r in records):
+            self._show_advice()
         self._show_figures()
+
+    def memorising(self) -> dict[str, Any] | None:
+        """The warning that the model shown memorises: the finished run's, else from the losses charted so far."""
+        if self.run is not None and self.run.overfitting is not None:
+            return self.run.overfitting
+        return overfitting(history_from_records(getattr(self, "_loss_records", []))[0])
+
+    def _show_advice(self) -> None:
+        warning = self.memorising()
+        advice = self.run_view.advice
+        if warning is None:
+            advice.hide()
+            return
+        run = self.run
+        if run is not None and run.state == "finished" and run.chosen:
+            uses = f"Export will use {run.chosen.get('text', 'the best checkpoint')}."
+        else:
+            uses = "Export will use the best checkpoint, not the last."
+        advice.setText(f"<b>Validation loss is rising while training loss falls.</b> {html.escape(warning['message'])}"
+                       f" {html.escape(uses)} Fewer steps or a lower learning rate (Settings › Advanced) may help "
+                       "next time.")
+        advice.show()
 
     def _show_figures(self) -> None:
         record = self._last_record

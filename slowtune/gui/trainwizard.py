@@ -54,13 +54,23 @@ from slowtune.gui.widgets import MessageBanner
 from slowtune.gui.workers import Job
 from slowtune.models import catalog
 from slowtune.models.catalog import ModelError, describe_local
+from slowtune.models.check import alternatives, check_model
 from slowtune.progress import Progress, format_duration
-from slowtune.train.fit import ModelRow, PreflightResult, gb, gui_text, model_rows, preflight_function
+from slowtune.train.fit import (
+    ModelRow,
+    PreflightResult,
+    estimate_text,
+    gb,
+    gui_text,
+    model_rows,
+    preflight_function,
+)
 from slowtune.train.settings import PRESETS, TrainSettings
 
 CATALOG = catalog.CATALOG  # module-level name: tests offer a model of the fake hub through it
 
 DOWNLOAD_KEY = "model-download"  # downloads are not tied to a project: one at a time, beside a project's job
+CHECK_KEY = "model-check"  # the check of a picked model: queued one behind the other, beside a project's job
 PREFLIGHT_STAGES = {"preflight": "checking"}
 FIT_COLORS = {"memory": "#2f9e44", "streamed": "#d9480f", "too_large": "#e03131", "unsupported": "#e03131",
               "unknown": "#868e96"}
@@ -94,6 +104,13 @@ def choose_gguf(parent: QWidget) -> Path | None:
     """A GGUF file picked by the user, or None. Module-level so tests can answer it."""
     file, _ = QFileDialog.getOpenFileName(parent, "Import a GGUF Model", str(Path.home()), "GGUF models (*.gguf)")
     return Path(file) if file else None
+
+
+def check_function(folder: Path) -> Callable[[Progress], list[str]]:
+    def run(progress: Progress) -> list[str]:
+        return check_model(folder)
+
+    return run
 
 
 def import_function(source: Path, *, name: str | None = None,
@@ -148,6 +165,8 @@ class ModelWizardPage(QWizardPage):
         self.rows: list[ModelRow] = []
         self.folders: list[Path] = []
         self.download_job: Job | None = None
+        self.checks: dict[Path, list[str]] = {}  # what check_model found for each folder picked (a job each)
+        self.check_jobs: dict[Path, Job] = {}
         self.banner = MessageBanner()
         self.machine_label = QLabel()
         self.table = new_table(self.COLUMNS)
@@ -192,6 +211,7 @@ class ModelWizardPage(QWizardPage):
 
     def initializePage(self) -> None:
         self.banner.clear()
+        self.checks.clear()  # the folders may have changed since the last pass
         self.fill()
 
     def fill(self) -> None:
@@ -251,8 +271,48 @@ class ModelWizardPage(QWizardPage):
         self.ollama_button.setVisible(row is not None and row.ollama is not None)
         self.ollama_button.setEnabled(not importing)
         self.gguf_button.setEnabled(not importing)
+        if row is not None and row.path is not None and row.path not in self.checks:
+            self.check_model(row.path)
         self.detail.setText(self._describe(row) if row else "Choose a model, or a model folder on this Mac.")
         emit(self.completeChanged)
+
+    # --- can it be trained and exported? -------------------------------------------------------------------
+    def check_model(self, folder: Path) -> Job | None:
+        """Check ``folder`` in a job (its files are read, the page keeps answering); the answer shows when done."""
+        if folder in self.check_jobs and not self.check_jobs[folder].is_over:
+            return self.check_jobs[folder]
+        job = Job(f"Checking {folder.name}", check_function(folder), key=CHECK_KEY)
+        self.check_jobs[folder] = job
+        self.owner.start_job(job, queue=True, finished=partial(self._model_checked, folder),
+                             failed=partial(self._model_check_failed, folder))
+        return job
+
+    def checked(self) -> bool:
+        """Whether the chosen model's check is over (whatever it found)."""
+        path = self.model_path()
+        return path is not None and path in self.checks
+
+    def _model_checked(self, folder: Path, problems: object) -> None:
+        self.checks[folder] = list(problems) if isinstance(problems, list) else []
+        self._selection_changed()
+
+    def _model_check_failed(self, folder: Path, message: str, _details: str) -> None:
+        self.checks[folder] = [f"It could not be checked: {message}"]
+        self._selection_changed()
+
+    def _check_text(self, row: ModelRow) -> str:
+        assert row.path is not None
+        problems = self.checks.get(row.path)
+        if problems is None:
+            return "<i>Checking that it can be trained and exported…</i>"
+        if not problems:
+            return (f"<span style='color:{FIT_COLORS['memory']}'>Ready</span>: it can be trained here, then "
+                    "exported for llama.cpp, Ollama and LM Studio.")
+        items = "".join(f"<li>{html.escape(p)}</li>" for p in problems)
+        others = ", ".join(alternatives(CATALOG))
+        return (f"<span style='color:{FIT_COLORS['too_large']}'><b>This model cannot be used.</b></span>"
+                f"<ul style='margin-top:0'>{items}</ul>Models that work: {html.escape(others)} (in the list above; "
+                "Download fetches one).")
 
     def _describe(self, row: ModelRow) -> str:
         parts = [f"<b>{html.escape(row.name)}</b>"]
@@ -271,18 +331,16 @@ class ModelWizardPage(QWizardPage):
             parts.append(f"An Ollama model ({html.escape(str(row.ollama.gguf))}). Import from Ollama converts it "
                          "into a model folder slowtune trains (Ollama's copy is not changed).")
         parts.extend(html.escape(n) for n in row.notes)
-        if row.export_problem:
-            parts.append(f"<span style='color:{FIT_COLORS['too_large']}'>Not exportable</span>: after training, this model "
-                         f"could not be written as a GGUF for llama.cpp, Ollama or LM Studio. "
-                         f"{html.escape(row.export_problem)}")
         parts.append(f"<span style='color:{FIT_COLORS[row.fit.kind]}'>{html.escape(row.fit.label.capitalize())}"
                      f"</span>: {html.escape(row.fit.reason)}")
+        if row.path is not None:
+            parts.append(self._check_text(row))
         return "<br>".join(parts)
 
     def isComplete(self) -> bool:
         row = self.current_row()
         return (row is not None and row.path is not None and row.export_problem is None
-                and row.fit.kind != "unsupported")
+                and row.fit.kind != "unsupported" and self.checks.get(row.path) == [])
 
     def model_path(self) -> Path | None:
         row = self.current_row()
@@ -299,7 +357,9 @@ class ModelWizardPage(QWizardPage):
             self.banner.show_message(str(exc), level="error")
             return
         if info.problem:  # refused when chosen, not after training: the family, or the vision tower, and the list
-            self.banner.show_message(info.problem, level="error")
+            words = " ".join(check_model(folder)) or info.problem
+            self.banner.show_message(f"{folder.name} cannot be used. {words} Models that work: "
+                                     f"{', '.join(alternatives(CATALOG))}.", level="error")
             return
         self.banner.clear()
         folder = folder.expanduser().resolve()
@@ -469,6 +529,25 @@ class DataWizardPage(QWizardPage):
         return self.summary is not None and self.summary.train > 0
 
 
+LEARNING_RATE_ERROR = "The learning rate must be a number between 0 and 1, such as 1e-4."
+
+
+def parse_learning_rate(text: str) -> float | None:
+    """The learning rate typed (``1e-4``, ``0.0005``), or None when it is not a number between 0 and 1."""
+    try:
+        value = float(text.strip())
+    except ValueError:
+        return None
+    return value if 0 < value < 1 and math.isfinite(value) else None
+
+
+def _keep_space(widget: QWidget) -> None:
+    """Hidden, ``widget`` keeps its place in the layout: showing it moves nothing (nothing jumps under the pointer)."""
+    policy = widget.sizePolicy()
+    policy.setRetainSizeWhenHidden(True)
+    widget.setSizePolicy(policy)
+
+
 class SettingsWizardPage(QWizardPage):
     def __init__(self, owner: Page, wizard: TrainWizard) -> None:
         super().__init__()
@@ -492,6 +571,7 @@ class SettingsWizardPage(QWizardPage):
             presets.addWidget(caption)
         self.custom_label = QLabel("Custom values (from Advanced)")
         self.custom_label.setStyleSheet("font-style: italic;")
+        _keep_space(self.custom_label)  # shown or not, the fields below never move
         presets.addWidget(self.custom_label)
 
         self.advanced_button = QToolButton()
@@ -505,6 +585,13 @@ class SettingsWizardPage(QWizardPage):
         self.rank.setToolTip("Size of the adapter: higher learns more, needs more memory")
         self.learning_rate = QLineEdit()
         self.learning_rate.setToolTip("Peak learning rate, e.g. 1e-4 (warm-up, then cosine decay)")
+        # Checked when the value is committed (Return, leaving the field, Next), never while typing: "0." and "1e-"
+        # are on the way to a number. The message has its own place beside the field, kept while hidden.
+        self.learning_rate_error = QLabel(LEARNING_RATE_ERROR)
+        self.learning_rate_error.setStyleSheet("color: #e03131;")
+        _keep_space(self.learning_rate_error)
+        self.learning_rate_error.hide()
+        self._committed_rate: float | None = None
         self.length_kind = QComboBox()
         self.length_kind.addItems(["Epochs", "Steps"])
         self.epochs = QDoubleSpinBox()
@@ -546,7 +633,10 @@ class SettingsWizardPage(QWizardPage):
         form = QFormLayout(self.advanced)
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.FieldsStayAtSizeHint)
         form.addRow("LoRA rank", self.rank)
-        form.addRow("Learning rate", self.learning_rate)
+        rate = QHBoxLayout()
+        rate.addWidget(self.learning_rate)
+        rate.addWidget(self.learning_rate_error)
+        form.addRow("Learning rate", rate)
         form.addRow("Length", length)
         form.addRow("Sequence length", self.max_seq_len)
         form.addRow("Layers", self.lora_layers)
@@ -556,6 +646,8 @@ class SettingsWizardPage(QWizardPage):
         self.advanced.hide()
         for widget in (self.rank, self.epochs, self.steps, self.max_seq_len, self.lora_layers, self.batch_size,
                        self.replay):
+            # valueChanged when the value is committed, not at each key: typing "30" is not a 3, then a 30.
+            widget.setKeyboardTracking(False)
             widget.valueChanged.connect(self._edited)
         self.scoring.toggled.connect(self._edited)
         # One width for the fields, so they line up and "All blocks" or "1,024 tokens" is not squeezed.
@@ -563,7 +655,7 @@ class SettingsWizardPage(QWizardPage):
             widget.setMinimumWidth(130)
         self.steps.setMinimumWidth(100)
         self.epochs.setMinimumWidth(100)
-        self.learning_rate.textChanged.connect(self._edited)
+        self.learning_rate.editingFinished.connect(self.commit_learning_rate)
         self.length_kind.currentIndexChanged.connect(self._edited)
         self.summary = QLabel()
         self.summary.setWordWrap(True)
@@ -595,6 +687,8 @@ class SettingsWizardPage(QWizardPage):
             self.base = settings
             self.rank.setValue(settings.rank)
             self.learning_rate.setText(f"{settings.learning_rate:g}")
+            self._committed_rate = settings.learning_rate
+            self.learning_rate_error.hide()
             self.length_kind.setCurrentIndex(1 if settings.iters else 0)
             self.epochs.setValue(settings.epochs)
             self.steps.setValue(settings.iters or 100)
@@ -608,11 +702,28 @@ class SettingsWizardPage(QWizardPage):
         self._edited()
 
     def _learning_rate(self) -> float | None:
-        try:
-            value = float(self.learning_rate.text().strip())
-        except ValueError:
-            return None
-        return value if 0 < value < 1 and math.isfinite(value) else None
+        """The learning rate committed last (None when the text committed is not one)."""
+        return self._committed_rate
+
+    def commit_learning_rate(self) -> bool:
+        """Check the learning rate's text (Return, leaving the field, Next); the message beside it says what is
+        wrong. True when it is a number between 0 and 1."""
+        value = parse_learning_rate(self.learning_rate.text())
+        changed = value != self._committed_rate
+        self._committed_rate = value
+        self.learning_rate_error.setVisible(value is None)
+        if changed:
+            self._edited()
+        return value is not None
+
+    def validatePage(self) -> bool:
+        for widget in (self.rank, self.epochs, self.steps, self.max_seq_len, self.lora_layers, self.batch_size,
+                       self.replay):
+            widget.interpretText()  # a value typed and not yet committed counts
+        ok = self.commit_learning_rate()
+        if not ok:
+            self.learning_rate.setFocus()
+        return ok
 
     def settings(self) -> TrainSettings:
         by_steps = self.length_kind.currentIndex() == 1
@@ -634,8 +745,6 @@ class SettingsWizardPage(QWizardPage):
         by_steps = self.length_kind.currentIndex() == 1
         self.epochs.setVisible(not by_steps)
         self.steps.setVisible(by_steps)
-        ok = self._learning_rate() is not None
-        self.learning_rate.setStyleSheet("" if ok else "color: #e03131;")
         preset = self.settings().preset
         self._filling = True
         try:
@@ -655,8 +764,7 @@ class SettingsWizardPage(QWizardPage):
 
     def _update_summary(self) -> None:
         if self._learning_rate() is None:
-            self.summary.setText("<span style='color:#e03131'>The learning rate must be a number between 0 and 1, "
-                                 "such as 1e-4.</span>")
+            self.summary.setText(f"<span style='color:#e03131'>{LEARNING_RATE_ERROR}</span>")
             return
         settings = self.settings()
         data_page = getattr(self.train_wizard, "data_page", None)
@@ -673,8 +781,7 @@ class SettingsWizardPage(QWizardPage):
                              "learned).</span>")
         self.summary.setText("<p>" + " ".join(parts) + "</p>")
 
-    def isComplete(self) -> bool:
-        return self._learning_rate() is not None
+    # isComplete is not overridden: Next stays enabled while a value is being typed, and validatePage checks it.
 
 
 class PreflightWizardPage(QWizardPage):
@@ -778,7 +885,7 @@ class PreflightWizardPage(QWizardPage):
         if report.choice is None:
             self.status.setText("<b>Training cannot start with these settings.</b> Go Back to choose a smaller "
                                 "model, or lower the sequence length or batch size in Settings › Advanced.")
-            self.banner.show_message(gui_text(report.reason), level="error", details=report.summary())
+            self.banner.show_message(gui_text(report.reason), level="error", details=estimate_text(report))
         else:
             key = "memory+ckpt" if report.grad_checkpoint else report.choice
             estimate = report.estimates[key]
@@ -802,7 +909,7 @@ class PreflightWizardPage(QWizardPage):
                                     f"(at most {estimate.step_seconds:.1f} s a step; shorter conversations go "
                                     "faster).")
             self.status.setText(html.escape(gui_text(report.reason[:1].upper() + report.reason[1:])) + ".")
-            self.details.setText(html.escape(report.summary()).replace("\n", "<br>"))
+            self.details.setText(html.escape(estimate_text(report)).replace("\n", "<br>"))
         emit(self.completeChanged)
 
     def _failed(self, job: Job, message: str, details: str) -> None:

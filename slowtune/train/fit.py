@@ -21,11 +21,12 @@ from typing import Any
 from slowtune import system
 from slowtune.models import catalog
 from slowtune.models.catalog import CatalogModel, ModelError, describe_local
+from slowtune.models.check import format_parameters, parameter_count
 from slowtune.progress import Progress
 from slowtune.train.command import export_problem
 from slowtune.train.settings import TrainSettings
 
-__all__ = ["FIT_LABELS", "GB", "Fit", "ModelRow", "PreflightResult", "catalog_fit", "downloaded_folder", "folder_fit",
+__all__ = ["FIT_LABELS", "GB", "Fit", "ModelRow", "PreflightResult", "catalog_fit", "downloaded_folder", "estimate_text", "folder_fit",
            "folder_row", "gb", "gui_text", "model_rows", "preflight_function"]
 
 GB = 1e9
@@ -137,6 +138,23 @@ def downloaded_folder(repo_id: str) -> Path | None:
     return None
 
 
+ENGINE_WORDS = {"memory": "In memory", "memory+ckpt": "In memory, recomputing each block",
+                "streamed": "Layer-streamed from disk"}
+
+
+def estimate_text(report: Any) -> str:
+    """The preflight's estimates for each way of training, in words for the app (no options, no caveats meant for
+    developers): one line per engine, then the choice."""
+    lines = []
+    for key, estimate in report.estimates.items():
+        fits = "fits" if estimate.fits else "does not fit"
+        lines.append(f"{ENGINE_WORDS.get(key, key)}: about {gb(estimate.peak_bytes)} at most ({fits}), up to "
+                     f"{estimate.step_seconds:.1f} s a step.")
+    if report.reason:
+        lines.append(gui_text(report.reason[:1].upper() + report.reason[1:]).rstrip(".") + ".")
+    return "\n".join(lines)
+
+
 @dataclass
 class PreflightResult:
     report: Any  # slowtune.train.preflight.PreflightReport
@@ -191,7 +209,10 @@ def folder_row(path: Path, memory: system.Memory) -> ModelRow:
         return ModelRow(str(path), path.name, "—", "—", "Folder", None, Fit("unknown", str(exc)),
                         notes=[str(exc)])
     quant = f", {info.quantization.bits}-bit" if info.quantization and info.quantization.bits else ""
-    params = f"{info.architecture}{quant}"
+    try:
+        params = f"{format_parameters(parameter_count(info.path))}{quant}"
+    except ModelError:
+        params = "—"
     if info.problem:  # another family, or a vision-language checkpoint: nothing else about it matters
         return ModelRow(str(path), path.name, params, gb(info.weight_bytes), "Folder", info.path,
                         Fit("unsupported", info.problem))

@@ -34,9 +34,28 @@ from slowtune.fsutil import atomic_write_text
 from slowtune.store import DB_NAME, Project, StoreError
 
 __all__ = [
-    "ACTIVE_WINDOW_S", "METRICS_NAME", "PID_NAME", "RUN_JSON", "MetricsTail", "RunInfo", "default_run_dir",
-    "list_runs", "model_name", "new_run_dir", "new_run_id", "parse_run_id", "read_run", "reconcile_runs", "record_run", "run_id_time", "run_json",
-    "trainer_pid", "write_pid",
+    "ACTIVE_WINDOW_S",
+    "METRICS_NAME",
+    "PID_NAME",
+    "RUN_JSON",
+    "MetricsTail",
+    "RunInfo",
+    "default_run_dir",
+    "history_from_records",
+    "list_runs",
+    "model_name",
+    "new_run_dir",
+    "new_run_id",
+    "overfitting",
+    "parse_run_id",
+    "read_run",
+    "reconcile_runs",
+    "record_run",
+    "run_id_time",
+    "run_json",
+    "trainer_pid",
+    "validation_history",
+    "write_pid",
 ]
 
 log = logging.getLogger(__name__)
@@ -219,6 +238,21 @@ class RunInfo:
         return self.run_dir.name
 
     @property
+    def overfitting(self) -> dict[str, Any] | None:
+        """The run's warning that the model memorised (validation loss rose while training loss fell), or None."""
+        return next((w for w in self.warnings if w.get("kind") == "overfitting"), None)
+
+    @property
+    def checkpoint_words(self) -> str:
+        """Which checkpoint an export uses, in a few words for a list ("step 40, the best one")."""
+        chosen = self.chosen or {}
+        step = chosen.get("step")
+        at = f"step {step:,}" if isinstance(step, int) else ""
+        if chosen.get("folder") == "best":
+            return f"{at}, the best one" if at else "the best one"
+        return f"{at}, the last one" if at else "the last one"
+
+    @property
     def step(self) -> int:
         """The last step trained: the recorded count, else the metrics file's last step."""
         return self.steps or self.logged_step or 0
@@ -267,6 +301,54 @@ class RunInfo:
         """A folder's name, or the repo id as it is ("Qwen/Qwen2.5-0.5B-Instruct")."""
         text = self.model.rstrip("/")
         return Path(text).name if Path(text).is_absolute() or text.startswith("~") else text
+
+
+def overfitting(history: list[tuple[int, float, float | None]], after: int = 2) -> dict[str, Any] | None:
+    """Whether validation loss rises while training loss falls: ``history`` is (step, validation loss, mean training
+    loss since the previous validation). Flagged when the last validation loss is 10% (and 0.05) above the lowest,
+    seen at least ``after`` validations ago (two while the run goes on: one rise may be noise), while the training
+    loss went on falling since then."""
+    if len(history) < after + 1:
+        return None
+    low = min(range(len(history)), key=lambda i: history[i][1])
+    step, val, _ = history[-1]
+    if low > len(history) - 1 - after or val < history[low][1] * 1.1 + 0.05:
+        return None
+    train_then, train_now = history[low][2], history[-1][2]
+    if train_then is None or train_now is None or train_now >= train_then:
+        return None
+    return {"kind": "overfitting", "step": step, "best_step": history[low][0],
+            "message": (f"The model is memorising: validation loss rose from {history[low][1]:.2f} (step "
+                        f"{history[low][0]}) to {val:.2f} (step {step}) while training loss fell from {train_then:.2f} "
+                        f"to {train_now:.2f}. The best checkpoint is kept.")}
+
+
+def validation_history(path: Path) -> tuple[list[tuple[int, float, float | None]], list[float]]:
+    """(step, validation loss, mean training loss since the one before) from a run's metrics, and the training
+    losses since its last validation: what a resumed run needs to go on watching for overfitting."""
+    records = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    return history_from_records(records)
+
+
+def history_from_records(records: list[Any]) -> tuple[list[tuple[int, float, float | None]], list[float]]:
+    """``validation_history`` of metrics records already read (a live chart's)."""
+    history: list[tuple[int, float, float | None]] = []
+    losses: list[float] = []
+    for record in records:
+        if not isinstance(record, dict):
+            continue
+        if isinstance(record.get("loss"), int | float):
+            losses.append(float(record["loss"]))
+        if isinstance(record.get("val_loss"), int | float):
+            history.append((int(record["step"]), float(record["val_loss"]), sum(losses) / len(losses) if losses else None))
+            losses = []
+    return history, losses
 
 
 def chosen_checkpoint(run_dir: Path) -> dict[str, Any]:
@@ -341,6 +423,12 @@ def read_run(run_dir: Path, row: Any = None) -> RunInfo | None:
         written = max((p.stat().st_mtime for p in (run_dir / METRICS_NAME, run_dir / RUN_JSON) if p.exists()),
                       default=0.0)
         elsewhere = time.time() - written < max(ACTIVE_WINDOW_S, 3 * float(last.get("step_s") or 0))
+    warnings = [w for w in info.get("warnings") or [] if isinstance(w, dict) and w.get("message")]
+    # A run that ended with its validation loss well above its lowest while its training loss fell memorised,
+    # whether or not the trainer said so while it ran (it waits for two validations after the lowest).
+    if (status == "done" and not any(w.get("kind") == "overfitting" for w in warnings)
+            and (memorised := overfitting(validation_history(run_dir / METRICS_NAME)[0], after=1))):
+        warnings.append(memorised)
     return RunInfo(
         run_dir=run_dir, status=status,
         model=str(config.get("model") or (row["base_model"] if row is not None else "") or "?"),
@@ -354,9 +442,10 @@ def read_run(run_dir: Path, row: Any = None) -> RunInfo | None:
         logged_loss=number_or_none(last.get("loss")), started=started, created_at=created,
         project=Path(project) if isinstance(project, str) and project else None,
         recorded=str(row["status"]) if row is not None else None, live_pid=live_pid, elsewhere=elsewhere,
-        warnings=[w for w in info.get("warnings") or [] if isinstance(w, dict) and w.get("message")],
+        warnings=warnings,
         scores=(info.get("scoring") or [None])[-1] if isinstance(info.get("scoring"), list) else None,
-        chosen=info.get("chosen") if isinstance(info.get("chosen"), dict) else None,
+        chosen=(info.get("chosen") if isinstance(info.get("chosen"), dict)
+                else chosen_checkpoint(run_dir) if status == "done" else None),
         stopped_early=str(info["stopped_early"]) if info.get("stopped_early") else None,
     )
 

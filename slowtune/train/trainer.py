@@ -26,7 +26,8 @@ from slowtune.progress import Cancelled, Progress, ensure
 from slowtune.train import checkpoint as ckpt
 from slowtune.train.config import TrainConfig
 from slowtune.train.model import TrainModel, save_adapter
-from slowtune.train.runs import chosen_checkpoint
+from slowtune.train.runs import chosen_checkpoint, overfitting
+from slowtune.train.runs import validation_history as _validation_history
 
 # What each step reports through the progress protocol (the metrics file has everything).
 _SHOWN = ("loss", "val_loss", "tokens_per_s", "eta_s", "epoch", "mlx_peak_gb", "io_blocked_s")
@@ -151,25 +152,6 @@ def _total_steps(cfg: TrainConfig, rows: int) -> int:
     batches_per_epoch = math.ceil(rows / cfg.batch_size)
     steps_per_epoch = max(1, batches_per_epoch // cfg.grad_accum)
     return cfg.iters or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-
-
-def overfitting(history: list[tuple[int, float, float | None]]) -> dict[str, Any] | None:
-    """Whether validation loss rises while training loss falls: ``history`` is (step, validation loss, mean training
-    loss since the previous validation). Flagged when the last validation loss is 10% (and 0.05) above the lowest,
-    seen at least two validations ago, while the training loss went on falling since then."""
-    if len(history) < 3:
-        return None
-    low = min(range(len(history)), key=lambda i: history[i][1])
-    step, val, _ = history[-1]
-    if low > len(history) - 3 or val < history[low][1] * 1.1 + 0.05:
-        return None
-    train_then, train_now = history[low][2], history[-1][2]
-    if train_then is None or train_now is None or train_now >= train_then:
-        return None
-    return {"kind": "overfitting", "step": step, "best_step": history[low][0],
-            "message": (f"The model is memorising: validation loss rose from {history[low][1]:.2f} (step "
-                        f"{history[low][0]}) to {val:.2f} (step {step}) while training loss fell from {train_then:.2f} "
-                        f"to {train_now:.2f}. The best checkpoint is kept.")}
 
 
 def quality_warnings(base: Any, last: Any) -> list[dict[str, Any]]:
@@ -495,26 +477,6 @@ def _json_dict(path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def _validation_history(path: Path) -> tuple[list[tuple[int, float, float | None]], list[float]]:
-    """(step, validation loss, mean training loss since the one before) from a run's metrics, and the training
-    losses since its last validation: what a resumed run needs to go on watching for overfitting."""
-    history: list[tuple[int, float, float | None]] = []
-    losses: list[float] = []
-    if not path.exists():
-        return history, losses
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record.get("loss"), int | float):
-            losses.append(float(record["loss"]))
-        if isinstance(record.get("val_loss"), int | float):
-            history.append((int(record["step"]), float(record["val_loss"]), sum(losses) / len(losses) if losses else None))
-            losses = []
-    return history, losses
 
 
 def _axes(data: dict[str, Any]) -> Any:
