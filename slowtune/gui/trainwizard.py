@@ -760,7 +760,8 @@ class SettingsWizardPage(QWizardPage):
             self._filling = False
         self.custom_label.setVisible(preset not in PRESETS)
         self._update_summary()
-        emit(self.completeChanged)
+        # No completeChanged here: the page's completeness does not change with its values (Next checks them), and
+        # the wizard answers that signal by moving the keyboard focus away from the field being typed into.
 
     def _update_summary(self) -> None:
         if self._learning_rate() is None:

@@ -22,6 +22,7 @@ from PySide6.QtCore import (
 from PySide6.QtGui import QColor, QGuiApplication, QPainter, QPalette, QPen, QTextDocument
 from PySide6.QtWidgets import (
     QAbstractButton,
+    QAbstractItemView,
     QComboBox,
     QFrame,
     QGroupBox,
@@ -33,6 +34,7 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSizePolicy,
+    QTabBar,
     QTextEdit,
     QVBoxLayout,
     QWidget,
@@ -176,9 +178,31 @@ def plain_text(text: str) -> str:
     return text
 
 
+def _model_texts(model: Any, parent: Any) -> list[str]:
+    texts: list[str] = []
+    try:
+        columns = model.columnCount(parent)
+    except TypeError:  # a list model: one column (its columnCount is private)
+        columns = 1
+    for row in range(model.rowCount(parent)):
+        for column in range(columns):
+            index = model.index(row, column, parent)
+            value = index.data()
+            if isinstance(value, str):
+                texts.append(value)
+            try:
+                nested = column == 0 and model.hasChildren(index)
+            except TypeError:  # private in a list or table model: they have no nested rows
+                nested = False
+            if nested:
+                texts += _model_texts(model, index)
+    return texts
+
+
 def visible_texts(widget: QWidget) -> list[str]:
     """The text of every visible widget in ``widget`` (itself included): labels (as plain text), buttons, group
-    titles, line and text edits, combo boxes. Tooltips are not included. Empty texts are left out."""
+    titles, line and text edits, combo boxes, tab titles, and the cells of tables, lists and trees (every row of
+    their model, scrolled into view or not). Tooltips are not included. Empty texts are left out."""
     texts: list[str] = []
     for child in [widget, *widget.findChildren(QWidget)]:
         if not child.isVisible():
@@ -193,6 +217,12 @@ def visible_texts(widget: QWidget) -> list[str]:
             text = child.toPlainText()
         elif isinstance(child, QComboBox):
             text = child.currentText()
+        elif isinstance(child, QTabBar):
+            texts += [child.tabText(i) for i in range(child.count()) if child.tabText(i).strip()]
+            continue
+        elif isinstance(child, QAbstractItemView) and child.model() is not None:
+            texts += [t for t in _model_texts(child.model(), child.rootIndex()) if t.strip()]
+            continue
         else:
             continue
         if text.strip():
