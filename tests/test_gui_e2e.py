@@ -106,6 +106,17 @@ def drop(target: object, paths: list[Path], at: QPoint) -> tuple[bool, bool]:
     return enter.isAccepted(), dropped.isAccepted()
 
 
+def small_dataset_options(options: OptionsDialog) -> None:
+    """The plain Q&A recipe, four questions per chunk (enough for the tiny model to learn in a walk), and OK."""
+    options.recipe.setCurrentIndex(options.recipe.findData("plain"))
+    options.pairs.setValue(4)
+    options.mix["fact"].setValue(75)
+    for qtype in ("reasoning", "multi_turn"):
+        options.mix[qtype].setValue(0)
+    options.mix["refusal"].setValue(25)
+    options.ok_button.click()
+
+
 def show(window: MainWindow, name: str) -> None:
     """Click the page's entry in the sidebar."""
     item = window.sidebar.item(list(PAGES).index(name))
@@ -204,14 +215,7 @@ def test_from_an_empty_app_to_a_chat_with_the_tuned_model(qtbot, window: MainWin
     dataset.options_button.click()
     options = dataset.options_dialog
     assert isinstance(options, OptionsDialog) and options.isVisible()
-    # The plain Q&A recipe: four questions per chunk are enough for the tiny model to learn in this walk.
-    options.recipe.setCurrentIndex(options.recipe.findData("plain"))
-    options.pairs.setValue(4)
-    options.mix["fact"].setValue(75)
-    for qtype in ("reasoning", "multi_turn"):
-        options.mix[qtype].setValue(0)
-    options.mix["refusal"].setValue(25)
-    options.ok_button.click()
+    small_dataset_options(options)
     assert options.result() == OptionsDialog.DialogCode.Accepted, options.banner.text.text()
     assert "4 questions per chunk" in dataset.options_label.text()
     dataset.generate_button.click()

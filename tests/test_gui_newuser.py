@@ -21,7 +21,18 @@ import pytest
 from PySide6.QtCore import QPoint, Qt
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication, QWidget, QWizard
-from test_gui_e2e import DOCS, LONG_MS, PROJECT, QUESTION, STEP_MS, _private_hf_cache, drop, show, window
+from test_gui_e2e import (
+    DOCS,
+    LONG_MS,
+    PROJECT,
+    QUESTION,
+    STEP_MS,
+    _private_hf_cache,
+    drop,
+    show,
+    small_dataset_options,
+    window,
+)
 
 from slowtune.gui import dataset as dataset_module
 from slowtune.gui import trainwizard as wizard_module
@@ -124,13 +135,7 @@ def test_a_new_user_gets_from_documents_to_a_chat_with_no_developer_text(
         dataset = window.dataset
         options = dataset.open_options()
         assert isinstance(options, OptionsDialog)
-        options.recipe.setCurrentIndex(options.recipe.findData("plain"))
-        options.pairs.setValue(4)
-        options.mix["fact"].setValue(75)
-        for qtype in ("reasoning", "multi_turn"):
-            options.mix[qtype].setValue(0)
-        options.mix["refusal"].setValue(25)
-        options.ok_button.click()
+        small_dataset_options(options)
         assert options.result() == OptionsDialog.DialogCode.Accepted, options.banner.text.text()
         dataset.generate_button.click()
         ask = dataset.model_dialog
