@@ -33,8 +33,8 @@ WINDOW = {
     "3-dataset-ready", "3-dataset",
     "4-train-start", "4-train-wizard-model", "4-train-wizard-data", "4-train-wizard-settings",
     "4-train-wizard-check", "4-train-run", "4-train",
-    "5-chat", "5-chat-compare", "5-chat-eval-ready", "5-chat-eval",
-    "6-export-options", "6-export",
+    "6-chat", "6-chat-compare", "6-chat-eval-ready", "6-chat-eval",
+    "5-export-options", "5-export",
 }
 DIALOGS = {"2-providers-add", "3-dataset-options", "3-dataset-confirm", "preferences", "new-project", "welcome"}
 SIDEBAR_WIDTH = 200  # the window's sidebar; the page is to its right

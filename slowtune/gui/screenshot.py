@@ -303,14 +303,14 @@ def export(tour: Tour, run_dir: Path) -> None:
                "the Export page did not select the run")
     for quant, box in page.quant_boxes.items():
         box.setChecked(quant in ("Q8_0", "Q4_K_M"))
-    tour.grab(window, "6-export-options")
-    export_module.ask = answer_and_grab(tour, "6-export-confirm")
+    tour.grab(window, "5-export-options")
+    export_module.ask = answer_and_grab(tour, "5-export-confirm")
     page.export_button.click()
     tour.wait(lambda: not page.busy(), "the export", JOB_TIMEOUT_S)
     tour.wait_idle("the export job")
     tour.check(page.banner.level != "error" and page.shown_export is not None,
                f"the export failed: {page.banner.text.text()}")
-    tour.grab(window, "6-export")
+    tour.grab(window, "5-export")
 
 
 def training_conversations(project: Any) -> tuple[str | None, list[tuple[str, str]], tuple[str, str]]:
@@ -391,7 +391,7 @@ def chat(tour: Tour) -> None:
         tour.wait(lambda: not page.answering(), "the answer")
         check_learned(tour, page.chat.turns[-1], question, trained)
     tour.wait_idle("the chat")
-    tour.grab(window, "5-chat")
+    tour.grab(window, "6-chat")
 
     page.new_chat()
     tour.page("Export")
@@ -405,7 +405,7 @@ def chat(tour: Tour) -> None:
     tour.wait(lambda: not page.answering(), "the side-by-side answers")
     check_learned(tour, page.chat.turns[-1], question, trained)
     tour.wait_idle("the chat")
-    tour.grab(window, "5-chat-compare")
+    tour.grab(window, "6-chat-compare")
 
     page.tabs.setCurrentIndex(1)
     # The evaluation of the file chatted with, picked in its list as a user does (it offers Q4_K_M first).
@@ -418,12 +418,12 @@ def chat(tour: Tour) -> None:
     tour.check(combo.currentIndex() == index and page.eval_base_combo.currentData() is not None,
                "the evaluation is not of the Q8_0 file beside its base")
     page.eval_tokens.setValue(EVAL_TOKENS)
-    tour.grab(window, "5-chat-eval-ready")
+    tour.grab(window, "6-chat-eval-ready")
     page.run_evaluation()
     tour.wait(lambda: not page.evaluating(), "the evaluation")
     tour.wait_idle("the evaluation job")
     tour.check(not page.scores.isHidden(), f"the evaluation has no report: {page.banner.text.text()}")
-    tour.grab(window, "5-chat-eval")
+    tour.grab(window, "6-chat-eval")
     page.tabs.setCurrentIndex(0)
 
 
