@@ -549,7 +549,7 @@ def test_an_unexpected_error_is_one_sentence_and_a_banner_button_acts(qtbot, ope
     window.library.add_paths([Path(__file__)])
     _wait_idle(qtbot, window)
     banner = window.library.banner
-    assert banner.isVisible() and "failed unexpectedly. Copy the details for a bug report." in banner.text.text()
+    assert banner.text.text() == "Adding documents failed unexpectedly. Copy the details for a bug report."
     assert "KeyError" not in banner.text.text() and "pre_tokenizer" in banner.details.toPlainText()
     assert not [t for t in visible_texts(window) if developer_text(t)]
 
@@ -578,7 +578,8 @@ def test_developer_text_is_recognised() -> None:
         assert not developer_text(text), text
 
 
-def test_no_page_shows_commands_and_copy_as_command_gives_the_pages_command(open_window) -> None:
+def test_no_page_shows_commands_and_copy_as_command_gives_the_pages_command(qtbot, open_window,
+                                                                          tmp_path: Path) -> None:
     window = open_window()
     for row, name in enumerate(PAGES):  # no project: the empty states
         window.show_page(row)
@@ -598,6 +599,22 @@ def test_no_page_shows_commands_and_copy_as_command_gives_the_pages_command(open
             QGuiApplication.clipboard().setText("before")
             window.copy_command_action.trigger()
             assert QGuiApplication.clipboard().text() == (expected[name] or "before"), name
+    # With a folder added and a provider selected, the Library and Providers pages have theirs too.
+    notes = tmp_path / "notes folder"
+    notes.mkdir()
+    (notes / "a.md").write_text("# A\n\nThe ferry is painted saffron.\n", encoding="utf-8")
+    window.library.add_paths([notes])
+    _wait_idle(qtbot, window)
+    from slowtune.teacher import providers as pv
+
+    pv.add_provider("local", "ollama")
+    window.providers.refresh()
+    window.providers.select("local")
+    for name, command in (("Library", f"slowtune ingest '{root}' '{notes}'"),
+                          ("Providers", "slowtune provider test local")):
+        window.show_page(list(PAGES).index(name))
+        window.copy_command_action.trigger()
+        assert QGuiApplication.clipboard().text() == command, name
 
 
 def test_settings_that_cannot_be_read_are_reported_in_the_window(open_window) -> None:

@@ -211,11 +211,12 @@ def test_mistakes_show_in_the_banner_and_keep_the_dialog_open(page: ProvidersPag
     assert dialog.isVisible() and dialog.result() != ProviderDialog.DialogCode.Accepted
     assert page.banner.isVisibleTo(page) and page.banner.level == "error"
     assert "is not valid" in page.banner.text.text() and "is not valid" in dialog.banner.text.text()
-    dialog.provider_id.setText("mine")
+    # (An id no other test uses: the test keyring outlives each test's SLOWTUNE_HOME.)
+    dialog.provider_id.setText("bad-url-server")
     dialog.base_url.setText("ftp://example.com")
     dialog.ok_button.click()
     assert dialog.isVisible() and "Base URL" in page.banner.text.text()
-    assert pv.list_providers() == [] and secrets.get_secret(secrets.provider_key_name("mine")) is None
+    assert pv.list_providers() == [] and secrets.get_secret(secrets.provider_key_name("bad-url-server")) is None
     dialog.reject()
     assert dialog.key.text() == ""
 

@@ -108,6 +108,22 @@ def test_a_sentence_slowtune_raises_itself_reaches_the_user_as_it_is(tmp_path) -
     assert message == "atomic_writer needs a write mode, got 'r'" and "Traceback" in details
 
 
+def test_a_core_error_naming_a_command_says_it_in_the_apps_words(slowtune_home) -> None:
+    from slowtune.gui.widgets import developer_text
+    from slowtune.teacher import providers as pv
+
+    needs = pv.add_provider("oa", "openai")  # a preset that needs a key, and none stored
+    try:
+        pv.make_client(needs, timeout=3)
+    except pv.MissingKeyError as exc:
+        message, details = describe_error(exc, "Generating")
+    else:
+        raise AssertionError("no missing-key error")
+    assert message.startswith("The teacher oa has no API key") and "Providers page" in message
+    assert not developer_text(message) and "slowtune provider" not in message
+    assert "slowtune provider add oa" in details  # the command-line wording stays in the details
+
+
 def test_cancel_stops_the_job_at_its_next_check(qtbot, runner: JobRunner) -> None:
     job = Job("Waiting", _wait_until_cancelled)
     with qtbot.waitSignal(job.progress, timeout=TIMEOUT_MS):

@@ -302,8 +302,11 @@ def test_make_client_has_no_retries_and_a_placeholder_key(teacher: FakeTeacher, 
     assert isinstance(plain, openai.OpenAI) and plain.api_key == pv.NO_KEY_PLACEHOLDER
     plain.close()
     needs = pv.add_provider("oa", "openai")
-    with pytest.raises(pv.ProviderError, match=r"No API key.*SLOWTUNE_KEY_PROVIDER_OA"):
+    with pytest.raises(pv.MissingKeyError, match=r"No API key.*SLOWTUNE_KEY_PROVIDER_OA") as missing:
         pv.make_client(needs, timeout=3)
+    # The command line is told the command; the app gets its own words, with no command in them.
+    assert "slowtune provider add oa" in str(missing.value)
+    assert "Providers page" in missing.value.app_message and "slowtune" not in missing.value.app_message
 
 
 def test_check_ok_lists_models_with_latency(teacher: FakeTeacher, key: str, slowtune_home: Path,

@@ -8,6 +8,7 @@ module reads back (``list_documents``, ``watched_folders``, ``document_chunks``)
 from __future__ import annotations
 
 import html
+import shlex
 from collections import Counter
 from collections.abc import Callable
 from functools import partial
@@ -51,7 +52,7 @@ from slowtune.documents.library import (
 from slowtune.gui.page import Page
 from slowtune.gui.qtcompat import emit
 from slowtune.gui.widgets import RowsTableModel
-from slowtune.gui.workers import Job, JobRunner
+from slowtune.gui.workers import UNEXPECTED, Job, JobRunner
 from slowtune.progress import Progress
 from slowtune.settings import Settings
 from slowtune.store import Project
@@ -435,6 +436,14 @@ class LibraryPage(Page):
         if folder:
             self.add_paths([Path(folder)])
 
+    def command_line(self) -> str | None:
+        """Re-scanning the project's added folders, as a ``slowtune ingest`` command line (Copy as Command); None
+        without a project or an added folder."""
+        if self.project is None:
+            return None
+        folders = [str(f) for f in watched_folders(self.project) if f.is_dir()]
+        return shlex.join(["slowtune", "ingest", str(self.project.root), *folders]) if folders else None
+
     def rescan(self) -> Job | None:
         if self.project is None:
             return None
@@ -473,7 +482,9 @@ class LibraryPage(Page):
         self.banner.show_message(message, level=level, details=details)
 
     def _ingest_failed(self, message: str, details: str) -> None:
-        self.banner.show_message(f"Adding documents stopped: {message}", level="error", details=details)
+        # An unexpected error's message already names the work ("Adding documents failed unexpectedly. …").
+        text = message if message.endswith(UNEXPECTED.format(what="")) else f"Adding documents stopped: {message}"
+        self.banner.show_message(text, level="error", details=details)
 
     def _ingest_cancelled(self) -> None:
         self.banner.show_message("Stopped. The documents read before you cancelled are kept.", level="info")

@@ -9,6 +9,7 @@ A check talks to the network, so it runs in a ``Job`` and its result lands in th
 from __future__ import annotations
 
 import html
+import shlex
 from collections.abc import Callable
 from functools import partial
 
@@ -407,6 +408,11 @@ class ProvidersPage(Page):
             button.setEnabled(provider is not None)
         if provider is not None:
             self.test_button.setEnabled(provider.id not in self.jobs)
+
+    def command_line(self) -> str | None:
+        """Testing the selected provider, as a ``slowtune provider test`` command line (Copy as Command)."""
+        provider = self.selected()
+        return shlex.join(["slowtune", "provider", "test", provider.id]) if provider is not None else None
 
     def selected_id(self) -> str | None:
         rows = self.table.selectionModel().selectedRows()

@@ -55,7 +55,8 @@ def written_for_user(exc: BaseException) -> bool:
 
 
 def describe_error(exc: BaseException, title: str = "") -> tuple[str, str]:
-    """A message a user can read, and the details (type and traceback) for the log and a bug report.
+    """A message a user can read, and the details (type and traceback) for the log and a bug report. A core error
+    may carry an ``app_message``: its words for the app, where its text is for the command line.
 
     ``title`` names the work that failed ("Exporting"), for the message about an unexpected error.
     """
@@ -68,7 +69,8 @@ def describe_error(exc: BaseException, title: str = "") -> tuple[str, str]:
         what = exc.strerror or text or "The file could not be read or written"
         message = f"{what}: {exc.filename}" if exc.filename else what
     elif written_for_user(exc):
-        message = text
+        # A core error whose text names a command says it for the app too (``app_message``).
+        message = str(getattr(exc, "app_message", "") or text)
     else:
         message = UNEXPECTED.format(what=title or "The work")
     return message, details

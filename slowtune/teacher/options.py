@@ -250,7 +250,7 @@ def _check_key(choice: Any) -> None:
 
     provider = choice.provider
     if not provider.in_process and provider.needs_key and not providers.api_key(provider):
-        raise providers.ProviderError(providers.missing_key_message(provider))
+        raise providers.MissingKeyError(provider)
 
 
 def choose_teachers(provider_id: str, model: str | None, *, judge: bool = True, judge_provider: str | None = None,

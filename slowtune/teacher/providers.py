@@ -74,6 +74,17 @@ class NoModelError(ProviderError):
         self.provider_id = provider_id
 
 
+class MissingKeyError(ProviderError):
+    """A provider that needs a key has none. Its text is for the command line (it names the command that stores
+    one); ``app_message`` says the same for the app, where the key is added on the Providers page."""
+
+    def __init__(self, provider: Provider) -> None:
+        super().__init__(missing_key_message(provider))
+        self.provider_id = provider.id
+        self.app_message = (f"The teacher {provider.id} has no API key. On the Providers page, select it, click "
+                            "Edit… and paste the key.")
+
+
 @dataclass(frozen=True)
 class Preset:
     id: str
@@ -535,7 +546,7 @@ def make_client(provider: Provider, *, timeout: float, async_: bool = True) -> A
         raise ProviderError(f"Provider {provider.id!r} runs a GGUF file in-process; it has no HTTP client.")
     key = api_key(provider)
     if provider.needs_key and not key:
-        raise ProviderError(missing_key_message(provider))
+        raise MissingKeyError(provider)
     import openai
 
     cls = openai.AsyncOpenAI if async_ else openai.OpenAI
