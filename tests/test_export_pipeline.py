@@ -108,3 +108,15 @@ def test_an_interrupted_export_leaves_nothing_half_written(trained_run: tuple[Pa
     import gguf
 
     assert len(gguf.GGUFReader(out / "model-F16.gguf").tensors) > 0
+
+
+def test_a_destination_that_cannot_be_a_folder_is_said_in_words(tmp_path: Path) -> None:
+    from slowtune.export.pipeline import ExportFailed, make_destination
+
+    notes = tmp_path / "ferry.md"
+    notes.write_text("a file")
+    with pytest.raises(ExportFailed, match=r"ferry\.md is a file, not a folder\. Choose a folder"):
+        make_destination(notes / "export" / "deeper")
+    assert notes.read_text() == "a file"  # nothing the user had is touched
+    make_destination(tmp_path / "new" / "export")
+    assert (tmp_path / "new" / "export").is_dir()

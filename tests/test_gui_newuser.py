@@ -219,6 +219,7 @@ def test_a_new_user_gets_from_documents_to_a_chat_with_no_developer_text(
     export.export_button.click()
     qtbot.waitUntil(lambda: not export.busy() and not window.runner.active_jobs(), timeout=LONG_MS)
     assert export.banner.level == "error", export.banner.text.text()
+    assert f"{blocked} is a file, not a folder. Choose a folder" in export.banner.text.text()
     no_developer_text(window, "an export to a folder that cannot be written")
     export.destination.setText(str(tmp_path / "exported"))
     export.export_button.click()

@@ -207,7 +207,7 @@ def test_a_gguf_provider_takes_a_file_and_no_key(qtbot, page: ProvidersPage, tmp
 
 
 def test_mistakes_show_in_the_banner_and_keep_the_dialog_open(page: ProvidersPage, key: str) -> None:
-    dialog = add_through_dialog(page, "custom", "Bad Id!", base_url="https://example.com/v1", key=key)
+    dialog = add_through_dialog(page, "custom", "?!", base_url="https://example.com/v1", key=key)
     assert dialog.isVisible() and dialog.result() != ProviderDialog.DialogCode.Accepted
     assert page.banner.isVisibleTo(page) and page.banner.level == "error"
     assert "is not valid" in page.banner.text.text() and "is not valid" in dialog.banner.text.text()
@@ -224,6 +224,13 @@ def test_mistakes_show_in_the_banner_and_keep_the_dialog_open(page: ProvidersPag
     again = add_through_dialog(page, "openai", "openai", key=key)
     assert again.isVisible() and "exists already" in page.banner.text.text()
     again.reject()
+
+
+def test_a_name_as_a_user_writes_it_becomes_the_providers_id(page: ProvidersPage) -> None:
+    dialog = add_through_dialog(page, "custom", "  Local teacher ", base_url="http://127.0.0.1:9/v1")
+    assert dialog.result() == ProviderDialog.DialogCode.Accepted, dialog.banner.text.text()
+    assert [p.id for p in pv.list_providers()] == ["local-teacher"]
+    assert pv.id_from_name("Mistral (work) · EU") == "mistral-work-eu" and pv.id_from_name("?!") == "?!"
 
 
 class RefusingKeyring(KeyringBackend):

@@ -690,3 +690,21 @@ def test_retry_after_pauses_every_call_not_only_the_one_that_got_it() -> None:
         return time.monotonic() - start
 
     assert asyncio.run(scenario()) >= 0.25
+
+
+def test_a_small_corpus_never_holds_out_more_than_its_share(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user's three notes: the hash put two of the three chunks under the 10% line, and the model never saw two of
+    the three documents (a new-user walk, issue 20). At most the share, rounded and at least one, is held out."""
+    from slowtune.teacher import pipeline
+
+    drawn = {"a": 0.098, "b": 0.097, "c": 0.25, "d": 0.05, "e": 0.6}
+    monkeypatch.setattr(pipeline, "_split_fraction", lambda chunk_id: drawn[chunk_id])
+    with Project.create(tmp_path / "notes") as project:
+        splits = pipeline.assign_splits(project, ["a", "b", "c"], 0.1)
+        assert splits == {"a": "train", "b": "valid", "c": "train"}  # the one drawn lowest is held out
+        # Splits are kept; new chunks count against the share too (5 chunks at 10%: still one held out).
+        assert pipeline.assign_splits(project, ["a", "b", "c", "d", "e"], 0.1) == {
+            "a": "train", "b": "valid", "c": "train", "d": "train", "e": "train"}
+        # A larger share holds out more (7 chunks at 30%: two).
+        drawn.update(f=0.01, g=0.02)
+        assert list(pipeline.assign_splits(project, ["f", "g"], 0.3).values()) == ["valid", "train"]

@@ -27,6 +27,22 @@ class ExportFailed(RuntimeError):
     pass
 
 
+def make_destination(out_dir: Path) -> None:
+    """Create the export folder, or say in words why it cannot be: a part of its path is a file, or the folder cannot
+    be written (the message names the path and what to do)."""
+    for part in [out_dir, *out_dir.parents]:
+        if part.exists():
+            if not part.is_dir():
+                raise ExportFailed(f"The export cannot go to {out_dir}: {part} is a file, not a folder. Choose a "
+                                   "folder for the files.")
+            break
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except PermissionError:
+        raise ExportFailed(f"The export cannot go to {out_dir}: this account may not write there. Choose a folder "
+                           "you can write to, such as one in your home folder.") from None
+
+
 @dataclass
 class ExportResult:
     out_dir: Path
@@ -149,7 +165,7 @@ def export_run(adapter_or_run: Path, out_dir: Path, *, model: Path | None = None
     quants = parse_quant_types(",".join(quants or ["Q4_K_M"]))
     adapter, base = _adapter_and_base(Path(adapter_or_run), model)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_destination(out_dir)
     work = out_dir / f".work-{int(time.time())}"
     files: dict[str, Path] = {}
     try:
@@ -254,7 +270,7 @@ def export_lora_only(adapter_or_run: Path, out_dir: Path, *, model: Path | None 
     run_dir = Path(adapter_or_run)
     checkpoint = chosen_checkpoint(run_dir) if (run_dir / RUN_JSON).exists() else None
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_destination(out_dir)
     work = out_dir / f".work-{int(time.time())}"
     files: dict[str, Path] = {}
     try:

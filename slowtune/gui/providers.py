@@ -247,7 +247,7 @@ class ProviderDialog(QDialog):
         gguf = self.preset_id == "gguf"
         key = self.key.text().strip() if self.form.isRowVisible(self.key) else ""
         return {
-            "provider_id": self.provider_id.text().strip(),
+            "provider_id": pv.id_from_name(self.provider_id.text()),  # "Local teacher" is local-teacher
             "preset": self.preset_id,
             "base_url": (self.base_url.text().strip() or None) if self.preset_id == "custom" else None,
             "model": (self.gguf_path.text().strip() if gguf else self.model.currentText().strip()) or None,

@@ -231,6 +231,13 @@ def assign_splits(project: Project, chunk_ids: list[str], valid_fraction: float)
             fresh[min(new, key=_split_fraction)] = "valid"
         if "train" not in {**known, **fresh}.values() and len(new) >= 1 and len(every) >= 2:
             fresh[max(new, key=_split_fraction)] = "train"
+        # ... or, as luck has it, far more than its share: two of a three-document corpus held out, so the model
+        # never sees two of the three documents. At most the share (rounded, at least one) is held out; the new
+        # chunks drawn last go back to training.
+        allowed = max(1, round(valid_fraction * len(every)))
+        extra = sum(1 for s in {**known, **fresh}.values() if s == "valid") - allowed
+        for c in sorted((c for c in new if fresh[c] == "valid"), key=_split_fraction, reverse=True)[:max(0, extra)]:
+            fresh[c] = "train"
         now = time.time()
         with project.transaction() as conn:
             conn.executemany("INSERT OR IGNORE INTO chunk_splits(chunk_id, split, assigned_at) VALUES (?, ?, ?)",

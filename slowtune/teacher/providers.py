@@ -291,6 +291,13 @@ def get_provider(provider_id: str) -> Provider:
 # Validation
 
 
+def id_from_name(name: str) -> str:
+    """A provider id from a name a user typed: "Local teacher" is ``local-teacher`` (lowercase; any run of other
+    characters a dash; at most 40). What cannot become an id is returned as typed, for :func:`validate_id` to name."""
+    slug = re.sub(r"[^a-z0-9_]+", "-", name.strip().lower()).strip("-")[:40].strip("-")
+    return slug or name.strip()
+
+
 def validate_id(provider_id: str) -> str:
     if not isinstance(provider_id, str) or not _ID_RE.match(provider_id):
         raise ProviderError(
