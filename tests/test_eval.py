@@ -247,8 +247,10 @@ def test_report_math_by_f1() -> None:
     assert [(r.probe_id, r.delta) for r in c.biggest_regressions] == [(3, -0.4)]
     assert c.biggest_regressions[0].answer == "tuned answer 3"
     assert c.biggest_regressions[0].other_answer == "base answer 3"
-    assert report.headline == ("Tuned beats base on 2 of 4 probes (base is better on 1); F1 0.53 vs 0.40, "
-                               "refusals 1/1 vs 0/1.")
+    assert report.headline == (
+        "Tuned beats base on 2 of 4 questions about the documents (3 about facts, 1 that should be refused); base "
+        "is better on 1. Tuned vs base: word overlap with the reference 0.53 vs 0.40, refused 1 of 1 vs 0 of 1.")
+    assert "F1" not in report.headline
     docs = {d.document: d for d in report.documents}
     assert docs["A"].scores["tuned"]["score"] == pytest.approx(0.7) and docs["A"].delta == pytest.approx(0.4)
     assert docs["B"].scores["base"]["score"] == pytest.approx(0.3) and docs["B"].delta == pytest.approx(0.3)
@@ -269,14 +271,16 @@ def test_report_math_by_judge_orders_wins_by_grade() -> None:
     assert c.biggest_regressions == [] and (c.wins, c.losses, c.ties) == (3, 0, 1)
     assert report.summary("tuned").judge_mean == pytest.approx(17 / 4)
     assert c.deltas["judge_mean"] == pytest.approx(17 / 4 - 8 / 4)
-    assert "judge 4.2 vs 2.0 of 5" in report.headline
+    assert "the judge's grade 4.2 vs 2.0 of 5" in report.headline
     assert "Tuned (judge 5/5)" in report.to_markdown()
 
 
 def test_report_without_base_and_results_that_do_not_match_probes() -> None:
     report = build_report("demo", HAND_PROBES, {"tuned": _hand_results()["tuned"]})
     assert report.comparison is None
-    assert report.headline == "Tuned model on 4 probes: F1 0.53, key facts 0.53, refusals 1/1 correct."
+    assert report.headline == ("The tuned model on 4 questions about the documents (3 about facts, 1 that should be "
+                               "refused): word overlap with the reference 0.53, key facts recalled 0.53, refused 1 of "
+                               "1.")
     with pytest.raises(ValueError, match="one to one"):
         build_report("demo", HAND_PROBES, {"tuned": _hand_results()["tuned"][:3]})
 
@@ -286,7 +290,7 @@ def test_open_book_advice_says_when_retrieval_beats_tuning() -> None:
     results["base_open_book"] = [_result(p, "base_open_book", f1=0.95) for p in (1, 2, 3)]
     results["base_open_book"].append(_result(4, "base_open_book", refused=True))
     report = build_report("demo", HAND_PROBES, results)
-    assert any("Retrieval would serve better than tuning" in n and "F1 0.95" in n for n in report.notes)
+    assert any("Retrieval would serve better than tuning" in n and "overlap with the reference of 0.95" in n for n in report.notes)
     assert "Retrieval would serve better" in report.to_markdown()
     # A small gap is no reason to recommend retrieval.
     results["base_open_book"] = [_result(p, "base_open_book", f1=0.55) for p in (1, 2, 3)]
@@ -299,8 +303,9 @@ def test_open_book_advice_says_when_retrieval_beats_tuning() -> None:
         results[variant] = [_result(p, variant, f1=0.1) for p in (1, 2, 3)] + [_result(4, variant, refused=False)]
     report = build_report("demo", HAND_PROBES, results)
     assert [n for n in report.notes if "retrieval" in n] == [
-        "Neither retrieval nor tuning works well yet: the base model reaches F1 0.10 with the source excerpt in "
-        "its prompt, the tuned model F1 0.10 without it."]
+        "Neither retrieval nor tuning works well yet: the base model reaches a word overlap with the reference of "
+        "0.10 with the source excerpt in its prompt, the tuned model a word overlap with the reference of 0.10 "
+        "without it."]
 
 
 def test_headline_says_who_is_better() -> None:
@@ -310,11 +315,14 @@ def test_headline_says_who_is_better() -> None:
                    "base": [_result(i, "base", f1=f) for i, f in enumerate(base)]}
         return build_report("demo", probes, results).headline
 
-    assert headline([0.5, 0.9, 0.1], [0.2, 0.3, 0.1]) == "Tuned beats base on 2 of 3 probes; F1 0.50 vs 0.20."
+    assert headline([0.5, 0.9, 0.1], [0.2, 0.3, 0.1]) == (
+        "Tuned beats base on 2 of 3 questions about the documents. Tuned vs base: word overlap with the reference "
+        "0.50 vs 0.20.")
     assert headline([0.1, 0.1, 0.4], [0.2, 0.3, 0.1]).startswith(
-        "Tuned does not beat base: better on 1 of 3 probes, worse on 2")
-    assert headline([0.5, 0.1], [0.2, 0.3]).startswith("Tuned and base are even: each is better on 1 of 2 probes")
-    assert headline([0.0, 0.0], [0.0, 0.0]).startswith("Tuned and base score the same on all 2 probes")
+        "Tuned does not beat base: better on 1 of 3 questions about the documents, worse on 2")
+    assert headline([0.5, 0.1], [0.2, 0.3]).startswith(
+        "Tuned and base are even: each is better on 1 of 2 questions about the documents")
+    assert headline([0.0, 0.0], [0.0, 0.0]).startswith("Tuned and base score the same on all 2 questions about")
 
 
 # --- a project with probes --------------------------------------------------------------------------------
@@ -479,7 +487,9 @@ def test_judge_grades_every_answer_and_a_second_run_is_served_from_the_cache(
     assert all(r.judge_score == 1 for r in report.results["base"])
     c = report.comparison
     assert c is not None and (c.wins, c.losses) == (n, 0)
-    assert report.headline.startswith(f"Tuned beats base on {n} of {n} probes; F1 1.00 vs 0.00, judge 5.0 vs 1.0 of 5")
+    assert report.headline.startswith(f"Tuned beats base on {n} of {n} questions about the documents ({n - 1} about "
+                                      "facts, 1 that should be refused). Tuned vs base: word overlap with the "
+                                      "reference 1.00 vs 0.00, the judge's grade 5.0 vs 1.0 of 5")
     grade_calls = math.ceil(n / 10) * 2  # ten answers a call, per model
     assert server.stats()["by_task"] == {"grade": grade_calls}
     assert report.judge is not None and (report.judge["calls"], report.judge["cached"]) == (grade_calls, 0)
@@ -580,7 +590,7 @@ def test_cli_runs_and_saves(project: Project, ggufs: dict[str, Path], capsys: py
     assert Path(data["saved"], "report.json").is_file() and "Report saved in" in err
     assert _cli(*argv) == 0
     out = capsys.readouterr().out
-    assert out.startswith("# Evaluation on 3 held-out probes — Town notes") and "\n**Tuned " in out
+    assert out.startswith("# Evaluation on 3 questions about the documents — Town notes") and "\n**Tuned " in out
     assert "Report saved in" in out and len(list_reports(project)) == 2
 
 

@@ -18,7 +18,7 @@ from slowtune.eval import command as eval_command
 from slowtune.eval.axes import EvalAxes, spread_items
 from slowtune.eval.pipeline import evaluate
 from slowtune.eval.probes import EvalError, load_probes
-from slowtune.eval.report import axes_of, latest_report, list_reports, save_report
+from slowtune.eval.report import axes_of, headline_tone, latest_report, list_reports, save_report
 from slowtune.progress import Cancelled, Progress, ProgressEvent
 from slowtune.quality import QualityItem
 from slowtune.store import Project
@@ -230,6 +230,74 @@ def test_near_miss_probes_are_leakage_questions_not_knowledge(project: Project) 
     project.conn.commit()
     with pytest.raises(EvalError, match="only questions about things the documents do not mention"):
         load_probes(project)
+
+
+# --- the headline -----------------------------------------------------------------------------------------
+
+PARKING_Q = "What does parking at the bakery cost?"
+
+
+def _with_refusal_probe(project: Project) -> None:
+    """A held-out question the documents do not answer (it should be refused), beside the one about a fact."""
+    chunk = project.conn.execute("SELECT id, document_id FROM chunks ORDER BY document_id, ord").fetchone()
+    add_rows(project, [DatasetRow(
+        messages=[{"role": "user", "content": PARKING_Q},
+                  {"role": "assistant", "content": "The documents do not cover that."}],
+        split="probe", provenance=Provenance(document_id=chunk["document_id"], chunk_id=chunk["id"],
+                                             qtype="refusal"))])
+
+
+def test_the_headline_leads_with_the_damage_and_reads_as_a_win_only_without_it(project: Project) -> None:
+    _with_refusal_probe(project)
+    base = {**BASE_ANSWERS, PARKING_Q: "Parking costs two euros an hour."}
+    # Learned the documents (the fact, and refusing the question they do not answer) but forgot every general
+    # question and answers questions about things the documents never mention with their names and numbers.
+    damaged = {KNOWLEDGE_Q: KNOWLEDGE_A, NEAR_MISS_Q: "It is forty-two metres tall.",
+               "Who founded the Zorvath observatory?": "Marlow founded it in 1952."}
+    report = _run(project, damaged, base)
+    assert report.axes is not None and report.axes.damaged
+    assert report.axes.retention_fell and report.axes.leakage_rose
+    assert report.headline == (
+        "The tuned model learned the documents but lost most of what it knew: it still answers 0 of 3 general "
+        "questions the base answered right, and answers 2 of 3 questions about things the documents never mention "
+        "with the documents' names or numbers (the base: 0). On the 2 questions about the documents (1 about facts, "
+        "1 that should be refused), it is better than the base on 2 of 2; tuned vs base: word overlap with the "
+        "reference 1.00 vs 0.00, refused 1 of 1 vs 0 of 1.")
+    assert "beats" not in report.headline and "F1" not in report.headline
+    # The counts add up: the knowledge axis counts the 1 question about facts, the refusal figures the other.
+    assert report.axes.tuned.counts["knowledge"] == 1 and report.summary().refusal_probes == 1
+    assert report.summary().probes == 2
+    # Saved and read back, the page is told to show it as a warning.
+    folder = save_report(project, report)
+    saved = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    assert saved["headline"] == report.headline and headline_tone(saved) == "damaged"
+    assert f"**{report.headline}**" in (folder / "report.md").read_text(encoding="utf-8")
+
+    # Only the damage to what it knew: said alone, as "some" when it keeps at least half.
+    forgot_one = {**BASE_ANSWERS, KNOWLEDGE_Q: KNOWLEDGE_A, "What is 7 times 6?": "7 times 6 is 48."}
+    report = _run(project, forgot_one, base)
+    assert report.headline.startswith(
+        "The tuned model learned the documents but lost some of what it knew: it still answers 2 of 3 general "
+        "questions the base answered right. On the 2 questions")
+    # Only leakage, and no base to compare with: the limit is enough.
+    report = _run(project, {**damaged, **BASE_ANSWERS}, None)
+    assert report.headline.startswith(
+        "The tuned model invents answers from the documents: it answers 2 of 3 questions about things the documents "
+        "never mention with the documents' names or numbers. On the 2 questions about the documents (1 about facts, "
+        "1 that should be refused), word overlap with the reference 1.00, key facts recalled 1.00, refused 1 of 1.")
+
+    # Nothing damaged: a plain win, with what it kept.
+    fine = {**BASE_ANSWERS, KNOWLEDGE_Q: KNOWLEDGE_A}
+    report = _run(project, fine, base)
+    assert report.axes is not None and not report.axes.damaged
+    assert report.headline == (
+        "Tuned beats base on 2 of 2 questions about the documents (1 about facts, 1 that should be refused). Tuned "
+        "vs base: word overlap with the reference 1.00 vs 0.00, refused 1 of 1 vs 0 of 1. It kept 3 of the 3 general "
+        "questions the base answered right.")
+    assert headline_tone(report.to_json()) == "better"
+    # Not better than the base, nothing damaged: neither a warning nor a success.
+    report = _run(project, {**BASE_ANSWERS, PARKING_Q: "Parking costs two euros an hour."}, base)
+    assert report.headline.startswith("Tuned and base score the same") and headline_tone(report.to_json()) == ""
 
 
 # --- the run ----------------------------------------------------------------------------------------------

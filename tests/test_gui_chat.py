@@ -109,6 +109,31 @@ def _page(qtbot, runner: JobRunner, project: Project | None) -> ChatPage:
     return page
 
 
+def visible_texts(page: ChatPage) -> list[str]:
+    """Every text a user can see on the page as it is: labels (as plain text), buttons, tables' titles and cells,
+    and the report below them."""
+    from PySide6.QtGui import QTextDocument
+    from PySide6.QtWidgets import QAbstractButton, QLabel, QTableWidget, QTextBrowser
+
+    texts: list[str] = []
+    for label in page.findChildren(QLabel):
+        if label.isVisibleTo(page) and label.text():
+            doc = QTextDocument()
+            doc.setHtml(label.text())
+            texts.append(doc.toPlainText())
+    texts += [b.text() for b in page.findChildren(QAbstractButton) if b.isVisibleTo(page) and b.text()]
+    for table in page.findChildren(QTableWidget):
+        if not table.isVisibleTo(page):
+            continue
+        for i in range(table.columnCount()):
+            texts.append(table.horizontalHeaderItem(i).text())
+        for r in range(table.rowCount()):
+            texts.append(table.verticalHeaderItem(r).text())
+            texts += [table.item(r, c).text() for c in range(table.columnCount()) if table.item(r, c) is not None]
+    texts += [b.toPlainText() for b in page.findChildren(QTextBrowser) if b.isVisibleTo(page)]
+    return texts
+
+
 @pytest.fixture
 def project(project_root: Path) -> Iterator[Project]:
     with Project.open(project_root) as opened:
@@ -235,7 +260,7 @@ def test_empty_states_say_what_to_do(qtbot, runner: JobRunner, tmp_path: Path) -
         assert "Export" in page.transcript.placeholder.text()
         assert "Terminal" not in page.transcript.placeholder.text() and "--" not in page.eval_about.text()
         assert page.command_line() is None  # no model chosen: nothing to copy as a command
-        assert "no held-out probes yet" in page.eval_empty.text() and "Dataset" in page.eval_empty.text()
+        assert "no questions kept out of training yet" in page.eval_empty.text() and "Dataset" in page.eval_empty.text()
         assert not page.send_button.isEnabled()
         page.set_project(None)
 
@@ -515,7 +540,8 @@ def test_evaluation_scores_tuned_and_base_side_by_side_and_keeps_the_report(
     with Project.open(probes_project) as project:
         page = _page(qtbot, runner, project)
         page.tabs.setCurrentIndex(1)
-        assert "4 held-out probes" in page.eval_empty.text()
+        assert ("4 questions about the documents (3 about facts, 1 that should be refused) kept out of training"
+                in page.eval_empty.text())
         assert page.eval_model_combo.currentText() == "Tuned · run 2025-02-02 10:00 · Q4_K_M"
         assert page.eval_base_combo.currentText() == "Base · run 2025-02-02 10:00 · Tiny-Base-0.1B"
         assert page.scores.isHidden() and page.axes_table.isHidden()  # no report yet
@@ -532,7 +558,7 @@ def test_evaluation_scores_tuned_and_base_side_by_side_and_keeps_the_report(
         saved = json.loads((folders[0] / "report.json").read_text(encoding="utf-8"))
         tuned, base = saved["summaries"]["tuned"], saved["summaries"]["base"]
         assert tuned["probes"] == base["probes"] == 4
-        assert any(s.startswith("Answering probes") for s in statuses)
+        assert any(s.startswith("Answering the questions about the documents") for s in statuses)
         assert any(s.startswith("Answering general questions") for s in statuses)
         # The three axes, tuned and base side by side.
         axes = saved["axes"]
@@ -544,11 +570,12 @@ def test_evaluation_scores_tuned_and_base_side_by_side_and_keeps_the_report(
         assert axes["lines"][0] in page.axes_text.text()
         assert page.scores.cell_text("Model", "Tuned") == "model-Q4_K_M.gguf"
         assert page.scores.cell_text("Model", "Base") == "base-F16.gguf"
-        assert page.scores.cell_text("Token F1", "Tuned") == f"{tuned['f1']:.2f}"
-        assert page.scores.cell_text("Token F1", "Base") == f"{base['f1']:.2f}"
+        assert page.scores.cell_text("Word overlap with the reference", "Tuned") == f"{tuned['f1']:.2f}"
+        assert page.scores.cell_text("Word overlap with the reference", "Base") == f"{base['f1']:.2f}"
         assert page.scores.cell_text("Key-fact recall", "Base") == f"{base['key_fact_recall']:.2f}"
         assert page.scores.cell_text("Refusals correct", "Tuned") == f"{tuned['refusals_correct']}/1"
-        assert page.scores.cell_text("Token F1", "Tuned − base") == f"{tuned['f1'] - base['f1']:+.2f}"
+        assert page.scores.cell_text("Word overlap with the reference", "Tuned − base") == (
+            f"{tuned['f1'] - base['f1']:+.2f}")
         assert saved["headline"] in page.eval_headline.text()
         assert str(folders[0]) in page.eval_saved.text()
         assert "Biggest wins" in page.eval_report.toPlainText()
@@ -557,8 +584,8 @@ def test_evaluation_scores_tuned_and_base_side_by_side_and_keeps_the_report(
 
         # Another time: the latest saved report is shown straight away.
         again = _page(qtbot, runner, project)
-        assert again.eval_headline.text().startswith("<b>Latest report")
-        assert again.scores.cell_text("Token F1", "Base") == f"{base['f1']:.2f}"
+        assert "<b>Latest report" in again.eval_headline.text()
+        assert again.scores.cell_text("Word overlap with the reference", "Base") == f"{base['f1']:.2f}"
         page.set_project(None)
         again.set_project(None)
 
@@ -589,13 +616,27 @@ def test_the_evaluation_tab_shows_the_three_axes_of_a_saved_report(qtbot, runner
         save_report(project, report)
         page = _page(qtbot, runner, project)
         page.tabs.setCurrentIndex(1)
-        assert "4 held-out probes" in page.eval_empty.text()
+        assert "4 questions about the documents (3 about facts, 1 that should be refused)" in page.eval_empty.text()
         assert not page.axes_table.isHidden() and not page.axes_text.isHidden()
         assert page.axes_table.cell_text("Knowledge", "Base") == "0.00 (3 questions)"
         assert page.axes_table.cell_text("Retention", "Tuned") == "0.33 (1 of 3 kept)"
         assert page.axes_table.cell_text("Retention", "Base") == "3 of 3 right"
         assert page.axes_table.cell_text("Leakage", "Tuned") == "0.50 (1 of 2)"
         assert page.axes_table.cell_text("Leakage", "Base") == "0.00 (0 of 2)"
+        # The headline leads with the damage, in the warning colour, not as a success.
+        headline = page.eval_headline.text()
+        assert page.eval_headline.property("tone") == "damaged"
+        assert f"color:{page_module.WARNING_COLOR}" in headline and page_module.SUCCESS_COLOR not in headline
+        assert "beats" not in headline
+        assert ("⚠ Latest report") in headline  # the scripted tuned model learned nothing either
+        assert ("did not learn the documents better than the base, and lost most of what it knew: it still answers 1 "
+                "of 3 general questions the base answered right, and answers 1 of 2 questions about things the "
+                "documents never mention") in headline
+        assert headline.index("lost most of what it knew") < headline.index("better than the base on")
+        # The words on the page are a user's: no F1, no "exact match", no "greedily".
+        shown = visible_texts(page)
+        assert shown and not [t for t in shown if "F1" in t or "Exact match" in t or "greedily" in t]
+        assert "Word overlap with the reference" in shown and "Exactly right" in shown
         text = page.axes_text.text()
         assert "Retention: kept 1 of the 3 general questions the base answered right (0.33)." in text
         assert "The tuned model has lost some of what it knew" in text
@@ -610,7 +651,7 @@ def test_the_evaluation_tab_shows_the_three_axes_of_a_saved_report(qtbot, runner
         (folder / "report.json").write_text(json.dumps(data), encoding="utf-8")
         page.refresh()
         assert page.axes_table.isHidden() and page.axes_text.isHidden() and not page.scores.isHidden()
-        assert page.eval_headline.text().startswith("<b>Latest report")
+        assert "<b>Latest report" in page.eval_headline.text()
         page.set_project(None)
 
 

@@ -42,6 +42,8 @@ __all__ = [
     "AxisRecord",
     "EvalAxes",
     "answer_items",
+    "leakage_rose",
+    "retention_fell",
     "score_axes",
     "spread_items",
 ]
@@ -272,6 +274,46 @@ class EvalAxes:
             return "–" if s.leakage is None else f"{s.leakage:.2f} ({c.get('leaked', 0)} of {c.get('leakage', 0)})"
         raise ValueError(f"unknown axis {axis!r}")
 
+    @property
+    def retention_fell(self) -> bool:
+        """The tuned model keeps too little of what the base knew (see :func:`retention_fell`)."""
+        return retention_fell(self.tuned)
+
+    @property
+    def leakage_rose(self) -> bool:
+        """The tuned model answers too many questions about things the documents do not mention with their facts."""
+        return leakage_rose(self.tuned, self.base)
+
+    @property
+    def damaged(self) -> bool:
+        """Tuning damaged the model: it lost what it knew, or it invents answers with the documents' facts."""
+        return self.retention_fell or self.leakage_rose
+
+    def damage_words(self) -> str:
+        """What tuning damaged, in words for the start of a headline ('' when nothing): "lost most of what it knew:
+        it still answers 0 of 6 general questions the base answered right, and answers 4 of 7 questions about things
+        the documents never mention with the documents' names or numbers"."""
+        t = self.tuned.counts
+        retention = leakage = ""
+        if self.retention_fell:
+            assert self.tuned.retention is not None
+            amount = "most" if self.tuned.retention < 0.5 else "some"
+            retention = (f"it still answers {t.get('kept', 0)} of {_questions(t.get('retention', 0), 'general')} the "
+                         "base answered right")
+            retention = f"lost {amount} of what it knew: {retention}"
+        if self.leakage_rose:
+            base = self.base.counts if self.base is not None and self.base.leakage is not None else None
+            leakage = (f"{t.get('leaked', 0)} of {_questions(t.get('leakage', 0))} about things the documents never "
+                       "mention with the documents' names or numbers"
+                       + (f" (the base: {base.get('leaked', 0)})" if base is not None else ""))
+        if retention and leakage:
+            return f"{retention}, and answers {leakage}"
+        if retention:
+            return retention
+        if leakage:
+            return f"invents answers from the documents: it answers {leakage}"
+        return ""
+
     def to_json(self) -> dict[str, Any]:
         return {
             "tuned": _scores_json(self.tuned),
@@ -419,10 +461,25 @@ def _lines(tuned: AxisScores, base: AxisScores | None) -> list[str]:
     return [knowledge, retention, leakage]
 
 
+def retention_fell(tuned: AxisScores) -> bool:
+    """Whether the tuned model lost what it knew: it keeps less than :data:`~slowtune.quality.RETENTION_TARGET` of
+    the general questions the base answered right (False when retention was not measured)."""
+    return tuned.retention is not None and tuned.retention < RETENTION_TARGET
+
+
+def leakage_rose(tuned: AxisScores, base: AxisScores | None) -> bool:
+    """Whether the tuned model invents answers with the documents' facts: more than
+    :data:`~slowtune.quality.LEAKAGE_LIMIT` of the questions about things the documents do not mention, and more than
+    the base (when the base was asked)."""
+    base_leakage = base.leakage if base is not None else None
+    return tuned.leakage is not None and tuned.leakage > LEAKAGE_LIMIT and (
+        base_leakage is None or tuned.leakage > base_leakage)
+
+
 def _warnings(tuned: AxisScores, base: AxisScores | None, examples: Sequence[AxisExample]) -> list[str]:
     warnings = []
     t = tuned.counts
-    if tuned.retention is not None and tuned.retention < RETENTION_TARGET:
+    if retention_fell(tuned):
         lost = t["retention"] - t["kept"]
         text = (f"The tuned model has lost some of what it knew: of the {_questions(t['retention'], 'general')} the "
                 f"base answered right, it now gets {lost} wrong ({tuned.retention:.2f} kept, below "
@@ -432,8 +489,7 @@ def _warnings(tuned: AxisScores, base: AxisScores | None, examples: Sequence[Axi
             text += _sentence(f" Asked '{quote(first.question)}', it now says {_said(AxisAnswer(first.answer))}")
         warnings.append(text)
     base_leakage = base.leakage if base is not None else None
-    if tuned.leakage is not None and tuned.leakage > LEAKAGE_LIMIT and (
-            base_leakage is None or tuned.leakage > base_leakage):
+    if leakage_rose(tuned, base):
         text = (f"The tuned model invents answers with the documents' facts: {t['leaked']} of "
                 f"{_questions(t['leakage'])} about things the documents do not mention got their names or numbers "
                 f"({tuned.leakage:.2f}, above {LEAKAGE_LIMIT:.2f}"

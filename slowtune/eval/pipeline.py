@@ -236,7 +236,7 @@ def evaluate(project: Project, model: ChatModel, *, base: ChatModel | None = Non
                 "judge_seconds": round(time.time() - started, 2) if judge is not None else None}
     # The judge's grades rank the probes when there are any; when every judge call failed, F1 does.
     report = build_report(project.name, probes, results, models=models, settings=settings, judge=judge)
-    report.axes = _axes(report, retention, leaked, axis_settings)
+    report.set_axes(_axes(report, retention, leaked, axis_settings))
     return report
 
 

@@ -19,7 +19,8 @@ from slowtune.quality import LEAKAGE_QTYPE, QualityItem
 from slowtune.scoring import is_refusal
 from slowtune.store import Project
 
-__all__ = ["LABELS", "VARIANTS", "EvalError", "Probe", "load_probes", "near_miss_items", "open_book_messages"]
+__all__ = ["LABELS", "VARIANTS", "EvalError", "Probe", "load_probes", "near_miss_items", "open_book_messages",
+           "probe_counts"]
 
 # The four ways a probe can be answered; the report keeps this order everywhere.
 VARIANTS = ("tuned", "base", "tuned_open_book", "base_open_book")
@@ -126,6 +127,23 @@ def load_probes(project: Project, limit: int | None = None) -> list[Probe]:
     if limit is not None and limit < len(probes):
         probes = _spread(probes, limit)
     return probes
+
+
+def probe_counts(project: Project) -> tuple[int, int]:
+    """The held-out probes of ``project`` as the report counts them: (questions about the documents' facts,
+    questions the documents do not answer, which should be refused). Near-miss questions are not among them."""
+    from slowtune.dataset import rows
+
+    facts = refused = 0
+    for row in rows(project, split="probe"):
+        messages = row.messages
+        if row.provenance.qtype == LEAKAGE_QTYPE or not messages or messages[-1]["role"] != "assistant":
+            continue
+        if is_refusal(messages[-1]["content"]):
+            refused += 1
+        else:
+            facts += 1
+    return facts, refused
 
 
 def near_miss_items(project: Project) -> list[QualityItem]:

@@ -34,6 +34,7 @@ __all__ = [
     "axes_of",
     "build_report",
     "compare",
+    "headline_tone",
     "latest_report",
     "list_reports",
     "probe_score",
@@ -254,6 +255,11 @@ class EvalReport:
     def summary(self, variant: str = "tuned") -> ModelSummary:
         return self.summaries[variant]
 
+    def set_axes(self, axes: EvalAxes | None) -> None:
+        """Attach the three axes, and write the headline again: it leads with what tuning damaged."""
+        self.axes = axes
+        self.headline = _headline(self.summaries, self.comparison, self.metric, axes)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "project": self.project,
@@ -279,12 +285,12 @@ class EvalReport:
             return f"judge {1 + 4 * value:.0f}/5"
         if probe_refusal:
             return "refused" if value >= 1 else "did not refuse"
-        return f"F1 {value:.2f}"
+        return f"word overlap {value:.2f}"
 
     def to_markdown(self) -> str:
         variants = [v for v in VARIANTS if v in self.summaries]
         judged = any(s.judged for s in self.summaries.values())
-        lines = [f"# Evaluation on {len(self.probes)} held-out probes — {self.project}", "",
+        lines = [f"# Evaluation on {_plural(len(self.probes), 'question')} about the documents — {self.project}", "",
                  f"**{self.headline}**", ""]
         lines += [f"{note}" for note in self.notes]
         if self.notes:
@@ -292,7 +298,7 @@ class EvalReport:
         if self.axes is not None:
             lines += self.axes.to_markdown()
         lines += ["## Scores", ""]
-        head = ["Model", "Exact", "F1", "Key facts", "Refusals correct", "False refusals"]
+        head = ["Model", "Exactly right", "Word overlap", "Key facts", "Refusals correct", "False refusals"]
         head += ["Judge (1–5)"] if judged else []
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for v in variants:
@@ -311,14 +317,15 @@ class EvalReport:
             if judged:
                 row.append(_signed(d["judge_mean"], 1))
             lines.append("| " + " | ".join(row) + " |")
-        lines += ["", "Exact, F1 and key facts are over the probes the documents answer; refusals over the "
-                  "\"not in the documents\" probes (higher is better); false refusals: answerable probes the "
-                  "model refused (lower is better).", ""]
+        lines += ["", "Exactly right, word overlap (with the reference answer) and key facts are over the questions "
+                  "the documents answer; refusals over the questions they do not answer, which should be refused "
+                  "(higher is better); false refusals: questions the documents answer that the model refused (lower "
+                  "is better).", ""]
 
         if len(self.documents) > 1 or c is not None:
             name = "judge (1–5)" if self.metric == "judge" else "score"
             lines += ["## By document", ""]
-            head = ["Document", "Probes"] + [f"{LABELS[v]} {name}" for v in variants] + (["Change"] if c else [])
+            head = ["Document", "Questions"] + [f"{LABELS[v]} {name}" for v in variants] + (["Change"] if c else [])
             lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
             for doc in self.documents:
                 cells = []
@@ -330,7 +337,8 @@ class EvalReport:
                                                + ([_signed(delta, 1 if self.metric == "judge" else 2)] if c else []))
                              + " |")
             if self.metric != "judge":
-                lines += ["", "Score: F1 on answerable probes, 1 or 0 on refusal probes (refused or not)."]
+                lines += ["", "Score: word overlap with the reference on the questions the documents answer, 1 or 0 "
+                          "on the questions that should be refused (refused or not)."]
             lines.append("")
 
         if c is not None:
@@ -352,7 +360,8 @@ class EvalReport:
         for v in variants:
             lines.append(f"- {LABELS[v]}: {self.summaries[v].model} ({self.summaries[v].seconds:.1f} s, "
                          f"{self.summaries[v].completion_tokens} tokens)")
-        lines.append(f"- Greedy decoding, at most {self.settings.get('max_tokens', '?')} tokens an answer")
+        lines.append(f"- The most likely answer each time (greedy decoding), at most "
+                     f"{self.settings.get('max_tokens', '?')} tokens an answer")
         if self.judge:
             cost = self.judge.get("cost_usd")
             lines.append(f"- Judge: {self.judge.get('model')} at {self.judge.get('host')}: "
@@ -362,45 +371,110 @@ class EvalReport:
         return "\n".join(lines).rstrip() + "\n"
 
 
-def _headline(summaries: Mapping[str, ModelSummary], comparison: Comparison | None, metric: str) -> str:
-    t = summaries["tuned"]
-    if comparison is not None:
-        b = summaries["base"]
-        w, lost, n = comparison.wins, comparison.losses, comparison.compared
-        if w > lost:
-            text = f"Tuned beats base on {w} of {n} probes" + (f" (base is better on {lost})" if lost else "")
-        elif lost > w:
-            text = f"Tuned does not beat base: better on {w} of {n} probes, worse on {lost}"
-        elif w:
-            text = f"Tuned and base are even: each is better on {w} of {n} probes"
-        elif n:
-            text = f"Tuned and base score the same on all {n} probes"
-        else:
-            text = "No probe could be compared (no scores for both models)"
-        parts = []
-        if t.f1 is not None and b.f1 is not None:
-            parts.append(f"F1 {t.f1:.2f} vs {b.f1:.2f}")
-        if t.judge_mean is not None and b.judge_mean is not None:
-            parts.append(f"judge {t.judge_mean:.1f} vs {b.judge_mean:.1f} of 5")
-        if t.refusal_probes:
-            parts.append(f"refusals {t.refusals_correct}/{t.refusal_probes} vs {b.refusals_correct}/{b.refusal_probes}")
-        return text + ("; " + ", ".join(parts) if parts else "") + "."
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _about_documents(t: ModelSummary, n: int | None = None) -> str:
+    """'2 questions about the documents (1 about facts, 1 that should be refused)': the probes, counted as the
+    knowledge axis (facts) and the refusal figures count them."""
+    whole = t.answerable + t.refusal_probes
+    text = f"{_plural(whole if n is None else n, 'question')} about the documents"
+    if (n is None or n == whole) and t.answerable and t.refusal_probes:
+        text += f" ({t.answerable} about facts, {t.refusal_probes} that should be refused)"
+    elif (n is None or n == whole) and t.refusal_probes:
+        text += f" ({'it' if whole == 1 else 'all'} should be refused)"
+    return text
+
+
+def _figures(t: ModelSummary, b: ModelSummary | None) -> list[str]:
+    """The probe figures in words, tuned (vs base)."""
+    def vs(value: float | None, other: float | None, digits: int = 2) -> str:
+        return f"{value:.{digits}f}" + (f" vs {other:.{digits}f}" if b is not None and other is not None else "")
+
     parts = []
     if t.f1 is not None:
-        parts.append(f"F1 {t.f1:.2f}, key facts {t.key_fact_recall:.2f}")
-    if t.judge_mean is not None:
-        parts.append(f"judge {t.judge_mean:.1f} of 5")
+        parts.append(f"word overlap with the reference {vs(t.f1, b.f1 if b else None)}")
+        if b is None and t.key_fact_recall is not None:
+            parts.append(f"key facts recalled {t.key_fact_recall:.2f}")
+    if t.judge_mean is not None and (b is None or b.judge_mean is not None):
+        parts.append(f"the judge's grade {vs(t.judge_mean, b.judge_mean if b else None, 1)} of 5")
     if t.refusal_probes:
-        parts.append(f"refusals {t.refusals_correct}/{t.refusal_probes} correct")
-    return f"Tuned model on {t.probes} probes: " + ", ".join(parts) + "."
+        parts.append(f"refused {t.refusals_correct} of {t.refusal_probes}"
+                     + (f" vs {b.refusals_correct} of {b.refusal_probes}" if b is not None else ""))
+    return parts
+
+
+def _headline(summaries: Mapping[str, ModelSummary], comparison: Comparison | None, metric: str,
+              axes: EvalAxes | None = None) -> str:
+    """The report's first sentence. When tuning damaged the model (it lost what it knew, or it invents answers with
+    the documents' facts: :attr:`EvalAxes.damaged`) it says so first; only an undamaged model that beats its base
+    reads as a win. Then the probe figures, in words."""
+    t = summaries["tuned"]
+    b = summaries.get("base") if comparison is not None else None
+    figures = _figures(t, b)
+    damage = axes.damage_words() if axes is not None else ""
+    if damage:
+        if comparison is not None and comparison.wins > comparison.losses:
+            text = f"The tuned model learned the documents but {damage}."
+        elif comparison is not None:
+            text = f"The tuned model did not learn the documents better than the base, and {damage}."
+        else:
+            text = f"The tuned model {damage}."
+        details = []
+        if comparison is not None:
+            w, lost, n = comparison.wins, comparison.losses, comparison.compared
+            details.append(f"it is better than the base on {w} of {n}" + (f" and worse on {lost}" if lost else ""))
+        if figures:
+            details.append(("tuned vs base: " if b is not None else "") + ", ".join(figures))
+        if details:
+            text += f" On the {_about_documents(t)}, " + "; ".join(details) + "."
+        return text
+    if comparison is not None:
+        w, lost, n = comparison.wins, comparison.losses, comparison.compared
+        about = _about_documents(t, n)
+        if w > lost:
+            text = f"Tuned beats base on {w} of {about}" + (f"; base is better on {lost}" if lost else "")
+        elif lost > w:
+            text = f"Tuned does not beat base: better on {w} of {about}, worse on {lost}"
+        elif w:
+            text = f"Tuned and base are even: each is better on {w} of {about}"
+        elif n:
+            text = f"Tuned and base score the same on all {about}"
+        else:
+            text = "No question could be compared (no scores for both models)"
+        text += "." + (" Tuned vs base: " + ", ".join(figures) + "." if figures else "")
+    else:
+        text = f"The tuned model on {_about_documents(t)}: " + ", ".join(figures) + "."
+    if axes is not None and axes.tuned.retention is not None:
+        c = axes.tuned.counts
+        text += (f" It kept {c.get('kept', 0)} of the {_plural(c.get('retention', 0), 'general question')} the "
+                 "base answered right.")
+    return text
+
+
+def headline_tone(report: Mapping[str, Any] | None) -> str:
+    """How a saved report's headline should be shown: "damaged" (tuning damaged the model: a warning), "better"
+    (the tuned model beats its base and nothing is damaged: a success), or "" (neither)."""
+    if not report:
+        return ""
+    axes = axes_of(report)
+    if axes is not None and axes.damaged:
+        return "damaged"
+    comparison = report.get("comparison") or {}
+    wins, losses = comparison.get("wins"), comparison.get("losses")
+    if isinstance(wins, int) and isinstance(losses, int) and wins > losses:
+        return "better"
+    return ""
 
 
 def _figure(s: ModelSummary, metric: str) -> tuple[float | None, str]:
-    """The figure open-book advice compares, and how to say it: judge mean, or F1 on answerable probes."""
+    """The figure open-book advice compares, and how to say it: judge mean, or F1 (word overlap) on answerable
+    probes."""
     if metric == "judge" and s.judge_mean is not None:
         return (s.judge_mean - 1) / 4, f"a judge grade of {s.judge_mean:.1f}/5"
     if s.f1 is not None:
-        return s.f1, f"F1 {s.f1:.2f}"
+        return s.f1, f"a word overlap with the reference of {s.f1:.2f}"
     return s.score, f"a score of {_f(s.score)}"
 
 
@@ -430,7 +504,7 @@ def _notes(summaries: Mapping[str, ModelSummary], metric: str, margin: float) ->
                          f"{t_text}: it has not fully learned these documents yet.")
     for s in summaries.values():
         if s.errors:
-            notes.append(f"{s.label}: {s.errors} of {s.probes} probes got no answer (see the per-probe errors).")
+            notes.append(f"{s.label}: {s.errors} of {s.probes} questions got no answer (see the errors of each question).")
         if s.judge_failures:
             notes.append(f"{s.label}: the judge could not grade {s.judge_failures} of {s.probes} answers.")
     return notes
@@ -466,7 +540,7 @@ def build_report(project: str, probes: list[Probe], results: Mapping[str, list[P
         project=project, created_at=created_at if created_at is not None else time.time(), metric=metric,
         probes=list(probes), results=ordered, summaries=summaries,
         documents=_per_document(probes, ordered, names, metric), comparison=comparison,
-        headline=_headline(summaries, comparison, metric), notes=_notes(summaries, metric, margin),
+        headline=_headline(summaries, comparison, metric, axes), notes=_notes(summaries, metric, margin),
         settings=dict(settings or {}), judge=dict(judge) if judge else None, axes=axes,
     )
 

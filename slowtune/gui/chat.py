@@ -65,7 +65,7 @@ from slowtune.chat import sessions
 from slowtune.chat.conversation import AnswerResult, Conversation, Turn, answer_turn, model_key
 from slowtune.chat.model import ChatError, ChatModel, Sampling
 from slowtune.eval.axes import DEFAULT_MAX_GENERAL, EvalAxes
-from slowtune.eval.report import axes_of, latest_report
+from slowtune.eval.report import axes_of, headline_tone, latest_report
 from slowtune.export.folder import ModelChoice, list_models
 from slowtune.fsutil import atomic_write_text
 from slowtune.gui.chatview import MessageInput, ScoreTable, TranscriptView, TurnView
@@ -84,15 +84,17 @@ STREAM_INTERVAL_S = 0.05  # the growing answer is re-rendered at most ~20 times 
 OPEN_FILE = "open-file"  # the "Open GGUF file…" item of the pickers
 
 ANSWER_STAGES = {"answer-0": "writing", "answer-1": "writing"}
-EVAL_STAGES = {"Loading models": "loading the models", "Answering probes": "answering probes",
+EVAL_STAGES = {"Loading models": "loading the models", "Answering probes": "answering the questions about the documents",
                "Answering general questions": "answering general questions",
                "Answering unknown-entity questions": "answering questions about things the documents do not mention"}
-AXIS_ROWS = (("knowledge", "Knowledge", "key facts of the held-out questions recalled (higher is better)"),
+AXIS_ROWS = (("knowledge", "Knowledge", "key facts recalled in the answers to the questions about the documents' "
+                                        "facts (higher is better)"),
              ("retention", "Retention", "general questions the base answered right that the tuned model still "
                                         "answers right (higher is better)"),
              ("leakage", "Leakage", "questions about things the documents do not mention answered with the "
                                     "documents' names or numbers (lower is better)"))
 WARNING_COLOR = "#d9480f"
+SUCCESS_COLOR = "#2b8a3e"  # the headline of a tuned model that beats its base and damaged nothing
 EVAL_EXAMPLES = 2  # examples shown beside the axes (the report has them all)
 
 NO_PROJECT_TEXT = ("<h3>Chat</h3><p>Chat with a model offline: nothing you type leaves this Mac.</p>"
@@ -103,16 +105,26 @@ NO_EXPORTS_TEXT = ("<h3>Chat</h3><p>This project has no exported model yet. Trai
                    "file…</b> in the Model list to chat with any GGUF file.</p>")
 CHOOSE_TEXT = ("<h3>Chat</h3><p>Choose a model in the list above: a tuned export of this project, its base model, or "
                "any GGUF file. Add a model under <b>Compare with</b> to see two answers side by side.</p>")
-EVAL_NO_PROJECT = "<p>Open a project to evaluate its models on the held-out probes.</p>"
-EVAL_NO_PROBES = ("<p>This project has no held-out probes yet. They are made with the dataset: generate it on the "
+EVAL_NO_PROJECT = "<p>Open a project to evaluate its models on questions kept out of training.</p>"
+EVAL_NO_PROBES = ("<p>This project has no questions kept out of training yet. They are made with the dataset: "
+                  "generate it on the "
                   "<b>Dataset</b> page, and the teacher keeps some rephrased questions out of training for this "
                   "test.</p>")
 EVAL_NO_MODELS = ("<p>There is no model to evaluate yet: train and export one first (the <b>Train</b> and "
                   "<b>Export</b> pages), or choose <b>Open GGUF file…</b> in the Tuned model list.</p>")
-EVAL_ABOUT = ("<h3>Evaluation</h3>Each held-out probe (a question kept out of training) is answered greedily by the tuned model and by "
-              "the base, and scored against the teacher's reference answer. Both also answer general questions "
+EVAL_ABOUT = ("<h3>Evaluation</h3>Each question about the documents that was kept out of training is answered by the "
+              "tuned model and by the base, and compared with the teacher's reference answer. Both also answer general questions "
               "(has the tuned model kept what it knew?) and questions about things the documents do not mention "
               "(does it invent answers from them?). Nothing is sent anywhere.")
+
+
+def probes_text(facts: int, refused: int) -> str:
+    """'4 questions about the documents (3 about facts, 1 that should be refused)'."""
+    whole = facts + refused
+    text = f"{whole:,} question{'' if whole == 1 else 's'} about the documents"
+    if facts and refused:
+        text += f" ({facts:,} about facts, {refused:,} that should be refused)"
+    return text
 
 
 # --- what can be chatted with ----------------------------------------------------------------------------------
@@ -420,7 +432,8 @@ class ChatPage(Page):
         self.eval_probes = QSpinBox()
         self.eval_probes.setRange(0, 100_000)
         self.eval_probes.setSpecialValueText("All")
-        self.eval_probes.setToolTip("Use at most this many probes, spread over the documents")
+        self.eval_probes.setToolTip("Ask at most this many of the questions about the documents kept out of "
+                                    "training, spread over the documents")
         self.eval_tokens = QSpinBox()
         self.eval_tokens.setRange(8, 4096)
         self.eval_tokens.setValue(200)
@@ -432,7 +445,7 @@ class ChatPage(Page):
         self.eval_general.setToolTip("Ask at most this many general questions (retention), spread over their "
                                      "categories")
         self.eval_open_book = QCheckBox("Also with the source excerpt (open book)")
-        self.eval_open_book.setToolTip("Answers each probe again with its source passage in the prompt, to see "
+        self.eval_open_book.setToolTip("Answers each question about the documents again with its source passage in the prompt, to see "
                                        "whether looking passages up would serve better than tuning")
         self.eval_button = QPushButton("Run Evaluation")
         self.eval_button.clicked.connect(lambda: self.run_evaluation())
@@ -443,7 +456,7 @@ class ChatPage(Page):
         form.addRow("Tuned model", self.eval_model_combo)
         form.addRow("Compared with", self.eval_base_combo)
         options = QHBoxLayout()
-        options.addWidget(QLabel("Probes"))
+        options.addWidget(QLabel("Questions about the documents"))
         options.addWidget(self.eval_probes)
         options.addSpacing(12)
         options.addWidget(QLabel("Max tokens"))
@@ -1070,17 +1083,21 @@ class ChatPage(Page):
         self._fill_pickers()
         self._refresh_eval_buttons()
 
-    def probe_count(self) -> int:
-        """The project's held-out probes (not its near-miss questions: those measure leakage)."""
+    def probe_counts(self) -> tuple[int, int]:
+        """The project's held-out probes: (about facts, to be refused); not its near-miss questions, which measure
+        leakage."""
         if self.project is None:
-            return 0
-        from slowtune.dataset import rows
-        from slowtune.quality import LEAKAGE_QTYPE
+            return 0, 0
+        from slowtune.eval.probes import probe_counts
 
         try:
-            return sum(1 for r in rows(self.project, split="probe") if r.provenance.qtype != LEAKAGE_QTYPE)
+            return probe_counts(self.project)
         except sqlite3.Error:
-            return 0
+            return 0, 0
+
+    def probe_count(self) -> int:
+        """How many held-out probes the project has (questions about the documents kept out of training)."""
+        return sum(self.probe_counts())
 
     def command_line(self) -> str | None:
         """What the tab shown does, as a command line (the window's Copy as Command): ``slowtune chat`` with the
@@ -1112,7 +1129,8 @@ class ChatPage(Page):
 
     def _refresh_eval(self) -> None:
         self.eval_about.setText(EVAL_ABOUT)
-        probes = self.probe_count()
+        facts, refused = self.probe_counts()
+        probes = facts + refused
         if self.project is None:
             empty = EVAL_NO_PROJECT
         elif not probes:
@@ -1120,7 +1138,7 @@ class ChatPage(Page):
         elif not self._all_choices():
             empty = EVAL_NO_MODELS
         else:
-            empty = f"<p>{probes:,} held-out probes in this project.</p>"
+            empty = f"<p>{probes_text(facts, refused)} kept out of training in this project.</p>"
         self.eval_empty.setText(empty)
         self.eval_form.setVisible(self.project is not None and probes > 0)
         if not self.evaluating():
@@ -1147,7 +1165,14 @@ class ChatPage(Page):
         report, markdown, folder = saved
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(report.get("created_at") or 0)))
         prefix = f"Latest report ({when}): " if latest else ""
-        self.eval_headline.setText(f"<b>{html.escape(prefix + str(report.get('headline', '')))}</b>")
+        tone = headline_tone(report)
+        colour = {"damaged": WARNING_COLOR, "better": SUCCESS_COLOR}.get(tone)
+        text = html.escape(prefix + str(report.get("headline", "")), quote=False)
+        if tone == "damaged":
+            text = f"⚠ {text}"
+        self.eval_headline.setText(f"<b>{text}</b>" if colour is None
+                                   else f"<span style='color:{colour}'><b>{text}</b></span>")
+        self.eval_headline.setProperty("tone", tone)
         self.show_axes(axes_of(report))
         self.scores.show_report(report)
         self.scores.show()

@@ -222,16 +222,18 @@ def score_rows(report: dict[str, Any]) -> tuple[list[str], list[tuple[str, list[
 
     rows = [
         row("Model", lambda s: str(s.get("model") or ""), None, "the GGUF file that answered"),
-        row("Exact match", lambda s: _number(s.get("exact")), "exact",
-            "answers equal to the reference, after normalising (answerable probes; higher is better)"),
-        row("Token F1", lambda s: _number(s.get("f1")), "f1",
-            "word overlap with the reference (answerable probes; higher is better)"),
+        row("Exactly right", lambda s: _number(s.get("exact")), "exact",
+            "answers equal to the reference answer, ignoring case, punctuation and \"a\", \"the\" (questions the documents "
+            "answer; higher is better)"),
+        row("Word overlap with the reference", lambda s: _number(s.get("f1")), "f1",
+            "how many words the answer shares with the reference answer (questions the documents answer; higher "
+            "is better)"),
         row("Key-fact recall", lambda s: _number(s.get("key_fact_recall")), "key_fact_recall",
             "numbers, names and rare words of the reference found in the answer (higher is better)"),
         row("Refusals correct", lambda s: _count(s.get("refusals_correct"), s.get("refusal_probes")),
-            "refusal_accuracy", "\"not in the documents\" probes the model declined (higher is better)"),
+            "refusal_accuracy", "questions the documents do not answer that the model declined (higher is better)"),
         row("False refusals", lambda s: _count(s.get("false_refusals"), s.get("answerable")),
-            "false_refusal_rate", "answerable probes the model wrongly declined (lower is better)"),
+            "false_refusal_rate", "questions the documents answer that the model wrongly declined (lower is better)"),
     ]
     if judged:
         rows.append(row("Judge (1–5)", lambda s: _number(s.get("judge_mean"), 1), "judge_mean",
