@@ -640,7 +640,7 @@ class TrainPage(Page):
         self.verdict_color = color
         self._show_advice()
         style = f" style='color:{color}'" if color else ""
-        rv.status.setText(f"<b{style}>{html.escape(text)}</b>")
+        rv.status.setText(f"<b{style}>{html.escape(text, quote=False)}</b>")
         live = state in ("starting", "running")
         resumable = self.run is not None and self.run.resumable
         rv.pause_button.setVisible(live or state == "stopping")
