@@ -670,3 +670,103 @@ def test_ollama_models_are_offered_and_imported_from_the_wizard(qtbot, page: Tra
     assert row.path == slowtune_home / "data" / "models" / "tinyqwen-latest" and model_page.isComplete()
     # Once imported, the Ollama entry is not offered again beside its import.
     assert "ollama:tinyqwen:latest" not in {r.key for r in model_page.rows}
+
+
+# --- the start and the end of a run ----------------------------------------------------------------------------
+
+# A trainer's first minutes, played by a child process that writes the run folder as `slowtune train` does: what it
+# is doing (stage.json), then run.json and the step-0 line of the base model's scores (no loss), then a step. It
+# goes on each time the test creates the file it waits for.
+_SCRIPTED_TRAINER = r'''
+import json, pathlib, sys, time
+run = pathlib.Path(sys.argv[1])
+def wait(name):
+    while not (run / name).exists():
+        time.sleep(0.05)
+def stage(key, text):
+    (run / "stage.json").write_text(json.dumps({"stage": key, "text": text, "time": time.time()}))
+stage("base-check", "Checking the base model's answers before training (knowledge, retention, leakage)\u2026")
+wait("go-replay")
+stage("replay", "Preparing replay: the base model's own answers to general questions\u2026")
+wait("go-base-line")
+info = {"status": "running", "total_steps": 2, "engine": "memory", "config": {"model": sys.argv[2]},
+        "data": {"train_examples": 3}}
+(run / "run.json").write_text(json.dumps(info))
+with (run / "metrics.jsonl").open("a") as out:
+    out.write(json.dumps({"step": 0, "base": True, "knowledge": 0.1, "retention": 1.0, "leakage": 0.0}) + "\n")
+wait("go-train")
+stage("train", "Training\u2026")
+with (run / "metrics.jsonl").open("a") as out:
+    out.write(json.dumps({"step": 1, "epoch": 0, "loss": 2.5, "tokens_per_s": 100.0, "eta_s": 1.0}) + "\n")
+wait("go-end")
+info.update(status="done", steps=1, train_loss=2.5)
+(run / "run.json").write_text(json.dumps(info))
+'''
+
+
+def test_the_run_view_says_what_the_trainer_does_before_its_first_step(
+        qtbot, page: TrainPage, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(train_module, "train_command", lambda root, model, run_dir, settings: [
+        sys.executable, "-c", _SCRIPTED_TRAINER, str(run_dir), str(model)])
+    caplog.set_level("DEBUG", logger="slowtune.train.background")
+    assert page.start_run(tiny_llama, TINY) is not None
+    run_dir = page.run_dir
+    assert run_dir is not None
+    view = page.run_view
+    qtbot.waitUntil(lambda: "Checking the base model's answers before training" in view.status.text(),
+                    timeout=30_000)
+    assert page.state == "starting"
+    # Nothing else is reported while the base model answers, and Elapsed still counts.
+    first = view.values["Elapsed"].text()
+    qtbot.waitUntil(lambda: view.values["Elapsed"].text() not in (first, "—"), timeout=5_000)
+    (run_dir / "go-replay").touch()
+    qtbot.waitUntil(lambda: "Preparing replay: the base model's own answers" in view.status.text(), timeout=10_000)
+    (run_dir / "go-base-line").touch()
+    qtbot.waitUntil(lambda: view.quality.points("Retention") == [(0.0, 1.0)], timeout=10_000)
+    (run_dir / "go-train").touch()
+    qtbot.waitUntil(lambda: page.state == "running", timeout=10_000)
+    assert view.values["Training loss"].text() == "2.500"
+    (run_dir / "go-end").touch()
+    wait_over(qtbot, page)
+    assert page.state == "finished"
+    assert "reading the run folder failed" not in caplog.text  # the step-0 line without a loss is no error
+
+
+def test_a_finished_run_shows_one_verdict_with_its_final_figures_then_its_warnings(
+        qtbot, page: TrainPage, project_root: Path) -> None:
+    # Overfitting was flagged mid-run (validation loss 1.74 at step 4, 2.27 at step 8); the run went on to 2.62.
+    run_dir = project_root / "runs" / "20250301-090000-abcdef"
+    run_dir.mkdir(parents=True)
+    lines = [{"step": s, "loss": loss, "val_loss": val} for s, loss, val in
+             ((2, 2.4, 1.9), (4, 1.6, 1.74), (6, 1.0, 2.0), (8, 0.6, 2.27), (10, 0.3, 2.62))]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    retention = ("The model is losing what it knew: at step 10 it answers none of the general questions the base "
+                 "model answered right. Asked \u201cWhat colour is the sky?\u201d, it now says \u201cGreen.\u201d")
+    replay = ("Replay was skipped: the base model is too slow to answer general questions within a tenth of the "
+              "training time here (12 s). The tuned model may drift from the base where the documents say nothing.")
+    (run_dir / "run.json").write_text(json.dumps({
+        "status": "done", "steps": 10, "total_steps": 10, "engine": "memory", "train_loss": 0.3, "val_loss": 2.62,
+        "best_val": 1.74, "config": {"model": "/models/SmolLM2-135M-Instruct"},
+        "chosen": {"folder": "best", "step": 4, "why": "the lowest validation loss (1.740)",
+                   "text": "the checkpoint of step 4, chosen by the lowest validation loss (1.740)"},
+        "warnings": [{"kind": "replay", "step": 0, "message": replay},
+                     {"kind": "retention", "step": 10, "value": 0.0, "message": retention},
+                     {"kind": "overfitting", "step": 8, "best_step": 4,
+                      "message": "The model is memorising: validation loss rose from 1.74 (step 4) to 2.27 (step 8) "
+                                 "while training loss fell from 1.60 to 0.60. The best checkpoint is kept."}]}))
+    page.open_run(run_dir)
+    view = page.run_view
+    assert page.state == "finished" and page.verdict_color != "#2f9e44"
+    status = view.status.text()
+    assert ("Finished, but the model memorised: validation loss rose from 1.74 to 2.62 while training loss fell. "
+            "Export will use step 4, the best one.") in status
+    assert "2.27" not in status + view.advice.text()  # the mid-run figures are not shown
+    advice = view.advice.text()
+    assert view.advice.isVisibleTo(page) and advice.count("<li>") == 2
+    # Each warning in one sentence; the rest (the model's answer, what may happen) in the tooltip.
+    assert "at step 10 it answers none of the general questions the base model answered right.</li>" in advice
+    assert ("Replay was skipped: the base model is too slow to answer general questions within a tenth of the "
+            "training time here (12 s).</li>") in advice
+    assert "Green" not in advice and "may drift" not in advice
+    assert "Green" in view.advice.toolTip() and "may drift" in view.advice.toolTip()

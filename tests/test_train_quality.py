@@ -102,7 +102,8 @@ def test_the_best_checkpoint_not_the_last_is_exported_and_damage_is_flagged(
     assert (run / "best" / "adapters.safetensors").read_bytes() != (run / "adapters.safetensors").read_bytes()
     kinds = {w["kind"]: w["message"] for w in info["warnings"]}
     assert set(kinds) == {"retention", "leakage"}
-    assert "painted green" in kinds["retention"] and "50%" in kinds["retention"]
+    assert "painted green" in kinds["retention"] and "still" not in kinds["retention"]
+    assert "at step 8 it answers only 50% of the general questions the base model answered right" in kinds["retention"]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     # The live chart's points: the base model's first (step 0), then each scoring.
     assert [(r["step"], r.get("retention")) for r in records if "knowledge" in r] == \
@@ -144,6 +145,38 @@ def test_a_run_stopped_before_its_first_scoring_exports_its_last_checkpoint(
     info = json.loads((run / "run.json").read_text())
     assert info["chosen"]["folder"] == "." and "nothing was scored" in info["chosen"]["text"]
     assert find_adapter(run) == run
+
+
+def test_a_lost_retention_of_none_is_said_as_none_and_a_share_as_only() -> None:
+    from slowtune.train.trainer import quality_warnings
+
+    def said(retention: float) -> str:
+        return quality_warnings(None, sc.Scoring(30, AxisScores(0.5, retention, 0.0, {}), 0.1))[0]["message"]
+
+    assert ("at step 30 it answers none of the general questions the base model answered right." in said(0.0))
+    assert "0%" not in said(0.0)
+    assert "at step 30 it answers only 40% of the general questions" in said(0.4)
+    assert "only 1%" in said(0.001) and "only 94%" in said(0.94)  # never rounded to 0% or to 100%
+
+
+def test_the_run_folder_says_what_the_trainer_does_before_its_first_step(
+        small_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from slowtune.train.runs import read_stage
+
+    run = tmp_path / "run"
+    seen: list[str | None] = []
+    _inject(monkeypatch, {2: (0.5, 1.0, 0.0), 4: (0.6, 1.0, 0.0)})
+    injected = sc.RunScorer.baseline
+
+    def baseline(self: sc.RunScorer, progress: object = None) -> sc.Scoring:
+        seen.append((read_stage(run) or {}).get("text"))
+        return injected(self, progress)
+
+    monkeypatch.setattr(sc.RunScorer, "baseline", baseline)
+    run_training(_config(small_model, _project(tmp_path / "project"), iters=4), run, engine="memory")
+    assert seen == ["Checking the base model's answers before training (knowledge, retention, leakage)\u2026"]
+    stage = read_stage(run)
+    assert stage is not None and stage["stage"] == "train" and stage["text"] == "Training\u2026"
 
 
 def test_a_real_run_scores_itself_and_mixes_in_replay(small_model: Path, tmp_path: Path,
@@ -408,7 +441,8 @@ def test_replay_of_an_imported_model_is_answered_by_llama_cpp_on_its_gguf(small_
     assert len((tmp_path / "cache.jsonl").read_text().splitlines()) == 12
     starved = rp.build_replay(engine, renderer, 12, tmp_path / "starved.jsonl", budget_s=1e-9, prompts=prompts,
                               max_new=8, gguf=gguf)
-    assert starved.generated == 1 and "longer than a tenth of the training" in (starved.warning or "")
+    assert starved.generated == 1 and "too slow to answer general questions within a tenth of the training" in \
+        (starved.warning or "")
     with gguf.open("ab") as f:
         f.write(b"\0")  # changed since the import
     assert source_gguf(folder) is None

@@ -21,6 +21,7 @@ Starting a training run from code (for ``slowtune bench gui``, or a script)::
 from __future__ import annotations
 
 import html
+import re
 import shlex
 import sys
 import time
@@ -199,7 +200,8 @@ class RunView(QWidget):
         self.title.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.status = QLabel()
         self.status.setWordWrap(True)
-        # Said plainly when validation loss rises while training loss falls: the model memorises.
+        # While the run trains: said plainly when validation loss rises while training loss falls (the model
+        # memorises). When it has finished: its other warnings, a sentence each, under the verdict.
         self.advice = QLabel()
         self.advice.setWordWrap(True)
         self.advice.setStyleSheet(f"color: {WARNING_COLOR};")
@@ -311,6 +313,10 @@ class TrainPage(Page):
         self.background_timer = QTimer(self)
         self.background_timer.setInterval(1000)
         self.background_timer.timeout.connect(self._watch_background)
+        # Elapsed counts every second while the run shown trains, whether or not the trainer reports anything.
+        self.elapsed_timer = QTimer(self)
+        self.elapsed_timer.setInterval(1000)
+        self.elapsed_timer.timeout.connect(self._show_elapsed)
 
         self.stack = QStackedWidget()
         self.stack.addWidget(self.start_view)
@@ -524,6 +530,8 @@ class TrainPage(Page):
         self._started_at = time.monotonic()
         self._set_state("starting", "Starting the trainer: loading the model and the data…")
         self._read_metrics()
+        self._show_elapsed()
+        self.elapsed_timer.start()
 
     def _begin_view(self, run_dir: Path, title: str) -> None:
         rv = self.run_view
@@ -598,24 +606,30 @@ class TrainPage(Page):
         self._set_state(run.state, texts.get(run.state, run.state))
 
     def _finished_text(self, run: RunInfo | None) -> str:
+        """The finished run's verdict in one line, from its final figures (its other warnings are listed under it)."""
         if run is None:
             return "Finished."
-        memorised = run.overfitting is not None
-        parts = [f"Finished, but the model memorised: {run.step:,} steps" if memorised
-                 else f"Finished: {run.step:,} steps"]
+        export = f" Export will use {run.checkpoint_words}." if run.chosen else ""
+        if run.overfitting is not None:
+            rose = (f": validation loss rose from {run.best_val:.2f} to {run.val_loss:.2f} while training loss fell"
+                    if run.best_val is not None and run.val_loss is not None and run.val_loss > run.best_val
+                    else ": validation loss rose while training loss fell")
+            return f"Finished, but the model memorised{rose}.{export}"
+        parts = [f"{run.step:,} steps"]
         if run.loss is not None:
             parts.append(f"training loss {run.loss:.3f}")
         if run.best_val is not None:
             parts.append(f"best validation loss {run.best_val:.3f}")
-        text = ", ".join(parts) + "."
+        lead = "Finished with warnings" if run.warnings else "Finished"
+        return f"{lead}: {', '.join(parts)}.{export}"
+
+    def _finished_notes(self, run: RunInfo) -> list[tuple[str, str]]:
+        """The finished run's warnings but the memorising one (said in the verdict): (one sentence, all of it)."""
+        notes = [(_first_sentence(w["message"]), str(w["message"])) for w in run.warnings
+                 if w is not run.overfitting]
         if run.stopped_early:
-            text += f" It stopped early: {run.stopped_early}."
-        for warning in run.warnings:
-            if warning is not run.overfitting:  # said beside it, with what Export uses
-                text += f" {warning['message']}"
-        if run.chosen:
-            text += f" Export will use {run.chosen.get('text', 'the best checkpoint')}."
-        return text + " Export turns it into a GGUF file you can chat with."
+            notes.append((f"It stopped early: {run.stopped_early}.", ""))
+        return notes
 
     def _set_state(self, state: str, text: str) -> None:
         self.state = state
@@ -626,7 +640,7 @@ class TrainPage(Page):
         self.verdict_color = color
         self._show_advice()
         style = f" style='color:{color}'" if color else ""
-        rv.status.setText(f"<b{style}>{html.escape(text)}</b>")
+        rv.status.setText(f"<b{style}>{html.escape(text, quote=False)}</b>")
         live = state in ("starting", "running")
         resumable = self.run is not None and self.run.resumable
         rv.pause_button.setVisible(live or state == "stopping")
@@ -653,7 +667,10 @@ class TrainPage(Page):
         if stage == "stopping":
             self._set_state("stopping", "Stopping after this step and saving a checkpoint…")
         elif stage == "prepare" and self.state == "starting":
-            if done >= 1:
+            said = metrics.get("stage_text") if isinstance(metrics, dict) else None
+            if isinstance(said, str) and said:
+                self._set_state("starting", said)  # the trainer's words: checking the base model, replay, ...
+            elif done >= 1:
                 self._set_state("starting", f"Preparing: {status}…")
         elif stage == "train" and self.state != "stopping":
             if isinstance(total, int | float) and total > 0:
@@ -701,16 +718,21 @@ class TrainPage(Page):
         return overfitting(history_from_records(getattr(self, "_loss_records", []))[0])
 
     def _show_advice(self) -> None:
-        warning = self.memorising()
         advice = self.run_view.advice
+        run = self.run
+        if run is not None and run.state == "finished":
+            notes = self._finished_notes(run)
+            advice.setVisible(bool(notes))
+            advice.setText("<ul style='margin:0'>" + "".join(f"<li>{html.escape(short)}</li>" for short, _ in notes)
+                           + "</ul>")
+            advice.setToolTip("\n\n".join(full for short, full in notes if full and full != short))
+            return
+        advice.setToolTip("")
+        warning = self.memorising()
         if warning is None:
             advice.hide()
             return
-        run = self.run
-        if run is not None and run.state == "finished" and run.chosen:
-            uses = f"Export will use {run.chosen.get('text', 'the best checkpoint')}."
-        else:
-            uses = "Export will use the best checkpoint, not the last."
+        uses = "Export will use the best checkpoint, not the last."
         advice.setText(f"<b>Validation loss is rising while training loss falls.</b> {html.escape(warning['message'])}"
                        f" {html.escape(uses)} Fewer steps or a lower learning rate (Settings › Advanced) may help "
                        "next time.")
@@ -751,8 +773,13 @@ class TrainPage(Page):
                 f"{name[0]} {scores[key]:.2f}" for key, (name, _) in QUALITY_SERIES.items()
                 if isinstance(scores.get(key), int | float)))
             values["Quality"].setToolTip("K: knowledge, R: retention, L: leakage (at the last scoring)")
+        self._show_elapsed()
+
+    def _show_elapsed(self) -> None:
         if self.busy() and self._viewing(self.job):
-            values["Elapsed"].setText(format_duration(time.monotonic() - self._started_at))
+            self.run_view.values["Elapsed"].setText(format_duration(time.monotonic() - self._started_at))
+        elif not self.busy():
+            self.elapsed_timer.stop()
 
     def _finished(self, job: Job, result: object) -> None:
         if job is not self.job:
@@ -797,6 +824,7 @@ class TrainPage(Page):
     def _job_done(self, job: Job) -> None:
         if job is not self.job:
             return
+        self.elapsed_timer.stop()
         if self._viewing(job):
             self.run_view.values["Elapsed"].setText(format_duration(time.monotonic() - self._started_at))
         self.refresh()
@@ -837,3 +865,12 @@ class TrainPage(Page):
             if run is not None:
                 self.run = run
                 self._show_stored(run)
+
+
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+(?=[A-Z\u201c\"])")
+
+
+def _first_sentence(text: str) -> str:
+    """A warning's first sentence (the rest, an example answer or advice, goes in the tooltip)."""
+    return _SENTENCE_BREAK.split(str(text).strip(), maxsplit=1)[0]
+

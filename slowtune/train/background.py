@@ -37,6 +37,7 @@ from slowtune.train.runs import (
     MetricsTail,
     RunInfo,
     read_run,
+    read_stage,
     record_run,
     run_json,
     write_pid,
@@ -158,6 +159,8 @@ class _RunWatcher:
         self.total: int | None = None
         self.announced = False
         self.last_val: float | None = None
+        self.stage: tuple[str, str] | None = None  # the trainer's last stage.json (before its first step)
+        self.trained = False  # a training step was logged
 
     def poll(self) -> None:
         try:
@@ -166,6 +169,14 @@ class _RunWatcher:
             log.debug("reading the run folder failed: %s", exc)
 
     def _poll(self) -> None:
+        stage = read_stage(self.control.run_dir) if not self.trained else None
+        if stage is not None and float(stage.get("time") or 0) >= self.started - 1 and stage["stage"] != "train" \
+                and (stage["stage"], stage["text"]) != self.stage:
+            # What the trainer does before its first step (checking the base model, preparing replay): the
+            # metric "stage_text" carries the trainer's words for the run view.
+            self.stage = (stage["stage"], stage["text"])
+            self.progress.report("prepare", 0, None, force=True, status=stage["text"], stage_key=stage["stage"],
+                                 stage_text=stage["text"])
         path = self.control.run_dir / RUN_JSON
         if not self.announced and path.exists() and path.stat().st_mtime >= self.started - 1:
             info = run_json(self.control.run_dir)
@@ -183,8 +194,11 @@ class _RunWatcher:
         for record in records:
             if record.get("val_loss") is not None:
                 self.last_val = float(record["val_loss"])
-        if records:
-            last = records[-1]
+        # Training steps only: the step-0 line with the base model's scores has no loss.
+        steps = [r for r in records if isinstance(r.get("loss"), int | float)]
+        if steps:
+            self.trained = True
+            last = steps[-1]
             step = int(last["step"])
             metrics = {k: last[k] for k in self.SHOWN if k in last}
             if self.last_val is not None:

@@ -220,7 +220,7 @@ def build_replay(engine: Any, renderer: Any, wanted: int, cache: Path, *, budget
     usable = [i for i in items if answers.get(i.id) is not None]
     answered = sum(1 for i in items if i.id in answers)
     drift = " The tuned model may drift from the base where the documents say nothing."
-    why = (f"answering more general prompts with the base model would take longer than a tenth of the training "
+    why = ("the base model is too slow to answer general questions within a tenth of the training time here "
            f"({budget_s or 0:.0f} s)" if short_of_time else
            f"only {len(available)} general prompts ship with slowtune" if len(available) < wanted else
            f"{answered - len(usable)} of the base model's answers ran past {max_new} tokens without finishing a "
@@ -229,7 +229,7 @@ def build_replay(engine: Any, renderer: Any, wanted: int, cache: Path, *, budget
         result.warning = f"Replay was skipped: {why}.{drift}"
         usable = []
     elif len(usable) < wanted:
-        result.warning = f"Replay uses {len(usable)} of the {wanted} general prompts wanted: {why}."
+        result.warning = f"Replay was cut to {len(usable)} of the {wanted} general questions wanted: {why}."
     if result.warning and warn is not None:
         warn(result.warning)
     result.ids = [i.id for i in usable]

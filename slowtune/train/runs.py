@@ -14,6 +14,8 @@ name, ``YYYYmmdd-HHMMSS-xxxxxx``: the local time it started and six random hex d
 - ``MetricsTail``: the lines added to ``metrics.jsonl`` since the last look, for a live chart.
 - ``trainer_pid`` / ``write_pid``: the pid file, which tells a run an app is training from one trained in a terminal,
   and an interrupted run from either.
+- ``write_stage`` / ``read_stage``: what the trainer is doing before its first step (``stage.json``: reading the
+  data, loading the model, checking the base model, preparing replay), in the user's words, for the app's run view.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ __all__ = [
     "METRICS_NAME",
     "PID_NAME",
     "RUN_JSON",
+    "STAGE_NAME",
     "MetricsTail",
     "RunInfo",
     "default_run_dir",
@@ -49,6 +52,7 @@ __all__ = [
     "overfitting",
     "parse_run_id",
     "read_run",
+    "read_stage",
     "reconcile_runs",
     "record_run",
     "run_id_time",
@@ -56,6 +60,7 @@ __all__ = [
     "trainer_pid",
     "validation_history",
     "write_pid",
+    "write_stage",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,6 +68,7 @@ log = logging.getLogger(__name__)
 RUN_JSON = "run.json"
 METRICS_NAME = "metrics.jsonl"
 PID_NAME = "trainer.pid"
+STAGE_NAME = "stage.json"
 RUNS_FOLDER = "runs"  # a project's run folders, and slowtune's own for data that is not a project
 ACTIVE_WINDOW_S = 120.0  # a run folder written to this recently, by a trainer no app started, is still training
 _RUN_ID_TIME_FORMAT = "%Y%m%d-%H%M%S"
@@ -197,6 +203,20 @@ def write_pid(run_dir: Path, pid: int) -> None:
     except psutil.Error:
         created = time.time()
     atomic_write_text(run_dir / PID_NAME, json.dumps({"pid": pid, "created": created}))
+
+
+def write_stage(run_dir: Path, stage: str, text: str) -> None:
+    """Say in the run folder what the trainer is doing now (``stage``: a short key; ``text``: the user's words)."""
+    atomic_write_text(run_dir / STAGE_NAME, json.dumps({"stage": stage, "text": text, "time": time.time()}))
+
+
+def read_stage(run_dir: Path) -> dict[str, Any] | None:
+    """The trainer's last ``write_stage`` in ``run_dir`` ({"stage", "text", "time"}), or None when there is none or
+    it cannot be read."""
+    data = _read_json(run_dir / STAGE_NAME)
+    if data is None or not isinstance(data.get("stage"), str) or not isinstance(data.get("text"), str):
+        return None
+    return data
 
 
 @dataclass

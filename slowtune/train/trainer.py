@@ -5,7 +5,9 @@
 - ``best/``: the checkpoint an export uses: the best combined score of knowledge, retention and leakage
   (:mod:`slowtune.train.scorer`, scored every K steps), else the lowest validation loss;
 - ``checkpoints/``: what ``resume=True`` continues from;
-- ``metrics.jsonl``: one line per step, validation and scoring, for the GUI's live chart;
+- ``metrics.jsonl``: one line per step, validation and scoring, for the GUI's live chart (a first line at step 0,
+  ``"base": true``, holds the base model's scores: it has no loss);
+- ``stage.json``: what the trainer does before its first step (``STAGES``), for the app's run view;
 - ``run.json``: the configuration, the data report, the engine, replay (:mod:`slowtune.train.replay`: the base
   model's own answers mixed in), the base model's scores and each scoring, warnings (overfitting, lost retention,
   leakage), whether it stopped early, which checkpoint it chose and why, and how the run ended.
@@ -26,11 +28,21 @@ from slowtune.progress import Cancelled, Progress, ensure
 from slowtune.train import checkpoint as ckpt
 from slowtune.train.config import TrainConfig
 from slowtune.train.model import TrainModel, save_adapter
-from slowtune.train.runs import chosen_checkpoint, overfitting
+from slowtune.train.runs import chosen_checkpoint, overfitting, write_stage
 from slowtune.train.runs import validation_history as _validation_history
 
 # What each step reports through the progress protocol (the metrics file has everything).
 _SHOWN = ("loss", "val_loss", "tokens_per_s", "eta_s", "epoch", "mlx_peak_gb", "io_blocked_s")
+
+# What the trainer does before its first step, in the user's words (written to the run folder's stage.json).
+STAGES = {
+    "data": "Reading the training data\u2026",
+    "model": "Loading the model\u2026",
+    "timing": "Timing one training step to plan the run\u2026",
+    "base-check": "Checking the base model's answers before training (knowledge, retention, leakage)\u2026",
+    "replay": "Preparing replay: the base model's own answers to general questions\u2026",
+    "train": "Training\u2026",
+}
 
 
 class TrainError(RuntimeError):
@@ -167,8 +179,9 @@ def quality_warnings(base: Any, last: Any) -> list[dict[str, Any]]:
         said = (f" Asked \u201c{example['question']}\u201d, it now says \u201c{_short(example['answer'])}\u201d."
                 if example else "")
         out.append({"kind": "retention", "step": last.step, "value": axes.retention,
-                    "message": (f"The model is losing what it knew: at step {last.step} it still answers "
-                                f"{axes.retention:.0%} of the general questions the base model answered right.{said}")})
+                    "message": (f"The model is losing what it knew: at step {last.step} it answers "
+                                f"{_share_words(axes.retention)} of the general questions the base model answered "
+                                f"right.{said}")})
     base_leak = base.axes.leakage if base is not None and base.axes.leakage is not None else 0.0
     if axes.leakage is not None and axes.leakage > LEAKAGE_LIMIT and axes.leakage > base_leak:
         example = (last.examples.get("leakage") or [{}])[0]
@@ -178,6 +191,14 @@ def quality_warnings(base: Any, last: Any) -> list[dict[str, Any]]:
                     "message": (f"At step {last.step} the model answers {axes.leakage:.0%} of questions about things "
                                 f"the documents do not mention with the documents' names or numbers.{said}")})
     return out
+
+
+def _share_words(share: float) -> str:
+    """A share of questions in words: "none" for 0, else "only 40%" (rounded, never shown as 0% or 100%)."""
+    if share <= 0:
+        return "none"
+    percent = min(99, max(1, round(share * 100)))
+    return f"only {percent}%"
 
 
 def _short(text: str, limit: int = 120) -> str:
@@ -218,6 +239,10 @@ def run_training(cfg: TrainConfig, run_dir: Path, *, engine: str, progress: Prog
 
     if not (model_dir / "config.json").exists():
         raise TrainError(f"The base model {model_dir} is not there any more (no config.json); the run needs it.")
+    def stage(key: str) -> None:
+        write_stage(run_dir, key, STAGES[key])
+
+    stage("data")
     progress.report("prepare", 0, 3, status="reading data")
     ckpt.test_hook("prepare", 0)
     prepared = prepare_data(cfg, model_dir)
@@ -230,6 +255,7 @@ def run_training(cfg: TrainConfig, run_dir: Path, *, engine: str, progress: Prog
             raise TrainError(f"The training data in {cfg.data} changed since this run started; resuming would "
                              "not continue the same run. Start a new run instead.")
     progress.check()
+    stage("model")
     progress.report("prepare", 1, 3, status=f"building the model ({engine})")
     tm, eng = build_engine(cfg, model_dir, engine)
     progress.check()
@@ -248,6 +274,7 @@ def run_training(cfg: TrainConfig, run_dir: Path, *, engine: str, progress: Prog
     items = sc.load_run_items(Path(cfg.data), prepared.conversations) if cfg.score_every != 0 else None
     step_s = 0.0
     if cfg.replay > 0 or (items is not None and cfg.score_every < 0):
+        stage("timing")
         probe_batches = tdata.make_batches(train, cfg.batch_size, seed=cfg.seed, epoch=0, pad_id=pad_id)
         step_s = _timed_step(eng, probe_batches[: cfg.grad_accum])
     # The base model's scores first (LoRA off): they also time how fast it answers, which sizes replay.
@@ -255,10 +282,13 @@ def run_training(cfg: TrainConfig, run_dir: Path, *, engine: str, progress: Prog
     base_scoring = None
     if items is not None:
         scorer = sc.RunScorer(eng, prepared.renderer, items)
+        stage("base-check")
         progress.report("prepare", 2, 3, status="scoring the base model")
         base_scoring = scorer.baseline(progress)
     replay_info = None
     resumed_replay = (before.get("replay") or {}).get("ids") if restored is not None else None
+    if cfg.replay > 0:
+        stage("replay")
     if cfg.replay > 0 and isinstance(resumed_replay, list):
         # A resumed run trains on exactly the rows it started with: the same prompts, from the cache.
         chosen_prompts = [p for p in rp.replay_prompts() if p.id in set(resumed_replay)]
@@ -336,6 +366,7 @@ def run_training(cfg: TrainConfig, run_dir: Path, *, engine: str, progress: Prog
         metrics.write({"step": 0, "base": True,
                        **{k: v for k, v in base_scoring.axes.to_json().items() if k != "counts"}})
     epoch_batches = tdata.make_batches(train, cfg.batch_size, seed=cfg.seed, epoch=state.epoch, pad_id=pad_id)
+    stage("train")
 
     def save() -> None:
         ckpt.save_checkpoint(run_dir, state, tm.lora_parameters(), optimizer.state, tm.adapter_config(),
