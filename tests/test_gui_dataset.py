@@ -482,6 +482,7 @@ def test_the_options_choose_the_teachers_model_from_the_listed_ones(
     dialog.ok_button.click()
     assert dialog.result() == OptionsDialog.DialogCode.Accepted
     assert load_settings().settings.teacher_model == "judge-small"
+    assert page.command_line().endswith("--provider fake --model judge-small")  # Copy as Command says the model
     again = page.open_options()
     assert again is not None and again.teacher_model.currentText() == "judge-small"
     again.teacher_model.setEditText("typed-by-hand")

@@ -246,3 +246,24 @@ def test_a_run_with_out_is_recorded_in_its_project_and_a_stop_before_step_one_is
     with Project.open(tmp_path / "proj") as project:
         rows = {r["id"]: r["status"] for r in project.conn.execute("SELECT id, status FROM runs")}
     assert rows == {"early": "cancelled", "elsewhere": "done"}
+
+
+def test_copy_as_command_of_a_finished_run_trains_a_new_run_with_its_settings(tmp_path: Path) -> None:
+    """The Train page's Copy as Command on a finished run: the run's own model, data and settings, as arguments the
+    real ``slowtune train`` parser reads back to the same values (not ``--model MODEL`` and the defaults)."""
+    from slowtune.cli import build_parser
+    from slowtune.train.runs import run_config, train_args
+
+    run_dir = tmp_path / "runs" / "20261207-124843-a4c368"
+    run_dir.mkdir(parents=True)
+    config = {"model": "/models/SmolLM2 135M", "data": str(tmp_path / "Island notes"),
+              "lora": {"rank": 8, "alpha": 16.0, "num_layers": -1}, "max_seq_len": 256, "batch_size": 4,
+              "iters": 30, "epochs": 3.0, "learning_rate": 0.0005, "seed": 7, "replay": 0.25, "score_every": -1,
+              "early_stop": False}
+    (run_dir / "run.json").write_text(json.dumps({"config": config, "status": "done"}))
+    args = build_parser().parse_args(["train", *train_args(run_config(run_dir))])
+    assert (args.model, args.data, args.rank, args.alpha, args.lora_layers) == (
+        "/models/SmolLM2 135M", str(tmp_path / "Island notes"), 8, 16.0, -1)
+    assert (args.lr, args.iters, args.max_seq_len, args.batch_size, args.seed) == (0.0005, 30, 256, 4, 7)
+    assert (args.replay, args.score_every, args.no_early_stop) == (0.25, -1, True)
+    assert run_config(tmp_path) == {}

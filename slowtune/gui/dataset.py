@@ -715,9 +715,11 @@ class DatasetPage(Page):
         if self.project is None:
             return None
         # Quoted for a shell: a path with a space ("Garden club") must reach the command as one argument.
-        provider = self._settings().teacher_provider
+        settings = self._settings()
+        provider, model = settings.teacher_provider, settings.teacher_model
         return shlex.join(["slowtune", "generate", str(self.project.root)]
-                          + (["--provider", provider] if provider else []))
+                          + (["--provider", provider] if provider else [])
+                          + (["--model", model] if provider and model else []))
 
     def has_chunks(self) -> bool:
         if self.project is None:

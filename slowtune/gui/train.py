@@ -71,7 +71,9 @@ from slowtune.train.runs import (
     overfitting,
     read_run,
     reconcile_runs,
+    run_config,
     run_json,
+    train_args,
 )
 from slowtune.train.settings import TrainSettings
 
@@ -417,6 +419,9 @@ class TrainPage(Page):
         run = shown or (self._selected_run() if self.stack.currentWidget() is self.start_view else None)
         if run is not None and run.resumable:
             return shlex.join(["slowtune", "train", "--resume", str(run.run_dir)])
+        config = run_config(run.run_dir) if run is not None else {}
+        if config.get("model"):  # a new run with the settings of the run shown
+            return shlex.join(["slowtune", "train", *train_args(config)])
         runs = list_runs(self.project)
         model = str(runs[0].model) if runs and runs[0].model else "MODEL"
         return shlex.join(["slowtune", "train", "--model", model, "--data", str(self.project.root)])

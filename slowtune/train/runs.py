@@ -396,6 +396,41 @@ def chosen_checkpoint(run_dir: Path) -> dict[str, Any]:
             "text": f"the last checkpoint{where}: nothing was scored during the run"}
 
 
+def run_config(run_dir: Path) -> dict[str, Any]:
+    """The configuration the run's run.json records ({} when there is none)."""
+    info = _read_json(run_dir / RUN_JSON) or {}
+    return info["config"] if isinstance(info.get("config"), dict) else {}
+
+
+def train_args(config: dict[str, Any]) -> list[str]:
+    """The ``slowtune train`` arguments that train a new run as the run whose run.json ``config`` this is: the
+    same model, data and settings (a new run folder). Settings the config does not record are left to the
+    defaults."""
+    args: list[str] = []
+
+    def add(flag: str, value: Any) -> None:
+        if value is not None and value != "":
+            args.extend([flag, f"{value:g}" if isinstance(value, float) else str(value)])
+
+    add("--model", config.get("model"))
+    add("--data", config.get("data"))
+    lora = config.get("lora") if isinstance(config.get("lora"), dict) else {}
+    add("--rank", lora.get("rank"))
+    add("--alpha", lora.get("alpha"))
+    add("--lora-layers", lora.get("num_layers"))
+    add("--lr", config.get("learning_rate"))
+    if config.get("iters"):
+        add("--iters", config.get("iters"))
+    else:
+        add("--epochs", config.get("epochs"))
+    for flag, key in (("--max-seq-len", "max_seq_len"), ("--batch-size", "batch_size"), ("--seed", "seed"),
+                      ("--replay", "replay"), ("--score-every", "score_every")):
+        add(flag, config.get(key))
+    if config.get("early_stop") is False:
+        args.append("--no-early-stop")
+    return args
+
+
 def read_run(run_dir: Path, row: Any = None) -> RunInfo | None:
     """The run in ``run_dir``, with its row of the project's runs table when given (a ``sqlite3.Row``); None when
     training never started there (no run.json) and the project has no record of it."""
