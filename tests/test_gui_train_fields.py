@@ -230,3 +230,27 @@ def test_a_run_that_learns_is_green_and_has_no_advice(qtbot, page: TrainPage) ->
     page.open_run(run_dir)
     assert page.verdict_color == "#2f9e44" and not page.run_view.advice.isVisibleTo(page)
     assert "memoris" not in page.run_view.status.text()
+
+
+def test_switching_to_steps_starts_from_the_steps_just_shown(qtbot, page: TrainPage, tiny_llama: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    from slowtune.gui import trainwizard as wizard_module
+
+    monkeypatch.setattr(wizard_module, "choose_folder", lambda parent: tiny_llama)
+    page.new_run()
+    wizard = page.wizard
+    wizard.model_page.folder_button.click()
+    qtbot.waitUntil(wizard.model_page.checked, timeout=30_000)
+    wizard.next()
+    assert wizard.data_page.summary is not None and wizard.data_page.summary.train
+    wizard.next()
+    settings = wizard.settings_page
+    assert wizard.currentPage() is settings
+    settings.preset_buttons["balanced"].click()
+    settings.advanced_button.click()
+    shown = int(re.search(r"About <b>([\d,]+) steps</b>", settings.summary.text()).group(1).replace(",", ""))
+    assert shown != 100  # the spin box's old starting value would not tell them apart
+    settings.length_kind.setCurrentIndex(1)  # Steps
+    assert settings.steps.value() == shown and settings.settings().iters == shown

@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -656,7 +657,7 @@ class SettingsWizardPage(QWizardPage):
         self.steps.setMinimumWidth(100)
         self.epochs.setMinimumWidth(100)
         self.learning_rate.editingFinished.connect(self.commit_learning_rate)
-        self.length_kind.currentIndexChanged.connect(self._edited)
+        self.length_kind.currentIndexChanged.connect(self._length_kind_changed)
         self.summary = QLabel()
         self.summary.setWordWrap(True)
         layout = QVBoxLayout(self)
@@ -738,6 +739,19 @@ class SettingsWizardPage(QWizardPage):
             early_stop=self.base.early_stop)
         values.preset = values.matching_preset() or "custom"
         return values
+
+    def _length_kind_changed(self, index: int) -> None:
+        """Epochs ↔ steps: the other field starts at what was just shown ("about 24 steps"), not at a default."""
+        data_page = getattr(self.train_wizard, "data_page", None)
+        data = data_page.summary if data_page is not None else None
+        if not self._filling and index == 1 and data is not None and data.train:
+            by_epochs = replace(self.settings(), iters=0)
+            self._filling = True
+            try:
+                self.steps.setValue(by_epochs.total_steps(data.train))
+            finally:
+                self._filling = False
+        self._edited()
 
     def _edited(self) -> None:
         if self._filling:
