@@ -310,6 +310,8 @@ def test_dropping_files_on_the_window_adds_them_and_shows_status_reason_and_chun
     assert "2 of 4 documents read" in window.library.summary.text()
     assert window.library.banner.isVisible() and "1 failed" in window.library.banner.text.text()
     assert "broken.pdf" in window.library.banner.details.toPlainText()
+    qtbot.waitUntil(lambda: "Adding documents:" in window.statusBar().currentMessage(), timeout=TIMEOUT_MS)
+    assert window.statusBar().currentMessage() == "Adding documents: done, but 1 file could not be read"
 
     assert window.library.select_document(str(docs["guide.md"]))
     preview = window.library.preview.toPlainText()

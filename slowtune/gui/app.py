@@ -411,6 +411,8 @@ class MainWindow(QMainWindow):
             outcome = f"failed: {job.error[0]}"
         elif job.state == "finished" and job.failure:
             outcome = f"failed: {job.failure}"
+        elif job.state == "finished" and job.note:
+            outcome = f"done, but {job.note}"
         self.statusBar().showMessage(f"{job.title}: {outcome}", 6000)
 
     def _stop_jobs(self, action: str) -> bool:

@@ -468,7 +468,8 @@ class LibraryPage(Page):
         job = Job(title, ingest_function(self.project.root, list(paths), self._settings()),
                   key=str(self.project.root), stage_names=INGEST_STAGES)
         # Queued, not refused: a user who drops more files while the first ones are read expects them added too.
-        if not self.start_job(job, queue=True, finished=self._ingest_finished, failed=self._ingest_failed,
+        if not self.start_job(job, queue=True, finished=partial(self._ingest_finished, job=job),
+                              failed=self._ingest_failed,
                               cancelled=self._ingest_cancelled, done=partial(self._ingest_done, job)):
             return None
         self.jobs.append(job)
@@ -476,10 +477,13 @@ class LibraryPage(Page):
         self._update_buttons()
         return job
 
-    def _ingest_finished(self, report: IngestReport) -> None:
+    def _ingest_finished(self, report: IngestReport, job: Job | None = None) -> None:
         self.last_report = report
         level, message, details = describe_report(report)
         self.banner.show_message(message, level=level, details=details)
+        failed = sum(1 for f in report.files if f.status == "failed")
+        if job is not None and failed:  # the status bar says so too, not a bare "done"
+            job.note = f"{failed} file{'s' if failed != 1 else ''} could not be read"
 
     def _ingest_failed(self, message: str, details: str) -> None:
         # An unexpected error's message already names the work ("Adding documents failed unexpectedly. …").

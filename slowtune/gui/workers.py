@@ -142,6 +142,9 @@ class Job(QObject):
         # Set by a page's ``finished`` handler when the job ran to its end but what it found is a failure (a
         # provider test that got no answer): the status bar then says the job failed, and why, not "done".
         self.failure: str | None = None
+        # Set by a ``finished`` handler when the job did its work but the user should hear of a problem with part
+        # of it ("1 file could not be read"): the status bar says "done, ..." with it.
+        self.note: str | None = None
         self._fn = fn
         # The core throttles per stage (first and last reports always pass); see slowtune.progress.
         self._progress = Progress(self._collect, min_interval=min_interval)
