@@ -470,3 +470,16 @@ def test_cli_bad_general_questions_fail_before_a_model_loads(project: Project, t
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, (extra, err)
     assert loaded == []
+
+
+def test_the_general_questions_limit_bounds_the_made_up_ones_too(project: Project) -> None:
+    """A quick evaluation (General questions: 1) asked 122 leakage questions of each model in a new-user walk: the
+    same limit now bounds the unknown-entity questions; the project's own near-miss questions are all asked."""
+    tuned = Scripted("tuned.gguf", {KNOWLEDGE_Q: KNOWLEDGE_A})
+    report = evaluate(project, tuned, general=GENERAL, unknown=UNKNOWN, max_general=1)
+    axes = report.axes
+    assert axes is not None
+    asked = [r.item for r in axes.leakage]
+    assert sum(1 for i in asked if i.category == "unknown") == 1
+    assert [i.question for i in asked if i.category == quality.LEAKAGE_QTYPE] == [NEAR_MISS_Q]
+    assert len(axes.retention) == 1

@@ -135,7 +135,8 @@ def run(options: EvalOptions, progress: Progress | None = None, *, warn: Callabl
 def axis_questions(project: Project, options: EvalOptions,
                    ) -> tuple[list[QualityItem], list[QualityItem], list[QualityItem]]:
     """The questions of the retention and leakage axes as ``options`` want them: (general questions, at most
-    ``max_general`` of them; unknown-entity questions; the project's held-out near-miss questions). A set that
+    ``max_general`` of them; unknown-entity questions, at most as many; the project's held-out near-miss
+    questions). A set that
     cannot be read raises :class:`EvalError` naming the file and the line."""
     try:
         general: list[QualityItem] = []
@@ -144,7 +145,7 @@ def axis_questions(project: Project, options: EvalOptions,
             for path in options.general_files:
                 general += quality.load_items(Path(path).expanduser(), "retention", source="user")
             general = spread_items(general, options.max_general)
-        unknown = quality.unknown_items() if options.leakage else []
+        unknown = spread_items(quality.unknown_items(), options.max_general) if options.leakage else []
     except (quality.QualityError, OSError) as exc:
         raise EvalError(str(exc)) from None
     return general, unknown, near_miss_items(project) if options.leakage else []
@@ -208,6 +209,7 @@ def evaluate(project: Project, model: ChatModel, *, base: ChatModel | None = Non
         except (quality.QualityError, OSError) as exc:
             raise EvalError(str(exc)) from None
         general = spread_items(general, max_general)
+        unknown = spread_items(unknown, max_general)  # the same limit: a quick evaluation is quick on both axes
         leakage = [*(near_miss_items(project) if near_miss is None else near_miss), *unknown]
         texts = [r["text"] for r in project.conn.execute("SELECT text FROM chunks")]
         vocabulary = corpus_vocabulary(texts)

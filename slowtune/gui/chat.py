@@ -443,7 +443,7 @@ class ChatPage(Page):
         self.eval_general.setSpecialValueText("All")
         self.eval_general.setValue(DEFAULT_MAX_GENERAL)
         self.eval_general.setToolTip("Ask at most this many general questions (retention), spread over their "
-                                     "categories")
+                                     "categories, and at most as many about made-up things (leakage)")
         self.eval_open_book = QCheckBox("Also with the source excerpt (open book)")
         self.eval_open_book.setToolTip("Answers each question about the documents again with its source passage in the prompt, to see "
                                        "whether looking passages up would serve better than tuning")
