@@ -463,8 +463,9 @@ class ExportPage(Page):
         self.chat_button.clicked.connect(self.request_chat)
         # The check's figures are for a bug report, not the page: copied (with the folder), never shown.
         self.details = QTextDocument(self)
-        self.details_button = QPushButton("Copy Details for a Bug Report")
-        self.details_button.setToolTip("Copy the folder and the check's figures, to paste into a bug report")
+        # Not "for a bug report": it is shown after an export that went well too.
+        self.details_button = QPushButton("Copy the Check's Figures")
+        self.details_button.setToolTip("Copy the folder and every figure of the check against the trained model")
         self.details_button.clicked.connect(self.copy_details)
         buttons = QHBoxLayout()
         buttons.addWidget(self.reveal_button)
