@@ -71,6 +71,7 @@ from slowtune.fsutil import atomic_write_text
 from slowtune.gui.chatview import MessageInput, ScoreTable, TranscriptView, TurnView
 from slowtune.gui.page import Page
 from slowtune.gui.widgets import ask_yes as ask  # module-level name: tests answer it
+from slowtune.gui.widgets import let_shrink
 from slowtune.gui.workers import Job, JobRunner
 from slowtune.progress import Progress
 from slowtune.settings import Settings
@@ -456,7 +457,7 @@ class ChatPage(Page):
         form.addRow("Tuned model", self.eval_model_combo)
         form.addRow("Compared with", self.eval_base_combo)
         options = QHBoxLayout()
-        options.addWidget(QLabel("Questions about the documents"))
+        options.addWidget(QLabel("Document questions"))  # short: the row sets the page's minimum width
         options.addWidget(self.eval_probes)
         options.addSpacing(12)
         options.addWidget(QLabel("Max tokens"))
@@ -502,6 +503,7 @@ class ChatPage(Page):
         self.eval_report = QTextBrowser()
         self.eval_report.setOpenExternalLinks(False)
         self.eval_saved = QLabel()
+        let_shrink(self.eval_headline, self.axes_text, self.eval_notes, self.eval_saved)  # answers, paths: never wider
         self.eval_saved.setStyleSheet("color: gray;")
         self.eval_saved.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         tab = QWidget()

@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
 )
 
 from slowtune.gui.qtcompat import emit
+from slowtune.gui.widgets import let_shrink
 
 
 class MessageView(QFrame):
@@ -61,6 +62,7 @@ class MessageView(QFrame):
         self.footer = QLabel()
         self.footer.setStyleSheet("color: gray;")
         self.footer.setWordWrap(True)
+        let_shrink(self.body, self.footer)  # a long unbroken run in an answer must not widen the window
         self.footer.hide()
         layout = QVBoxLayout(self)
         layout.setContentsMargins(10, 6, 10, 6)
@@ -225,7 +227,7 @@ def score_rows(report: dict[str, Any]) -> tuple[list[str], list[tuple[str, list[
         row("Exactly right", lambda s: _number(s.get("exact")), "exact",
             "answers equal to the reference answer, ignoring case, punctuation and \"a\", \"the\" (questions the documents "
             "answer; higher is better)"),
-        row("Word overlap with the reference", lambda s: _number(s.get("f1")), "f1",
+        row("Word overlap", lambda s: _number(s.get("f1")), "f1",
             "how many words the answer shares with the reference answer (questions the documents answer; higher "
             "is better)"),
         row("Key-fact recall", lambda s: _number(s.get("key_fact_recall")), "key_fact_recall",

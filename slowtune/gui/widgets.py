@@ -163,6 +163,14 @@ _DEVELOPER_TEXT = re.compile(
     r"Traceback|File \"|\{\s*\"[^\"\n]*\"\s*:.*\}|(?<![\w-])--[A-Za-z][\w-]*", re.DOTALL)
 
 
+def let_shrink(*labels: QLabel) -> None:
+    """Word-wrapped labels that show text slowtune does not control (a model's answer, a path): their width never
+    widens the window. A QLabel wraps only at spaces, so one long unbroken run of characters in a model's answer
+    would otherwise set the whole window's minimum width; the run is cut at the label's edge instead."""
+    for label in labels:
+        label.setSizePolicy(QSizePolicy.Policy.Ignored, label.sizePolicy().verticalPolicy())
+
+
 def developer_text(text: str) -> bool:
     """Whether ``text`` holds something meant for a developer: a traceback (``Traceback``, ``File "``), a JSON
     dump (a ``{"key": ...}`` block) or a command-line flag (``--something``)."""
