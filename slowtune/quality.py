@@ -63,6 +63,7 @@ __all__ = [
     "leaked_terms",
     "load_items",
     "replay_prompts",
+    "spread",
     "unknown_items",
 ]
 
@@ -179,6 +180,34 @@ def unknown_items() -> list[QualityItem]:
 def replay_prompts() -> list[QualityItem]:
     """The shipped general prompts the base model answers for replay (never retention questions)."""
     return load_items(resource_path("quality", "replay.jsonl"), "replay", source="shipped")
+
+
+def spread(items: Sequence[QualityItem], limit: int) -> list[QualityItem]:
+    """``limit`` items, each category in proportion to its size, taken evenly through it, interleaved so that any
+    leading part of the result keeps the proportions (the retention slice is the first of those the base answers
+    right; replay uses the first prompts it needs, so a replay cut short by its time budget keeps them too).
+    Deterministic. A category of the general set is as likely to be damaged as its share says: the world facts, the
+    largest part, are the ones a model taught new names forgets first."""
+    by: dict[str, list[QualityItem]] = {}
+    for item in items:
+        by.setdefault(item.category, []).append(item)
+    if len(items) <= limit:
+        return list(items)
+    total = len(items)
+    exact = {c: limit * len(q) / total for c, q in by.items()}
+    quota = {c: max(1, int(x)) for c, x in exact.items()}
+    for c in sorted(by, key=lambda c: exact[c] - int(exact[c]), reverse=True):
+        if sum(quota.values()) >= limit:
+            break
+        quota[c] += 1
+    while sum(quota.values()) > limit:  # the minimum of one each overran: take from the largest
+        quota[max(quota, key=quota.get)] -= 1  # type: ignore[arg-type]
+    placed: list[tuple[float, int, QualityItem]] = []
+    for order, (c, q) in enumerate(by.items()):
+        k = quota[c]
+        for j in range(k):
+            placed.append(((j + 0.5) / k, order, q[int(j * len(q) / k)]))
+    return [item for _, _, item in sorted(placed, key=lambda t: (t[0], t[1]))]
 
 
 def check_disjoint(replay: Sequence[QualityItem], held_out: Sequence[QualityItem]) -> list[str]:

@@ -23,6 +23,7 @@ from slowtune.quality import (
     general_items,
     leaked_terms,
     replay_prompts,
+    spread,
     unknown_items,
 )
 from slowtune.scoring import key_fact_recall, new_fact_recall
@@ -236,6 +237,26 @@ def test_replay_is_skipped_with_a_warning_when_it_would_take_too_long(small_mode
     assert one.generated == rp.BATCH and none.generated == 0 and none.conversations == []
 
 
+def test_replay_takes_every_kind_of_prompt_in_its_share(tmp_path: Path) -> None:
+    """The shipped prompts are grouped by kind; a replay of 40 once took the first 40, all of them explanations,
+    none of them the short world facts a tuned model forgets first (bench learn, session 7)."""
+    from types import SimpleNamespace
+
+    prompts = replay_prompts()
+    cache = tmp_path / "cache.jsonl"
+    cache.write_text("".join(json.dumps({"id": p.id, "prompt": p.question, "answer": f"answer {p.id}."}) + "\n"
+                             for p in prompts))
+    result = rp.build_replay(None, SimpleNamespace(end_of_turn_ids=[]), 40, cache, budget_s=None)
+    assert result.generated == 0 and len(result.ids) == 40
+    kinds = {p.id: p.category for p in prompts}
+    shares = {c: sum(1 for p in prompts if p.category == c) / len(prompts) for c in set(kinds.values())}
+    taken = [kinds[i] for i in result.ids]
+    for kind, share in shares.items():
+        assert abs(taken.count(kind) - 40 * share) <= 1, (kind, taken.count(kind), 40 * share)
+    # A replay cut short by its budget keeps the mix: its first rows already hold every kind.
+    assert set(taken[: len(shares)]) == set(shares)
+
+
 def test_replay_answers_end_on_a_sentence() -> None:
     assert rp.finished_answer("Paris is the capital. It is", stopped=False) == "Paris is the capital."
     assert rp.finished_answer("no sentence end here", stopped=False) is None
@@ -258,14 +279,14 @@ def test_the_runs_retention_pool_keeps_the_general_sets_proportions() -> None:
     # as world facts scored a run at 0.88 retention that kept 0.53 of the rest (bench learn, session 6).
     items = [QualityItem("retention", f"{c}{i}", f"{c} {i}?", category=c)
              for c, n in (("knowledge", 60), ("arithmetic", 20), ("formatting", 10), ("mine", 1)) for i in range(n)]
-    pool = sc._spread(items, 18)
+    pool = spread(items, 18)
     assert len(pool) == len({i.id for i in pool}) == 18
     counts = {c: sum(i.category == c for i in pool) for c in ("knowledge", "arithmetic", "formatting", "mine")}
     assert counts == {"knowledge": 11, "arithmetic": 4, "formatting": 2, "mine": 1}
     assert [i.id for i in pool if i.category == "knowledge"][:3] == ["knowledge0", "knowledge5", "knowledge10"]
     head = [i.category for i in pool[:6]]  # any leading part keeps the proportions
     assert head.count("knowledge") >= 3 and "arithmetic" in head
-    assert sc._spread(items, 18) == pool and sc._spread(items[:5], 18) == items[:5]
+    assert spread(items, 18) == pool and spread(items[:5], 18) == items[:5]
 
 
 def test_in_run_knowledge_gives_no_credit_for_echoing_the_question() -> None:

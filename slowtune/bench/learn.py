@@ -199,7 +199,8 @@ def _open_book(document: str, question: str) -> list[dict[str, str]]:
 
 def _items(quick: bool) -> dict[str, Any]:
     """The final scoring's questions: none of them was used to pick a checkpoint."""
-    from slowtune.train.scorer import RETENTION_POOL, _spread
+    from slowtune.quality import spread
+    from slowtune.train.scorer import RETENTION_POOL
 
     corpus = _corpus_dir()
     facts = {f["id"]: f for f in _jsonl(corpus / "facts.jsonl")}
@@ -207,7 +208,7 @@ def _items(quick: bool) -> dict[str, Any]:
     near = _jsonl(corpus / "near_miss.jsonl")
     near = near[len(near) // 2:]
     general = general_items(include_user=False)
-    in_run = {i.id for i in _spread(list(general), RETENTION_POOL)}
+    in_run = {i.id for i in spread(general, RETENTION_POOL)}
     general = [i for i in general if i.id not in in_run]
     # The run scores itself on the first unknown-entity questions: as many as its leakage slice leaves beside the
     # project's near-miss half (slowtune.train.scorer.load_run_items).

@@ -25,7 +25,7 @@ from typing import Any
 
 from slowtune.fsutil import atomic_write_text
 from slowtune.progress import Progress, ensure
-from slowtune.quality import QualityItem, replay_prompts
+from slowtune.quality import QualityItem, replay_prompts, spread
 
 __all__ = ["DEFAULT_REPLAY", "ReplayResult", "build_replay", "cache_file", "replay_rows_wanted"]
 
@@ -170,7 +170,7 @@ def build_replay(engine: Any, renderer: Any, wanted: int, cache: Path, *, budget
     if wanted < MIN_ROWS:  # a handful of rows would not matter either way: nothing is generated
         return result
     available = replay_prompts() if prompts is None else prompts
-    items = available[:wanted]
+    items = spread(available, wanted)  # every kind of prompt in its share, not the file's first kind only
     entries = _read_cache(cache)
     answers = {k: a for k, (_, a) in entries.items()}
     result.cached = sum(1 for i in items if i.id in answers)

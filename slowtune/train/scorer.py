@@ -33,6 +33,7 @@ from slowtune.quality import (
     is_correct,
     knowledge_item,
     leaked_terms,
+    spread,
     unknown_items,
 )
 from slowtune.scoring import new_fact_recall
@@ -47,33 +48,6 @@ LEAKAGE_SLICE = 12
 MAX_NEW_TOKENS = 32  # short answers: the key fact comes first
 BATCH = 64  # questions answered together: on a CPU a large batch costs little more per step than a small one
 PLATEAU = 0.02  # knowledge gains below this count as no gain
-
-
-def _spread(items: list[QualityItem], limit: int) -> list[QualityItem]:
-    """``limit`` items, each category in proportion to its size, taken evenly through it, interleaved so that any
-    leading part of the result keeps the proportions (the retention slice is the first of those the base answers
-    right). Deterministic. A category of the general set is as likely to be damaged as its share says: the world
-    facts, the largest part, are the ones a model taught new names forgets first."""
-    by: dict[str, list[QualityItem]] = {}
-    for item in items:
-        by.setdefault(item.category, []).append(item)
-    if len(items) <= limit:
-        return list(items)
-    total = len(items)
-    exact = {c: limit * len(q) / total for c, q in by.items()}
-    quota = {c: max(1, int(x)) for c, x in exact.items()}
-    for c in sorted(by, key=lambda c: exact[c] - int(exact[c]), reverse=True):
-        if sum(quota.values()) >= limit:
-            break
-        quota[c] += 1
-    while sum(quota.values()) > limit:  # the minimum of one each overran: take from the largest
-        quota[max(quota, key=quota.get)] -= 1  # type: ignore[arg-type]
-    placed: list[tuple[float, int, QualityItem]] = []
-    for order, (c, q) in enumerate(by.items()):
-        k = quota[c]
-        for j in range(k):
-            placed.append(((j + 0.5) / k, order, q[int(j * len(q) / k)]))
-    return [item for _, _, item in sorted(placed, key=lambda t: (t[0], t[1]))]
 
 
 def _last_turn(messages: list[dict[str, str]]) -> tuple[str | None, str, str] | None:
@@ -141,13 +115,13 @@ def load_run_items(data: Path, conversations: dict[str, list[Any]], *, general: 
         general, unknown = [], []
     terms = corpus_terms(texts) if texts else None
     leakage = near_miss[: LEAKAGE_SLICE // 2]
-    leakage += _spread(list(unknown), LEAKAGE_SLICE - len(leakage))
+    leakage += spread(list(unknown), LEAKAGE_SLICE - len(leakage))
     if terms is None or not len(terms):
         notes.append("Leakage is not scored: the data has no names or numbers to leak.")
         leakage = []
     return RunItems(knowledge=knowledge[:KNOWLEDGE_SLICE] if len(knowledge) <= KNOWLEDGE_SLICE
                     else [knowledge[round(i * len(knowledge) / KNOWLEDGE_SLICE)] for i in range(KNOWLEDGE_SLICE)],
-                    retention_pool=_spread(list(general), RETENTION_POOL), leakage=leakage, terms=terms, notes=notes)
+                    retention_pool=spread(list(general), RETENTION_POOL), leakage=leakage, terms=terms, notes=notes)
 
 
 @dataclass
