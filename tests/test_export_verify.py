@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +105,9 @@ def test_the_app_says_all_four_figures_in_plain_words() -> None:
     bad = compare(([x], [[1]]), ([x * 1.05], [[1]]), file="model-F16.gguf", quant="F16").to_dict()
     verdict, text = describe_check(bad)
     assert verdict == "fail" and "does not compute what the trained model computes" in text
-    assert "(at most 0.01 allowed)" in text and "Do not use it" in text
+    assert "(at most 1.00% allowed)" in text and "Do not use it" in text
+    # Shares in words a user reads, never in exponent notation ("1.4e-03 of their range").
+    assert re.search(r"\de-?\d", text) is None and re.search(r"\de-?\d", describe_check(ok)[1]) is None
 
 
 def test_a_base_model_that_moved_is_named_and_model_is_taken(tiny_llama: Path, tmp_path: Path) -> None:

@@ -152,6 +152,15 @@ def percent(fraction: float) -> str:
     return text
 
 
+def small_share(fraction: float) -> str:
+    """A small difference as a share a reader knows: "0.14%", "less than 0.01%" (never "1.4e-03")."""
+    if fraction <= 0:
+        return "0%"
+    if fraction < 0.0001:
+        return "less than 0.01%"
+    return f"{fraction:.2%}" if fraction < 0.1 else f"{fraction:.0%}"
+
+
 def default_name(project: Project | None) -> str:
     """A file name stem from the project's name ("Field notes" -> "field-notes"), else "model"."""
     if project is None:
@@ -220,10 +229,11 @@ def describe_check(check: dict[str, Any]) -> tuple[str, str]:
         scale = float(check.get("logit_scale") or 0.0)
         relative = float(check.get("max_logit_diff") or 0.0) / scale if scale else 0.0
         if check.get("passed"):
-            return "pass", f"{subject} gives the trained model's scores (largest difference {relative:.1e} of their " \
-                           f"range){same}."
-        return "fail", f"{subject} does not give the trained model's scores: they differ by {relative:.1e} of " \
-                       f"their range (at most {F32_LOGIT_TOLERANCE:g} allowed){same}. Do not use it."
+            return "pass", f"{subject} gives the trained model's scores (largest difference " \
+                           f"{small_share(relative)} of their range){same}."
+        return "fail", f"{subject} does not give the trained model's scores: they differ by " \
+                       f"{small_share(relative)} of their range (at most {small_share(F32_LOGIT_TOLERANCE)} " \
+                       f"allowed){same}. Do not use it."
     if positions == 0:
         return ("fail" if check.get("required") else "warn"), \
             f"{subject} could not be compared: on the test prompts the trained model never clearly preferred one " \
@@ -236,13 +246,15 @@ def describe_check(check: dict[str, Any]) -> tuple[str, str]:
                    f"({int(check.get('excluded') or 0)} near-ties, where either choice is right, are left out of the "
                    "first figure)")
         if error is not None:
-            figures += f"; its scores differ from the trained model's by at most {float(error):.1e} of their range"
+            figures += f"; its scores differ from the trained model's by at most {small_share(float(error))} of " \
+                       "their range"
         figures += "."
     if not check.get("passed"):
         if check.get("required") and error is not None and float(error) > F16_MAX_LOGIT_ERROR \
                 and agreement >= F16_MIN_AGREEMENT:
             return "fail", f"{subject} does not compute what the trained model computes: its scores differ by " \
-                           f"{float(error):.1e} of their range (at most {F16_MAX_LOGIT_ERROR:g} allowed), though " \
+                           f"{small_share(float(error))} of their range (at most " \
+                           f"{small_share(F16_MAX_LOGIT_ERROR)} allowed), though " \
                            f"{agree}.{figures} Do not use it."
         return "fail", f"{subject} does not behave like the trained model: only {agree} " \
                        f"({F16_MIN_AGREEMENT:.0%} needed){same}.{figures} Do not use it."
