@@ -312,6 +312,13 @@ def test_progress_stages_and_cancel_during_the_general_questions(project: Projec
     assert general_done.done == general_done.total == 2 * len(GENERAL)
     leak_done = [e for e in events if e.stage == "Answering unknown-entity questions"][-1]
     assert leak_done.done == leak_done.total == 2 * (len(UNKNOWN) + 1)
+    # One count over the whole evaluation beside each stage's own, never going back: the app shows one bar and the
+    # time left (three bars in turn, each from nothing, gave a 40-minute evaluation no overall progress).
+    overall = [e.metrics["overall_done"] for e in events if "overall_done" in e.metrics]
+    whole = {e.metrics["overall_total"] for e in events if "overall_total" in e.metrics}
+    assert overall == sorted(overall) and overall[-1] == whole.pop() and not whole
+    assert overall[-1] == general_done.total + leak_done.total + [e for e in events
+                                                                  if e.stage == "Answering probes"][-1].total
 
     progress = Progress(min_interval=0)
 

@@ -120,3 +120,9 @@ def test_a_destination_that_cannot_be_a_folder_is_said_in_words(tmp_path: Path) 
     assert notes.read_text() == "a file"  # nothing the user had is touched
     make_destination(tmp_path / "new" / "export")
     assert (tmp_path / "new" / "export").is_dir()
+    # A system folder that takes no new folders: the OS's bare "No such file or directory: /proc/x" was the whole
+    # message in the new-user walk.
+    if Path("/proc/self").is_dir():
+        with pytest.raises(ExportFailed, match=r"cannot go to /proc/x/export: a folder could not be made there "
+                                               r"\(no such file or directory\)\. Choose another folder"):
+            make_destination(Path("/proc/x/export"))

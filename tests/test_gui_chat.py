@@ -563,6 +563,8 @@ def test_evaluation_scores_tuned_and_base_side_by_side_and_keeps_the_report(
         # The three axes, tuned and base side by side.
         axes = saved["axes"]
         assert not page.axes_table.isHidden() and not page.axes_text.isHidden()
+        # The axes in words scroll when they are longer than the tables are tall (they were cut off mid-sentence).
+        assert not page.axes_scroll.isHidden() and page.axes_scroll.widget() is page.axes_text
         assert page.axes_table.cell_text("Knowledge", "Tuned") == (
             f"{axes['tuned']['knowledge']:.2f} ({axes['tuned']['counts']['knowledge']} questions)")
         assert page.axes_table.cell_text("Retention", "Base") == f"{axes['base']['counts']['right']} of 3 right"
@@ -577,7 +579,7 @@ def test_evaluation_scores_tuned_and_base_side_by_side_and_keeps_the_report(
         assert page.scores.cell_text("Word overlap", "Tuned − base") == (
             f"{tuned['f1'] - base['f1']:+.2f}")
         assert saved["headline"] in page.eval_headline.text()
-        assert str(folders[0]) in page.eval_saved.text()
+        assert str(folders[0]) in page.eval_saved.text() and ".json" not in page.eval_saved.text()
         assert "Biggest wins" in page.eval_report.toPlainText()
         page.set_project(None)
         assert page.scores.isHidden()

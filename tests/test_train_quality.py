@@ -486,3 +486,24 @@ def test_a_finished_run_that_memorised_is_found_from_its_metrics(tmp_path: Path)
     run = read_run(run_dir)
     assert run is not None and run.overfitting is not None and "2.80 (step 10) to 8.90" in run.overfitting["message"]
     assert run.chosen is not None and run.checkpoint_words == "the last one"  # no adapter was saved here
+
+
+
+def test_the_checkpoint_export_uses_is_never_called_the_best_of_one(tmp_path: Path) -> None:
+    """A 30-step run scored itself once, at its last step: its export was "step 30, the best one" (the new-user
+    walk on the real SmolLM2, beside a verdict that its retention fell to 0.25)."""
+    from slowtune.train.runs import read_run
+
+    run_dir = tmp_path / "20250301-090000-abcdef"
+    run_dir.mkdir()
+    chosen = {"folder": "best", "step": 30, "why": "the best combined score"}
+    scoring = [{"step": 30, "knowledge": 1.0, "retention": 0.25, "leakage": 0.17}]
+    (run_dir / "run.json").write_text(json.dumps({"status": "done", "steps": 30, "config": {"model": "m"},
+                                                  "chosen": chosen, "scoring": scoring}))
+    run = read_run(run_dir)
+    assert run is not None and run.checkpoint_words == "step 30, the only one scored"
+    scoring = [{**scoring[0], "step": s} for s in (10, 20, 30)]
+    (run_dir / "run.json").write_text(json.dumps({"status": "done", "steps": 30, "config": {"model": "m"},
+                                                  "chosen": {**chosen, "step": 20}, "scoring": scoring}))
+    run = read_run(run_dir)
+    assert run is not None and run.checkpoint_words == "step 20, the best of 3 scored"

@@ -24,6 +24,7 @@ from slowtune import quality
 from slowtune.eval.axes import (
     DEFAULT_AXIS_MAX_TOKENS,
     DEFAULT_MAX_GENERAL,
+    STAGES,
     EvalAxes,
     answer_items,
     score_axes,
@@ -213,6 +214,12 @@ def evaluate(project: Project, model: ChatModel, *, base: ChatModel | None = Non
         leakage = [*(near_miss_items(project) if near_miss is None else near_miss), *unknown]
         texts = [r["text"] for r in project.conn.execute("SELECT text FROM chunks")]
         vocabulary = corpus_vocabulary(texts)
+        if probes is None:
+            probes = load_probes(project, max_probes)
+        answering = 1 + (base is not None)
+        progress = _Overall(progress, {"Answering probes": len(probes) * answering * (1 + open_book),
+                                       STAGES["retention"]: len(general) * answering,
+                                       STAGES["leakage"]: len(leakage) * answering})
         probes, results, runs = _answer_all(project, model, base, open_book, max_tokens, progress, probes,
                                             max_probes, vocabulary)
         closed = [(variant, m) for variant, m, with_source in runs if not with_source]
@@ -240,6 +247,32 @@ def evaluate(project: Project, model: ChatModel, *, base: ChatModel | None = Non
     report = build_report(project.name, probes, results, models=models, settings=settings, judge=judge)
     report.set_axes(_axes(report, retention, leaked, axis_settings))
     return report
+
+
+class _Overall:
+    """The evaluation's progress as a whole, beside each stage's own: every report carries ``overall_done`` and
+    ``overall_total`` (answers over all the stages), so a watcher can show one bar and the time left instead of a
+    bar that starts again at each stage."""
+
+    def __init__(self, inner: Progress, totals: dict[str, int]) -> None:
+        self.inner, self.total = inner, sum(totals.values())
+        self.offsets: dict[str, int] = {}
+        start = 0
+        for stage, count in totals.items():
+            self.offsets[stage] = start
+            start += count
+
+    def report(self, stage: str, done: float, total: float | None = None, **kwargs: Any) -> None:
+        if stage in self.offsets and self.total:
+            kwargs.update(overall_done=self.offsets[stage] + done, overall_total=self.total)
+        self.inner.report(stage, done, total, **kwargs)
+
+    def check(self) -> None:
+        self.inner.check()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.inner.cancelled
 
 
 def _axes(report: EvalReport, retention: list[Any], leakage: list[Any], settings: dict[str, Any]) -> EvalAxes:

@@ -41,6 +41,10 @@ def make_destination(out_dir: Path) -> None:
     except PermissionError:
         raise ExportFailed(f"The export cannot go to {out_dir}: this account may not write there. Choose a folder "
                            "you can write to, such as one in your home folder.") from None
+    except OSError as e:  # a system folder that takes no new folders (/proc), a full or read-only disk, ...
+        why = (e.strerror or "it could not be created").rstrip(".").lower()
+        raise ExportFailed(f"The export cannot go to {out_dir}: a folder could not be made there ({why}). Choose "
+                           "another folder, such as one in your home folder.") from None
 
 
 @dataclass

@@ -23,6 +23,7 @@ base on the project's held-out probes.
 from __future__ import annotations
 
 import html
+import re
 import shlex
 import sqlite3
 import time
@@ -41,6 +42,7 @@ from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QHeaderView,
@@ -50,6 +52,7 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSizePolicy,
     QSpinBox,
     QSplitter,
@@ -73,7 +76,7 @@ from slowtune.gui.page import Page
 from slowtune.gui.widgets import ask_yes as ask  # module-level name: tests answer it
 from slowtune.gui.widgets import let_shrink
 from slowtune.gui.workers import Job, JobRunner
-from slowtune.progress import Progress
+from slowtune.progress import Progress, format_duration
 from slowtune.settings import Settings
 
 if TYPE_CHECKING:
@@ -269,6 +272,7 @@ class ChatPage(Page):
         self._retired: list[ChatModel] = []  # models to close once the answer using them has ended
         self._eval_selected: list[ModelChoice | None] = [None, None]  # tuned, base
         self._eval_touched = False
+        self._eval_clock: tuple[float, float] | None = None
         self.load_job: Job | None = None
         self.answer_job: Job | None = None
         self.eval_job: Job | None = None
@@ -500,12 +504,21 @@ class ChatPage(Page):
         figures.setContentsMargins(0, 0, 0, 0)
         figures.addLayout(tables)
         figures.addSpacing(8)
-        figures.addWidget(self.axes_text, 1)
+        # The axes in words with their warnings and examples can be longer than the tables are tall: they scroll
+        # (a QLabel alone was cut off mid-sentence in the new-user walk).
+        self.axes_scroll = QScrollArea()
+        self.axes_scroll.setWidget(self.axes_text)
+        self.axes_scroll.setWidgetResizable(True)
+        self.axes_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.axes_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.axes_scroll.hide()
+        figures.addWidget(self.axes_scroll, 1)
         self.eval_notes = QLabel()
         self.eval_notes.setWordWrap(True)
         self.eval_notes.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.eval_report = QTextBrowser()
         self.eval_report.setOpenExternalLinks(False)
+        self.eval_report.setMinimumHeight(140)
         self.eval_saved = QLabel()
         let_shrink(self.eval_headline, self.axes_text, self.eval_notes, self.eval_saved)  # answers, paths: never wider
         self.eval_saved.setStyleSheet("color: gray;")
@@ -1183,9 +1196,10 @@ class ChatPage(Page):
         self.scores.show_report(report)
         self.scores.show()
         self.eval_notes.setText("<br>".join(html.escape(n) for n in report.get("notes") or []))
-        self.eval_report.setMarkdown(markdown)
+        # The report's own headings are for the file; inside the page they are sub-headings of the figures above.
+        self.eval_report.setMarkdown(re.sub(r"(?m)^(#{1,4}) ", r"##\1 ", markdown))
         self.eval_report.show()
-        self.eval_saved.setText(f"Saved in {folder} (report.md, report.json)")
+        self.eval_saved.setText(f"The full report is saved in {folder}.")
 
     def show_axes(self, axes: EvalAxes | None) -> None:
         """The three axes, tuned and base side by side, in words, with the warnings and a few examples (none: a
@@ -1193,6 +1207,7 @@ class ChatPage(Page):
         self.axes_table.show_axes(axes)
         self.axes_table.setVisible(axes is not None)
         self.axes_text.setVisible(axes is not None)
+        self.axes_scroll.setVisible(axes is not None)
         if axes is None:
             self.axes_text.clear()
             return
@@ -1234,22 +1249,34 @@ class ChatPage(Page):
             self.eval_job = None
             return None
         self.eval_progress.setRange(0, 0)
+        self._eval_clock = None  # (when, answers done) at the first answer: the time left is measured from there
         self.eval_status.setText("Loading the models…")
         self._refresh_eval_buttons()
         return job
 
     def _eval_progress(self, stage: str, done: float, total: object, metrics: object, status: str) -> None:
         m = metrics if isinstance(metrics, dict) else {}
-        if isinstance(total, int | float) and total > 0:
+        overall, whole = m.get("overall_done"), m.get("overall_total")
+        if isinstance(overall, int | float) and isinstance(whole, int | float) and whole > 0:
+            # One bar for the whole evaluation (it was three bars in turn, each starting again from nothing),
+            # and the time left from the answers so far.
+            self.eval_progress.setRange(0, 1000)
+            self.eval_progress.setValue(round(1000 * min(1.0, overall / whole)))
+            now = time.monotonic()
+            if self._eval_clock is None or overall <= 0:
+                self._eval_clock = (now, float(overall))
+            started, at = self._eval_clock
+            left = (now - started) / (overall - at) * (whole - overall) if overall - at >= 5 else None
+            detail = f"answer {overall:,.0f} of {whole:,.0f}" + (f", about {format_duration(left)} left" if left else "")
+        elif isinstance(total, int | float) and total > 0:
             self.eval_progress.setRange(0, 1000)
             self.eval_progress.setValue(round(1000 * min(1.0, done / total)))
-            count = f" {done:,.0f} of {total:,.0f}"
+            detail = f"{done:,.0f} of {total:,.0f}"
         else:
             self.eval_progress.setRange(0, 0)
-            count = ""
-        detail = status or m.get("model") or ""
+            detail = status or m.get("model") or ""
         label = EVAL_STAGES.get(stage, stage)
-        self.eval_status.setText(f"{label[:1].upper()}{label[1:]}{count}" + (f" — {detail}" if detail else ""))
+        self.eval_status.setText(f"{label[:1].upper()}{label[1:]}" + (f": {detail}" if detail else ""))
 
     def _eval_failed(self, epoch: int, message: str, details: str) -> None:
         if epoch != self._epoch:

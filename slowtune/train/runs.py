@@ -252,6 +252,7 @@ class RunInfo:
     scores: dict[str, Any] | None = None
     chosen: dict[str, Any] | None = None
     stopped_early: str | None = None
+    scored: int = 0  # how many checkpoints the run scored (the base model's scoring before step 1 not counted)
 
     @property
     def run_id(self) -> str:
@@ -264,12 +265,15 @@ class RunInfo:
 
     @property
     def checkpoint_words(self) -> str:
-        """Which checkpoint an export uses, in a few words for a list ("step 40, the best one")."""
+        """Which checkpoint an export uses, in a few words for a list ("step 40, the best of 3 scored"): never
+        "the best" for the only checkpoint that was scored."""
         chosen = self.chosen or {}
         step = chosen.get("step")
         at = f"step {step:,}" if isinstance(step, int) else ""
         if chosen.get("folder") == "best":
-            return f"{at}, the best one" if at else "the best one"
+            best = "the only one scored" if self.scored == 1 else \
+                f"the best of {self.scored} scored" if self.scored > 1 else "the best one"
+            return f"{at}, {best}" if at else best
         return f"{at}, the last one" if at else "the last one"
 
     @property
@@ -499,6 +503,7 @@ def read_run(run_dir: Path, row: Any = None) -> RunInfo | None:
         recorded=str(row["status"]) if row is not None else None, live_pid=live_pid, elsewhere=elsewhere,
         warnings=warnings,
         scores=(info.get("scoring") or [None])[-1] if isinstance(info.get("scoring"), list) else None,
+        scored=len(info["scoring"]) if isinstance(info.get("scoring"), list) else 0,
         chosen=(info.get("chosen") if isinstance(info.get("chosen"), dict)
                 else chosen_checkpoint(run_dir) if status == "done" else None),
         stopped_early=str(info["stopped_early"]) if info.get("stopped_early") else None,
