@@ -173,7 +173,9 @@ def test_generate_review_and_report(qtbot, with_teacher: FakeTeacher, window: Ma
     assert model.rowCount() > 1
     assert model.index(0, 0).data()  # a question
     report = page.report.toPlainText()
-    assert "accepted" in report and "chunks:" in report and "teacher:" in report
+    assert "Training: " in report and "accepted" in report and "Chunks: " in report and "Teacher: " in report
+    # In words, not the terminal's report: kinds as the Type column says them, a free local teacher costs nothing.
+    assert "Kinds of rows: " in report and "no cost" in report and "$0.0000" not in report + page.banner.text.text()
 
     project = window.project
     assert project is not None
@@ -185,7 +187,7 @@ def test_generate_review_and_report(qtbot, with_teacher: FakeTeacher, window: Ma
     qtbot.keyClick(table, Qt.Key.Key_R)  # reject, and move on
     assert statuses(project)[first] == "rejected" and table.current_row() == 1
     assert model.rows[0].status == "rejected" and "rejected by you" in model.index(0, 5).data()
-    assert "user 1" in page.report.toPlainText()
+    assert "Rejected by: you 1" in page.report.toPlainText()
     qtbot.keyClick(table, Qt.Key.Key_K)
     assert table.current_row() == 0
     qtbot.keyClick(table, Qt.Key.Key_A)

@@ -302,6 +302,9 @@ def test_the_wizard_downloads_a_model_and_trains_it_to_a_finished_run(qtbot, pag
     assert [int(x) for x, _ in chart.points("Training loss")] == metrics_steps(run_dir) == list(range(1, 7))
     assert [int(x) for x, _ in chart.points(VALID_SERIES)] == list(range(1, 7))  # validated every step of 6
     assert "Finished" in page.run_view.status.text() and page.run_view.values["Tokens/s"].text() != "—"
+    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    peak = max(last[k] for k in ("mlx_peak_gb", "rss_gb") if k in last)
+    assert page.run_view.values["Memory"].text() == f"{peak:.2f} GB at most"  # one figure, no "(MLX)"
     assert trainer_pid(run_dir) is None
 
     assert page.run_view.export_button.isVisibleTo(page)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QPoint, Qt, Signal
-from PySide6.QtGui import QAction, QColor, QFontDatabase, QKeyEvent
+from PySide6.QtGui import QAction, QColor, QKeyEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -40,6 +40,7 @@ from PySide6.QtWidgets import (
     QSpinBox,
     QSplitter,
     QTableView,
+    QTextBrowser,
     QVBoxLayout,
     QWidget,
 )
@@ -142,7 +143,7 @@ def confirmation_text(prepared: Prepared) -> str:
 
 def describe_result(result: Any, budget: float | None = None) -> tuple[str, str]:
     """(level, message) for the banner after a run."""
-    spent = f"${result.cost_usd:.4f}" if result.cost_known else "cost unknown"
+    spent = spent_words(result.cost_usd, result.cost_known)
     message = (f"{result.chunks_done} chunks done, {result.chunks_failed} failed; {result.rows_kept} conversations "
                f"kept, {result.probes} probe questions; {result.calls} calls, {spent}.")
     if result.stopped == "cancelled":
@@ -159,6 +160,54 @@ def describe_result(result: Any, budget: float | None = None) -> tuple[str, str]
     return ("warning" if result.chunks_failed else "info"), message
 
 
+SPLIT_WORDS = (("train", "Training"), ("valid", "Validation"), ("probe", "Held-out questions"))
+GATE_WORDS = {"schema": "unreadable answer", "quote": "quote not in the document", "refusal": "refused",
+              "judge": "the judge", "duplicate": "duplicate", "user": "you", "other": "other"}
+
+
+def spent_words(cost_usd: float, known: bool = True) -> str:
+    """What the teacher cost, for people: "no cost" for a free (local) teacher, never "$0.0000"."""
+    if not known:
+        return "cost unknown"
+    return "no cost" if cost_usd <= 0 else money(cost_usd)
+
+
+def describe_report(rep: review.DatasetReport) -> str:
+    """The dataset's figures for the page, as short lines of words (HTML): not the terminal's report."""
+    def rows(split: str) -> str:
+        counts = rep.rows.get(split, {})
+        text = f"{counts.get('accepted', 0):,} accepted"
+        for status in ("rejected", "pending"):
+            if counts.get(status):
+                text += f", {counts[status]:,} {status}"
+        return text
+
+    lines = [" · ".join(f"<b>{label}:</b> {rows(split)}" for split, label in SPLIT_WORDS)]
+    if rep.by_type:
+        lines.append("<b>Kinds of rows:</b> " + ", ".join(
+            f"{QTYPE_LABELS.get(t, t)} {n:,}" for t, n in sorted(rep.by_type.items(), key=lambda kv: -kv[1])))
+    if rep.rejected_by_gate:
+        lines.append("<b>Rejected by:</b> " + ", ".join(
+            f"{GATE_WORDS.get(g, g)} {n:,}" for g, n in sorted(rep.rejected_by_gate.items(), key=lambda kv: -kv[1])))
+    chunks = f"<b>Chunks:</b> {rep.chunks_generated:,} of {rep.chunks_total:,} written by the teacher"
+    if rep.chunks_failed_count:
+        chunks += f", {rep.chunks_failed_count:,} failed"
+    if rep.chunks_without_rows_count:
+        chunks += f", {rep.chunks_without_rows_count:,} left with no rows"
+    lines.append(chunks)
+    if rep.stale_rows:
+        lines.append(f"{rep.stale_rows:,} rows are about documents that were removed or changed: they are left out of "
+                     "training.")
+    for d in rep.documents:
+        lines.append(f"&nbsp;&nbsp;{html.escape(str(d['title']))}: {d['rows']:,} rows from {d['chunks_with_rows']} of "
+                     f"{d['chunks']} chunks")
+    for f in rep.chunks_failed[:10]:
+        lines.append(f"&nbsp;&nbsp;A chunk failed: {html.escape(str(f['reason']))}")
+    tokens = rep.tokens.get("teacher_input", 0) + rep.tokens.get("teacher_output", 0)
+    lines.append(f"<b>Teacher:</b> {rep.teacher_calls:,} calls, {tokens:,} tokens, {spent_words(rep.cost_usd)}")
+    return "<br>".join(lines)
+
+
 def describe_regeneration(result: Any) -> tuple[str, str]:
     """(level, message) for the banner after regenerating a chunk."""
     if result.chunks_failed:
@@ -171,7 +220,7 @@ def describe_regeneration(result: Any) -> tuple[str, str]:
         return level, (f"{why.rstrip('.')}. The teacher wrote nothing for the chunk, and its old rows were already "
                        "removed (edited ones are kept): Generate or Regenerate Chunk… asks again.")
     rejected = sum(result.rejected.values())
-    spent = f"${result.cost_usd:.4f}" if result.cost_known else "cost unknown"
+    spent = spent_words(result.cost_usd, result.cost_known)
     return "info", (f"Chunk regenerated: {result.rows_kept} conversations kept, {rejected} rejected by the checks, "
                     f"{result.probes} probe questions; {result.calls} calls, {spent}.")
 
@@ -676,9 +725,8 @@ class DatasetPage(Page):
         below.addWidget(keys_hint, 1)
         below.addWidget(self.regenerate_button)
 
-        self.report = QPlainTextEdit()
-        self.report.setReadOnly(True)
-        self.report.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        self.report = QTextBrowser()  # the dataset's figures in words (the terminal's report is for `slowtune`)
+        self.report.setOpenLinks(False)
         review_box = QWidget()
         review_layout = QVBoxLayout(review_box)
         review_layout.setContentsMargins(0, 0, 0, 0)
@@ -793,7 +841,7 @@ class DatasetPage(Page):
 
     def refresh_report(self) -> None:
         if self.project is not None:
-            self.report.setPlainText(review.render_report(review.report(self.project)))
+            self.report.setHtml(describe_report(review.report(self.project)))
 
     # --- review --------------------------------------------------------------------------------------------
     def current_dataset_row(self) -> DatasetRow | None:

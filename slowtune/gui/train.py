@@ -757,12 +757,10 @@ class TrainPage(Page):
                 self.run_view.bar.setValue(min(step, total))
             if "tokens_per_s" in record:
                 values["Tokens/s"].setText(f"{record['tokens_per_s']:,.0f}")
-            memory = []
-            if "mlx_peak_gb" in record:
-                memory.append(f"{record['mlx_peak_gb']:.2f} GB peak (MLX)")
-            if "rss_gb" in record:
-                memory.append(f"{record['rss_gb']:.2f} GB trainer")
-            values["Memory"].setText(" · ".join(memory) or "—")
+            # One figure a user can hold against the Mac's memory: the larger of the framework's peak and the
+            # training process's own size.
+            used = [float(record[k]) for k in ("mlx_peak_gb", "rss_gb") if isinstance(record.get(k), int | float)]
+            values["Memory"].setText(f"{max(used):.2f} GB at most" if used else "—")
             if self.state in ("running", "stopping") and "eta_s" in record:
                 values["Time left"].setText(format_duration(float(record["eta_s"])))
             elif self.state == "finished":

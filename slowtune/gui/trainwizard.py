@@ -530,7 +530,7 @@ class DataWizardPage(QWizardPage):
         return self.summary is not None and self.summary.train > 0
 
 
-LEARNING_RATE_ERROR = "The learning rate must be a number between 0 and 1, such as 1e-4."
+LEARNING_RATE_ERROR = "The learning rate must be a number between 0 and 1, such as 0.0001."
 
 
 def parse_learning_rate(text: str) -> float | None:
