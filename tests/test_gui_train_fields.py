@@ -113,6 +113,10 @@ def test_a_learning_rate_that_is_not_a_number_is_refused_when_committed(qtbot, p
     assert settings.learning_rate_error.isVisibleTo(settings)
     assert "between 0 and 1" in settings.learning_rate_error.text()
     assert settings.rank.mapTo(settings, QPoint(0, 0)) == position
+    # Typing again takes the stale message away (its space stays: nothing moves), until the next commit.
+    _type(settings.learning_rate, "0.0005")
+    assert not settings.learning_rate_error.isVisibleTo(settings)
+    assert settings.rank.mapTo(settings, QPoint(0, 0)) == position
     # Next does not go on with it, and says why beside the field.
     _type(settings.learning_rate, "2")
     wizard.next()

@@ -137,7 +137,9 @@ class ProviderDialog(QDialog):
         self.provider_id.setPlaceholderText("a short name, e.g. openai or my-server")
         self.base_url = QLineEdit()
         self.base_url.setPlaceholderText("https://host/v1")
-        self.model = model_combo("e.g. gpt-4o-mini (optional; Test lists the server's models)")
+        # Test is on the page, not in this dialog: the hint says when the list comes.
+        self.model = model_combo("e.g. gpt-4o-mini (optional; once added, Test lists the server's models)"
+                                 if existing is None else "e.g. gpt-4o-mini (optional; Test lists the server's models)")
         self.gguf_path = QLineEdit()
         self.gguf_path.setPlaceholderText("/path/to/model.gguf")
         browse = QPushButton("Choose…")

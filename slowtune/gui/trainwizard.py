@@ -657,6 +657,9 @@ class SettingsWizardPage(QWizardPage):
         self.steps.setMinimumWidth(100)
         self.epochs.setMinimumWidth(100)
         self.learning_rate.editingFinished.connect(self.commit_learning_rate)
+        # A message about the text before this edit is stale: it goes while typing (its space stays, so nothing
+        # moves), and the next commit checks the new text.
+        self.learning_rate.textEdited.connect(lambda _text: self.learning_rate_error.hide())
         self.length_kind.currentIndexChanged.connect(self._length_kind_changed)
         self.summary = QLabel()
         self.summary.setWordWrap(True)
