@@ -253,8 +253,9 @@ def test_replay_takes_every_kind_of_prompt_in_its_share(tmp_path: Path) -> None:
     taken = [kinds[i] for i in result.ids]
     for kind, share in shares.items():
         assert abs(taken.count(kind) - 40 * share) <= 1, (kind, taken.count(kind), 40 * share)
-    # A replay cut short by its budget keeps the mix: its first rows already hold every kind.
-    assert set(taken[: len(shares)]) == set(shares)
+    # A replay cut short by its budget keeps the mix: its first half holds about half of each kind.
+    for kind, share in shares.items():
+        assert abs(taken[:20].count(kind) - 20 * share) <= 1, (kind, taken[:20].count(kind), 20 * share)
 
 
 def test_replay_answers_end_on_a_sentence() -> None:
