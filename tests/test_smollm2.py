@@ -166,3 +166,28 @@ def test_smollm2_imports_learns_made_up_facts_streams_exports_and_answers(tmp_pa
           f"near-ties), {imported['seconds']} s; loss {losses[0]:.3f} -> {losses[-1]:.3f}; held-out "
           f"{right}/{total} tuned, {base_score}/{total} base; streamed losses {three['streamed']}; F16 top-1 "
           f"{f16['top1_agreement']}; seconds {timings}")
+
+
+def test_llama_cpp_runs_one_thread_per_physical_core_unless_told() -> None:
+    """llama-cpp-python's own default (half the logical cores) is one thread on a 2-core machine; slowtune opens
+    every GGUF with one per physical core, as llama.cpp's own tools do (on a Mac it keeps llama-cpp-python's)."""
+    import platform
+
+    import psutil
+
+    from slowtune.llama import load_gguf
+
+    gguf = _smollm2_gguf()
+    llm = load_gguf(gguf, n_ctx=64, vocab_only=True)
+    try:
+        if platform.system() == "Darwin":
+            assert llm.n_threads == max((os.cpu_count() or 2) // 2, 1)
+        else:
+            assert llm.n_threads == llm.n_threads_batch == psutil.cpu_count(logical=False)
+    finally:
+        llm.close()
+    llm = load_gguf(gguf, n_ctx=64, vocab_only=True, n_threads=1)
+    try:
+        assert llm.n_threads == 1
+    finally:
+        llm.close()
