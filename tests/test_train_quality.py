@@ -213,7 +213,8 @@ def test_a_real_run_scores_itself_and_mixes_in_replay(small_model: Path, tmp_pat
     assert replay["generated"] == 0 and replay["cached"] == wanted and replay["rows"] == info["replay"]["rows"]
 
 
-def test_replay_is_skipped_with_a_warning_when_it_would_take_too_long(small_model: Path, tmp_path: Path) -> None:
+def test_replay_is_skipped_with_a_warning_when_it_would_take_too_long(small_model: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from mlx_lm.utils import load_tokenizer
 
     from slowtune.train.data import ChatRenderer
@@ -226,8 +227,16 @@ def test_replay_is_skipped_with_a_warning_when_it_would_take_too_long(small_mode
     warned: list[str] = []
     result = rp.build_replay(engine, renderer, 40, tmp_path / "cache.jsonl", budget_s=1e-6, prompts=prompts,
                              max_new=4, warn=warned.append)
-    assert result.conversations == [] and result.generated == rp.FIRST_BATCH  # the first answers were timed
-    assert warned and "Replay was skipped" in warned[0] and "a tenth of the training" in warned[0]
+    # The first answers were timed, and no more fit: they are all there is.
+    assert len(result.conversations) == result.generated == rp.FIRST_BATCH
+    assert warned == [f"Replay was cut to {rp.FIRST_BATCH} of the 40 general questions wanted: the base model is too "
+                      "slow to answer general questions within a tenth of the training time here (0 s)."]
+    # Fewer rows than are worth mixing in: none.
+    monkeypatch.setattr(rp, "MIN_ROWS", rp.FIRST_BATCH + 1)
+    result = rp.build_replay(engine, renderer, 40, tmp_path / "c1.jsonl", budget_s=1e-6, prompts=prompts,
+                             max_new=4, warn=warned.append)
+    assert result.conversations == [] and result.generated == rp.FIRST_BATCH
+    assert "Replay was skipped" in warned[-1] and "a tenth of the training" in warned[-1]
     # When the base model's scoring timed its answers, nothing is started that cannot finish in time: one batch
     # of 4-token answers at 1 s a step takes 5 s, so a budget of 6 s answers one batch and 4 s none.
     one = rp.build_replay(engine, renderer, 40, tmp_path / "c2.jsonl", budget_s=6.0, prompts=prompts, max_new=4,
@@ -258,11 +267,40 @@ def test_replay_takes_every_kind_of_prompt_in_its_share(tmp_path: Path) -> None:
         assert abs(taken[:20].count(kind) - 20 * share) <= 1, (kind, taken[:20].count(kind), 20 * share)
 
 
-def test_replay_answers_end_on_a_sentence() -> None:
-    assert rp.finished_answer("Paris is the capital. It is", stopped=False) == "Paris is the capital."
-    assert rp.finished_answer("no sentence end here", stopped=False) is None
-    assert rp.finished_answer("Done", stopped=True) == "Done"
+def test_an_unfinished_replay_answer_is_kept_and_trained_without_its_end(small_model: Path, tmp_path: Path) -> None:
+    """An answer the base had not ended within the token limit is kept as far as it got (it once was cut back to its
+    last full sentence and trained with an end-of-turn token after it, teaching the tuned model to stop early, or
+    dropped when it had no full sentence); its end-of-turn token is no target. A finished answer keeps its own."""
+    from mlx_lm.utils import load_tokenizer
+
+    from slowtune.train.data import ChatRenderer
+
+    assert rp.kept_answer("Paris is the capital. It is", stopped=False) == rp.Answer("Paris is the capital. It is",
+                                                                                    finished=False)
+    assert rp.kept_answer("  Done \n", stopped=True) == rp.Answer("Done")
+    assert rp.kept_answer("  ", stopped=False).text is None and rp.kept_answer("", stopped=True).text is None
     assert rp.replay_rows_wanted(300, 0.25) == 100 and rp.replay_rows_wanted(10, 0.0) == 0
+
+    renderer = ChatRenderer(load_tokenizer(small_model))
+    prompts = replay_prompts()[:8]
+    cache = tmp_path / "cache.jsonl"
+    cache.write_text("".join(json.dumps({"id": p.id, "prompt": p.question, "answer": f"Answer {n} goes on and",
+                                         "finished": n % 2 == 0}) + "\n" for n, p in enumerate(prompts)))
+    result = rp.build_replay(None, renderer, 8, cache, budget_s=None, prompts=prompts)
+    assert result.generated == 0 and len(result.conversations) == 8 and result.warning is None
+    assert result.to_json()["unfinished"] == 4
+    examples = rp.encode_replay(renderer, result, 256)
+    assert len(examples) == 8
+    end = renderer.end_of_turn_ids
+    for finished, example in zip(result.finished, examples, strict=True):
+        targets = [int(example.tokens[i]) for i in example.mask.nonzero()[0]]
+        assert (targets[-1] in end) is finished, (finished, targets)
+        answer = renderer.tokenizer.decode([t for t in targets if t not in end]).strip()
+        assert answer.startswith("Answer") and answer.endswith("goes on and"), answer
+    # A cache from before (no "finished"): its answers ended where the model ended them.
+    cache.write_text("".join(json.dumps({"id": p.id, "prompt": p.question, "answer": "Yes."}) + "\n"
+                             for p in prompts))
+    assert rp.build_replay(None, renderer, 8, cache, budget_s=None, prompts=prompts).finished == [True] * 8
 
 
 def test_replay_prompts_and_held_out_questions_are_disjoint() -> None:

@@ -10,13 +10,16 @@ model, so the next run on the same model generates nothing.
 The mix: ``replay`` is the share of the training rows that are replay rows (0.25: a quarter). Generating must not
 take longer than a tenth of the training itself: the first answers are timed, and when the rest would overrun,
 fewer prompts are used, or replay is skipped, with a warning saying so.
+
+Each answer is at most ``MAX_NEW_TOKENS`` long. An answer the base model had not finished by then is kept as far as
+it got and trained on without an end-of-turn token, so the tuned model learns how the base answer opens (where the
+key fact usually is) and not that answers stop there. Short answers buy more prompts within the same tenth.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,15 +30,15 @@ from slowtune.fsutil import atomic_write_text
 from slowtune.progress import Progress, ensure
 from slowtune.quality import QualityItem, replay_prompts, spread
 
-__all__ = ["DEFAULT_REPLAY", "ReplayResult", "build_replay", "cache_file", "replay_rows_wanted"]
+__all__ = ["DEFAULT_REPLAY", "Answer", "ReplayResult", "build_replay", "cache_file", "encode_replay", "kept_answer",
+           "replay_rows_wanted"]
 
 DEFAULT_REPLAY = 0.25
-MAX_NEW_TOKENS = 128
+MAX_NEW_TOKENS = 64
 TIME_SHARE = 0.10  # of the estimated training time, at most
 MIN_ROWS = 8  # fewer replay rows than this are not worth mixing in
 FIRST_BATCH = 8  # timed first when nothing says how fast the model answers
 BATCH = 32  # prompts answered together: on a CPU a batch costs little more than one prompt
-_SENTENCE_END = re.compile(r"[.!?](?:[\"'”’)\]]*)(?=\s|$)")
 
 
 def replay_rows_wanted(train_rows: int, share: float) -> int:
@@ -69,29 +72,41 @@ def cache_file(data: Path, model_dir: Path, *, max_new: int = MAX_NEW_TOKENS) ->
     return cache_dir() / "replay" / f"{key}.jsonl"
 
 
-def _read_cache(path: Path) -> dict[str, tuple[str, str | None]]:
-    """(prompt, answer) by prompt id; the answer is None when it was not kept (cut off mid-sentence)."""
-    out: dict[str, tuple[str, str | None]] = {}
+@dataclass(frozen=True)
+class Answer:
+    """The base model's answer to one prompt: ``text`` is None when there was none (empty); ``finished`` is False
+    when the base had not ended it within the token limit (it is trained on without an end-of-turn token)."""
+
+    text: str | None
+    finished: bool = True
+
+
+Entries = dict[str, tuple[str, Answer]]  # prompt id: (prompt, answer)
+
+
+def _read_cache(path: Path) -> Entries:
+    """(prompt, answer) by prompt id."""
+    out: Entries = {}
     if not path.exists():
         return out
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             data = json.loads(line)
-            out[str(data["id"])] = (str(data.get("prompt") or ""), None if data["answer"] is None else str(data["answer"]))
+            text = None if data["answer"] is None else str(data["answer"])
+            out[str(data["id"])] = (str(data.get("prompt") or ""), Answer(text, bool(data.get("finished", True))))
         except (ValueError, KeyError, TypeError):
             continue  # a torn or foreign line: that answer is generated again
     return out
 
 
-def _write_cache(path: Path, entries: dict[str, tuple[str, str | None]]) -> None:
+def _write_cache(path: Path, entries: Entries) -> None:
     """Every answer kept so far, this run's and earlier runs' (a smaller run keeps a larger one's answers)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, "".join(json.dumps({"id": k, "prompt": p, "answer": a}) + "\n"
-                                    for k, (p, a) in sorted(entries.items())))
+    atomic_write_text(path, "".join(json.dumps({"id": k, "prompt": p, "answer": a.text, "finished": a.finished})
+                                    + "\n" for k, (p, a) in sorted(entries.items())))
 
 
-def _generate_llama(gguf: Path, missing: list[QualityItem], entries: dict[str, tuple[str, str | None]],
-                    answers: dict[str, str | None], result: ReplayResult, budget_s: float | None, max_new: int,
+def _generate_llama(gguf: Path, missing: list[QualityItem], entries: Entries, result: ReplayResult, budget_s: float | None, max_new: int,
                     progress: Progress) -> bool:
     """Answer ``missing`` with llama.cpp on ``gguf`` (greedy), while the budget lasts; True when it ran out."""
     from slowtune.llama import complete_chat, load_gguf
@@ -109,8 +124,8 @@ def _generate_llama(gguf: Path, missing: list[QualityItem], entries: dict[str, t
             reply = complete_chat(llm, [{"role": "user", "content": item.question}], temperature=0.0,
                                   max_tokens=max_new, seed=0)
             choice = reply["choices"][0]
-            answers[item.id] = finished_answer(choice["message"]["content"] or "", choice.get("finish_reason") == "stop")
-            entries[item.id] = (item.question, answers[item.id])
+            entries[item.id] = (item.question, kept_answer(choice["message"]["content"] or "",
+                                                           choice.get("finish_reason") == "stop"))
             result.generated += 1
     finally:
         llm.close()
@@ -118,20 +133,48 @@ def _generate_llama(gguf: Path, missing: list[QualityItem], entries: dict[str, t
     return False
 
 
-def finished_answer(text: str, stopped: bool) -> str | None:
-    """The answer as kept: whole when the model ended it, else cut after its last full sentence (None when none)."""
-    text = text.strip()
-    if not text:
-        return None
+def kept_answer(text: str, stopped: bool) -> Answer:
+    """The answer as kept: whole, and unfinished when the model had not ended it (None when it is empty)."""
     if stopped:
-        return text
-    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
-    return text[: ends[-1]].strip() if ends else None
+        text = text.strip()
+        return Answer(text or None)
+    text = text.lstrip()
+    return Answer(text if text.strip() else None, finished=False)
+
+
+def encode_replay(renderer: Any, result: ReplayResult, max_seq_len: int) -> list[Any]:
+    """The replay rows as training examples; an unfinished answer has no end-of-turn token among its targets."""
+    from slowtune.train.data import encode_all
+
+    examples = []
+    for conversation, finished in zip(result.conversations, result.finished, strict=True):
+        encoded, _ = encode_all(renderer, [conversation], max_seq_len)
+        for example in encoded:
+            if not finished:
+                _drop_end_of_turn(example, renderer.end_of_turn_ids)
+            if example.n_loss_tokens:
+                examples.append(example)
+    return examples
+
+
+def _drop_end_of_turn(example: Any, end_ids: Any) -> None:
+    """Take the end-of-turn token(s) after the last answer out of the loss (and whatever the template writes after
+    them): the base model had not ended that answer."""
+    targets = [int(i) for i in example.mask.nonzero()[0]]
+    if not targets:
+        return
+    last = targets[-1]
+    first = last
+    while first - 1 >= 0 and example.mask[first - 1] and int(example.tokens[first - 1]) in end_ids:
+        first -= 1
+    if int(example.tokens[last]) in end_ids:
+        example.mask[first:last + 1] = False
 
 
 @dataclass
 class ReplayResult:
     conversations: list[list[dict[str, str]]] = field(default_factory=list)
+    finished: list[bool] = field(default_factory=list)  # per conversation: False when the base had not ended it
     wanted: int = 0
     cached: int = 0
     generated: int = 0
@@ -143,7 +186,8 @@ class ReplayResult:
     generator: str = "MLX"  # what answered: the model in training (LoRA off), or llama.cpp on its source GGUF
 
     def to_json(self) -> dict[str, Any]:
-        return {"rows": len(self.conversations), "ids": self.ids, "generator": self.generator,
+        return {"rows": len(self.conversations), "unfinished": self.finished.count(False), "ids": self.ids,
+                "generator": self.generator,
                 "wanted": self.wanted, "cached": self.cached,
                 "generated": self.generated, "seconds": round(self.seconds, 2),
                 "budget_s": None if self.budget_s is None else round(self.budget_s, 1), "file": self.file,
@@ -172,9 +216,8 @@ def build_replay(engine: Any, renderer: Any, wanted: int, cache: Path, *, budget
     available = replay_prompts() if prompts is None else prompts
     items = spread(available, wanted)  # every kind of prompt in its share, not the file's first kind only
     entries = _read_cache(cache)
-    answers = {k: a for k, (_, a) in entries.items()}
-    result.cached = sum(1 for i in items if i.id in answers)
-    missing = [i for i in items if i.id not in answers]
+    result.cached = sum(1 for i in items if i.id in entries)
+    missing = [i for i in items if i.id not in entries]
     stop = set(renderer.end_of_turn_ids)
 
     def encode(item: QualityItem) -> list[int]:
@@ -188,14 +231,13 @@ def build_replay(engine: Any, renderer: Any, wanted: int, cache: Path, *, budget
         outs = greedy(engine, [encode(i) for i in batch], max_new + 1, stop, lora=False, progress=progress)
         for item, out in zip(batch, outs, strict=True):
             text = renderer.tokenizer.decode(out[:max_new], skip_special_tokens=True)
-            answers[item.id] = finished_answer(text, len(out) <= max_new)
-            entries[item.id] = (item.question, answers[item.id])
+            entries[item.id] = (item.question, kept_answer(text, len(out) <= max_new))
         result.generated += len(batch)
 
     short_of_time = False
     started = time.perf_counter()
     if gguf is not None and missing:
-        short_of_time = _generate_llama(gguf, missing, entries, answers, result, budget_s, max_new, progress)
+        short_of_time = _generate_llama(gguf, missing, entries, result, budget_s, max_new, progress)
         missing = []
         _write_cache(cache, entries)
     elif step_s is not None and budget_s is not None and step_s > 0:
@@ -217,14 +259,13 @@ def build_replay(engine: Any, renderer: Any, wanted: int, cache: Path, *, budget
         done += size
         _write_cache(cache, entries)
     result.seconds = time.perf_counter() - started
-    usable = [i for i in items if answers.get(i.id) is not None]
-    answered = sum(1 for i in items if i.id in answers)
+    usable = [i for i in items if i.id in entries and entries[i.id][1].text is not None]
+    answered = sum(1 for i in items if i.id in entries)
     drift = " The tuned model may drift from the base where the documents say nothing."
     why = ("the base model is too slow to answer general questions within a tenth of the training time here "
            f"({budget_s or 0:.0f} s)" if short_of_time else
            f"only {len(available)} general prompts ship with slowtune" if len(available) < wanted else
-           f"{answered - len(usable)} of the base model's answers ran past {max_new} tokens without finishing a "
-           "sentence")
+           f"{answered - len(usable)} of the base model's answers were empty")
     if len(usable) < MIN_ROWS:
         result.warning = f"Replay was skipped: {why}.{drift}"
         usable = []
@@ -234,5 +275,6 @@ def build_replay(engine: Any, renderer: Any, wanted: int, cache: Path, *, budget
         warn(result.warning)
     result.ids = [i.id for i in usable]
     result.conversations = [[{"role": "user", "content": i.question},
-                             {"role": "assistant", "content": str(answers[i.id])}] for i in usable]
+                             {"role": "assistant", "content": str(entries[i.id][1].text)}] for i in usable]
+    result.finished = [entries[i.id][1].finished for i in usable]
     return result

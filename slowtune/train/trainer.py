@@ -305,8 +305,7 @@ def run_training(cfg: TrainConfig, run_dir: Path, *, engine: str, progress: Prog
                                  budget_s=rp.TIME_SHARE * estimate, step_s=scorer.step_s if scorer else None,
                                  gguf=source_gguf(model_dir), progress=progress)
     if cfg.replay > 0:
-        encoded, _ = tdata.encode_all(prepared.renderer, replay.conversations, cfg.max_seq_len)
-        train = train + encoded
+        train = train + rp.encode_replay(prepared.renderer, replay, cfg.max_seq_len)
         replay_info = replay.to_json()
         if replay.warning:
             warnings.append({"kind": "replay", "step": 0, "message": replay.warning})
