@@ -272,8 +272,8 @@ def test_the_wizard_downloads_a_model_and_trains_it_to_a_finished_run(qtbot, pag
     assert settings.settings().preset == "custom" and settings.custom_label.isVisibleTo(settings)
     assert "6 steps" in settings.summary.text()
     # Replay and the quality scoring are on by default; the Advanced fields reach the run's options.
-    assert settings.replay.value() == 25 and settings.scoring.isChecked()
-    assert "25% replay" in settings.summary.text() and "best checkpoint" in settings.summary.text()
+    assert settings.replay.value() == 50 and settings.scoring.isChecked()
+    assert "50% replay" in settings.summary.text() and "best checkpoint" in settings.summary.text()
     settings.replay.setValue(10)
     settings.scoring.setChecked(False)
     chosen = settings.settings()

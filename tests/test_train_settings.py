@@ -33,8 +33,8 @@ def test_presets_map_onto_the_cli_and_advanced_values_override(tiny_llama: Path,
     assert (cfg.lora.rank, cfg.lora.scale, cfg.iters, cfg.max_seq_len, cfg.lora.num_layers, cfg.learning_rate) == \
         (48, 2.0, 7, 256, 2, 3e-5)
     assert custom.total_steps(1000) == 7
-    # 3 epochs x 4 batches: 10 conversations and, with replay a quarter of the rows, 3 of the base model's own
-    assert TrainSettings.from_preset("balanced", batch_size=4).total_steps(10) == 12
+    # 3 epochs x 5 batches: 10 conversations and, with replay half of the rows, 10 of the base model's own
+    assert TrainSettings.from_preset("balanced", batch_size=4).total_steps(10) == 15
     assert TrainSettings.from_preset("balanced", batch_size=4, replay=0).total_steps(10) == 9
 
 

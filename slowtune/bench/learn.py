@@ -43,6 +43,7 @@ from slowtune.quality import (
     leaked_terms,
     unknown_items,
 )
+from slowtune.train.config import DEFAULT_REPLAY
 
 OPENBLAS = Path("/usr/lib/x86_64-linux-gnu/libopenblas.so.0")
 TARGETS = {"knowledge": 0.9, "retention": 0.95, "leakage": 0.05, "open_book_gap": 0.1}
@@ -53,11 +54,11 @@ MAX_TOKENS = 64
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="a smoke test of a few minutes: few steps, few questions")
     p.add_argument("--work", type=Path, help="working folder (default: slowtune's cache folder; the model is kept)")
-    p.add_argument("--recipe-epochs", type=float, default=4.0, help="passes over the recipe's data (4)")
+    p.add_argument("--recipe-epochs", type=float, default=5.0, help="passes over the recipe's data (5)")
     p.add_argument("--plain-steps", type=int, default=120, help="steps of the plain run (120, batch 8)")
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate of both runs (3e-4)")
-    p.add_argument("--replay", type=float, default=0.25,
-                   help="share of the recipe's training rows that are replay (0.25, the app's default)")
+    p.add_argument("--replay", type=float, default=DEFAULT_REPLAY,
+                   help=f"share of the recipe's training rows that are replay ({DEFAULT_REPLAY}, the app's default)")
     p.add_argument("--only", choices=("recipe", "plain"), help="train and score one recipe only")
     p.add_argument("--json", action="store_true", help="print the result as JSON (the default output is JSON too)")
 

@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from slowtune.train.config import TrainConfig
+from slowtune.train.config import DEFAULT_REPLAY, TrainConfig
 from slowtune.train.settings import LORA_PRESETS
 
 
@@ -39,9 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--compute-dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     p.add_argument("--grad-checkpoint", action="store_true", help="in-memory engine: recompute blocks in backward")
-    p.add_argument("--replay", type=float, default=0.25, metavar="SHARE",
+    p.add_argument("--replay", type=float, default=DEFAULT_REPLAY, metavar="SHARE",
                    help="share of training rows that are the base model's own answers to general prompts, generated "
-                        "on this machine, so the model stays itself (0.25; 0: none)")
+                        f"on this machine, so the model stays itself ({DEFAULT_REPLAY}; 0: none)")
     p.add_argument("--score-every", type=int, default=-1, metavar="N",
                    help="score knowledge, retention and leakage every N steps and keep the best checkpoint (default: "
                         "as often as a tenth of the training time allows; 0: never, keep the lowest validation loss)")

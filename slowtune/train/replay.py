@@ -7,7 +7,7 @@ replay.jsonl``, never the retention questions), greedily, on this Mac: no teache
 The answers are cached beside the data (a project's ``replay/`` folder, else slowtune's cache folder), keyed by the
 model, so the next run on the same model generates nothing.
 
-The mix: ``replay`` is the share of the training rows that are replay rows (0.25: a quarter). Generating must not
+The mix: ``replay`` is the share of the training rows that are replay rows (``DEFAULT_REPLAY``, a half). Generating must not
 take longer than a tenth of the training itself: the first answers are timed, and when the rest would overrun,
 fewer prompts are used, or replay is skipped, with a warning saying so.
 
@@ -29,11 +29,11 @@ from typing import Any
 from slowtune.fsutil import atomic_write_text
 from slowtune.progress import Progress, ensure
 from slowtune.quality import QualityItem, replay_prompts, spread
+from slowtune.train.config import DEFAULT_REPLAY
 
 __all__ = ["DEFAULT_REPLAY", "Answer", "ReplayResult", "build_replay", "cache_file", "encode_replay", "kept_answer",
            "replay_rows_wanted"]
 
-DEFAULT_REPLAY = 0.25
 MAX_NEW_TOKENS = 64
 TIME_SHARE = 0.10  # of the estimated training time, at most
 MIN_ROWS = 8  # fewer replay rows than this are not worth mixing in

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slowtune.train.config import LoraConfig, TrainConfig
+from slowtune.train.config import DEFAULT_REPLAY, LoraConfig, TrainConfig
 
 __all__ = ["LORA_PRESETS", "PRESETS", "VALIDATIONS_PER_RUN", "Preset", "TrainSettings", "validation_interval"]
 
@@ -82,7 +82,7 @@ class TrainSettings:
     val_every: int = -1  # -1: about VALIDATIONS_PER_RUN times a run, whatever its length (``for_conversations``)
     save_every: int = 100
     seed: int = 0
-    replay: float = 0.25  # share of training rows that are the base model's own answers (slowtune.train.replay)
+    replay: float = DEFAULT_REPLAY  # share of training rows that are the base model's own answers (slowtune.train.replay)
     score_every: int = -1  # knowledge/retention/leakage every N steps (-1: a tenth of the time; 0: never)
     early_stop: bool = True
 
